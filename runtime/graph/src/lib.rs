@@ -1,1 +1,19 @@
-//! fieldtune-graph
+//! fieldtune's graph compiler: ONNX IR load/save, static shape inference, reverse-mode
+//! autodiff that emits standard ai.onnx ops, loss and optimizer blocks, and
+//! [`compile_train_step`]. It knows nothing of engines, frames or boards.
+
+pub mod autodiff;
+pub mod builder;
+pub mod compile;
+pub mod error;
+pub mod infer;
+pub mod ir;
+pub mod loss;
+pub mod optim;
+pub mod proto;
+pub mod spec;
+
+pub use compile::{compile_inference, compile_train_step, inputs, next_name, TrainStep};
+pub use error::{GraphError, Result};
+pub use ir::{decode_model, encode_model, load_model, with_initializers, Graph};
+pub use spec::{Optimizer, TrainSpec, Trainable, Tsa, UdaLoss};

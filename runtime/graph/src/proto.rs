@@ -16,16 +16,16 @@ pub struct AttributeProto {
     /// The name field MUST be present for this version of the IR.
     ///
     /// namespace Attribute
-    #[prost(string, tag="1")]
+    #[prost(string, tag = "1")]
     pub name: ::prost::alloc::string::String,
     /// if ref_attr_name is not empty, ref_attr_name is the attribute name in parent function.
     /// In this case, this AttributeProto does not contain data, and it's a reference of attribute
     /// in parent scope.
     /// NOTE: This should ONLY be used in function (sub-graph). It's invalid to be used in main graph.
-    #[prost(string, tag="21")]
+    #[prost(string, tag = "21")]
     pub ref_attr_name: ::prost::alloc::string::String,
     /// A human-readable documentation for this attribute. Markdown is allowed.
-    #[prost(string, tag="13")]
+    #[prost(string, tag = "13")]
     pub doc_string: ::prost::alloc::string::String,
     /// The type field MUST be present for this version of the IR.
     /// For 0.0.1 versions of the IR, this field was not defined, and
@@ -35,51 +35,50 @@ pub struct AttributeProto {
     /// change was made to accomodate proto3 implementations.
     ///
     /// discriminator that indicates which field below is in use
-    #[prost(enumeration="attribute_proto::AttributeType", tag="20")]
+    #[prost(enumeration = "attribute_proto::AttributeType", tag = "20")]
     pub r#type: i32,
     /// Exactly ONE of the following fields must be present for this version of the IR
     ///
     /// float
-    #[prost(float, tag="2")]
+    #[prost(float, tag = "2")]
     pub f: f32,
     /// int
-    #[prost(int64, tag="3")]
+    #[prost(int64, tag = "3")]
     pub i: i64,
     /// UTF-8 string
-    #[prost(bytes="vec", tag="4")]
+    #[prost(bytes = "vec", tag = "4")]
     pub s: ::prost::alloc::vec::Vec<u8>,
     /// tensor value
-    #[prost(message, optional, tag="5")]
+    #[prost(message, optional, tag = "5")]
     pub t: ::core::option::Option<TensorProto>,
     /// graph
-    #[prost(message, optional, tag="6")]
+    #[prost(message, optional, tag = "6")]
     pub g: ::core::option::Option<GraphProto>,
     /// sparse tensor value
-    #[prost(message, optional, tag="22")]
+    #[prost(message, optional, tag = "22")]
     pub sparse_tensor: ::core::option::Option<SparseTensorProto>,
     // Do not use field below, it's deprecated.
     // optional ValueProto v = 12;         // value - subsumes everything but graph
-
     /// list of floats
-    #[prost(float, repeated, tag="7")]
+    #[prost(float, repeated, tag = "7")]
     pub floats: ::prost::alloc::vec::Vec<f32>,
     /// list of ints
-    #[prost(int64, repeated, tag="8")]
+    #[prost(int64, repeated, tag = "8")]
     pub ints: ::prost::alloc::vec::Vec<i64>,
     /// list of UTF-8 strings
-    #[prost(bytes="vec", repeated, tag="9")]
+    #[prost(bytes = "vec", repeated, tag = "9")]
     pub strings: ::prost::alloc::vec::Vec<::prost::alloc::vec::Vec<u8>>,
     /// list of tensors
-    #[prost(message, repeated, tag="10")]
+    #[prost(message, repeated, tag = "10")]
     pub tensors: ::prost::alloc::vec::Vec<TensorProto>,
     /// list of graph
-    #[prost(message, repeated, tag="11")]
+    #[prost(message, repeated, tag = "11")]
     pub graphs: ::prost::alloc::vec::Vec<GraphProto>,
     /// list of sparse tensors
-    #[prost(message, repeated, tag="23")]
+    #[prost(message, repeated, tag = "23")]
     pub sparse_tensors: ::prost::alloc::vec::Vec<SparseTensorProto>,
     /// list of type protos
-    #[prost(message, repeated, tag="15")]
+    #[prost(message, repeated, tag = "15")]
     pub type_protos: ::prost::alloc::vec::Vec<TypeProto>,
 }
 /// Nested message and enum types in `AttributeProto`.
@@ -138,13 +137,13 @@ pub struct ValueInfoProto {
     /// This field MUST be present in this version of the IR.
     ///
     /// namespace Value
-    #[prost(string, tag="1")]
+    #[prost(string, tag = "1")]
     pub name: ::prost::alloc::string::String,
     /// This field MUST be present in this version of the IR.
-    #[prost(message, optional, tag="2")]
+    #[prost(message, optional, tag = "2")]
     pub r#type: ::core::option::Option<TypeProto>,
     /// A human-readable documentation for this value. Markdown is allowed.
-    #[prost(string, tag="3")]
+    #[prost(string, tag = "3")]
     pub doc_string: ::prost::alloc::string::String,
 }
 /// Nodes
@@ -152,37 +151,37 @@ pub struct ValueInfoProto {
 /// Computation graphs are made up of a DAG of nodes, which represent what is
 /// commonly called a "layer" or "pipeline stage" in machine learning frameworks.
 ///
-/// For example, it can be a node of type "Conv" that takes in an image, a filter 
+/// For example, it can be a node of type "Conv" that takes in an image, a filter
 /// tensor and a bias tensor, and produces the convolved output.
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct NodeProto {
     /// namespace Value
-    #[prost(string, repeated, tag="1")]
+    #[prost(string, repeated, tag = "1")]
     pub input: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
     /// namespace Value
-    #[prost(string, repeated, tag="2")]
+    #[prost(string, repeated, tag = "2")]
     pub output: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
     /// An optional identifier for this node in a graph.
     /// This field MAY be absent in ths version of the IR.
     ///
     /// namespace Node
-    #[prost(string, tag="3")]
+    #[prost(string, tag = "3")]
     pub name: ::prost::alloc::string::String,
     /// The symbolic identifier of the Operator to execute.
     ///
     /// namespace Operator
-    #[prost(string, tag="4")]
+    #[prost(string, tag = "4")]
     pub op_type: ::prost::alloc::string::String,
     /// The domain of the OperatorSet that specifies the operator named by op_type.
     ///
     /// namespace Domain
-    #[prost(string, tag="7")]
+    #[prost(string, tag = "7")]
     pub domain: ::prost::alloc::string::String,
     /// Additional named attributes.
-    #[prost(message, repeated, tag="5")]
+    #[prost(message, repeated, tag = "5")]
     pub attribute: ::prost::alloc::vec::Vec<AttributeProto>,
     /// A human-readable documentation for this node. Markdown is allowed.
-    #[prost(string, tag="6")]
+    #[prost(string, tag = "6")]
     pub doc_string: ::prost::alloc::string::String,
 }
 /// Models
@@ -195,7 +194,7 @@ pub struct NodeProto {
 pub struct ModelProto {
     /// The version of the IR this model targets. See Version enum above.
     /// This field MUST be present.
-    #[prost(int64, tag="1")]
+    #[prost(int64, tag = "1")]
     pub ir_version: i64,
     /// The OperatorSets this model relies on.
     /// All ModelProtos MUST have at least one entry that
@@ -205,17 +204,17 @@ pub struct ModelProto {
     /// All nodes in the ModelProto's graph will bind against the operator
     /// with the same-domain/same-op_type operator with the HIGHEST version
     /// in the referenced operator sets.
-    #[prost(message, repeated, tag="8")]
+    #[prost(message, repeated, tag = "8")]
     pub opset_import: ::prost::alloc::vec::Vec<OperatorSetIdProto>,
     /// The name of the framework or tool used to generate this model.
     /// This field SHOULD be present to indicate which implementation/tool/framework
     /// emitted the model.
-    #[prost(string, tag="2")]
+    #[prost(string, tag = "2")]
     pub producer_name: ::prost::alloc::string::String,
     /// The version of the framework or tool used to generate this model.
     /// This field SHOULD be present to indicate which implementation/tool/framework
     /// emitted the model.
-    #[prost(string, tag="3")]
+    #[prost(string, tag = "3")]
     pub producer_version: ::prost::alloc::string::String,
     /// Domain name of the model.
     /// We use reverse domain names as name space indicators. For example:
@@ -223,19 +222,19 @@ pub struct ModelProto {
     ///
     /// Together with `model_version` and GraphProto.name, this forms the unique identity of
     /// the graph.
-    #[prost(string, tag="4")]
+    #[prost(string, tag = "4")]
     pub domain: ::prost::alloc::string::String,
     /// The version of the graph encoded. See Version enum below.
-    #[prost(int64, tag="5")]
+    #[prost(int64, tag = "5")]
     pub model_version: i64,
     /// A human-readable documentation for this model. Markdown is allowed.
-    #[prost(string, tag="6")]
+    #[prost(string, tag = "6")]
     pub doc_string: ::prost::alloc::string::String,
     /// The parameterized graph that is evaluated to execute the model.
-    #[prost(message, optional, tag="7")]
+    #[prost(message, optional, tag = "7")]
     pub graph: ::core::option::Option<GraphProto>,
     /// Named metadata values; keys should be distinct.
-    #[prost(message, repeated, tag="14")]
+    #[prost(message, repeated, tag = "14")]
     pub metadata_props: ::prost::alloc::vec::Vec<StringStringEntryProto>,
     /// Training-specific information. Sequentially executing all stored
     /// `TrainingInfoProto.algorithm`s and assigning their outputs following
@@ -246,7 +245,7 @@ pub struct ModelProto {
     /// using `TrainingInfoProto.initialization_binding`s.
     ///
     /// If this field is empty, the training behavior of the model is undefined.
-    #[prost(message, repeated, tag="20")]
+    #[prost(message, repeated, tag = "20")]
     pub training_info: ::prost::alloc::vec::Vec<TrainingInfoProto>,
     /// A list of function protos local to the model.
     ///
@@ -264,71 +263,71 @@ pub struct ModelProto {
     ///
     /// One FunctionProto can reference other FunctionProto in the model, however, recursive reference
     /// is not allowed.
-    #[prost(message, repeated, tag="25")]
+    #[prost(message, repeated, tag = "25")]
     pub functions: ::prost::alloc::vec::Vec<FunctionProto>,
 }
 /// StringStringEntryProto follows the pattern for cross-proto-version maps.
 /// See <https://developers.google.com/protocol-buffers/docs/proto3#maps>
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct StringStringEntryProto {
-    #[prost(string, tag="1")]
+    #[prost(string, tag = "1")]
     pub key: ::prost::alloc::string::String,
-    #[prost(string, tag="2")]
+    #[prost(string, tag = "2")]
     pub value: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct TensorAnnotation {
-    #[prost(string, optional, tag="1")]
+    #[prost(string, optional, tag = "1")]
     pub tensor_name: ::core::option::Option<::prost::alloc::string::String>,
     /// <key, value> pairs to annotate tensor specified by <tensor_name> above.
     /// The keys used in the mapping below must be pre-defined in ONNX spec.
     /// For example, for 8-bit linear quantization case, 'SCALE_TENSOR', 'ZERO_POINT_TENSOR' will be pre-defined as
     /// quantization parameter keys.
-    #[prost(message, repeated, tag="2")]
+    #[prost(message, repeated, tag = "2")]
     pub quant_parameter_tensor_names: ::prost::alloc::vec::Vec<StringStringEntryProto>,
 }
 /// Graphs
 ///
-/// A graph defines the computational logic of a model and is comprised of a parameterized 
+/// A graph defines the computational logic of a model and is comprised of a parameterized
 /// list of nodes that form a directed acyclic graph based on their inputs and outputs.
 /// This is the equivalent of the "network" or "graph" in many deep learning
 /// frameworks.
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct GraphProto {
     /// The nodes in the graph, sorted topologically.
-    #[prost(message, repeated, tag="1")]
+    #[prost(message, repeated, tag = "1")]
     pub node: ::prost::alloc::vec::Vec<NodeProto>,
     /// The name of the graph.
     ///
     /// namespace Graph
-    #[prost(string, tag="2")]
+    #[prost(string, tag = "2")]
     pub name: ::prost::alloc::string::String,
     /// A list of named tensor values, used to specify constant inputs of the graph.
     /// Each initializer (both TensorProto as well SparseTensorProto) MUST have a name.
     /// The name MUST be unique across both initializer and sparse_initializer,
     /// but the name MAY also appear in the input list.
-    #[prost(message, repeated, tag="5")]
+    #[prost(message, repeated, tag = "5")]
     pub initializer: ::prost::alloc::vec::Vec<TensorProto>,
     /// Initializers (see above) stored in sparse format.
-    #[prost(message, repeated, tag="15")]
+    #[prost(message, repeated, tag = "15")]
     pub sparse_initializer: ::prost::alloc::vec::Vec<SparseTensorProto>,
     /// A human-readable documentation for this graph. Markdown is allowed.
-    #[prost(string, tag="10")]
+    #[prost(string, tag = "10")]
     pub doc_string: ::prost::alloc::string::String,
     /// The inputs and outputs of the graph.
-    #[prost(message, repeated, tag="11")]
+    #[prost(message, repeated, tag = "11")]
     pub input: ::prost::alloc::vec::Vec<ValueInfoProto>,
-    #[prost(message, repeated, tag="12")]
+    #[prost(message, repeated, tag = "12")]
     pub output: ::prost::alloc::vec::Vec<ValueInfoProto>,
     /// Information for the values in the graph. The ValueInfoProto.name's
     /// must be distinct. It is optional for a value to appear in value_info list.
-    #[prost(message, repeated, tag="13")]
+    #[prost(message, repeated, tag = "13")]
     pub value_info: ::prost::alloc::vec::Vec<ValueInfoProto>,
     /// This field carries information to indicate the mapping among a tensor and its
     /// quantization parameter tensors. For example:
     /// For tensor 'a', it may have {'SCALE_TENSOR', 'a_scale'} and {'ZERO_POINT_TENSOR', 'a_zero_point'} annotated,
     /// which means, tensor 'a_scale' and tensor 'a_zero_point' are scale and zero point of tensor 'a' in the model.
-    #[prost(message, repeated, tag="14")]
+    #[prost(message, repeated, tag = "14")]
     pub quantization_annotation: ::prost::alloc::vec::Vec<TensorAnnotation>,
 }
 /// Training information
@@ -365,7 +364,7 @@ pub struct TrainingInfoProto {
     ///
     /// By default, this field is an empty graph and its evaluation does not
     /// produce any output. Thus, no initializer would be changed by default.
-    #[prost(message, optional, tag="1")]
+    #[prost(message, optional, tag = "1")]
     pub initialization: ::core::option::Option<GraphProto>,
     /// This field represents a training algorithm step. Given required inputs,
     /// it computes outputs to update initializers in its own or inference graph's
@@ -396,7 +395,7 @@ pub struct TrainingInfoProto {
     /// By default, this field is an empty graph and its evaluation does not
     /// produce any output. Evaluating the default training step never
     /// update any initializers.
-    #[prost(message, optional, tag="2")]
+    #[prost(message, optional, tag = "2")]
     pub algorithm: ::core::option::Option<GraphProto>,
     /// This field specifies the bindings from the outputs of "initialization" to
     /// some initializers in "ModelProto.graph.initializer" and
@@ -405,7 +404,7 @@ pub struct TrainingInfoProto {
     ///
     /// By default, this field is empty and no initializer would be changed
     /// by the execution of "initialization".
-    #[prost(message, repeated, tag="3")]
+    #[prost(message, repeated, tag = "3")]
     pub initialization_binding: ::prost::alloc::vec::Vec<StringStringEntryProto>,
     /// Gradient-based training is usually an iterative procedure. In one gradient
     /// descent iteration, we apply
@@ -447,7 +446,7 @@ pub struct TrainingInfoProto {
     ///
     /// By default, this field is empty and no initializer would be changed
     /// by the execution of "algorithm".
-    #[prost(message, repeated, tag="4")]
+    #[prost(message, repeated, tag = "4")]
     pub update_binding: ::prost::alloc::vec::Vec<StringStringEntryProto>,
 }
 /// Tensors
@@ -456,18 +455,17 @@ pub struct TrainingInfoProto {
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct TensorProto {
     /// The shape of the tensor.
-    #[prost(int64, repeated, tag="1")]
+    #[prost(int64, repeated, tag = "1")]
     pub dims: ::prost::alloc::vec::Vec<i64>,
     /// The data type of the tensor.
-    #[prost(enumeration="tensor_proto::DataType", tag="2")]
+    #[prost(enumeration = "tensor_proto::DataType", tag = "2")]
     pub data_type: i32,
-    #[prost(message, optional, tag="3")]
+    #[prost(message, optional, tag = "3")]
     pub segment: ::core::option::Option<tensor_proto::Segment>,
     // Tensor content must be organized in row-major order.
     //
     // Depending on the data_type field, exactly one of the fields below with
     // name ending in _data is used to store the elements of the tensor.
-
     /// For float and complex64 values
     /// Complex64 tensors are encoded as a single array of floats,
     /// with the real components appearing in odd numbered positions,
@@ -475,33 +473,33 @@ pub struct TensorProto {
     /// subsequent even numbered position. (e.g., [1.0 + 2.0i, 3.0 + 4.0i]
     /// is encoded as [1.0, 2.0 ,3.0 ,4.0]
     /// When this field is present, the data_type field MUST be FLOAT or COMPLEX64.
-    #[prost(float, repeated, tag="4")]
+    #[prost(float, repeated, tag = "4")]
     pub float_data: ::prost::alloc::vec::Vec<f32>,
     /// For int32, uint8, int8, uint16, int16, bool, and float16 values
     /// float16 values must be bit-wise converted to an uint16_t prior
     /// to writing to the buffer.
     /// When this field is present, the data_type field MUST be
     /// INT32, INT16, INT8, UINT16, INT8, BOOL, or FLOAT16
-    #[prost(int32, repeated, tag="5")]
+    #[prost(int32, repeated, tag = "5")]
     pub int32_data: ::prost::alloc::vec::Vec<i32>,
     /// For strings.
     /// Each element of string_data is a UTF-8 encoded Unicode
     /// string. No trailing null, no leading BOM. The protobuf "string"
     /// scalar type is not used to match ML community conventions.
     /// When this field is present, the data_type field MUST be STRING
-    #[prost(bytes="vec", repeated, tag="6")]
+    #[prost(bytes = "vec", repeated, tag = "6")]
     pub string_data: ::prost::alloc::vec::Vec<::prost::alloc::vec::Vec<u8>>,
     /// For int64.
     /// When this field is present, the data_type field MUST be INT64
-    #[prost(int64, repeated, tag="7")]
+    #[prost(int64, repeated, tag = "7")]
     pub int64_data: ::prost::alloc::vec::Vec<i64>,
     /// Optionally, a name for the tensor.
     ///
     /// namespace Value
-    #[prost(string, tag="8")]
+    #[prost(string, tag = "8")]
     pub name: ::prost::alloc::string::String,
     /// A human-readable documentation for this tensor. Markdown is allowed.
-    #[prost(string, tag="12")]
+    #[prost(string, tag = "12")]
     pub doc_string: ::prost::alloc::string::String,
     /// Serializations can either use one of the fields above, or use this
     /// raw bytes field. The only exception is the string case, where one is
@@ -518,7 +516,7 @@ pub struct TensorProto {
     /// that in some cases (e.g. int data), protobuf does a better packing via
     /// variable length storage, and may lead to smaller binary footprint.
     /// When this field is present, the data_type field MUST NOT be STRING or UNDEFINED
-    #[prost(bytes="vec", tag="9")]
+    #[prost(bytes = "vec", tag = "9")]
     pub raw_data: ::prost::alloc::vec::Vec<u8>,
     /// For double
     /// Complex64 tensors are encoded as a single array of doubles,
@@ -527,15 +525,15 @@ pub struct TensorProto {
     /// subsequent even numbered position. (e.g., [1.0 + 2.0i, 3.0 + 4.0i]
     /// is encoded as [1.0, 2.0 ,3.0 ,4.0]
     /// When this field is present, the data_type field MUST be DOUBLE or COMPLEX128
-    #[prost(double, repeated, tag="10")]
+    #[prost(double, repeated, tag = "10")]
     pub double_data: ::prost::alloc::vec::Vec<f64>,
     /// For uint64 and uint32 values
     /// When this field is present, the data_type field MUST be
     /// UINT32 or UINT64
-    #[prost(uint64, repeated, tag="11")]
+    #[prost(uint64, repeated, tag = "11")]
     pub uint64_data: ::prost::alloc::vec::Vec<u64>,
     /// If value not set, data is stored in raw_data (if set) otherwise in type-specified field.
-    #[prost(enumeration="tensor_proto::DataLocation", optional, tag="14")]
+    #[prost(enumeration = "tensor_proto::DataLocation", optional, tag = "14")]
     pub data_location: ::core::option::Option<i32>,
     /// Data can be stored inside the protobuf file using type-specific fields or raw_data.
     /// Alternatively, raw bytes data can be stored in an external file, using the external_data field.
@@ -546,7 +544,7 @@ pub struct TensorProto {
     ///                          Offset values SHOULD be multiples 4096 (page size) to enable mmap support.
     /// - "length" (optional) - number of bytes containing data. Integer stored as string.
     /// - "checksum" (optional) - SHA1 digest of file specified in under 'location' key.
-    #[prost(message, repeated, tag="13")]
+    #[prost(message, repeated, tag = "13")]
     pub external_data: ::prost::alloc::vec::Vec<StringStringEntryProto>,
 }
 /// Nested message and enum types in `TensorProto`.
@@ -556,9 +554,9 @@ pub mod tensor_proto {
     /// the current TensorProto.
     #[derive(Clone, PartialEq, ::prost::Message)]
     pub struct Segment {
-        #[prost(int64, tag="1")]
+        #[prost(int64, tag = "1")]
         pub begin: i64,
-        #[prost(int64, tag="2")]
+        #[prost(int64, tag = "2")]
         pub end: i64,
     }
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
@@ -677,7 +675,7 @@ pub struct SparseTensorProto {
     /// The default-value is zero for numeric tensors, and empty-string for string tensors.
     /// values must have a non-empty name present which serves as a name for SparseTensorProto
     /// when used in sparse_initializer list.
-    #[prost(message, optional, tag="1")]
+    #[prost(message, optional, tag = "1")]
     pub values: ::core::option::Option<TensorProto>,
     /// The indices of the non-default values, which may be stored in one of two formats.
     /// (a) Indices can be a tensor of shape [NNZ, rank] with the \[i,j\]-th value
@@ -689,10 +687,10 @@ pub struct SparseTensorProto {
     /// The indices must appear in ascending order without duplication.
     /// In the first format, the ordering is lexicographic-ordering:
     /// e.g., index-value \[1,4\] must appear before \[2,1\]
-    #[prost(message, optional, tag="2")]
+    #[prost(message, optional, tag = "2")]
     pub indices: ::core::option::Option<TensorProto>,
     /// The shape of the underlying dense-tensor: [dim_1, dim_2, ... dim_rank]
-    #[prost(int64, repeated, tag="3")]
+    #[prost(int64, repeated, tag = "3")]
     pub dims: ::prost::alloc::vec::Vec<i64>,
 }
 /// Defines a tensor shape. A dimension can be either an integer value
@@ -700,7 +698,7 @@ pub struct SparseTensorProto {
 /// dimension.
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct TensorShapeProto {
-    #[prost(message, repeated, tag="1")]
+    #[prost(message, repeated, tag = "1")]
     pub dim: ::prost::alloc::vec::Vec<tensor_shape_proto::Dimension>,
 }
 /// Nested message and enum types in `TensorShapeProto`.
@@ -712,19 +710,19 @@ pub mod tensor_shape_proto {
         /// that operations are applied to the correct axis of a tensor.
         /// Refer to <https://github.com/onnx/onnx/blob/master/docs/DimensionDenotation.md#denotation-definition>
         /// for pre-defined dimension denotations.
-        #[prost(string, tag="3")]
+        #[prost(string, tag = "3")]
         pub denotation: ::prost::alloc::string::String,
-        #[prost(oneof="dimension::Value", tags="1, 2")]
+        #[prost(oneof = "dimension::Value", tags = "1, 2")]
         pub value: ::core::option::Option<dimension::Value>,
     }
     /// Nested message and enum types in `Dimension`.
     pub mod dimension {
         #[derive(Clone, PartialEq, ::prost::Oneof)]
         pub enum Value {
-            #[prost(int64, tag="1")]
+            #[prost(int64, tag = "1")]
             DimValue(i64),
             /// namespace Shape
-            #[prost(string, tag="2")]
+            #[prost(string, tag = "2")]
             DimParam(::prost::alloc::string::String),
         }
     }
@@ -734,13 +732,13 @@ pub mod tensor_shape_proto {
 /// The standard ONNX data types.
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct TypeProto {
-    /// An optional denotation can be used to denote the whole 
-    /// type with a standard semantic description as to what is 
+    /// An optional denotation can be used to denote the whole
+    /// type with a standard semantic description as to what is
     /// stored inside. Refer to <https://github.com/onnx/onnx/blob/master/docs/TypeDenotation.md#type-denotation-definition>
     /// for pre-defined type denotations.
-    #[prost(string, tag="6")]
+    #[prost(string, tag = "6")]
     pub denotation: ::prost::alloc::string::String,
-    #[prost(oneof="type_proto::Value", tags="1")]
+    #[prost(oneof = "type_proto::Value", tags = "1")]
     pub value: ::core::option::Option<type_proto::Value>,
 }
 /// Nested message and enum types in `TypeProto`.
@@ -749,15 +747,15 @@ pub mod type_proto {
     pub struct Tensor {
         /// This field MUST NOT have the value of UNDEFINED
         /// This field MUST be present for this version of the IR.
-        #[prost(enumeration="super::tensor_proto::DataType", tag="1")]
+        #[prost(enumeration = "super::tensor_proto::DataType", tag = "1")]
         pub elem_type: i32,
-        #[prost(message, optional, tag="2")]
+        #[prost(message, optional, tag = "2")]
         pub shape: ::core::option::Option<super::TensorShapeProto>,
     }
     #[derive(Clone, PartialEq, ::prost::Oneof)]
     pub enum Value {
         /// The type of a tensor.
-        #[prost(message, tag="1")]
+        #[prost(message, tag = "1")]
         TensorType(Tensor),
     }
 }
@@ -770,11 +768,11 @@ pub struct OperatorSetIdProto {
     /// The empty string ("") or absence of this field implies the operator
     /// set that is defined as part of the ONNX specification.
     /// This field MUST be present in this version of the IR when referring to any other operator set.
-    #[prost(string, tag="1")]
+    #[prost(string, tag = "1")]
     pub domain: ::prost::alloc::string::String,
     /// The version of the operator set being identified.
     /// This field MUST be present in this version of the IR.
-    #[prost(int64, tag="2")]
+    #[prost(int64, tag = "2")]
     pub version: i64,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -782,21 +780,21 @@ pub struct FunctionProto {
     /// The name of the function, similar usage of op_type in OperatorProto.
     /// Combined with FunctionProto.domain, this forms the unique identity of
     /// the FunctionProto.
-    #[prost(string, optional, tag="1")]
+    #[prost(string, optional, tag = "1")]
     pub name: ::core::option::Option<::prost::alloc::string::String>,
     /// The inputs and outputs of the function.
-    #[prost(string, repeated, tag="4")]
+    #[prost(string, repeated, tag = "4")]
     pub input: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
-    #[prost(string, repeated, tag="5")]
+    #[prost(string, repeated, tag = "5")]
     pub output: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
     /// The attributes of the function.
-    #[prost(string, repeated, tag="6")]
+    #[prost(string, repeated, tag = "6")]
     pub attribute: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
     /// The nodes in the function.
-    #[prost(message, repeated, tag="7")]
+    #[prost(message, repeated, tag = "7")]
     pub node: ::prost::alloc::vec::Vec<NodeProto>,
     /// A human-readable documentation for this function. Markdown is allowed.
-    #[prost(string, optional, tag="8")]
+    #[prost(string, optional, tag = "8")]
     pub doc_string: ::core::option::Option<::prost::alloc::string::String>,
     // The OperatorSets this function body (graph) relies on.
     //
@@ -810,12 +808,11 @@ pub struct FunctionProto {
     // and ModelProto then versions for the operator set may be different but,
     // the operator schema returned for op_type, domain, version combination
     // for both the versions should be same.
-
-    #[prost(message, repeated, tag="9")]
+    #[prost(message, repeated, tag = "9")]
     pub opset_import: ::prost::alloc::vec::Vec<OperatorSetIdProto>,
     /// The domain which this function belongs to. Combined with FunctionProto.name, this forms the unique identity of
     /// the FunctionProto.
-    #[prost(string, optional, tag="10")]
+    #[prost(string, optional, tag = "10")]
     pub domain: ::core::option::Option<::prost::alloc::string::String>,
 }
 // Overview
@@ -828,7 +825,7 @@ pub struct FunctionProto {
 //
 // This document describes the syntax of models and their computation graphs,
 // as well as the standard data types. Together, they are referred to as the ONNX
-// Intermediate Representation, or 'IR' for short. 
+// Intermediate Representation, or 'IR' for short.
 //
 // The normative semantic specification of the ONNX IR is found in docs/IR.md.
 // Definitions of the built-in neural network operators may be found in docs/Operators.md.
@@ -843,8 +840,8 @@ pub struct FunctionProto {
 // by sharing our working version of ONNX.
 //
 // Protobuf compatibility
-// 
-// To simplify framework compatibility, ONNX is defined using the subset of protobuf 
+//
+// To simplify framework compatibility, ONNX is defined using the subset of protobuf
 // that is compatible with both protobuf v2 and v3. This means that we do not use any
 // protobuf features that are only available in one of the two versions.
 //

@@ -1,0 +1,603 @@
+//! Reverse-mode differentiation of a graph held in a [`Builder`]: one vector-Jacobian rule
+//! per op, each emitting standard ai.onnx ops. Shape-only subgraphs and stop-gradient
+//! tensors get no gradient nodes; an op on the path from a parameter to the loss without a
+//! rule is refused by name and node before anything is emitted.
+
+use std::collections::{HashMap, HashSet};
+
+use fieldtune_tensor::Tensor;
+
+use crate::builder::Builder;
+use crate::error::{GraphError, Result};
+use crate::infer::{norm_axis, reduce_axes, SliceSpec, Window};
+use crate::ir::{attr, Elem, Node};
+
+/// Ops whose outputs never carry gradients (integer, boolean or piecewise-constant results).
+const NON_DIFFERENTIABLE: &[&str] = &[
+    "Shape",
+    "Size",
+    "ArgMax",
+    "ArgMin",
+    "Greater",
+    "Less",
+    "Equal",
+    "GreaterOrEqual",
+    "LessOrEqual",
+    "Not",
+    "And",
+    "Or",
+    "ConstantOfShape",
+    "Constant",
+    "Floor",
+    "Ceil",
+];
+
+/// The inputs of `node` that gradients flow into, or `None` when the op has no rule.
+pub fn grad_inputs(node: &Node) -> Option<Vec<usize>> {
+    let n = node.inputs.len();
+    let all = || (0..n).filter(|&i| node.input(i).is_some()).collect();
+    Some(match node.op.as_str() {
+        "Relu" | "Exp" | "Log" | "Neg" | "Sqrt" | "Sigmoid" | "Tanh" | "Identity" | "Softmax"
+        | "LogSoftmax" | "Flatten" | "Transpose" | "Reshape" | "Unsqueeze" | "Squeeze"
+        | "Expand" | "Slice" | "Pad" | "ReduceSum" | "ReduceMean" | "MaxPool" | "Dropout"
+        | "Cast" => vec![0],
+        "Add" | "Sub" | "Mul" | "Div" | "MatMul" | "Gemm" | "Conv" | "Concat" | "Sum" => all(),
+        "Where" => vec![1, 2],
+        _ => return None,
+    })
+}
+
+/// Gradients of the scalar `loss` with respect to each tensor in `wrt`. A tensor the loss
+/// does not depend on maps to `None`.
+pub fn backward(
+    b: &mut Builder,
+    loss: &str,
+    wrt: &[String],
+) -> Result<HashMap<String, Option<String>>> {
+    let nodes: Vec<Node> = b.nodes().to_vec();
+    // Forward: which tensors depend on a differentiated input through differentiable edges.
+    let mut needs: HashSet<String> = wrt.iter().cloned().collect();
+    for n in &nodes {
+        if NON_DIFFERENTIABLE.contains(&n.op.as_str()) {
+            continue;
+        }
+        let live = match grad_inputs(n) {
+            Some(ix) => ix.iter().any(|&i| needs.contains(&n.inputs[i])),
+            None => n.inputs.iter().any(|i| needs.contains(i)),
+        };
+        if live {
+            for o in &n.outputs {
+                let float = b.value(o).map(|v| v.elem == Elem::F32).unwrap_or(false);
+                if float && !b.is_no_grad(o) {
+                    needs.insert(o.clone());
+                }
+            }
+        }
+    }
+    if !needs.contains(loss) {
+        return Ok(wrt.iter().map(|w| (w.clone(), None)).collect());
+    }
+    // Backward: nodes on a path to the loss.
+    let mut reach: HashSet<String> = HashSet::from([loss.to_string()]);
+    let mut relevant = Vec::new();
+    for n in nodes.iter().rev() {
+        if !n
+            .outputs
+            .iter()
+            .any(|o| reach.contains(o) && needs.contains(o))
+        {
+            continue;
+        }
+        let Some(ix) = grad_inputs(n) else {
+            return Err(GraphError::NoGradRule {
+                node: n.name.clone(),
+                op: n.op.clone(),
+            });
+        };
+        if n.op == "Cast" && b.value(&n.inputs[0]).map(|v| v.elem) != Some(Elem::F32) {
+            continue;
+        }
+        for i in ix {
+            if needs.contains(&n.inputs[i]) {
+                reach.insert(n.inputs[i].clone());
+            }
+        }
+        relevant.push(n.clone());
+    }
+    let mut grads: HashMap<String, Vec<String>> = HashMap::new();
+    let seed_shape = b.shape(loss)?;
+    if seed_shape.iter().product::<usize>() != 1 {
+        return Err(GraphError::Tensor {
+            tensor: loss.into(),
+            reason: format!("loss must be a scalar, has shape {seed_shape:?}"),
+        });
+    }
+    let seed = b.constant(Tensor::f32(seed_shape, vec![1.0]).expect("scalar"));
+    grads.insert(loss.into(), vec![seed]);
+    for n in &relevant {
+        let mut gy = Vec::with_capacity(n.outputs.len());
+        for o in &n.outputs {
+            gy.push(match grads.remove(o) {
+                Some(parts) => Some(sum(b, parts)?),
+                None => None,
+            });
+        }
+        if gy.iter().all(Option::is_none) {
+            continue;
+        }
+        let gx = rule(b, n, &gy)?;
+        for (i, g) in gx.into_iter().enumerate() {
+            if let Some(g) = g {
+                if needs.contains(&n.inputs[i]) {
+                    grads.entry(n.inputs[i].clone()).or_default().push(g);
+                }
+            }
+        }
+    }
+    let mut out = HashMap::new();
+    for w in wrt {
+        let g = match grads.remove(w) {
+            Some(parts) => Some(sum(b, parts)?),
+            None => None,
+        };
+        out.insert(w.clone(), g);
+    }
+    Ok(out)
+}
+
+fn sum(b: &mut Builder, parts: Vec<String>) -> Result<String> {
+    let mut it = parts.into_iter();
+    let mut acc = it.next().expect("non-empty");
+    for p in it {
+        acc = b.op("Add", &[&acc, &p], vec![])?;
+    }
+    Ok(acc)
+}
+
+/// Sums a gradient of shape `from` down to the broadcast operand shape `to`.
+pub fn unbroadcast(b: &mut Builder, g: &str, to: &[usize]) -> Result<String> {
+    let from = b.shape(g)?;
+    if from == to {
+        return Ok(g.into());
+    }
+    let off = from.len() - to.len();
+    let axes: Vec<i64> = (0..from.len())
+        .filter(|&i| i < off || (to[i - off] == 1 && from[i] != 1))
+        .map(|i| i as i64)
+        .collect();
+    let r = if axes.is_empty() {
+        g.to_string()
+    } else {
+        b.reduce("ReduceSum", g, &axes, true)?
+    };
+    b.reshape(&r, to)
+}
+
+fn vec_i64(v: &[usize]) -> Vec<i64> {
+    v.iter().map(|&x| x as i64).collect()
+}
+
+/// The vector-Jacobian product of one node: gradients for its inputs given its outputs'.
+fn rule(b: &mut Builder, n: &Node, gy: &[Option<String>]) -> Result<Vec<Option<String>>> {
+    let dy = gy[0]
+        .clone()
+        .ok_or_else(|| GraphError::node(n, "only the first output may carry a gradient"))?;
+    let x = n.inputs[0].clone();
+    let y = n.outputs[0].clone();
+    let xs = b.shape(&x)?;
+    let mut out: Vec<Option<String>> = vec![None; n.inputs.len()];
+    match n.op.as_str() {
+        "Identity" | "Dropout" | "Cast" => out[0] = Some(dy),
+        "Relu" => {
+            let zero = b.scalar(0.0);
+            let pos = b.op("Greater", &[&y, &zero], vec![])?;
+            out[0] = Some(b.op("Where", &[&pos, &dy, &zero], vec![])?);
+        }
+        "Exp" => out[0] = Some(b.op("Mul", &[&dy, &y], vec![])?),
+        "Log" => out[0] = Some(b.op("Div", &[&dy, &x], vec![])?),
+        "Neg" => out[0] = Some(b.op("Neg", &[&dy], vec![])?),
+        "Sqrt" => {
+            let half = b.scalar(0.5);
+            let h = b.op("Mul", &[&dy, &half], vec![])?;
+            out[0] = Some(b.op("Div", &[&h, &y], vec![])?);
+        }
+        "Sigmoid" => {
+            let one = b.scalar(1.0);
+            let om = b.op("Sub", &[&one, &y], vec![])?;
+            let d = b.op("Mul", &[&y, &om], vec![])?;
+            out[0] = Some(b.op("Mul", &[&dy, &d], vec![])?);
+        }
+        "Tanh" => {
+            let one = b.scalar(1.0);
+            let y2 = b.op("Mul", &[&y, &y], vec![])?;
+            let d = b.op("Sub", &[&one, &y2], vec![])?;
+            out[0] = Some(b.op("Mul", &[&dy, &d], vec![])?);
+        }
+        "Softmax" | "LogSoftmax" => {
+            let axis = n.int("axis", -1);
+            let a = norm_axis(axis, xs.len())
+                .ok_or_else(|| GraphError::node(n, "axis out of range"))?
+                as i64;
+            if n.op == "Softmax" {
+                let p = b.op("Mul", &[&dy, &y], vec![])?;
+                let s = b.reduce("ReduceSum", &p, &[a], true)?;
+                let d = b.op("Sub", &[&dy, &s], vec![])?;
+                out[0] = Some(b.op("Mul", &[&y, &d], vec![])?);
+            } else {
+                let s = b.reduce("ReduceSum", &dy, &[a], true)?;
+                let p = b.op("Exp", &[&y], vec![])?;
+                let ps = b.op("Mul", &[&p, &s], vec![])?;
+                out[0] = Some(b.op("Sub", &[&dy, &ps], vec![])?);
+            }
+        }
+        "Flatten" | "Reshape" | "Unsqueeze" | "Squeeze" => out[0] = Some(b.reshape(&dy, &xs)?),
+        "Transpose" => {
+            let perm: Vec<i64> = n
+                .ints("perm")
+                .unwrap_or_else(|| (0..xs.len() as i64).rev().collect());
+            let mut inv = vec![0i64; perm.len()];
+            for (i, &p) in perm.iter().enumerate() {
+                inv[p as usize] = i as i64;
+            }
+            out[0] = Some(b.op("Transpose", &[&dy], vec![attr::ints("perm", &inv)])?);
+        }
+        "Expand" => out[0] = Some(unbroadcast(b, &dy, &xs)?),
+        "ReduceSum" | "ReduceMean" => {
+            let ins: Vec<Option<&crate::infer::Value>> =
+                n.inputs.iter().map(|i| b.value(i)).collect();
+            let axes = reduce_axes(n, &ins, xs.len())?;
+            let kept: Vec<usize> = xs
+                .iter()
+                .enumerate()
+                .map(|(i, &d)| if axes.contains(&i) { 1 } else { d })
+                .collect();
+            let g = b.reshape(&dy, &kept)?;
+            let g = if n.op == "ReduceMean" {
+                let count: usize = axes.iter().map(|&a| xs[a]).product();
+                let c = b.scalar(1.0 / count as f32);
+                b.op("Mul", &[&g, &c], vec![])?
+            } else {
+                g
+            };
+            let shape = b.ints(&vec_i64(&xs));
+            out[0] = Some(if kept == xs {
+                g
+            } else {
+                b.op("Expand", &[&g, &shape], vec![])?
+            });
+        }
+        "Add" | "Sub" | "Sum" => {
+            for i in 0..n.inputs.len() {
+                let s = b.shape(&n.inputs[i])?;
+                let g = if n.op == "Sub" && i == 1 {
+                    b.op("Neg", &[&dy], vec![])?
+                } else {
+                    dy.clone()
+                };
+                out[i] = Some(unbroadcast(b, &g, &s)?);
+            }
+        }
+        "Mul" => {
+            let (a, c) = (n.inputs[0].clone(), n.inputs[1].clone());
+            let ga = b.op("Mul", &[&dy, &c], vec![])?;
+            out[0] = Some(unbroadcast(b, &ga, &b.shape(&a)?)?);
+            let gc = b.op("Mul", &[&dy, &a], vec![])?;
+            out[1] = Some(unbroadcast(b, &gc, &b.shape(&c)?)?);
+        }
+        "Div" => {
+            let (a, c) = (n.inputs[0].clone(), n.inputs[1].clone());
+            let ga = b.op("Div", &[&dy, &c], vec![])?;
+            out[0] = Some(unbroadcast(b, &ga, &b.shape(&a)?)?);
+            let yc = b.op("Div", &[&y, &c], vec![])?;
+            let t = b.op("Mul", &[&dy, &yc], vec![])?;
+            let gc = b.op("Neg", &[&t], vec![])?;
+            out[1] = Some(unbroadcast(b, &gc, &b.shape(&c)?)?);
+        }
+        "Where" => {
+            let cond = n.inputs[0].clone();
+            let zero = b.scalar(0.0);
+            let ga = b.op("Where", &[&cond, &dy, &zero], vec![])?;
+            out[1] = Some(unbroadcast(b, &ga, &b.shape(&n.inputs[1])?)?);
+            let gb = b.op("Where", &[&cond, &zero, &dy], vec![])?;
+            out[2] = Some(unbroadcast(b, &gb, &b.shape(&n.inputs[2])?)?);
+        }
+        "Concat" => {
+            let axis = norm_axis(n.int("axis", 0), xs.len())
+                .ok_or_else(|| GraphError::node(n, "axis out of range"))?;
+            let mut start = 0usize;
+            for i in 0..n.inputs.len() {
+                let s = b.shape(&n.inputs[i])?;
+                let (st, en, ax) = (
+                    b.ints(&[start as i64]),
+                    b.ints(&[(start + s[axis]) as i64]),
+                    b.ints(&[axis as i64]),
+                );
+                out[i] = Some(b.op("Slice", &[&dy, &st, &en, &ax], vec![])?);
+                start += s[axis];
+            }
+        }
+        "Slice" => {
+            let get = |i: usize| {
+                n.input(i)
+                    .and_then(|t| b.value(t))
+                    .and_then(|v| v.ints().map(<[i64]>::to_vec))
+            };
+            let starts = get(1).ok_or_else(|| GraphError::node(n, "starts must be constant"))?;
+            let ends = get(2).ok_or_else(|| GraphError::node(n, "ends must be constant"))?;
+            let axes = get(3).unwrap_or_else(|| (0..starts.len() as i64).collect());
+            let steps = get(4).unwrap_or_else(|| vec![1; starts.len()]);
+            let sl = SliceSpec::resolve(&xs, &starts, &ends, &axes, &steps)
+                .ok_or_else(|| GraphError::node(n, "bad slice"))?;
+            if sl.step.iter().any(|&s| s != 1) {
+                return Err(GraphError::NoGradRule {
+                    node: n.name.clone(),
+                    op: "Slice (step != 1)".into(),
+                });
+            }
+            let r = xs.len();
+            let mut pads = vec![0i64; 2 * r];
+            for d in 0..r {
+                pads[d] = sl.start[d] as i64;
+                pads[d + r] = (xs[d] - sl.start[d] - sl.count[d]) as i64;
+            }
+            let p = b.ints(&pads);
+            out[0] = Some(b.op("Pad", &[&dy, &p], vec![])?);
+        }
+        "Pad" => {
+            let mode = n.string("mode").unwrap_or_else(|| "constant".into());
+            if mode != "constant" {
+                return Err(GraphError::NoGradRule {
+                    node: n.name.clone(),
+                    op: format!("Pad (mode {mode})"),
+                });
+            }
+            let pads = n
+                .input(1)
+                .and_then(|t| b.value(t))
+                .and_then(|v| v.ints().map(<[i64]>::to_vec))
+                .ok_or_else(|| GraphError::node(n, "pads must be constant"))?;
+            let r = xs.len();
+            let starts: Vec<i64> = (0..r).map(|d| pads[d]).collect();
+            let ends: Vec<i64> = (0..r).map(|d| pads[d] + xs[d] as i64).collect();
+            let axes: Vec<i64> = (0..r as i64).collect();
+            let (s, e, a) = (b.ints(&starts), b.ints(&ends), b.ints(&axes));
+            out[0] = Some(b.op("Slice", &[&dy, &s, &e, &a], vec![])?);
+        }
+        "Gemm" => {
+            let (a, w) = (n.inputs[0].clone(), n.inputs[1].clone());
+            let (ta, tb) = (n.int("transA", 0), n.int("transB", 0));
+            let (alpha, beta) = (n.float("alpha", 1.0), n.float("beta", 1.0));
+            let al = attr::float("alpha", alpha);
+            out[0] = Some(if ta == 0 {
+                b.op(
+                    "Gemm",
+                    &[&dy, &w],
+                    vec![al.clone(), attr::int("transB", 1 - tb)],
+                )?
+            } else {
+                b.op(
+                    "Gemm",
+                    &[&w, &dy],
+                    vec![al.clone(), attr::int("transA", tb), attr::int("transB", 1)],
+                )?
+            });
+            out[1] = Some(if tb == 0 {
+                b.op("Gemm", &[&a, &dy], vec![al, attr::int("transA", 1 - ta)])?
+            } else {
+                b.op(
+                    "Gemm",
+                    &[&dy, &a],
+                    vec![al, attr::int("transA", 1), attr::int("transB", ta)],
+                )?
+            });
+            if let Some(c) = n.input(2) {
+                let g = if beta == 1.0 {
+                    dy.clone()
+                } else {
+                    let s = b.scalar(beta);
+                    b.op("Mul", &[&dy, &s], vec![])?
+                };
+                out[2] = Some(unbroadcast(b, &g, &b.shape(c)?)?);
+            }
+        }
+        "MatMul" => {
+            let (a, w) = (n.inputs[0].clone(), n.inputs[1].clone());
+            let swap = |r: usize| -> Vec<i64> {
+                let mut p: Vec<i64> = (0..r as i64).collect();
+                p.swap(r - 1, r - 2);
+                p
+            };
+            let (sa, sw) = (b.shape(&a)?, b.shape(&w)?);
+            let wt = b.op(
+                "Transpose",
+                &[&w],
+                vec![attr::ints("perm", &swap(sw.len()))],
+            )?;
+            let ga = b.op("MatMul", &[&dy, &wt], vec![])?;
+            out[0] = Some(unbroadcast(b, &ga, &sa)?);
+            let at = b.op(
+                "Transpose",
+                &[&a],
+                vec![attr::ints("perm", &swap(sa.len()))],
+            )?;
+            let gw = b.op("MatMul", &[&at, &dy], vec![])?;
+            out[1] = Some(unbroadcast(b, &gw, &sw)?);
+        }
+        "Conv" => conv_rule(b, n, &dy, &mut out)?,
+        "MaxPool" => out[0] = Some(maxpool_rule(b, n, &dy)?),
+        _ => {
+            return Err(GraphError::NoGradRule {
+                node: n.name.clone(),
+                op: n.op.clone(),
+            })
+        }
+    }
+    Ok(out)
+}
+
+/// Output padding that makes a ConvTranspose over `out` reproduce the input size `input`.
+fn output_padding(win: &Window, input: &[usize], out: &[usize]) -> Vec<i64> {
+    (0..2)
+        .map(|i| {
+            let base = win.strides[i] * (out[i] - 1) + (win.kernel[i] - 1) * win.dilations[i] + 1;
+            input[i] as i64 + win.pads[i] as i64 + win.pads[i + 2] as i64 - base as i64
+        })
+        .collect()
+}
+
+fn window_attrs(win: &Window) -> Vec<crate::proto::AttributeProto> {
+    vec![
+        attr::ints("strides", &vec_i64(&win.strides)),
+        attr::ints("dilations", &vec_i64(&win.dilations)),
+        attr::ints("pads", &vec_i64(&win.pads)),
+    ]
+}
+
+/// Conv: dX is a ConvTranspose of dY with the same weights; dW is a Conv of the
+/// (group-regrouped) input over the transposed output gradient, strides and dilations
+/// swapped; dB sums dY over batch and space.
+fn conv_rule(b: &mut Builder, n: &Node, dy: &str, out: &mut [Option<String>]) -> Result<()> {
+    let (x, w) = (n.inputs[0].clone(), n.inputs[1].clone());
+    let (xs, ws, ys) = (b.shape(&x)?, b.shape(&w)?, b.shape(dy)?);
+    let group = n.int("group", 1).max(1) as usize;
+    let win = Window::of(n, &xs[2..], ws[2..].to_vec())?;
+    let opad = output_padding(&win, &xs[2..], &ys[2..]);
+    let mut at = window_attrs(&win);
+    at.push(attr::int("group", group as i64));
+    at.push(attr::ints("output_padding", &opad));
+    at.push(attr::ints("kernel_shape", &vec_i64(&ws[2..])));
+    out[0] = Some(b.op("ConvTranspose", &[dy, &w], at)?);
+
+    let (nb, cg, m) = (xs[0], ws[1], ws[0]);
+    let mg = m / group;
+    let (xin, wgt) = if group == 1 {
+        let xt = b.op("Transpose", &[&x], vec![attr::ints("perm", &[1, 0, 2, 3])])?;
+        let dyt = b.op("Transpose", &[dy], vec![attr::ints("perm", &[1, 0, 2, 3])])?;
+        (xt, dyt)
+    } else {
+        let x5 = b.reshape(&x, &[nb, group, cg, xs[2], xs[3]])?;
+        let xt = b.op(
+            "Transpose",
+            &[&x5],
+            vec![attr::ints("perm", &[2, 1, 0, 3, 4])],
+        )?;
+        let xin = b.reshape(&xt, &[cg, group * nb, xs[2], xs[3]])?;
+        let d5 = b.reshape(dy, &[nb, group, mg, ys[2], ys[3]])?;
+        let dt = b.op(
+            "Transpose",
+            &[&d5],
+            vec![attr::ints("perm", &[1, 2, 0, 3, 4])],
+        )?;
+        let wgt = b.reshape(&dt, &[m, nb, ys[2], ys[3]])?;
+        (xin, wgt)
+    };
+    let gw = b.op(
+        "Conv",
+        &[&xin, &wgt],
+        vec![
+            attr::ints("strides", &vec_i64(&win.dilations)),
+            attr::ints("dilations", &vec_i64(&win.strides)),
+            attr::ints("pads", &vec_i64(&win.pads)),
+            attr::int("group", group as i64),
+            attr::ints("kernel_shape", &[ys[2] as i64, ys[3] as i64]),
+        ],
+    )?;
+    let gwt = b.op("Transpose", &[&gw], vec![attr::ints("perm", &[1, 0, 2, 3])])?;
+    let full = b.shape(&gwt)?;
+    out[1] = Some(if full[2] != ws[2] || full[3] != ws[3] {
+        let (s, e, a) = (
+            b.ints(&[0, 0]),
+            b.ints(&[ws[2] as i64, ws[3] as i64]),
+            b.ints(&[2, 3]),
+        );
+        b.op("Slice", &[&gwt, &s, &e, &a], vec![])?
+    } else {
+        gwt
+    });
+    if n.input(2).is_some() {
+        out[2] = Some(b.reduce("ReduceSum", dy, &[0, 2, 3], false)?);
+    }
+    Ok(())
+}
+
+/// MaxPool: for every kernel offset, a mask of where the strided input slice equals the
+/// output; dY is shared equally among tied maxima (a valid subgradient; ties are measure
+/// zero except in all-zero windows after a ReLU, whose gradient the ReLU discards) and
+/// scattered back with one depthwise ConvTranspose whose kernel is one-hot per offset.
+fn maxpool_rule(b: &mut Builder, n: &Node, dy: &str) -> Result<String> {
+    let x = n.inputs[0].clone();
+    let y = n.outputs[0].clone();
+    let xs = b.shape(&x)?;
+    let ys = b.shape(&y)?;
+    let kernel: Vec<usize> = n
+        .ints("kernel_shape")
+        .unwrap_or_default()
+        .iter()
+        .map(|&k| k as usize)
+        .collect();
+    let win = Window::of(n, &xs[2..], kernel)?;
+    let (c, kh, kw) = (xs[1], win.kernel[0], win.kernel[1]);
+    let kk = kh * kw;
+    let xp = if win.pads.iter().any(|&p| p > 0) {
+        let p = &win.pads;
+        let pads = b.ints(&[
+            0,
+            0,
+            p[0] as i64,
+            p[1] as i64,
+            0,
+            0,
+            p[2] as i64,
+            p[3] as i64,
+        ]);
+        let low = b.scalar(f32::MIN);
+        b.op("Pad", &[&x, &pads, &low], vec![])?
+    } else {
+        x.clone()
+    };
+    let mut masks = Vec::with_capacity(kk);
+    for i in 0..kh {
+        for j in 0..kw {
+            let s0 = (i * win.dilations[0]) as i64;
+            let s1 = (j * win.dilations[1]) as i64;
+            let e0 = s0 + ((ys[2] - 1) * win.strides[0]) as i64 + 1;
+            let e1 = s1 + ((ys[3] - 1) * win.strides[1]) as i64 + 1;
+            let (st, en, ax, sp) = (
+                b.ints(&[s0, s1]),
+                b.ints(&[e0, e1]),
+                b.ints(&[2, 3]),
+                b.ints(&[win.strides[0] as i64, win.strides[1] as i64]),
+            );
+            let sl = b.op("Slice", &[&xp, &st, &en, &ax, &sp], vec![])?;
+            let eq = b.op("Equal", &[&sl, &y], vec![])?;
+            masks.push(b.op("Cast", &[&eq], vec![attr::int("to", 1)])?);
+        }
+    }
+    let mut count = masks[0].clone();
+    for m in &masks[1..] {
+        count = b.op("Add", &[&count, m], vec![])?;
+    }
+    let share = b.op("Div", &[dy, &count], vec![])?;
+    let axis2 = b.ints(&[2]);
+    let mut parts = Vec::with_capacity(kk);
+    for m in &masks {
+        let g = b.op("Mul", &[m, &share], vec![])?;
+        parts.push(b.op("Unsqueeze", &[&g, &axis2], vec![])?);
+    }
+    let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
+    let stacked = b.op("Concat", &refs, vec![attr::int("axis", 2)])?;
+    let stacked = b.reshape(&stacked, &[ys[0], c * kk, ys[2], ys[3]])?;
+    let mut onehot = vec![0f32; c * kk * kk];
+    for ch in 0..c {
+        for o in 0..kk {
+            onehot[(ch * kk + o) * kk + o] = 1.0;
+        }
+    }
+    let w = b.constant(Tensor::f32(vec![c * kk, 1, kh, kw], onehot).expect("sized"));
+    let opad = output_padding(&win, &xs[2..], &ys[2..]);
+    let mut at = window_attrs(&win);
+    at.push(attr::int("group", c as i64));
+    at.push(attr::ints("output_padding", &opad));
+    at.push(attr::ints("kernel_shape", &[kh as i64, kw as i64]));
+    b.op("ConvTranspose", &[&stacked, &w], at)
+}

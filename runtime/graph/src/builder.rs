@@ -1,0 +1,335 @@
+//! Builds graphs node by node with shapes inferred as it goes, constants folded, unique
+//! names, and dead nodes pruned at the end. The autodiff rules, loss and optimizer blocks
+//! all emit through it.
+
+use std::collections::{HashMap, HashSet};
+
+use fieldtune_tensor::Tensor;
+
+use crate::error::{GraphError, Result};
+use crate::infer::{infer, Value};
+use crate::ir::{attr, Elem, Graph, Io, Node};
+use crate::proto::AttributeProto;
+
+/// Ops whose constant results are computed at compile time.
+const FOLDABLE: &[&str] = &[
+    "Constant",
+    "Shape",
+    "Size",
+    "Gather",
+    "Unsqueeze",
+    "Squeeze",
+    "Concat",
+    "Slice",
+    "Cast",
+    "Reshape",
+    "Flatten",
+    "Identity",
+    "ConstantOfShape",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+];
+
+/// A graph under construction.
+pub struct Builder {
+    pub opset: i64,
+    nodes: Vec<Node>,
+    values: HashMap<String, Value>,
+    inits: Vec<(String, Tensor)>,
+    inputs: Vec<Io>,
+    outputs: Vec<String>,
+    names: HashSet<String>,
+    counter: usize,
+    scalars: HashMap<u32, String>,
+    int_consts: HashMap<Vec<i64>, String>,
+    no_grad: HashSet<String>,
+}
+
+impl Builder {
+    pub fn new(opset: i64) -> Builder {
+        Builder {
+            opset,
+            nodes: Vec::new(),
+            values: HashMap::new(),
+            inits: Vec::new(),
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            names: HashSet::new(),
+            counter: 0,
+            scalars: HashMap::new(),
+            int_consts: HashMap::new(),
+            no_grad: HashSet::new(),
+        }
+    }
+
+    /// A fresh tensor or node name starting with `hint`.
+    pub fn fresh(&mut self, hint: &str) -> String {
+        loop {
+            self.counter += 1;
+            let n = format!("{hint}_{}", self.counter);
+            if self.names.insert(n.clone()) {
+                return n;
+            }
+        }
+    }
+
+    fn claim(&mut self, name: &str) -> Result<()> {
+        if !self.names.insert(name.to_string()) {
+            return Err(GraphError::Tensor {
+                tensor: name.into(),
+                reason: "defined twice".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Declares a graph input with a static shape.
+    pub fn input(&mut self, name: &str, elem: Elem, shape: &[usize]) -> Result<String> {
+        self.claim(name)?;
+        self.inputs.push(Io::fixed(name, elem, shape));
+        self.values
+            .insert(name.into(), Value::new(elem, shape.to_vec()));
+        Ok(name.into())
+    }
+
+    /// Adds a named initializer (a constant of the graph).
+    pub fn initializer(&mut self, name: &str, t: Tensor) -> Result<String> {
+        self.claim(name)?;
+        self.values.insert(name.into(), Value::konst(t.clone()));
+        self.inits.push((name.into(), t));
+        Ok(name.into())
+    }
+
+    /// Adds an anonymous constant.
+    pub fn constant(&mut self, t: Tensor) -> String {
+        let n = self.fresh("const");
+        self.values.insert(n.clone(), Value::konst(t.clone()));
+        self.inits.push((n.clone(), t));
+        n
+    }
+
+    /// A rank-0 f32 constant, shared between uses.
+    pub fn scalar(&mut self, v: f32) -> String {
+        if let Some(n) = self.scalars.get(&v.to_bits()) {
+            return n.clone();
+        }
+        let n = self.constant(Tensor::scalar_f32(v));
+        self.scalars.insert(v.to_bits(), n.clone());
+        n
+    }
+
+    /// A 1-D i64 constant, shared between uses.
+    pub fn ints(&mut self, v: &[i64]) -> String {
+        if let Some(n) = self.int_consts.get(v) {
+            return n.clone();
+        }
+        let n = self.constant(Tensor::i64(vec![v.len()], v.to_vec()).expect("1-D"));
+        self.int_consts.insert(v.to_vec(), n.clone());
+        n
+    }
+
+    pub fn value(&self, name: &str) -> Option<&Value> {
+        self.values.get(name)
+    }
+
+    /// The static shape of a tensor known to the builder.
+    pub fn shape(&self, name: &str) -> Result<Vec<usize>> {
+        self.values
+            .get(name)
+            .map(|v| v.shape.clone())
+            .ok_or_else(|| GraphError::Tensor {
+                tensor: name.into(),
+                reason: "unknown to the builder".into(),
+            })
+    }
+
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    /// Whether gradients are blocked at this tensor.
+    pub fn is_no_grad(&self, name: &str) -> bool {
+        self.no_grad.contains(name)
+    }
+
+    /// Adds a node after inferring its outputs; nodes with all-constant results are folded
+    /// into initializers instead.
+    pub fn add(&mut self, node: Node) -> Result<()> {
+        let mut ins = Vec::with_capacity(node.inputs.len());
+        for i in &node.inputs {
+            if i.is_empty() {
+                ins.push(None);
+            } else {
+                ins.push(Some(self.values.get(i).ok_or_else(|| {
+                    GraphError::Undefined {
+                        node: node.name.clone(),
+                        op: node.op.clone(),
+                        tensor: i.clone(),
+                    }
+                })?));
+            }
+        }
+        let outs = infer(&node, &ins)?;
+        for o in &node.outputs {
+            if !o.is_empty() {
+                self.claim(o)?;
+            }
+        }
+        let fold = FOLDABLE.contains(&node.op.as_str())
+            && node.outputs.len() == 1
+            && outs[0].konst.is_some();
+        if fold {
+            let t = outs[0].konst.clone().expect("checked");
+            self.inits.push((node.outputs[0].clone(), t));
+            self.values.insert(node.outputs[0].clone(), outs[0].clone());
+            return Ok(());
+        }
+        for (o, v) in node.outputs.iter().zip(outs) {
+            if !o.is_empty() {
+                self.values.insert(o.clone(), v);
+            }
+        }
+        self.nodes.push(node);
+        Ok(())
+    }
+
+    /// Adds a one-output node and returns its output name.
+    pub fn op(&mut self, op: &str, inputs: &[&str], attrs: Vec<AttributeProto>) -> Result<String> {
+        let name = self.fresh(op);
+        let out = format!("{name}_out");
+        self.add(Node {
+            name,
+            op: op.into(),
+            domain: String::new(),
+            inputs: inputs.iter().map(|s| s.to_string()).collect(),
+            outputs: vec![out.clone()],
+            attrs,
+        })?;
+        Ok(out)
+    }
+
+    /// An Identity whose output blocks gradients (stop-gradient).
+    pub fn stop_gradient(&mut self, x: &str) -> Result<String> {
+        let y = self.op("Identity", &[x], vec![])?;
+        self.no_grad.insert(y.clone());
+        Ok(y)
+    }
+
+    /// A reduction over `axes`, written in the form this opset wants (axes as input for
+    /// ReduceSum from 13 and the others from 18).
+    pub fn reduce(&mut self, op: &str, x: &str, axes: &[i64], keepdims: bool) -> Result<String> {
+        let axes_as_input = op == "ReduceSum" || self.opset >= 18;
+        let keep = attr::int("keepdims", keepdims as i64);
+        if axes_as_input {
+            let a = self.ints(axes);
+            self.op(op, &[x, &a], vec![keep])
+        } else {
+            self.op(op, &[x], vec![keep, attr::ints("axes", axes)])
+        }
+    }
+
+    pub fn reshape(&mut self, x: &str, shape: &[usize]) -> Result<String> {
+        if self.shape(x)? == shape {
+            return Ok(x.into());
+        }
+        let s: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+        let s = self.ints(&s);
+        self.op("Reshape", &[x, &s], vec![])
+    }
+
+    /// Marks a tensor as a graph output.
+    pub fn output(&mut self, name: &str) -> Result<()> {
+        if !self.values.contains_key(name) {
+            return Err(GraphError::Tensor {
+                tensor: name.into(),
+                reason: "output of nothing".into(),
+            });
+        }
+        self.outputs.push(name.into());
+        Ok(())
+    }
+
+    /// Marks `src` as a graph output under the name `name` (through an Identity).
+    pub fn output_as(&mut self, src: &str, name: &str) -> Result<()> {
+        let n = self.fresh("out");
+        self.add(Node {
+            name: n,
+            op: "Identity".into(),
+            domain: String::new(),
+            inputs: vec![src.into()],
+            outputs: vec![name.into()],
+            attrs: vec![],
+        })?;
+        // A folded Identity becomes an initializer; graph outputs may be initializers only
+        // awkwardly, so keep it a node.
+        if !self
+            .nodes
+            .iter()
+            .any(|n| n.outputs.iter().any(|o| o == name))
+        {
+            let t = self
+                .inits
+                .iter()
+                .position(|(n, _)| n == name)
+                .expect("folded");
+            let (_, k) = self.inits.remove(t);
+            let c = self.constant(k);
+            let nn = self.fresh("out");
+            self.nodes.push(Node {
+                name: nn,
+                op: "Identity".into(),
+                domain: String::new(),
+                inputs: vec![c],
+                outputs: vec![name.into()],
+                attrs: vec![],
+            });
+        }
+        self.outputs.push(name.into());
+        Ok(())
+    }
+
+    /// Finishes the graph: drops nodes and initializers nothing needs, keeps inputs as
+    /// declared.
+    pub fn finish(self, name: &str) -> Graph {
+        let mut live: HashSet<&str> = self.outputs.iter().map(String::as_str).collect();
+        let mut keep = vec![false; self.nodes.len()];
+        for (i, n) in self.nodes.iter().enumerate().rev() {
+            if n.outputs.iter().any(|o| live.contains(o.as_str())) {
+                keep[i] = true;
+                for inp in &n.inputs {
+                    live.insert(inp.as_str());
+                }
+            }
+        }
+        let nodes: Vec<Node> = self
+            .nodes
+            .iter()
+            .zip(&keep)
+            .filter(|(_, &k)| k)
+            .map(|(n, _)| n.clone())
+            .collect();
+        let initializers = self
+            .inits
+            .into_iter()
+            .filter(|(n, _)| live.contains(n.as_str()))
+            .collect();
+        let outputs = self
+            .outputs
+            .iter()
+            .map(|o| {
+                let v = &self.values[o];
+                Io::fixed(o, v.elem, &v.shape)
+            })
+            .collect();
+        Graph {
+            name: name.into(),
+            opset: self.opset,
+            nodes,
+            inputs: self.inputs,
+            outputs,
+            initializers,
+        }
+    }
+}

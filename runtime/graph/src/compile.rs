@@ -1,0 +1,399 @@
+//! `compile_train_step`: inference model + [`TrainSpec`] -> one self-contained train-step
+//! graph in standard ai.onnx ops (forward in training mode, the loss, reverse-mode
+//! gradients, the optimizer update).
+//!
+//! Graph inputs: `x_labeled` [Bl,C,H,W], `y_labeled` [Bl] (i64), `x_weak` and `x_strong`
+//! [Bu,C,H,W], `lr` and `step` (f32 scalars; `step` counts from 1), the trainable
+//! parameters under their model names, and the optimizer state. Graph outputs: `loss`, the
+//! loss terms and metrics, `grad_norm`, then `new.<param>` for each parameter and
+//! `new.<state>` for each optimizer state tensor.
+
+use std::collections::{HashMap, HashSet};
+
+use fieldtune_tensor::Tensor;
+
+use crate::autodiff::{backward, grad_inputs};
+use crate::builder::Builder;
+use crate::error::{GraphError, Result};
+use crate::ir::{Dim, Elem, Graph, Node, TRAIN_OPSET};
+use crate::loss::{uda, UdaInputs};
+use crate::optim::{state_names, update};
+use crate::proto::ModelProto;
+use crate::spec::TrainSpec;
+
+/// Names of the train step's batch and hyper-parameter inputs.
+pub mod inputs {
+    pub const X_LABELED: &str = "x_labeled";
+    pub const Y_LABELED: &str = "y_labeled";
+    pub const X_WEAK: &str = "x_weak";
+    pub const X_STRONG: &str = "x_strong";
+    pub const LR: &str = "lr";
+    pub const STEP: &str = "step";
+}
+
+/// Output name of a looped tensor's next value.
+pub fn next_name(name: &str) -> String {
+    format!("new.{name}")
+}
+
+/// A compiled train step and what a runner needs to drive it.
+#[derive(Clone, Debug)]
+pub struct TrainStep {
+    pub graph: Graph,
+    /// Trainable parameters and their initial values (graph inputs, looped).
+    pub params: Vec<(String, Tensor)>,
+    /// Optimizer state and its initial values (graph inputs, looped).
+    pub state: Vec<(String, Tensor)>,
+    /// Scalar outputs: `loss` first, then terms and metrics.
+    pub metrics: Vec<String>,
+    /// Float initializers that stay frozen (not selected, or no gradient reaches them).
+    pub frozen: Vec<String>,
+    /// Image input shape [C, H, W] and number of classes.
+    pub image: [usize; 3],
+    pub classes: usize,
+}
+
+impl TrainStep {
+    /// (output, input) pairs: after a step each output replaces its input.
+    pub fn loops(&self) -> Vec<(String, String)> {
+        self.params
+            .iter()
+            .chain(&self.state)
+            .map(|(n, _)| (next_name(n), n.clone()))
+            .collect()
+    }
+
+    /// The train-step graph as an ONNX model.
+    pub fn to_model(&self) -> ModelProto {
+        self.graph.to_model("fieldtune train-step compiler")
+    }
+}
+
+/// Image shape [C,H,W] of the model input `name`; the batch dim may be symbolic.
+pub fn image_shape(g: &Graph, name: &str) -> Result<[usize; 3]> {
+    let io = g
+        .inputs
+        .iter()
+        .find(|i| i.name == name)
+        .ok_or_else(|| GraphError::Input {
+            input: name.into(),
+            reason: format!(
+                "not an input of the model (inputs: {})",
+                g.inputs
+                    .iter()
+                    .map(|i| i.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        })?;
+    if io.elem != Elem::F32 || io.dims.len() != 4 {
+        return Err(GraphError::Input {
+            input: name.into(),
+            reason: format!(
+                "expected a float32 NCHW tensor, found {:?} {:?}",
+                io.elem, io.dims
+            ),
+        });
+    }
+    let mut s = [0; 3];
+    for (i, d) in io.dims[1..].iter().enumerate() {
+        s[i] = match d {
+            Dim::Fixed(n) => *n,
+            Dim::Symbolic(p) => {
+                return Err(GraphError::Input {
+                    input: name.into(),
+                    reason: format!(
+                        "dimension {} is symbolic ('{p}'); only the batch may be",
+                        i + 1
+                    ),
+                })
+            }
+        };
+    }
+    Ok(s)
+}
+
+/// Adds one forward instance of `g` reading `x`, naming its tensors under `prefix`;
+/// returns the name of `output` in this instance.
+fn instantiate(
+    b: &mut Builder,
+    g: &Graph,
+    input: &str,
+    x: &str,
+    output: &str,
+    prefix: &str,
+    shared: &HashSet<String>,
+) -> Result<String> {
+    let rename = |n: &str| -> String {
+        if n.is_empty() || shared.contains(n) {
+            n.to_string()
+        } else if n == input {
+            x.to_string()
+        } else {
+            format!("{prefix}/{n}")
+        }
+    };
+    for n in &g.nodes {
+        b.add(Node {
+            name: format!("{prefix}/{}", n.name),
+            op: n.op.clone(),
+            domain: n.domain.clone(),
+            inputs: n.inputs.iter().map(|i| rename(i)).collect(),
+            outputs: n.outputs.iter().map(|o| rename(o)).collect(),
+            attrs: n.attrs.clone(),
+        })?;
+    }
+    if !g.outputs.iter().any(|o| o.name == output)
+        && !g
+            .nodes
+            .iter()
+            .any(|n| n.outputs.iter().any(|o| o == output))
+    {
+        return Err(GraphError::Input {
+            input: output.into(),
+            reason: "not an output of the model".into(),
+        });
+    }
+    Ok(rename(output))
+}
+
+/// Float initializers that feed a differentiable input of some node (candidates to train).
+fn trainable_candidates(g: &Graph) -> HashSet<String> {
+    let mut out = HashSet::new();
+    for n in &g.nodes {
+        if let Some(ix) = grad_inputs(n) {
+            for i in ix {
+                out.insert(n.inputs[i].clone());
+            }
+        }
+    }
+    out
+}
+
+/// Compiles the train step of `model` under `spec`.
+pub fn compile_train_step(model: &ModelProto, spec: &TrainSpec) -> Result<TrainStep> {
+    let g = Graph::from_model(model)?;
+    let image = image_shape(&g, &spec.input)?;
+    if spec.batch_unlabeled == 0 {
+        return Err(GraphError::Spec(
+            "batch_unlabeled must be at least 1".into(),
+        ));
+    }
+    let opset = g.opset.max(TRAIN_OPSET);
+    let mut b = Builder::new(opset);
+    let [c, h, w] = image;
+    let (bl, bu) = (spec.batch_labeled, spec.batch_unlabeled);
+
+    // Inputs: batches, hyper-parameters, parameters; frozen initializers stay constants.
+    let xl = if bl > 0 {
+        Some(b.input(inputs::X_LABELED, Elem::F32, &[bl, c, h, w])?)
+    } else {
+        None
+    };
+    let yl = if bl > 0 {
+        Some(b.input(inputs::Y_LABELED, Elem::I64, &[bl])?)
+    } else {
+        None
+    };
+    let xw = b.input(inputs::X_WEAK, Elem::F32, &[bu, c, h, w])?;
+    let xs = b.input(inputs::X_STRONG, Elem::F32, &[bu, c, h, w])?;
+    let lr = b.input(inputs::LR, Elem::F32, &[])?;
+    let step = b.input(inputs::STEP, Elem::F32, &[])?;
+    let candidates = trainable_candidates(&g);
+    let mut params = Vec::new();
+    let mut frozen = Vec::new();
+    let mut shared = HashSet::new();
+    for (name, t) in &g.initializers {
+        shared.insert(name.clone());
+        let is_param = t.as_f32().is_some()
+            && !t.shape().is_empty()
+            && candidates.contains(name)
+            && spec.trainable.selects(name);
+        if is_param {
+            b.input(name, Elem::F32, t.shape())?;
+            params.push((name.clone(), t.clone()));
+        } else {
+            if t.as_f32().is_some() {
+                frozen.push(name.clone());
+            }
+            b.initializer(name, t.clone())?;
+        }
+    }
+    if params.is_empty() {
+        return Err(GraphError::Spec(
+            "no initializer matches the trainable selection".into(),
+        ));
+    }
+
+    // Forward passes: one with gradients over the concatenated training views, and the
+    // weak view without gradients unless the entropy terms need it.
+    let weak_trains = spec.loss.weak_view_trains();
+    let mut parts: Vec<(&str, usize)> = Vec::new();
+    if let Some(x) = &xl {
+        parts.push((x, bl));
+    }
+    if weak_trains {
+        parts.push((&xw, bu));
+    }
+    parts.push((&xs, bu));
+    let refs: Vec<&str> = parts.iter().map(|p| p.0).collect();
+    let xcat = if refs.len() == 1 {
+        refs[0].to_string()
+    } else {
+        b.op("Concat", &refs, vec![crate::ir::attr::int("axis", 0)])?
+    };
+    let logits = instantiate(
+        &mut b,
+        &g,
+        &spec.input,
+        &xcat,
+        &spec.output,
+        "train",
+        &shared,
+    )?;
+    let ls = b.shape(&logits)?;
+    if ls.len() != 2 || ls[0] != parts.iter().map(|p| p.1).sum::<usize>() {
+        return Err(GraphError::Input {
+            input: spec.output.clone(),
+            reason: format!("expected [batch, classes] logits, found {ls:?}"),
+        });
+    }
+    let classes = ls[1];
+    let mut slices = Vec::new();
+    let mut start = 0i64;
+    for (_, n) in &parts {
+        let (s, e, a) = (b.ints(&[start]), b.ints(&[start + *n as i64]), b.ints(&[0]));
+        slices.push(if parts.len() == 1 {
+            logits.clone()
+        } else {
+            b.op("Slice", &[&logits, &s, &e, &a], vec![])?
+        });
+        start += *n as i64;
+    }
+    let mut it = slices.into_iter();
+    let logits_l = xl.as_ref().map(|_| it.next().expect("labeled slice"));
+    let (weak_grad, weak_target) = if weak_trains {
+        let wg = it.next().expect("weak slice");
+        let wt = b.stop_gradient(&wg)?;
+        (Some(wg), wt)
+    } else {
+        let lw = instantiate(&mut b, &g, &spec.input, &xw, &spec.output, "weak", &shared)?;
+        let wt = b.stop_gradient(&lw)?;
+        (None, wt)
+    };
+    let logits_s = it.next().expect("strong slice");
+
+    let terms = uda(
+        &mut b,
+        &spec.loss,
+        &UdaInputs {
+            labeled: logits_l.as_deref().zip(yl.as_deref()),
+            weak_target: &weak_target,
+            weak_grad: weak_grad.as_deref(),
+            strong: &logits_s,
+            step: &step,
+            classes,
+        },
+    )?;
+
+    // Gradients and the update.
+    let names: Vec<String> = params.iter().map(|p| p.0.clone()).collect();
+    let grads = backward(&mut b, &terms.total, &names)?;
+    let mut kept = Vec::new();
+    let mut state = Vec::new();
+    let mut sq_terms = Vec::new();
+    let mut updates: Vec<(String, String)> = Vec::new();
+    for (name, t) in params {
+        let Some(gname) = grads.get(&name).cloned().flatten() else {
+            frozen.push(name);
+            continue;
+        };
+        let gg = b.op("Mul", &[&gname, &gname], vec![])?;
+        let r = t.shape().len() as i64;
+        sq_terms.push(b.reduce("ReduceSum", &gg, &(0..r).collect::<Vec<_>>(), false)?);
+        let snames = state_names(&spec.optimizer, &name);
+        for s in &snames {
+            b.input(s, Elem::F32, t.shape())?;
+            state.push((s.clone(), Tensor::zeros_f32(t.shape().to_vec())));
+        }
+        let up = update(&mut b, &spec.optimizer, &name, &gname, &lr, &step, &snames)?;
+        updates.push((next_name(&name), up.new_param));
+        for slot in up.state {
+            updates.push((next_name(&slot.input), slot.output));
+        }
+        kept.push((name, t));
+    }
+    if kept.is_empty() {
+        return Err(GraphError::Spec(
+            "the loss depends on none of the trainable parameters".into(),
+        ));
+    }
+    let mut metrics = vec!["loss".to_string()];
+    b.output_as(&terms.total, "loss")?;
+    for (n, t) in &terms.metrics {
+        b.output_as(t, n)?;
+        metrics.push(n.to_string());
+    }
+    let mut norm2 = sq_terms[0].clone();
+    for t in &sq_terms[1..] {
+        norm2 = b.op("Add", &[&norm2, t], vec![])?;
+    }
+    let gn = b.op("Sqrt", &[&norm2], vec![])?;
+    b.output_as(&gn, "grad_norm")?;
+    metrics.push("grad_norm".into());
+    for (out, src) in &updates {
+        b.output_as(src, out)?;
+    }
+    // The parameters' graph inputs of frozen-for-lack-of-gradient tensors are dropped.
+    let mut graph = b.finish("fieldtune_train_step");
+    let kept_names: HashSet<&str> = kept
+        .iter()
+        .map(|p| p.0.as_str())
+        .chain(state.iter().map(|s| s.0.as_str()))
+        .collect();
+    let frozen_inputs: HashMap<String, Tensor> = g
+        .initializers
+        .iter()
+        .filter(|(n, _)| frozen.contains(n) && graph.inputs.iter().any(|i| &i.name == n))
+        .map(|(n, t)| (n.clone(), t.clone()))
+        .collect();
+    graph
+        .inputs
+        .retain(|i| !frozen_inputs.contains_key(&i.name) || kept_names.contains(i.name.as_str()));
+    for (n, t) in frozen_inputs {
+        if graph.nodes.iter().any(|nd| nd.inputs.contains(&n)) {
+            graph.initializers.push((n, t));
+        }
+    }
+    Ok(TrainStep {
+        graph,
+        params: kept,
+        state,
+        metrics,
+        frozen,
+        image,
+        classes,
+    })
+}
+
+/// Compiles the plain inference graph of `model` at a static batch (folded shapes, no
+/// training nodes); used for engine parity checks and to inspect what the compiler sees.
+pub fn compile_inference(
+    model: &ModelProto,
+    input: &str,
+    output: &str,
+    batch: usize,
+) -> Result<Graph> {
+    let g = Graph::from_model(model)?;
+    let [c, h, w] = image_shape(&g, input)?;
+    let mut b = Builder::new(g.opset);
+    let x = b.input(input, Elem::F32, &[batch, c, h, w])?;
+    let mut shared = HashSet::new();
+    for (name, t) in &g.initializers {
+        shared.insert(name.clone());
+        b.initializer(name, t.clone())?;
+    }
+    let y = instantiate(&mut b, &g, input, &x, output, "infer", &shared)?;
+    b.output_as(&y, output)?;
+    Ok(b.finish("fieldtune_inference"))
+}

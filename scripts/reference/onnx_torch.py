@@ -1,0 +1,95 @@
+"""Runs an ONNX inference graph with PyTorch ops, so PyTorch autograd can differentiate it.
+
+An independent reference for fieldtune's train-step compiler: the forward ops here are
+torch's own (F.conv2d, F.max_pool2d, ...) and the gradients come from torch autograd, not
+from fieldtune's vector-Jacobian rules. Covers the ops of the shipped models and the
+exporter's shape chains.
+"""
+import numpy as np
+import onnx
+import torch
+import torch.nn.functional as F
+from onnx import numpy_helper
+
+
+def _attrs(node):
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+class OnnxModule:
+    def __init__(self, path, params=None):
+        m = onnx.load(path)
+        self.graph = m.graph
+        self.inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+        self.input = [i.name for i in m.graph.input if i.name not in self.inits][0]
+        self.output = m.graph.output[0].name
+
+    def float_initializers(self):
+        return {k: v for k, v in self.inits.items() if v.dtype == np.float32 and v.ndim > 0}
+
+    def __call__(self, x, params):
+        env = {}
+        for k, v in self.inits.items():
+            env[k] = params[k] if k in params else torch.from_numpy(np.array(v))
+        env[self.input] = x
+        for n in self.graph.node:
+            ins = [env[i] if i else None for i in n.input]
+            outs = self._run(n, ins, _attrs(n))
+            for name, v in zip(n.output, outs):
+                env[name] = v
+        return env[self.output]
+
+    def _run(self, n, x, a):
+        op = n.op_type
+        if op == "Conv":
+            k = x[1].shape[2:]
+            pads = a.get("pads", [0, 0, 0, 0])
+            assert pads[0] == pads[2] and pads[1] == pads[3], "asymmetric pads"
+            return [F.conv2d(x[0], x[1], x[2] if len(x) > 2 else None, stride=a.get("strides", [1, 1]),
+                             padding=(pads[0], pads[1]), dilation=a.get("dilations", [1, 1]), groups=a.get("group", 1))]
+        if op == "Relu":
+            return [F.relu(x[0])]
+        if op == "MaxPool":
+            pads = a.get("pads", [0, 0, 0, 0])
+            return [F.max_pool2d(x[0], a["kernel_shape"], stride=a.get("strides", [1, 1]), padding=(pads[0], pads[1]),
+                                 dilation=a.get("dilations", [1, 1]))]
+        if op == "Flatten":
+            ax = a.get("axis", 1)
+            return [x[0].reshape(int(np.prod(x[0].shape[:ax])), -1)]
+        if op == "Gemm":
+            A = x[0].t() if a.get("transA", 0) else x[0]
+            B = x[1].t() if a.get("transB", 0) else x[1]
+            y = a.get("alpha", 1.0) * (A @ B)
+            if len(x) > 2 and x[2] is not None:
+                y = y + a.get("beta", 1.0) * x[2]
+            return [y]
+        if op == "MatMul":
+            return [x[0] @ x[1]]
+        if op in ("Add", "Sub", "Mul", "Div"):
+            f = {"Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Div": torch.div}[op]
+            return [f(x[0], x[1])]
+        if op == "Identity":
+            return [x[0]]
+        if op == "Constant":
+            return [torch.from_numpy(np.array(numpy_helper.to_array(a["value"])))]
+        if op == "Shape":
+            return [torch.tensor(list(x[0].shape), dtype=torch.int64)]
+        if op == "Gather":
+            return [torch.index_select(x[0], a.get("axis", 0), x[1].reshape(-1)).reshape(
+                list(x[0].shape[: a.get("axis", 0)]) + list(x[1].shape) + list(x[0].shape[a.get("axis", 0) + 1:]))]
+        if op == "Unsqueeze":
+            y = x[0]
+            for ax in sorted(int(v) for v in x[1]):
+                y = y.unsqueeze(ax)
+            return [y]
+        if op == "Concat":
+            return [torch.cat(x, dim=a["axis"])]
+        if op == "Reshape":
+            shape = [int(v) for v in x[1]]
+            shape = [x[0].shape[i] if s == 0 else s for i, s in enumerate(shape)]
+            return [x[0].reshape(shape)]
+        if op == "Softmax":
+            return [torch.softmax(x[0], a.get("axis", -1))]
+        if op == "LogSoftmax":
+            return [torch.log_softmax(x[0], a.get("axis", -1))]
+        raise NotImplementedError(f"reference interpreter has no op {op}")

@@ -1,0 +1,201 @@
+//! Helpers shared by the cross-crate tests: both engines, random tensors, and a central
+//! finite-difference gradient check that runs compiled gradient graphs on a real engine.
+
+use fieldtune_engine::{Engine, OrtEngine, OrtOptions, Session, TractEngine};
+use fieldtune_graph::autodiff::backward;
+use fieldtune_graph::builder::Builder;
+use fieldtune_graph::ir::{encode_model, Elem};
+use fieldtune_tensor::Tensor;
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+/// Repository root (tests run from the crate dir).
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace")
+        .to_path_buf()
+}
+
+/// ONNX Runtime, found the way users find it. Tests need it: a missing library fails loudly.
+pub fn ort() -> OrtEngine {
+    OrtEngine::new(OrtOptions {
+        intra_threads: Some(1),
+        ..Default::default()
+    })
+    .unwrap_or_else(|e| panic!("ONNX Runtime not found: run scripts/install-ort.sh ({e})"))
+}
+
+/// Both engines, ONNX Runtime first.
+pub fn engines() -> Vec<Box<dyn Engine>> {
+    vec![Box::new(ort()), Box::new(TractEngine::new())]
+}
+
+/// A seeded RNG.
+pub fn rng(seed: u64) -> ChaCha8Rng {
+    use rand::SeedableRng;
+    ChaCha8Rng::seed_from_u64(seed)
+}
+
+/// Uniform f32 tensor in [lo, hi).
+pub fn uniform(rng: &mut ChaCha8Rng, shape: &[usize], lo: f32, hi: f32) -> Tensor {
+    let n = shape.iter().product();
+    Tensor::f32(
+        shape.to_vec(),
+        (0..n).map(|_| rng.gen_range(lo..hi)).collect(),
+    )
+    .expect("sized")
+}
+
+/// Uniform values pushed at least `gap` away from zero (keeps ReLU kinks out of reach of
+/// finite differences).
+pub fn away_from_zero(rng: &mut ChaCha8Rng, shape: &[usize], gap: f32) -> Tensor {
+    let n = shape.iter().product();
+    let v = (0..n)
+        .map(|_| {
+            let m = rng.gen_range(gap..1.0);
+            if rng.gen_bool(0.5) {
+                m
+            } else {
+                -m
+            }
+        })
+        .collect();
+    Tensor::f32(shape.to_vec(), v).expect("sized")
+}
+
+/// Distinct values (a shuffled ramp over `[-span/2, span/2)` with spacing `span/n`) so
+/// max-pool windows never tie.
+pub fn distinct(rng: &mut ChaCha8Rng, shape: &[usize], span: f32) -> Tensor {
+    use rand::seq::SliceRandom;
+    let n: usize = shape.iter().product();
+    let mut v: Vec<f32> = (0..n).map(|i| (i as f32 / n as f32 - 0.5) * span).collect();
+    v.shuffle(rng);
+    Tensor::f32(shape.to_vec(), v).expect("sized")
+}
+
+fn axpy(x: &Tensor, v: &Tensor, a: f32) -> Tensor {
+    let d = x
+        .as_f32()
+        .expect("f32")
+        .iter()
+        .zip(v.as_f32().expect("f32"))
+        .map(|(x, v)| x + a * v)
+        .collect();
+    Tensor::f32(x.shape().to_vec(), d).expect("sized")
+}
+
+fn dot(a: &Tensor, b: &Tensor) -> f64 {
+    a.as_f32()
+        .expect("f32")
+        .iter()
+        .zip(b.as_f32().expect("f32"))
+        .map(|(x, y)| *x as f64 * *y as f64)
+        .sum()
+}
+
+/// Result of one gradient check.
+#[derive(Debug)]
+pub struct GradCheck {
+    /// (input, analytic directional derivative, finite difference) per checked direction.
+    pub rows: Vec<(String, f64, f64)>,
+}
+
+impl GradCheck {
+    /// Largest |analytic - numeric| / max(|numeric|, floor).
+    pub fn worst(&self, floor: f64) -> f64 {
+        self.rows
+            .iter()
+            .map(|(_, a, n)| (a - n).abs() / n.abs().max(a.abs()).max(floor))
+            .fold(0.0, f64::max)
+    }
+}
+
+/// Builds `loss = sum(op_output * R)` for a random R, differentiates it with fieldtune's
+/// autodiff, runs the gradient graph on `engine`, and compares each input's directional
+/// derivative along random directions with a central finite difference of the same graph.
+/// `build` adds the op(s) under test and returns the output. Integer inputs (`I64`) are fed
+/// but not differentiated.
+pub fn gradcheck(
+    engine: &dyn Engine,
+    inputs: &[(&str, Tensor)],
+    eps: f32,
+    seed: u64,
+    build: impl FnOnce(&mut Builder, &[String]) -> fieldtune_graph::Result<String>,
+) -> GradCheck {
+    let mut r = rng(seed);
+    let mut b = Builder::new(17);
+    let mut names = Vec::new();
+    for (n, t) in inputs {
+        let elem = if t.as_f32().is_some() {
+            Elem::F32
+        } else {
+            Elem::I64
+        };
+        names.push(b.input(n, elem, t.shape()).expect("input"));
+    }
+    let y = build(&mut b, &names).expect("build");
+    let ys = b.shape(&y).expect("shape");
+    let weights = b.constant(uniform(&mut r, &ys, -1.0, 1.0));
+    let prod = b.op("Mul", &[&y, &weights], vec![]).expect("mul");
+    let axes: Vec<i64> = (0..ys.len() as i64).collect();
+    let loss = if axes.is_empty() {
+        prod
+    } else {
+        b.reduce("ReduceSum", &prod, &axes, false).expect("sum")
+    };
+    let wrt: Vec<String> = inputs
+        .iter()
+        .filter(|(_, t)| t.as_f32().is_some())
+        .map(|(n, _)| n.to_string())
+        .collect();
+    let grads = backward(&mut b, &loss, &wrt).expect("backward");
+    b.output_as(&loss, "loss").expect("out");
+    for w in &wrt {
+        let g = grads[w]
+            .clone()
+            .unwrap_or_else(|| panic!("no gradient reaches {w}"));
+        b.output_as(&g, &format!("grad.{w}")).expect("out");
+    }
+    let graph = b.finish("gradcheck");
+    let bytes = encode_model(&graph.to_model("gradcheck"));
+    let mut s = engine.load(&bytes, "gradcheck").expect("load");
+    let eval = |s: &mut Box<dyn Session>, feeds: &[(String, Tensor)]| -> Vec<(String, Tensor)> {
+        let refs: Vec<(&str, &Tensor)> = feeds.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        s.run(&refs).expect("run")
+    };
+    let base: Vec<(String, Tensor)> = inputs
+        .iter()
+        .map(|(n, t)| (n.to_string(), t.clone()))
+        .collect();
+    let outs = eval(&mut s, &base);
+    let get = |outs: &[(String, Tensor)], n: &str| {
+        outs.iter().find(|(k, _)| k == n).expect("output").1.clone()
+    };
+    let loss_of = |outs: &[(String, Tensor)]| get(outs, "loss").as_f32().expect("f32")[0] as f64;
+    let mut rows = Vec::new();
+    for w in &wrt {
+        let g = get(&outs, &format!("grad.{w}"));
+        let x = &inputs.iter().find(|(n, _)| n == w).expect("input").1;
+        for _ in 0..3 {
+            let v = uniform(&mut r, x.shape(), -1.0, 1.0);
+            let analytic = dot(&g, &v);
+            let mut plus = base.clone();
+            let mut minus = base.clone();
+            for (n, t) in plus.iter_mut() {
+                if n == w {
+                    *t = axpy(x, &v, eps);
+                }
+            }
+            for (n, t) in minus.iter_mut() {
+                if n == w {
+                    *t = axpy(x, &v, -eps);
+                }
+            }
+            let fd = (loss_of(&eval(&mut s, &plus)) - loss_of(&eval(&mut s, &minus)))
+                / (2.0 * eps as f64);
+            rows.push((w.clone(), analytic, fd));
+        }
+    }
+    GradCheck { rows }
+}
