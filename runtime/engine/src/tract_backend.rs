@@ -1,0 +1,332 @@
+//! The tract backend (pure Rust, CPU).
+//!
+//! The ONNX model is parsed once into tract's inference model. Runnable plans are compiled per
+//! concrete set of input shapes and cached: inference graphs have a symbolic batch, so each new
+//! batch size compiles once; train-step graphs are fully static and compile at load.
+
+use std::collections::{HashMap, HashSet};
+
+use tract_onnx::pb;
+use tract_onnx::prelude::{
+    DatumType, Framework, InferenceFact, InferenceModel, InferenceModelExt, IntoRunnable,
+    IntoTValue, TValue, TVec, Tensor as TractTensor, TypedSimpleState,
+};
+
+use crate::{
+    catch_panic, onnx_elem_name, order_inputs, DType, Engine, EngineError, EngineKind, IoInfo,
+    ResidentSession, Session, StatefulSession, Tensor, TensorData,
+};
+
+/// The tract version this crate is built against.
+pub const TRACT_VERSION: &str = "0.23.9";
+
+/// How many compiled plans (distinct input shape sets) a session keeps.
+const PLAN_CACHE: usize = 8;
+
+/// tract as an [`Engine`].
+#[derive(Clone, Debug, Default)]
+pub struct TractEngine {
+    _private: (),
+}
+
+impl TractEngine {
+    /// A tract engine; it needs nothing from the system.
+    pub fn new() -> Self {
+        TractEngine { _private: () }
+    }
+}
+
+fn load_err(label: &str, message: impl std::fmt::Display) -> EngineError {
+    EngineError::ModelLoad {
+        model: label.to_string(),
+        engine: EngineKind::Tract,
+        message: format!("{message:#}"),
+    }
+}
+
+fn io_from_value_info(v: &pb::ValueInfoProto) -> IoInfo {
+    use pb::tensor_shape_proto::dimension::Value as Dim;
+    use pb::type_proto::Value as Ty;
+    let mut info = IoInfo {
+        name: v.name.clone(),
+        dtype: DType::F32,
+        onnx_type: "unknown".to_string(),
+        shape: vec![],
+    };
+    if let Some(Ty::TensorType(t)) = v.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+        let (name, dtype) = onnx_elem_name(t.elem_type);
+        info.onnx_type = name.to_string();
+        info.dtype = dtype;
+        if let Some(shape) = &t.shape {
+            info.shape = shape
+                .dim
+                .iter()
+                .map(|d| match d.value {
+                    Some(Dim::DimValue(n)) if n >= 0 => usize::try_from(n).ok(),
+                    _ => None,
+                })
+                .collect();
+        }
+    }
+    info
+}
+
+impl TractEngine {
+    fn build(&self, model: &[u8], label: &str) -> Result<TractSession, EngineError> {
+        let onnx = tract_onnx::onnx().with_ignore_value_info(true);
+        let proto = onnx
+            .proto_model_for_read(&mut &model[..])
+            .map_err(|e| load_err(label, format!("not a valid ONNX protobuf: {e:#}")))?;
+        let graph = proto
+            .graph
+            .as_ref()
+            .ok_or_else(|| load_err(label, "the model has no graph"))?;
+        let initializers: HashSet<&str> =
+            graph.initializer.iter().map(|t| t.name.as_str()).collect();
+        let inputs: Vec<IoInfo> = graph
+            .input
+            .iter()
+            .filter(|i| !initializers.contains(i.name.as_str()))
+            .map(io_from_value_info)
+            .collect();
+        let outputs: Vec<IoInfo> = graph.output.iter().map(io_from_value_info).collect();
+        let model = onnx
+            .model_for_proto_model(&proto)
+            .map_err(|e| load_err(label, e))?;
+        let unimplemented: Vec<String> = model
+            .nodes()
+            .iter()
+            .map(|n| n.op.name().to_string())
+            .filter(|n| n.starts_with("Unimplemented("))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if !unimplemented.is_empty() {
+            return Err(load_err(
+                label,
+                format!(
+                    "operators tract does not support: {}",
+                    unimplemented.join(", ")
+                ),
+            ));
+        }
+        let mut session = TractSession {
+            model,
+            label: label.to_string(),
+            inputs,
+            outputs,
+            plans: Vec::new(),
+        };
+        // Fully static graphs (train steps) compile now, so errors show at load time.
+        if session.inputs.iter().all(IoInfo::is_static)
+            && session.inputs.iter().all(IoInfo::is_native)
+        {
+            let shapes: Vec<Vec<usize>> = session
+                .inputs
+                .iter()
+                .map(|i| i.shape.iter().map(|d| d.unwrap_or(0)).collect())
+                .collect();
+            let dts: Vec<DType> = session.inputs.iter().map(|i| i.dtype).collect();
+            let state = session
+                .compile(&shapes, &dts)
+                .map_err(|e| load_err(label, e))?;
+            session.plans.push((shapes, state));
+        }
+        Ok(session)
+    }
+}
+
+impl Engine for TractEngine {
+    fn kind(&self) -> EngineKind {
+        EngineKind::Tract
+    }
+
+    fn describe(&self) -> String {
+        format!("tract {TRACT_VERSION} (CPU)")
+    }
+
+    fn load(&self, model: &[u8], label: &str) -> Result<Box<dyn Session>, EngineError> {
+        let s = catch_panic(|| self.build(model, label), |m| load_err(label, m))?;
+        Ok(Box::new(s))
+    }
+}
+
+/// A model loaded into tract.
+pub struct TractSession {
+    model: InferenceModel,
+    label: String,
+    inputs: Vec<IoInfo>,
+    outputs: Vec<IoInfo>,
+    /// Compiled plans by input shapes, most recently used last.
+    plans: Vec<(Vec<Vec<usize>>, TypedSimpleState)>,
+}
+
+fn datum(dt: DType) -> DatumType {
+    match dt {
+        DType::F32 => DatumType::F32,
+        DType::I64 => DatumType::I64,
+    }
+}
+
+impl TractSession {
+    /// Number of compiled plans held (one per distinct set of input shapes seen).
+    pub fn cached_plans(&self) -> usize {
+        self.plans.len()
+    }
+
+    fn compile(
+        &self,
+        shapes: &[Vec<usize>],
+        dts: &[DType],
+    ) -> tract_onnx::prelude::TractResult<TypedSimpleState> {
+        let mut m = self.model.clone();
+        for (i, (shape, dt)) in shapes.iter().zip(dts).enumerate() {
+            m = m.with_input_fact(i, InferenceFact::dt_shape(datum(*dt), shape.as_slice()))?;
+        }
+        let plan = m.into_optimized()?.into_runnable()?;
+        plan.spawn()
+    }
+
+    fn run_inner(
+        &mut self,
+        given: &[(&str, &Tensor)],
+    ) -> Result<Vec<(String, Tensor)>, EngineError> {
+        let ordered = order_inputs(&self.label, &self.inputs, given)?;
+        let shapes: Vec<Vec<usize>> = ordered.iter().map(|t| t.shape().to_vec()).collect();
+        let run_err = |message: String| EngineError::Run {
+            model: self.label.clone(),
+            engine: EngineKind::Tract,
+            message,
+        };
+        let ix = match self.plans.iter().position(|(k, _)| *k == shapes) {
+            Some(ix) => ix,
+            None => {
+                let dts: Vec<DType> = ordered.iter().map(|t| t.dtype()).collect();
+                let state = self.compile(&shapes, &dts).map_err(|e| {
+                    run_err(format!("compiling for input shapes {shapes:?}: {e:#}"))
+                })?;
+                if self.plans.len() >= PLAN_CACHE {
+                    self.plans.remove(0);
+                }
+                self.plans.push((shapes, state));
+                self.plans.len() - 1
+            }
+        };
+        // Most recently used last.
+        let entry = self.plans.remove(ix);
+        self.plans.push(entry);
+
+        let mut values: TVec<TValue> = TVec::new();
+        for t in &ordered {
+            let tt = match t.data() {
+                TensorData::F32(d) => TractTensor::from_shape(t.shape(), d),
+                TensorData::I64(d) => TractTensor::from_shape(t.shape(), d),
+            }
+            .map_err(|e| run_err(format!("{e:#}")))?;
+            values.push(tt.into_tvalue());
+        }
+        let label = self.label.clone();
+        let state = &mut self.plans.last_mut().expect("just pushed").1;
+        let outs = state.run(values).map_err(|e| EngineError::Run {
+            model: label.clone(),
+            engine: EngineKind::Tract,
+            message: format!("{e:#}"),
+        })?;
+        if outs.len() != self.outputs.len() {
+            return Err(EngineError::Run {
+                model: label,
+                engine: EngineKind::Tract,
+                message: format!(
+                    "expected {} outputs, got {}",
+                    self.outputs.len(),
+                    outs.len()
+                ),
+            });
+        }
+        self.outputs
+            .iter()
+            .zip(outs)
+            .map(|(info, v)| Ok((info.name.clone(), to_tensor(&label, &info.name, &v)?)))
+            .collect()
+    }
+}
+
+/// Copies a tract value to a host [`Tensor`]: floats as f32, integers and bools as i64.
+fn to_tensor(model: &str, name: &str, v: &TractTensor) -> Result<Tensor, EngineError> {
+    let err = |message: String| EngineError::Run {
+        model: model.to_string(),
+        engine: EngineKind::Tract,
+        message: format!("output '{name}': {message}"),
+    };
+    let shape = v.shape().to_vec();
+    let dt = v.datum_type();
+    let data = if dt == DatumType::F32 {
+        let p = v.try_as_plain_ram().map_err(|e| err(format!("{e:#}")))?;
+        TensorData::F32(
+            p.as_slice::<f32>()
+                .map_err(|e| err(format!("{e:#}")))?
+                .to_vec(),
+        )
+    } else if dt.is_float() {
+        let c = v.cast_to::<f32>().map_err(|e| err(format!("{e:#}")))?;
+        let p = c.try_as_plain_ram().map_err(|e| err(format!("{e:#}")))?;
+        TensorData::F32(
+            p.as_slice::<f32>()
+                .map_err(|e| err(format!("{e:#}")))?
+                .to_vec(),
+        )
+    } else {
+        let c = v
+            .cast_to::<i64>()
+            .map_err(|_| EngineError::UnsupportedDType {
+                model: model.to_string(),
+                tensor: name.to_string(),
+                dtype: format!("{dt:?}"),
+            })?;
+        let p = c.try_as_plain_ram().map_err(|e| err(format!("{e:#}")))?;
+        TensorData::I64(
+            p.as_slice::<i64>()
+                .map_err(|e| err(format!("{e:#}")))?
+                .to_vec(),
+        )
+    };
+    Tensor::new(shape, data).map_err(|e| err(e.to_string()))
+}
+
+impl Session for TractSession {
+    fn label(&self) -> &str {
+        &self.label
+    }
+
+    fn inputs(&self) -> &[IoInfo] {
+        &self.inputs
+    }
+
+    fn outputs(&self) -> &[IoInfo] {
+        &self.outputs
+    }
+
+    fn execution_provider(&self) -> &str {
+        "tract-cpu"
+    }
+
+    fn run(&mut self, inputs: &[(&str, &Tensor)]) -> Result<Vec<(String, Tensor)>, EngineError> {
+        let label = self.label.clone();
+        catch_panic(
+            || self.run_inner(inputs),
+            |message| EngineError::Run {
+                model: label,
+                engine: EngineKind::Tract,
+                message,
+            },
+        )
+    }
+
+    fn into_resident(
+        self: Box<Self>,
+        initial_state: HashMap<String, Tensor>,
+        loops: Vec<(String, String)>,
+    ) -> Result<Box<dyn ResidentSession>, EngineError> {
+        Ok(Box::new(StatefulSession::new(self, initial_state, loops)?))
+    }
+}
