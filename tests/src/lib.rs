@@ -199,3 +199,40 @@ pub fn gradcheck(
     }
     GradCheck { rows }
 }
+
+/// Loads `count` PNGs of a class folder tree (`dir/<class>/*.png`), spread over classes, as a
+/// normalised NCHW batch with labels (MNIST normalisation: mean 0.1307, std 0.3081).
+pub fn digit_batch(dir: &std::path::Path, count: usize, offset: usize) -> (Tensor, Tensor) {
+    let mut files: Vec<(std::path::PathBuf, i64)> = Vec::new();
+    for class in 0..10i64 {
+        let mut f: Vec<_> = std::fs::read_dir(dir.join(class.to_string()))
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|e| e.expect("entry").path())
+            .collect();
+        f.sort();
+        files.extend(f.into_iter().map(|p| (p, class)));
+    }
+    let stride = files.len() / count;
+    let mut x = Vec::with_capacity(count * 784);
+    let mut y = Vec::with_capacity(count);
+    for i in 0..count {
+        let (p, c) = &files[(i * stride + offset) % files.len()];
+        let img = image::open(p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .to_luma8();
+        x.extend(
+            img.pixels()
+                .map(|px| (px.0[0] as f32 / 255.0 - 0.1307) / 0.3081),
+        );
+        y.push(*c);
+    }
+    (
+        Tensor::f32(vec![count, 1, 28, 28], x).expect("sized"),
+        Tensor::i64(vec![count], y).expect("sized"),
+    )
+}
+
+/// Python with Debian's torch, for the reference scripts (`FIELDTUNE_PYTHON` overrides).
+pub fn reference_python() -> String {
+    std::env::var("FIELDTUNE_PYTHON").unwrap_or_else(|_| "/usr/bin/python3".into())
+}

@@ -37,10 +37,24 @@ fn sum_all(b: &mut Builder, x: &str) -> Result<String> {
     b.reduce("ReduceSum", x, &(0..r).collect::<Vec<_>>(), false)
 }
 
+/// Log-softmax over axis 1 written out (x - max - log sum exp(x - max)). Engines' fused
+/// LogSoftmax may compute log(softmax), which is -inf once a logit trails the maximum by
+/// more than ~87 (tract does); this form stays finite. The max is a constant shift, so it
+/// carries no gradient.
+pub fn log_softmax(b: &mut Builder, x: &str) -> Result<String> {
+    let m = b.reduce("ReduceMax", x, &[1], true)?;
+    let m = b.stop_gradient(&m)?;
+    let z = b.op("Sub", &[x, &m], vec![])?;
+    let e = b.op("Exp", &[&z], vec![])?;
+    let s = b.reduce("ReduceSum", &e, &[1], true)?;
+    let l = b.op("Log", &[&s], vec![])?;
+    b.op("Sub", &[&z, &l], vec![])
+}
+
 /// Per-row entropy -sum p log p of a [B, K] logits tensor.
 fn row_entropy(b: &mut Builder, logits: &str) -> Result<String> {
     let p = b.op("Softmax", &[logits], vec![attr::int("axis", 1)])?;
-    let lp = b.op("LogSoftmax", &[logits], vec![attr::int("axis", 1)])?;
+    let lp = log_softmax(b, logits)?;
     let plp = b.op("Mul", &[&p, &lp], vec![])?;
     let s = b.reduce("ReduceSum", &plp, &[1], false)?;
     b.op("Neg", &[&s], vec![])
@@ -69,7 +83,7 @@ pub fn uda(b: &mut Builder, cfg: &UdaLoss, x: &UdaInputs<'_>) -> Result<LossTerm
     let k = x.classes;
 
     if let Some((logits, labels)) = x.labeled {
-        let lp = b.op("LogSoftmax", &[logits], vec![attr::int("axis", 1)])?;
+        let lp = log_softmax(b, logits)?;
         let one = b.ints(&[1]);
         let lab = b.op("Unsqueeze", &[labels, &one], vec![])?;
         let range = b.constant(Tensor::i64(vec![1, k], (0..k as i64).collect()).expect("sized"));
@@ -108,8 +122,8 @@ pub fn uda(b: &mut Builder, cfg: &UdaLoss, x: &UdaInputs<'_>) -> Result<LossTerm
         b.op("Div", &[x.weak_target, &t], vec![])?
     };
     let q = b.op("Softmax", &[&sharp], vec![attr::int("axis", 1)])?;
-    let lq = b.op("LogSoftmax", &[&sharp], vec![attr::int("axis", 1)])?;
-    let lps = b.op("LogSoftmax", &[x.strong], vec![attr::int("axis", 1)])?;
+    let lq = log_softmax(b, &sharp)?;
+    let lps = log_softmax(b, x.strong)?;
     let diff = b.op("Sub", &[&lq, &lps], vec![])?;
     let kl = b.op("Mul", &[&q, &diff], vec![])?;
     let kl = b.reduce("ReduceSum", &kl, &[1], false)?;

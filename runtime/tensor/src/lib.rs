@@ -3,6 +3,8 @@
 //! It is the currency between the crates: the graph compiler stores initializers in it,
 //! the engines take and return it, checkpoints serialise it. Nothing here computes.
 
+pub mod st;
+
 use std::fmt;
 
 /// Element type of a [`Tensor`].
@@ -53,7 +55,11 @@ impl Tensor {
             TensorData::I64(v) => v.len(),
         };
         if expected != got {
-            return Err(ShapeError { shape, expected, got });
+            return Err(ShapeError {
+                shape,
+                expected,
+                got,
+            });
         }
         Ok(Tensor { shape, data })
     }
@@ -70,13 +76,19 @@ impl Tensor {
 
     /// A rank-0 `f32` tensor.
     pub fn scalar_f32(v: f32) -> Self {
-        Tensor { shape: vec![], data: TensorData::F32(vec![v]) }
+        Tensor {
+            shape: vec![],
+            data: TensorData::F32(vec![v]),
+        }
     }
 
     /// An `f32` tensor of zeros.
     pub fn zeros_f32(shape: Vec<usize>) -> Self {
         let n = shape.iter().product();
-        Tensor { shape, data: TensorData::F32(vec![0.0; n]) }
+        Tensor {
+            shape,
+            data: TensorData::F32(vec![0.0; n]),
+        }
     }
 
     pub fn shape(&self) -> &[usize] {
