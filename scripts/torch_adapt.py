@@ -89,6 +89,28 @@ RECIPES = {
 }
 
 
+def recipe_from_fieldtune(bin_path, name, steps):
+    """The recipe exactly as `fieldtune adapt --recipe NAME --print-config` resolves it."""
+    import subprocess
+    out = subprocess.run([bin_path, "adapt", "--recipe", name, "--print-config", "--model", "models/mnist-cnn",
+                          "--unlabeled", "data/opencv-digits", "--out", "/nonexistent"],
+                         cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    c = tomllib.loads(out)
+    weak, strong, loss, opt = c["weak"], c["strong"], c["loss"], c["optimizer"]
+    assert opt["kind"] == "adamw" and opt["weight_decay"] == 0.0, opt
+    assert weak["kind"] in ("weak", "identity") and not weak.get("flip_horizontal", False), weak
+    assert c["max_labeled_per_class"] >= 100, "the reference uses all 1,000 anchors"
+    cfg = {k: round(loss[k], 7) if isinstance(loss[k], float) else loss[k] for k in BASE_CFG}
+    cfg["tsa_steps"] = loss["tsa_steps"] if loss["tsa_steps"] != 300 else steps
+    return dict(
+        weak_shift=weak.get("max_shift", 0), labeled=c["batch_labeled"] > 0,
+        strong=loss["consistency_weight"] != 0.0, lr=round(c["lr"], 9), cfg=cfg,
+        batch_labeled=c["batch_labeled"], batch_unlabeled=c["batch_unlabeled"],
+        strong_view=dict(n=strong.get("n", 2), max_magnitude=strong.get("max_magnitude", 1.0),
+                         cutout=strong.get("cutout", 0.5)) if strong["kind"] == "randaugment" else dict(n=0, cutout=0.0),
+    )
+
+
 # ---------------------------------------------------------------- augmentation (PIL)
 
 def _round(v):
@@ -157,15 +179,15 @@ def weak_view(img, k, rng):
     return translate(img, dx, dy)
 
 
-def strong_view(img, rng, n=RANDAUGMENT_N):
+def strong_view(img, rng, n=RANDAUGMENT_N, max_magnitude=1.0, cutout_fraction=CUTOUT_FRACTION):
     out = img
     for _ in range(n):
         _, signed, fn = OPS[int(rng.integers(len(OPS)))]
-        m = float(rng.random())
+        m = float(rng.random()) * max_magnitude
         sign = -1.0 if (signed and rng.random() < 0.5) else 1.0
         out = fn(out, m, sign)
     u = float(rng.random())
-    side = _round(u * CUTOUT_FRACTION * min(img.size))
+    side = _round(u * cutout_fraction * min(img.size))
     cx = int(rng.integers(img.size[0]))
     cy = int(rng.integers(img.size[1]))
     return cutout(out, cx, cy, side)
@@ -247,7 +269,8 @@ def run_one(name, seed, steps, net, init, data, pre):
     terms_last, mask_rates = {}, []
     cfg = None
     if recipe is not None:
-        cfg = dict(BASE_CFG, tsa_steps=steps, **recipe["cfg"])
+        cfg = dict(BASE_CFG, tsa_steps=steps)
+        cfg.update(recipe["cfg"])
         plist = [params[k] for k in sorted(params)]
         opt = torch.optim.AdamW(plist, lr=recipe["lr"], betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
         anchors, target = data["anchors"], data["target"]
@@ -258,14 +281,16 @@ def run_one(name, seed, steps, net, init, data, pre):
             parts = []
             y_l = None
             if recipe["labeled"]:
-                idx = lab.next(LABELED_BATCH)
+                idx = lab.next(recipe.get("batch_labeled", LABELED_BATCH))
                 parts.append([weak_view(anchors[i][1], k, rng) for i in idx])
                 y_l = torch.tensor([anchors[i][2] for i in idx], dtype=torch.int64)
-            idx = unl.next(UNLABELED_BATCH)
+            idx = unl.next(recipe.get("batch_unlabeled", UNLABELED_BATCH))
             imgs = [target[i][1] for i in idx]
             parts.append([weak_view(im, k, rng) for im in imgs])
             if recipe["strong"]:
-                parts.append([strong_view(im, rng) for im in imgs])
+                sv = recipe.get("strong_view", {})
+                parts.append([strong_view(im, rng, sv.get("n", RANDAUGMENT_N), sv.get("max_magnitude", 1.0),
+                                          sv.get("cutout", CUTOUT_FRACTION)) for im in imgs])
             # One forward over all views: the model has no batch-dependent op (no BatchNorm),
             # so this equals separate forwards; every view keeps its graph.
             x = pre([im for p in parts for im in p])
@@ -332,12 +357,20 @@ def main():
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="results.json")
+    ap.add_argument("--from-fieldtune", metavar="BIN",
+                    help="take each recipe's settings from `BIN adapt --recipe NAME --print-config` "
+                         "(e.g. target/release/fieldtune) instead of the built-in table")
     args = ap.parse_args()
     recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
     for r in recipes:
         if r not in RECIPES:
             ap.error(f"unknown recipe {r!r}; known: {', '.join(RECIPES)}")
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    if args.from_fieldtune:
+        for r in recipes:
+            if r != "source":
+                RECIPES[r] = recipe_from_fieldtune(os.path.abspath(args.from_fieldtune), r, args.steps)
+                print(f"{r}: {RECIPES[r]}", flush=True)
     torch.set_num_threads(args.threads)
 
     mcfg = load_model_config()

@@ -1,1 +1,17 @@
-//! fieldtune-adapt
+//! fieldtune's adaptation layer: recipes (presets + TOML overrides), the train loop over a
+//! compiled train step, evaluation, model folders and checksummed, atomically written
+//! checkpoints. Data flows frames -> adapt -> engine; the graph crate compiles train steps.
+
+pub mod checkpoint;
+pub mod error;
+pub mod eval;
+pub mod fsutil;
+pub mod model_dir;
+pub mod recipe;
+pub mod trainer;
+
+pub use error::{AdaptError, Result};
+pub use eval::{evaluate, predict, EvalReport};
+pub use model_dir::ModelDir;
+pub use recipe::{AdaptConfig, RECIPES};
+pub use trainer::{adapt, evaluate_params, AdaptData, AdaptOutcome, StepReport};

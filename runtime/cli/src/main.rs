@@ -1,1 +1,565 @@
-fn main() {}
+//! The `fieldtune` command: wires the crates together; no logic of its own beyond
+//! arguments, progress and printing.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use fieldtune_adapt::{
+    adapt, evaluate, AdaptConfig, AdaptData, EvalReport, ModelDir, StepReport, RECIPES,
+};
+use fieldtune_engine::{doctor_report, select_engine, Engine, EnginePreference, OrtOptions};
+use fieldtune_frames::{Dataset, Image8};
+
+#[derive(Parser)]
+#[command(
+    name = "fieldtune",
+    version,
+    about = "Keep a deployed vision classifier learning from the frames it sees.",
+    long_about = "fieldtune adapts an ONNX image classifier to the domain it is deployed in, from unlabeled \
+frames plus a small labeled anchor set, with UDA consistency training (Xie et al. 2019). It compiles its \
+own train-step graphs in standard ONNX ops, so training runs on a stock ONNX Runtime or on tract.\n\n\
+A model is a folder: model.onnx plus model.toml (input name and shape, normalisation, class names).\n\
+Image folders hold one sub-folder per class (e.g. anchors/0/*.png); an unlabeled folder may be flat.",
+    after_help = "Start with `fieldtune demo` (adapts the shipped MNIST CNN to OpenCV digits), then \
+`fieldtune adapt --help`."
+)]
+struct Cli {
+    #[command(flatten)]
+    engine: EngineArgs,
+    /// More log output (-v: debug, -vv: trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct EngineArgs {
+    /// Which engine runs the graphs: ONNX Runtime when its library is found, else tract (auto).
+    #[arg(long, global = true, value_enum, default_value_t = EngineChoice::Auto)]
+    engine: EngineChoice,
+    /// ONNX Runtime library (libonnxruntime.so or its folder). Otherwise: ORT_DYLIB_PATH,
+    /// .ort/lib (scripts/install-ort.sh), Python's onnxruntime package, the system.
+    #[arg(long, global = true, value_name = "PATH")]
+    ort_lib: Option<PathBuf>,
+    /// Threads per operator for ONNX Runtime (default: one per core).
+    #[arg(long, global = true, value_name = "N")]
+    threads: Option<usize>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum EngineChoice {
+    Auto,
+    Ort,
+    Tract,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Adapt a model to unlabeled frames; writes an adapted model folder.
+    #[command(
+        long_about = "Adapt a model to unlabeled frames of a new domain, anchored by a few labeled \
+examples of the source domain. Writes --out/model.onnx (the adapted weights as initializers), \
+--out/model.toml, --out/checkpoint.safetensors and --out/adapt.json (settings, loss history, accuracy).\n\n\
+Recipes (--recipe):\n  uda-im  UDA, identity weak view, + information maximisation + anchor CE (default)\n  \
+uda     textbook UDA: 2 px shifted weak view, TSA\n  tent    entropy minimisation, no anchors\n\n\
+Every setting can be overridden in a TOML file (--config); --print-config shows them all."
+    )]
+    Adapt(AdaptArgs),
+    /// Accuracy and confusion matrix of a model on a labeled image folder.
+    Eval {
+        /// Model folder (model.onnx + model.toml).
+        #[arg(long)]
+        model: PathBuf,
+        /// Labeled images: one sub-folder per class.
+        #[arg(long)]
+        data: PathBuf,
+        /// Images per inference batch.
+        #[arg(long, default_value_t = 250)]
+        batch: usize,
+    },
+    /// Write the train-step graph fieldtune compiles for a model, for inspection (Netron etc.).
+    Compile {
+        #[arg(long)]
+        model: PathBuf,
+        /// Where to write the train-step ONNX.
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        recipe: RecipeArgs,
+    },
+    /// Which engines and execution providers are present, and from where.
+    Doctor,
+    /// Adapt the shipped MNIST CNN to OpenCV digits and report accuracy before and after.
+    Demo {
+        /// Optimizer steps.
+        #[arg(long, default_value_t = 300)]
+        steps: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Where to write the adapted model.
+        #[arg(long, default_value = "out/demo")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct RecipeArgs {
+    /// Named starting point for the settings.
+    #[arg(long, default_value = "uda-im", value_parser = recipe_names())]
+    recipe: String,
+    /// TOML file overriding any setting (its own `recipe` key wins over --recipe).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Optimizer steps.
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Seed for sampling and augmentation.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Learning rate.
+    #[arg(long)]
+    lr: Option<f32>,
+    /// Labeled anchors per step.
+    #[arg(long)]
+    batch_labeled: Option<usize>,
+    /// Unlabeled frames per step.
+    #[arg(long)]
+    batch_unlabeled: Option<usize>,
+}
+
+fn recipe_names() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(RECIPES.iter().map(|r| r.0))
+}
+
+impl RecipeArgs {
+    fn resolve(&self) -> Result<AdaptConfig> {
+        let mut cfg = match &self.config {
+            Some(p) => AdaptConfig::load(p)?,
+            None => AdaptConfig::preset(&self.recipe)?,
+        };
+        if let Some(v) = self.steps {
+            cfg.steps = v;
+        }
+        if let Some(v) = self.seed {
+            cfg.seed = v;
+        }
+        if let Some(v) = self.lr {
+            cfg.lr = v;
+        }
+        if let Some(v) = self.batch_labeled {
+            cfg.batch_labeled = v;
+        }
+        if let Some(v) = self.batch_unlabeled {
+            cfg.batch_unlabeled = v;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+#[derive(Args)]
+struct AdaptArgs {
+    /// Model folder (model.onnx + model.toml).
+    #[arg(long)]
+    model: PathBuf,
+    /// Labeled anchors of the source domain: one sub-folder per class.
+    #[arg(long)]
+    labeled: Option<PathBuf>,
+    /// Unlabeled frames of the target domain (flat, or class folders whose names are ignored
+    /// for training).
+    #[arg(long)]
+    unlabeled: PathBuf,
+    /// Output model folder.
+    #[arg(long)]
+    out: PathBuf,
+    /// Labeled images to score before and after (and every eval_every steps).
+    #[arg(long)]
+    eval: Option<PathBuf>,
+    /// Print the resolved settings as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+    #[command(flatten)]
+    recipe: RecipeArgs,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line, skipping causes whose text the line already holds
+/// (the library errors name their source in their own message).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg = format!("{msg}: {c}");
+        }
+    }
+    msg.replace('\n', " ")
+}
+
+fn init_logging(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let level = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(format!("warn,fieldtune={level},fieldtune_adapt={level}"))
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn engine(args: &EngineArgs) -> Result<Box<dyn Engine>> {
+    let pref = match args.engine {
+        EngineChoice::Auto => EnginePreference::Auto,
+        EngineChoice::Ort => EnginePreference::Ort,
+        EngineChoice::Tract => EnginePreference::Tract,
+    };
+    let opts = OrtOptions {
+        lib: args.ort_lib.clone(),
+        intra_threads: args.threads,
+        ..Default::default()
+    };
+    let e = select_engine(pref, opts).context("selecting the engine")?;
+    let why = match (args.engine, e.kind()) {
+        (EngineChoice::Auto, fieldtune_engine::EngineKind::Tract) => {
+            " (ONNX Runtime not found: run scripts/install-ort.sh, or pass --ort-lib; `fieldtune doctor` lists where it looked)"
+        }
+        (EngineChoice::Auto, _) => " (auto: ONNX Runtime found)",
+        _ => " (requested)",
+    };
+    println!("engine: {}{why}", e.describe());
+    Ok(e)
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Doctor => {
+            println!("{}", doctor_report(cli.engine.ort_lib.as_deref()));
+            Ok(())
+        }
+        Command::Eval { model, data, batch } => {
+            let m = open_model(&model)?;
+            let (images, labels) = load_labeled(&data, &m)?;
+            let e = engine(&cli.engine)?;
+            let report = eval_model(e.as_ref(), &m, None, &images, &labels, batch)?;
+            print_eval(&data, &report);
+            Ok(())
+        }
+        Command::Compile { model, out, recipe } => {
+            let m = open_model(&model)?;
+            let cfg = recipe.resolve()?;
+            let step = fieldtune_graph::compile_train_step(
+                &m.model,
+                &fieldtune_adapt::trainer::train_spec(&m, &cfg),
+            )?;
+            let bytes = fieldtune_graph::encode_model(&step.to_model());
+            fieldtune_adapt::fsutil::atomic_write(&out, &bytes)?;
+            println!("wrote {} ({} bytes)", out.display(), bytes.len());
+            println!("nodes: {}", step.graph.nodes.len());
+            println!(
+                "trainable parameters: {} tensors, {} values",
+                step.params.len(),
+                step.params.iter().map(|p| p.1.len()).sum::<usize>()
+            );
+            println!(
+                "optimizer state: {} tensors; frozen: {}",
+                step.state.len(),
+                if step.frozen.is_empty() {
+                    "none".into()
+                } else {
+                    step.frozen.join(", ")
+                }
+            );
+            println!(
+                "inputs: {}",
+                step.graph
+                    .inputs
+                    .iter()
+                    .map(|i| i.name.as_str())
+                    .filter(|n| !n.contains('.') || n.starts_with("x_"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            println!("outputs: {}", step.metrics.join(", "));
+            Ok(())
+        }
+        Command::Adapt(a) => {
+            let cfg = a.recipe.resolve()?;
+            if a.print_config {
+                print!("{}", cfg.to_toml());
+                return Ok(());
+            }
+            let e = engine(&cli.engine)?;
+            run_adapt(
+                e.as_ref(),
+                &a.model,
+                a.labeled.as_deref(),
+                &a.unlabeled,
+                a.eval.as_deref(),
+                &a.out,
+                &cfg,
+            )
+            .map(|_| ())
+        }
+        Command::Demo { steps, seed, out } => {
+            let root = find_repo().context("the demo needs the shipped model and data (models/mnist-cnn, data/opencv-digits): run it from the fieldtune checkout")?;
+            let model = root.join("models/mnist-cnn");
+            let target = root.join("data/opencv-digits");
+            println!(
+                "demo: adapting {} from MNIST anchors to OpenCV digits ({})",
+                model.display(),
+                target.display()
+            );
+            let e = engine(&cli.engine)?;
+            let mut cfg = AdaptConfig::preset("uda-im")?;
+            cfg.steps = steps;
+            cfg.seed = seed;
+            let (before, after) = run_adapt(
+                e.as_ref(),
+                &model,
+                Some(&model.join("anchors")),
+                &target,
+                Some(&target),
+                &out,
+                &cfg,
+            )?;
+            let (b, a) = (
+                before.expect("eval set given"),
+                after.expect("eval set given"),
+            );
+            println!(
+                "accuracy on OpenCV digits: before {:.4} -> after {:.4} ({:+.2} points)",
+                b.accuracy(),
+                a.accuracy(),
+                100.0 * (a.accuracy() - b.accuracy())
+            );
+            Ok(())
+        }
+    }
+}
+
+fn open_model(dir: &Path) -> Result<ModelDir> {
+    ModelDir::open(dir).with_context(|| format!("opening model folder {}", dir.display()))
+}
+
+fn load_labeled(dir: &Path, m: &ModelDir) -> Result<(Vec<Image8>, Vec<usize>)> {
+    let ds = Dataset::labeled(dir, &m.config.classes)?;
+    let images = ds.load_all(&m.config)?;
+    let labels = ds
+        .labels()
+        .into_iter()
+        .map(|l| l.expect("labeled dataset"))
+        .collect();
+    Ok((images, labels))
+}
+
+fn eval_model(
+    e: &dyn Engine,
+    m: &ModelDir,
+    params: Option<&HashMap<String, fieldtune_tensor::Tensor>>,
+    images: &[Image8],
+    labels: &[usize],
+    batch: usize,
+) -> Result<EvalReport> {
+    let bytes = match params {
+        Some(p) => m.with_params(p)?,
+        None => m.bytes.clone(),
+    };
+    let mut s = e.load(&bytes, "model.onnx")?;
+    Ok(evaluate(s.as_mut(), &m.config, images, labels, batch)?)
+}
+
+fn print_eval(data: &Path, r: &EvalReport) {
+    println!("images: {} ({})", r.count, data.display());
+    println!("accuracy: {:.4}", r.accuracy());
+    println!("mean confidence: {:.4}", r.mean_confidence);
+    println!("confusion matrix:\n{}", r.confusion_table());
+}
+
+type EvalPair = (Option<EvalReport>, Option<EvalReport>);
+
+fn run_adapt(
+    e: &dyn Engine,
+    model: &Path,
+    labeled: Option<&Path>,
+    unlabeled: &Path,
+    eval: Option<&Path>,
+    out: &Path,
+    cfg: &AdaptConfig,
+) -> Result<EvalPair> {
+    let m = open_model(model)?;
+    let (lab_imgs, labels) = match labeled {
+        Some(d) => load_labeled(d, &m)
+            .with_context(|| format!("loading labeled anchors from {}", d.display()))?,
+        None if cfg.batch_labeled > 0 => bail!(
+            "recipe '{}' trains on labeled anchors: give --labeled DIR (or use --recipe tent)",
+            cfg.recipe
+        ),
+        None => (Vec::new(), Vec::new()),
+    };
+    let ds = Dataset::unlabeled(unlabeled, Some(&m.config.classes))?;
+    let unl = ds
+        .load_all(&m.config)
+        .with_context(|| format!("loading unlabeled frames from {}", unlabeled.display()))?;
+    let evalset = match eval {
+        Some(d) => Some(
+            load_labeled(d, &m)
+                .with_context(|| format!("loading the eval set from {}", d.display()))?,
+        ),
+        None => None,
+    };
+    println!(
+        "data: {} labeled anchors (using at most {} per class), {} unlabeled frames{}",
+        lab_imgs.len(),
+        cfg.max_labeled_per_class,
+        unl.len(),
+        evalset
+            .as_ref()
+            .map(|(i, _)| format!(", {} eval images", i.len()))
+            .unwrap_or_default()
+    );
+    let before = match &evalset {
+        Some((i, l)) => {
+            let r = eval_model(e, &m, None, i, l, cfg.eval_batch)?;
+            println!(
+                "before: accuracy {:.4}, mean confidence {:.4}",
+                r.accuracy(),
+                r.mean_confidence
+            );
+            Some(r)
+        }
+        None => None,
+    };
+    let bar = indicatif::ProgressBar::new(cfg.steps as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} adapt [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
+    );
+    let log_every = cfg.log_every.max(1);
+    let mut observer = |r: &StepReport| {
+        bar.inc(1);
+        let loss = r.metric("loss").unwrap_or(f32::NAN);
+        bar.set_message(format!(
+            "loss {loss:.4} mask {:.2}",
+            r.metric("mask_rate").unwrap_or(0.0)
+        ));
+        if r.step % log_every == 0 {
+            let terms: Vec<String> = r
+                .metrics
+                .iter()
+                .map(|(n, v)| format!("{n}={v:.4}"))
+                .collect();
+            let acc = r
+                .eval
+                .as_ref()
+                .map(|e| format!(" accuracy={:.4}", e.accuracy()))
+                .unwrap_or_default();
+            bar.suspend(|| tracing::info!("step {}: {}{acc}", r.step, terms.join(" ")));
+        }
+    };
+    let data = AdaptData {
+        labeled: &lab_imgs,
+        labels: &labels,
+        unlabeled: &unl,
+        eval: evalset.as_ref().map(|(i, l)| (i.as_slice(), l.as_slice())),
+    };
+    let outcome = adapt(e, &m, cfg, &data, &mut observer)?;
+    bar.finish_and_clear();
+    println!(
+        "adapted: {} steps in {:.1} s ({:.1} ms/step) on {} ({} train-step nodes)",
+        cfg.steps,
+        outcome.seconds,
+        1000.0 * outcome.seconds / cfg.steps as f64,
+        outcome.execution_provider,
+        outcome.train_step_nodes
+    );
+    let after = match &evalset {
+        Some((i, l)) => {
+            let r = eval_model(e, &m, Some(&outcome.params), i, l, cfg.eval_batch)?;
+            println!(
+                "after:  accuracy {:.4}, mean confidence {:.4}",
+                r.accuracy(),
+                r.mean_confidence
+            );
+            Some(r)
+        }
+        None => None,
+    };
+    let meta = HashMap::from([
+        ("recipe".to_string(), cfg.recipe.clone()),
+        ("steps".to_string(), cfg.steps.to_string()),
+        ("seed".to_string(), cfg.seed.to_string()),
+        ("engine".to_string(), e.describe()),
+    ]);
+    m.write_adapted(out, &outcome.params, &meta)?;
+    let summary = serde_json::json!({
+        "settings": serde_json::from_str::<serde_json::Value>(&serde_json::to_string(&cfg_json(cfg)).unwrap_or_default()).unwrap_or_default(),
+        "engine": e.describe(),
+        "execution_provider": outcome.execution_provider,
+        "seconds": outcome.seconds,
+        "accuracy_before": before.as_ref().map(|r| r.accuracy()),
+        "accuracy_after": after.as_ref().map(|r| r.accuracy()),
+        "history": outcome.history.iter().map(|r| {
+            let mut o = serde_json::Map::new();
+            o.insert("step".into(), r.step.into());
+            for (n, v) in &r.metrics { o.insert(n.clone(), serde_json::json!(v)); }
+            if let Some(e) = &r.eval { o.insert("accuracy".into(), e.accuracy().into()); }
+            serde_json::Value::Object(o)
+        }).collect::<Vec<_>>(),
+    });
+    fieldtune_adapt::fsutil::atomic_write(
+        &out.join("adapt.json"),
+        serde_json::to_string_pretty(&summary)?.as_bytes(),
+    )?;
+    println!(
+        "wrote {} (model.onnx, model.toml, checkpoint.safetensors, adapt.json)",
+        out.display()
+    );
+    Ok((before, after))
+}
+
+fn cfg_json(cfg: &AdaptConfig) -> serde_json::Value {
+    serde_json::to_value(cfg).unwrap_or_default()
+}
+
+/// The fieldtune checkout: the current folder or an ancestor (of it or of the executable)
+/// holding models/mnist-cnn.
+fn find_repo() -> Option<PathBuf> {
+    let mut starts = vec![std::env::current_dir().ok()?];
+    if let Ok(exe) = std::env::current_exe() {
+        starts.push(exe);
+    }
+    for s in starts {
+        for dir in s.ancestors() {
+            if dir.join("models/mnist-cnn/model.onnx").is_file()
+                && dir.join("data/opencv-digits").is_dir()
+            {
+                return Some(dir.to_path_buf());
+            }
+        }
+    }
+    None
+}

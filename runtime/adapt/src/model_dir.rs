@@ -1,0 +1,147 @@
+//! A model is a folder: `model.onnx` plus `model.toml` (input name, shape, normalisation,
+//! class names). Adapted models are written as the same kind of folder, plus the
+//! safetensors checkpoint of the trained parameters.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use fieldtune_frames::{model_toml_path, ModelConfig};
+use fieldtune_graph::ir::{Dim, Graph};
+use fieldtune_graph::proto::ModelProto;
+use fieldtune_graph::{decode_model, encode_model, with_initializers};
+use fieldtune_tensor::Tensor;
+
+use crate::checkpoint;
+use crate::error::{AdaptError, Result};
+use crate::fsutil::atomic_write;
+
+/// File names inside a model folder.
+pub const MODEL_ONNX: &str = "model.onnx";
+pub const CHECKPOINT: &str = "checkpoint.safetensors";
+
+/// A loaded and cross-checked model folder.
+#[derive(Clone, Debug)]
+pub struct ModelDir {
+    pub dir: PathBuf,
+    pub config: ModelConfig,
+    pub model: ModelProto,
+    pub bytes: Vec<u8>,
+}
+
+impl ModelDir {
+    /// Opens `dir`, decodes the ONNX file and checks that model.toml's input, output and
+    /// image shape agree with the graph.
+    pub fn open(dir: &Path) -> Result<ModelDir> {
+        let onnx = dir.join(MODEL_ONNX);
+        let bad = |path: &Path, reason: String| AdaptError::ModelDir {
+            path: path.to_path_buf(),
+            reason,
+        };
+        if !dir.is_dir() {
+            return Err(bad(
+                dir,
+                "not a folder; a model is a folder holding model.onnx and model.toml".into(),
+            ));
+        }
+        let config = ModelConfig::load(model_toml_path(dir))?;
+        let bytes = std::fs::read(&onnx).map_err(|source| AdaptError::Io {
+            path: onnx.clone(),
+            source,
+        })?;
+        let model = decode_model(&bytes, &onnx)?;
+        let graph = Graph::from_model(&model).map_err(|e| bad(&onnx, e.to_string()))?;
+        let input = graph
+            .inputs
+            .iter()
+            .find(|i| i.name == config.input)
+            .ok_or_else(|| {
+                bad(
+                    &onnx,
+                    format!(
+                        "model.toml names input '{}', but the graph's inputs are: {}",
+                        config.input,
+                        graph
+                            .inputs
+                            .iter()
+                            .map(|i| i.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )
+            })?;
+        let want = [
+            config.channels as usize,
+            config.height as usize,
+            config.width as usize,
+        ];
+        if input.dims.len() != 4 {
+            return Err(bad(
+                &onnx,
+                format!(
+                    "input '{}' has rank {}, expected NCHW",
+                    input.name,
+                    input.dims.len()
+                ),
+            ));
+        }
+        for (i, w) in want.iter().enumerate() {
+            if let Dim::Fixed(d) = input.dims[i + 1] {
+                if d != *w {
+                    return Err(bad(
+                        &onnx,
+                        format!(
+                            "input '{}' is {:?} but model.toml says channels={} height={} width={}",
+                            input.name, input.dims, config.channels, config.height, config.width
+                        ),
+                    ));
+                }
+            }
+        }
+        if !graph.outputs.iter().any(|o| o.name == config.output) {
+            return Err(bad(
+                &onnx,
+                format!(
+                    "model.toml names output '{}', which the graph does not produce",
+                    config.output
+                ),
+            ));
+        }
+        Ok(ModelDir {
+            dir: dir.to_path_buf(),
+            config,
+            model,
+            bytes,
+        })
+    }
+
+    /// The ONNX bytes with `params` replacing the matching initializers.
+    pub fn with_params(&self, params: &HashMap<String, Tensor>) -> Result<Vec<u8>> {
+        Ok(encode_model(&with_initializers(&self.model, params)?))
+    }
+
+    /// Writes an adapted model folder to `out`: model.onnx with the new initializers,
+    /// model.toml, and checkpoint.safetensors with `metadata`. Each file is written
+    /// atomically; the checkpoint is written last.
+    pub fn write_adapted(
+        &self,
+        out: &Path,
+        params: &HashMap<String, Tensor>,
+        metadata: &HashMap<String, String>,
+    ) -> Result<()> {
+        let bytes = self.with_params(params)?;
+        atomic_write(&out.join(MODEL_ONNX), &bytes)?;
+        atomic_write(
+            &model_toml_path(out),
+            self.config.to_toml_string().as_bytes(),
+        )?;
+        let mut meta = metadata.clone();
+        meta.insert(
+            "source_model_sha256".into(),
+            checkpoint::sha256_hex(&self.bytes),
+        );
+        meta.insert("model_sha256".into(), checkpoint::sha256_hex(&bytes));
+        let tensors: BTreeMap<String, Tensor> =
+            params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        checkpoint::save(&out.join(CHECKPOINT), &tensors, &meta)
+    }
+}

@@ -1,0 +1,258 @@
+//! Adaptation settings: a named recipe (preset) plus overrides from a TOML file or flags.
+//! `fieldtune adapt --print-config` prints every key with its value.
+
+use std::path::Path;
+
+use fieldtune_augment::{AugmentConfig, RandAugment, WeakAugment};
+use fieldtune_graph::{Optimizer, Trainable, Tsa, UdaLoss};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{AdaptError, Result};
+
+/// Recipes fieldtune knows by name.
+pub const RECIPES: &[(&str, &str)] = &[
+    (
+        "uda-im",
+        "UDA with an identity weak view + information maximisation + labeled CE (default)",
+    ),
+    (
+        "uda",
+        "textbook UDA: 2 px shifted weak view, TSA (linear), consistency + labeled CE",
+    ),
+    (
+        "tent",
+        "entropy minimisation on unlabeled frames only (no labeled anchors), lr 3e-4",
+    ),
+];
+
+/// Everything `adapt` needs to know besides the model and the data.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdaptConfig {
+    /// The preset these settings started from.
+    pub recipe: String,
+    /// Optimizer steps.
+    pub steps: usize,
+    /// Learning rate (constant).
+    pub lr: f32,
+    /// Seed of sampling and augmentation.
+    pub seed: u64,
+    /// Labeled anchors per step (0: no labeled term).
+    pub batch_labeled: usize,
+    /// Unlabeled frames per step; each is seen in a weak and a strong view.
+    pub batch_unlabeled: usize,
+    /// At most this many labeled anchors per class are used (the first ones, by file name).
+    pub max_labeled_per_class: usize,
+    /// Weak view (also applied to labeled anchors). The identity suits shift-sensitive models.
+    pub weak: AugmentConfig,
+    /// Strong view.
+    pub strong: AugmentConfig,
+    pub loss: UdaLoss,
+    pub optimizer: Optimizer,
+    pub trainable: Trainable,
+    /// Log the loss terms every this many steps.
+    pub log_every: usize,
+    /// Evaluate on the eval set every this many steps (0: only before and after).
+    pub eval_every: usize,
+    /// Batch size of evaluation passes.
+    pub eval_batch: usize,
+}
+
+impl AdaptConfig {
+    /// The settings of a named recipe.
+    pub fn preset(name: &str) -> Result<AdaptConfig> {
+        let base = AdaptConfig {
+            recipe: name.into(),
+            steps: 300,
+            lr: 1e-3,
+            seed: 0,
+            batch_labeled: 32,
+            batch_unlabeled: 64,
+            max_labeled_per_class: 100,
+            weak: AugmentConfig::Weak(WeakAugment {
+                max_shift: 0,
+                flip_horizontal: false,
+            }),
+            strong: AugmentConfig::RandAugment(RandAugment::default()),
+            loss: UdaLoss::default(),
+            optimizer: Optimizer::default(),
+            trainable: Trainable::All,
+            log_every: 25,
+            eval_every: 0,
+            eval_batch: 250,
+        };
+        Ok(match name {
+            "uda-im" => base,
+            "uda" => AdaptConfig {
+                weak: AugmentConfig::Weak(WeakAugment {
+                    max_shift: 2,
+                    flip_horizontal: false,
+                }),
+                loss: UdaLoss {
+                    tsa: Tsa::Linear,
+                    tsa_steps: 300,
+                    entropy_weight: 0.0,
+                    diversity_weight: 0.0,
+                    ..UdaLoss::default()
+                },
+                ..base
+            },
+            "tent" => AdaptConfig {
+                lr: 3e-4,
+                batch_labeled: 0,
+                weak: AugmentConfig::Identity,
+                loss: UdaLoss {
+                    ce_weight: 0.0,
+                    consistency_weight: 0.0,
+                    entropy_weight: 1.0,
+                    diversity_weight: 0.0,
+                    ..UdaLoss::default()
+                },
+                ..base
+            },
+            other => {
+                return Err(AdaptError::Config {
+                    path: "--recipe".into(),
+                    reason: format!(
+                        "unknown recipe '{other}'; known: {}",
+                        RECIPES.iter().map(|r| r.0).collect::<Vec<_>>().join(", ")
+                    ),
+                })
+            }
+        })
+    }
+
+    /// Reads a TOML file: its `recipe` key (default "uda-im") picks the preset, and every other
+    /// key overrides that preset's value. Unknown keys are errors naming the file.
+    pub fn load(path: &Path) -> Result<AdaptConfig> {
+        let text = std::fs::read_to_string(path).map_err(|source| AdaptError::Io {
+            path: path.into(),
+            source,
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    pub fn from_toml(text: &str, path: &Path) -> Result<AdaptConfig> {
+        let bad = |reason: String| AdaptError::Config {
+            path: path.into(),
+            reason,
+        };
+        let file: toml::Table = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
+        let recipe = file
+            .get("recipe")
+            .and_then(|v| v.as_str())
+            .unwrap_or("uda-im")
+            .to_string();
+        let base = toml::Table::try_from(Self::preset(&recipe)?).map_err(|e| bad(e.to_string()))?;
+        let merged = merge(base, file);
+        let cfg: AdaptConfig = merged
+            .try_into()
+            .map_err(|e: toml::de::Error| bad(e.to_string()))?;
+        cfg.validate().map_err(|e| bad(e.to_string()))?;
+        Ok(cfg)
+    }
+
+    /// Checks ranges; errors name the key.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |key: &str, reason: &str| AdaptError::Config {
+            path: "settings".into(),
+            reason: format!("`{key}`: {reason}"),
+        };
+        if self.steps == 0 {
+            return Err(bad("steps", "must be at least 1"));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(bad("lr", "must be a positive number"));
+        }
+        if self.batch_unlabeled == 0 {
+            return Err(bad("batch_unlabeled", "must be at least 1"));
+        }
+        if self.loss.ce_weight != 0.0 && self.batch_labeled == 0 {
+            return Err(bad("batch_labeled", "is 0 but loss.ce_weight is not"));
+        }
+        if !(self.loss.sharpen_temperature > 0.0) {
+            return Err(bad("loss.sharpen_temperature", "must be positive"));
+        }
+        self.weak.build()?;
+        self.strong.build()?;
+        Ok(())
+    }
+
+    /// The settings as TOML (every key, with its current value).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+fn merge(mut base: toml::Table, over: toml::Table) -> toml::Table {
+    for (k, v) in over {
+        match (base.remove(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => {
+                // A table that names another `kind` replaces the preset's table whole.
+                let same_kind = o.get("kind").is_none() || o.get("kind") == b.get("kind");
+                base.insert(
+                    k,
+                    toml::Value::Table(if same_kind { merge(b, o) } else { o }),
+                );
+            }
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+    base
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_overrides_its_recipe() {
+        let c = AdaptConfig::from_toml(
+            "recipe = \"uda\"\nsteps = 7\n[loss]\nconsistency_weight = 2.0\n",
+            Path::new("a.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.steps, 7);
+        assert_eq!(c.loss.consistency_weight, 2.0);
+        assert_eq!(
+            c.loss.tsa,
+            Tsa::Linear,
+            "untouched keys keep the recipe's values"
+        );
+        assert_eq!(
+            c.weak,
+            AugmentConfig::Weak(WeakAugment {
+                max_shift: 2,
+                flip_horizontal: false
+            })
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_file_and_key() {
+        let e = AdaptConfig::from_toml("stepz = 3\n", Path::new("cfg.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cfg.toml") && e.contains("stepz"), "{e}");
+        let e = AdaptConfig::from_toml("lr = -1.0\n", Path::new("cfg.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`lr`"), "{e}");
+        let e = AdaptConfig::from_toml("recipe = \"magic\"\n", Path::new("cfg.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown recipe"), "{e}");
+    }
+
+    #[test]
+    fn every_preset_validates_and_round_trips() {
+        for (name, _) in RECIPES {
+            let c = AdaptConfig::preset(name).unwrap();
+            c.validate().unwrap();
+            let back = AdaptConfig::from_toml(&c.to_toml(), Path::new("x.toml")).unwrap();
+            assert_eq!(back, c);
+        }
+    }
+}

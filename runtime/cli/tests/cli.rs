@@ -1,0 +1,308 @@
+//! The `fieldtune` binary as a user runs it: real model folders, real image folders, both
+//! engines; bad input gives one clear error line and a non-zero exit, never a panic.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .unwrap()
+        .to_path_buf()
+}
+
+fn fieldtune(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fieldtune"))
+        .args(args)
+        .current_dir(root())
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// Runs, expects failure with exactly one `error:` line mentioning every `needle`.
+fn fails_with(args: &[&str], needles: &[&str]) {
+    let o = fieldtune(args);
+    let (out, err) = text(&o);
+    assert!(!o.status.success(), "{args:?} succeeded:\n{out}\n{err}");
+    assert!(!err.contains("panicked"), "{args:?} panicked:\n{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "{args:?}: expected one error line, got:\n{err}"
+    );
+    for n in needles {
+        assert!(
+            lines[0].contains(n),
+            "{args:?}: error line lacks '{n}':\n{}",
+            lines[0]
+        );
+    }
+}
+
+fn model_copy(dir: &Path, toml: Option<&str>, onnx: Option<&[u8]>) -> PathBuf {
+    let m = dir.join("model");
+    std::fs::create_dir_all(&m).unwrap();
+    let src = root().join("models/mnist-cnn");
+    std::fs::write(
+        m.join("model.toml"),
+        toml.map(str::to_string)
+            .unwrap_or_else(|| std::fs::read_to_string(src.join("model.toml")).unwrap()),
+    )
+    .unwrap();
+    std::fs::write(
+        m.join("model.onnx"),
+        onnx.map(<[u8]>::to_vec)
+            .unwrap_or_else(|| std::fs::read(src.join("model.onnx")).unwrap()),
+    )
+    .unwrap();
+    m
+}
+
+#[test]
+fn eval_reports_the_measured_source_accuracy_on_both_engines() {
+    for engine in ["ort", "tract"] {
+        let o = fieldtune(&[
+            "eval",
+            "--model",
+            "models/mnist-cnn",
+            "--data",
+            "data/opencv-digits",
+            "--engine",
+            engine,
+        ]);
+        let (out, err) = text(&o);
+        assert!(o.status.success(), "{err}");
+        // 4,728 of 5,000, as measured with PyTorch and ONNX Runtime in models/mnist-cnn/MODEL.md.
+        assert!(out.contains("accuracy: 0.9456"), "{engine}: {out}");
+        assert!(out.lines().next().unwrap().starts_with("engine:"), "{out}");
+    }
+}
+
+#[test]
+fn truncated_and_corrupt_models_name_the_file() {
+    let d = tempfile::tempdir().unwrap();
+    let full = std::fs::read(root().join("models/mnist-cnn/model.onnx")).unwrap();
+    let m = model_copy(d.path(), None, Some(&full[..full.len() / 2]));
+    let ms = m.to_str().unwrap();
+    fails_with(
+        &["eval", "--model", ms, "--data", "data/opencv-digits"],
+        &["model.onnx", "truncated or corrupt"],
+    );
+    std::fs::write(m.join("model.onnx"), b"this is not a protobuf at all").unwrap();
+    fails_with(
+        &[
+            "compile",
+            "--model",
+            ms,
+            "--out",
+            d.path().join("s.onnx").to_str().unwrap(),
+        ],
+        &["model.onnx"],
+    );
+}
+
+#[test]
+fn channel_and_size_mismatches_are_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let base = std::fs::read_to_string(root().join("models/mnist-cnn/model.toml")).unwrap();
+    let rgb = base
+        .replace("channels = 1", "channels = 3")
+        .replace("mean = [0.1307]", "mean = [0.1307, 0.1307, 0.1307]")
+        .replace("std = [0.3081]", "std = [0.3081, 0.3081, 0.3081]");
+    let m = model_copy(d.path(), Some(&rgb), None);
+    fails_with(
+        &[
+            "eval",
+            "--model",
+            m.to_str().unwrap(),
+            "--data",
+            "data/opencv-digits",
+        ],
+        &["model.onnx", "channels=3"],
+    );
+    let big = base.replace("height = 28", "height = 32");
+    let d2 = tempfile::tempdir().unwrap();
+    let m = model_copy(d2.path(), Some(&big), None);
+    fails_with(
+        &[
+            "eval",
+            "--model",
+            m.to_str().unwrap(),
+            "--data",
+            "data/opencv-digits",
+        ],
+        &["height=32"],
+    );
+    let bad = base.replace("channels = 1", "channels = 2");
+    let d3 = tempfile::tempdir().unwrap();
+    let m = model_copy(d3.path(), Some(&bad), None);
+    fails_with(
+        &[
+            "eval",
+            "--model",
+            m.to_str().unwrap(),
+            "--data",
+            "data/opencv-digits",
+        ],
+        &["model.toml", "channels"],
+    );
+}
+
+#[test]
+fn a_non_image_file_in_a_folder_is_named() {
+    let d = tempfile::tempdir().unwrap();
+    let c = d.path().join("data/3");
+    std::fs::create_dir_all(&c).unwrap();
+    std::fs::copy(
+        root()
+            .join("data/mnist/3")
+            .read_dir()
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path(),
+        c.join("a.png"),
+    )
+    .unwrap();
+    std::fs::write(c.join("notes.txt"), b"hello").unwrap();
+    let data = d.path().join("data");
+    fails_with(
+        &[
+            "eval",
+            "--model",
+            "models/mnist-cnn",
+            "--data",
+            data.to_str().unwrap(),
+        ],
+        &["notes.txt"],
+    );
+    std::fs::remove_file(c.join("notes.txt")).unwrap();
+    std::fs::write(c.join("broken.png"), b"\x89PNG\r\n\x1a\nnot really").unwrap();
+    fails_with(
+        &[
+            "eval",
+            "--model",
+            "models/mnist-cnn",
+            "--data",
+            data.to_str().unwrap(),
+        ],
+        &["broken.png"],
+    );
+}
+
+#[test]
+fn an_op_without_gradient_rule_is_refused_by_name_and_node() {
+    use fieldtune_graph::ir::{Graph, Node};
+    let model = fieldtune_graph::load_model(&root().join("models/mnist-cnn/model.onnx")).unwrap();
+    let mut g = Graph::from_model(&model).unwrap();
+    // Route the first ReLU's output through an Abs (no gradient rule) before the pool.
+    let relu = g.nodes.iter().position(|n| n.op == "Relu").unwrap();
+    let out = g.nodes[relu].outputs[0].clone();
+    for n in g.nodes.iter_mut().skip(relu + 1) {
+        for i in n.inputs.iter_mut() {
+            if *i == out {
+                *i = "abs_out".into();
+            }
+        }
+    }
+    g.nodes.insert(
+        relu + 1,
+        Node {
+            name: "my_abs".into(),
+            op: "Abs".into(),
+            domain: String::new(),
+            inputs: vec![out],
+            outputs: vec!["abs_out".into()],
+            attrs: vec![],
+        },
+    );
+    let bytes = fieldtune_graph::encode_model(&g.to_model("test"));
+    let d = tempfile::tempdir().unwrap();
+    let m = model_copy(d.path(), None, Some(&bytes));
+    fails_with(
+        &[
+            "compile",
+            "--model",
+            m.to_str().unwrap(),
+            "--out",
+            d.path().join("s.onnx").to_str().unwrap(),
+        ],
+        &["my_abs", "Abs", "no gradient rule"],
+    );
+}
+
+#[test]
+fn adapt_writes_a_loadable_model_that_improves_on_the_target() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("adapted");
+    let o = fieldtune(&[
+        "adapt",
+        "--model",
+        "models/mnist-cnn",
+        "--labeled",
+        "models/mnist-cnn/anchors",
+        "--unlabeled",
+        "data/opencv-digits",
+        "--eval",
+        "data/opencv-digits",
+        "--out",
+        out.to_str().unwrap(),
+        "--steps",
+        "60",
+        "--engine",
+        "ort",
+    ]);
+    let (stdout, err) = text(&o);
+    assert!(o.status.success(), "{stdout}\n{err}");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("adapt.json")).unwrap()).unwrap();
+    let before = summary["accuracy_before"].as_f64().unwrap();
+    let after = summary["accuracy_after"].as_f64().unwrap();
+    assert!((before - 0.9456).abs() < 1e-9, "{before}");
+    assert!(
+        after > before + 0.01,
+        "60 steps of uda-im should gain a point on OpenCV digits: {before} -> {after}"
+    );
+    assert_eq!(summary["history"].as_array().unwrap().len(), 60);
+    // The written model folder evaluates to the same accuracy on the other engine.
+    let o = fieldtune(&[
+        "eval",
+        "--model",
+        out.to_str().unwrap(),
+        "--data",
+        "data/opencv-digits",
+        "--engine",
+        "tract",
+    ]);
+    let (s2, e2) = text(&o);
+    assert!(o.status.success(), "{e2}");
+    assert!(
+        s2.contains(&format!("accuracy: {after:.4}")),
+        "tract eval of the adapted model: {s2} vs {after}"
+    );
+    assert!(out.join("checkpoint.safetensors").is_file());
+}
+
+#[test]
+fn help_teaches_the_commands() {
+    let (out, _) = text(&fieldtune(&["--help"]));
+    for c in ["adapt", "eval", "compile", "doctor", "demo"] {
+        assert!(out.contains(c), "{out}");
+    }
+    let (out, _) = text(&fieldtune(&["adapt", "--help"]));
+    assert!(
+        out.contains("uda-im") && out.contains("--unlabeled"),
+        "{out}"
+    );
+}
