@@ -46,7 +46,7 @@ pub fn save(
 }
 
 /// Reads and verifies a checkpoint.
-pub fn load(path: &Path) -> Result<(BTreeMap<String, Tensor>, HashMap<String, String>)> {
+pub fn load(path: &Path) -> Result<st::Named> {
     let bad = |reason: String| AdaptError::Checkpoint {
         path: path.to_path_buf(),
         reason,

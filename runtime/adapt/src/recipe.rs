@@ -170,7 +170,7 @@ impl AdaptConfig {
         if self.loss.ce_weight != 0.0 && self.batch_labeled == 0 {
             return Err(bad("batch_labeled", "is 0 but loss.ce_weight is not"));
         }
-        if !(self.loss.sharpen_temperature > 0.0) {
+        if !(self.loss.sharpen_temperature.is_finite() && self.loss.sharpen_temperature > 0.0) {
             return Err(bad("loss.sharpen_temperature", "must be positive"));
         }
         self.weak.build()?;

@@ -466,7 +466,7 @@ fn run_adapt(
             "loss {loss:.4} mask {:.2}",
             r.metric("mask_rate").unwrap_or(0.0)
         ));
-        if r.step % log_every == 0 {
+        if r.step.is_multiple_of(log_every) {
             let terms: Vec<String> = r
                 .metrics
                 .iter()

@@ -267,14 +267,14 @@ fn rule(b: &mut Builder, n: &Node, gy: &[Option<String>]) -> Result<Vec<Option<S
             });
         }
         "Add" | "Sub" | "Sum" => {
-            for i in 0..n.inputs.len() {
-                let s = b.shape(&n.inputs[i])?;
+            for (i, (slot, input)) in out.iter_mut().zip(&n.inputs).enumerate() {
+                let s = b.shape(input)?;
                 let g = if n.op == "Sub" && i == 1 {
                     b.op("Neg", &[&dy], vec![])?
                 } else {
                     dy.clone()
                 };
-                out[i] = Some(unbroadcast(b, &g, &s)?);
+                *slot = Some(unbroadcast(b, &g, &s)?);
             }
         }
         "Mul" => {
@@ -305,14 +305,14 @@ fn rule(b: &mut Builder, n: &Node, gy: &[Option<String>]) -> Result<Vec<Option<S
             let axis = norm_axis(n.int("axis", 0), xs.len())
                 .ok_or_else(|| GraphError::node(n, "axis out of range"))?;
             let mut start = 0usize;
-            for i in 0..n.inputs.len() {
-                let s = b.shape(&n.inputs[i])?;
+            for (slot, input) in out.iter_mut().zip(&n.inputs) {
+                let s = b.shape(input)?;
                 let (st, en, ax) = (
                     b.ints(&[start as i64]),
                     b.ints(&[(start + s[axis]) as i64]),
                     b.ints(&[axis as i64]),
                 );
-                out[i] = Some(b.op("Slice", &[&dy, &st, &en, &ax], vec![])?);
+                *slot = Some(b.op("Slice", &[&dy, &st, &en, &ax], vec![])?);
                 start += s[axis];
             }
         }

@@ -781,7 +781,7 @@ pub fn reshape_target(from: &[usize], spec: &[i64], allowzero: bool) -> Option<V
             .filter(|(j, _)| *j != i)
             .map(|(_, &d)| d)
             .product();
-        if rest == 0 || total % rest != 0 {
+        if rest == 0 || !total.is_multiple_of(rest) {
             return None;
         }
         out[i] = total / rest;

@@ -48,10 +48,11 @@ pub fn to_bytes(tensors: &BTreeMap<String, Tensor>, metadata: &HashMap<String, S
     safetensors::serialize(views, &meta).expect("in-memory serialisation cannot fail")
 }
 
+/// Named tensors and string metadata, as stored in a safetensors file.
+pub type Named = (BTreeMap<String, Tensor>, HashMap<String, String>);
+
 /// Decodes tensors and metadata.
-pub fn from_bytes(
-    bytes: &[u8],
-) -> Result<(BTreeMap<String, Tensor>, HashMap<String, String>), StError> {
+pub fn from_bytes(bytes: &[u8]) -> Result<Named, StError> {
     let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)
         .map_err(|e| StError::Format(e.to_string()))?;
     let st =
