@@ -1,0 +1,155 @@
+//! ONNX Runtime and tract agree on the compiled train step (every output, one step), and the
+//! hand-built ONNX and PyTorch's dynamic-batch export of the same network (Shape/Gather/
+//! Unsqueeze/Concat/Reshape chain, Constant nodes) compile to train steps that compute the same.
+
+use std::collections::HashMap;
+
+use fieldtune_engine::Engine;
+use fieldtune_engine::TractEngine;
+use fieldtune_graph::{
+    compile_inference, compile_train_step, encode_model, inputs, load_model, TrainSpec,
+};
+use fieldtune_tensor::Tensor;
+use fieldtune_tests::{digit_batch, ort, repo_root, rng, uniform};
+
+fn feeds(
+    spec: &TrainSpec,
+    params: &[(String, Tensor)],
+    state: &[(String, Tensor)],
+) -> Vec<(String, Tensor)> {
+    let root = repo_root();
+    let (xl, yl) = digit_batch(
+        &root.join("models/mnist-cnn/anchors"),
+        spec.batch_labeled,
+        1,
+    );
+    let (xw, _) = digit_batch(&root.join("data/opencv-digits"), spec.batch_unlabeled, 2);
+    let mut r = rng(3);
+    let noise = uniform(&mut r, xw.shape(), -0.5, 0.5);
+    let xs = Tensor::f32(
+        xw.shape().to_vec(),
+        xw.as_f32()
+            .unwrap()
+            .iter()
+            .zip(noise.as_f32().unwrap())
+            .map(|(a, b)| a + b)
+            .collect(),
+    )
+    .unwrap();
+    let mut f: Vec<(String, Tensor)> = params.iter().chain(state).cloned().collect();
+    f.push((inputs::X_LABELED.into(), xl));
+    f.push((inputs::Y_LABELED.into(), yl));
+    f.push((inputs::X_WEAK.into(), xw));
+    f.push((inputs::X_STRONG.into(), xs));
+    f.push((inputs::LR.into(), Tensor::scalar_f32(1e-3)));
+    f.push((inputs::STEP.into(), Tensor::scalar_f32(1.0)));
+    f
+}
+
+fn run(engine: &dyn Engine, bytes: &[u8], feeds: &[(String, Tensor)]) -> HashMap<String, Tensor> {
+    let mut s = engine.load(bytes, "train-step").expect("load");
+    let refs: Vec<(&str, &Tensor)> = feeds.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    s.run(&refs).expect("run").into_iter().collect()
+}
+
+fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
+    a.max_rel_diff(b).unwrap_or(f32::INFINITY)
+}
+
+#[test]
+fn one_train_step_agrees_on_ort_and_tract() {
+    let model = load_model(&repo_root().join("models/mnist-cnn/model.onnx")).unwrap();
+    // SGD keeps the update linear in the gradient. (Adam's first step is lr * g/|g|, which
+    // turns last-bit differences of near-zero gradient elements into lr-sized ones; the
+    // PyTorch parity test covers Adam over three steps.)
+    let spec = TrainSpec {
+        batch_labeled: 8,
+        batch_unlabeled: 16,
+        optimizer: fieldtune_graph::Optimizer::Sgd {
+            momentum: 0.9,
+            weight_decay: 1e-4,
+            nesterov: false,
+        },
+        ..TrainSpec::default()
+    };
+    let step = compile_train_step(&model, &spec).unwrap();
+    let bytes = encode_model(&step.to_model());
+    let f = feeds(&spec, &step.params, &step.state);
+    let a = run(&ort(), &bytes, &f);
+    let b = run(&TractEngine::new(), &bytes, &f);
+    assert_eq!(a.len(), b.len());
+    assert!(a.len() > 20, "metrics plus new parameters and state");
+    for (name, ta) in &a {
+        let d = max_rel(ta, &b[name]);
+        assert!(
+            d < 1e-4,
+            "output {name}: ORT and tract differ by {d:.2e} (relative to max(1, |x|))"
+        );
+    }
+}
+
+#[test]
+fn torch_export_and_clean_graph_compile_to_the_same_step() {
+    let root = repo_root();
+    let clean = load_model(&root.join("models/mnist-cnn/model.onnx")).unwrap();
+    let exported = load_model(&root.join("models/mnist-cnn-torch/model.onnx")).unwrap();
+    // The exporter's graph really has the shape chain the compiler must fold.
+    let ops: Vec<&str> = exported
+        .graph
+        .as_ref()
+        .unwrap()
+        .node
+        .iter()
+        .map(|n| n.op_type.as_str())
+        .collect();
+    for op in [
+        "Shape",
+        "Gather",
+        "Unsqueeze",
+        "Concat",
+        "Reshape",
+        "Constant",
+    ] {
+        assert!(ops.contains(&op), "torch export lacks {op}: {ops:?}");
+    }
+    let spec = TrainSpec {
+        batch_labeled: 8,
+        batch_unlabeled: 16,
+        ..TrainSpec::default()
+    };
+    let s1 = compile_train_step(&clean, &spec).unwrap();
+    let s2 = compile_train_step(&exported, &spec).unwrap();
+    // Same weights under the same names.
+    let p1: HashMap<_, _> = s1.params.iter().cloned().collect();
+    for (n, t) in &s2.params {
+        assert_eq!(p1.get(n), Some(t), "parameter {n}");
+    }
+    let ort = ort();
+    let o1 = run(
+        &ort,
+        &encode_model(&s1.to_model()),
+        &feeds(&spec, &s1.params, &s1.state),
+    );
+    let o2 = run(
+        &ort,
+        &encode_model(&s2.to_model()),
+        &feeds(&spec, &s2.params, &s2.state),
+    );
+    for (name, t) in &o1 {
+        let d = max_rel(t, &o2[name]);
+        assert!(d < 1e-5, "{name}: clean {d:.2e} away from the export's");
+    }
+    // And the static-batch inference graph of the export runs on tract with no Shape op left.
+    let inf = compile_inference(&exported, "input", "logits", 4).unwrap();
+    assert!(
+        !inf.nodes
+            .iter()
+            .any(|n| n.op == "Shape" || n.op == "Gather"),
+        "shape chain not folded"
+    );
+    let mut s = TractEngine::new()
+        .load(&encode_model(&inf.to_model("t")), "inference")
+        .unwrap();
+    let x = Tensor::zeros_f32(vec![4, 1, 28, 28]);
+    assert_eq!(s.run(&[("input", &x)]).unwrap()[0].1.shape(), &[4, 10]);
+}
