@@ -89,6 +89,14 @@ RECIPES = {
 }
 
 
+def lr_at(schedule, lr, step, steps):
+    """fieldtune's LrSchedule: constant, or half a cosine from lr at step 1 towards 0."""
+    if schedule == "constant":
+        return lr
+    assert schedule == "cosine", schedule
+    return lr * 0.5 * (1.0 + math.cos(math.pi * (step - 1) / max(steps, 1)))
+
+
 def recipe_from_fieldtune(bin_path, name, steps):
     """The recipe exactly as `fieldtune adapt --recipe NAME --print-config` resolves it."""
     import subprocess
@@ -105,6 +113,7 @@ def recipe_from_fieldtune(bin_path, name, steps):
     return dict(
         weak_shift=weak.get("max_shift", 0), labeled=c["batch_labeled"] > 0,
         strong=loss["consistency_weight"] != 0.0, lr=round(c["lr"], 9), cfg=cfg,
+        lr_schedule=c.get("lr_schedule", "constant"),
         batch_labeled=c["batch_labeled"], batch_unlabeled=c["batch_unlabeled"],
         strong_view=dict(n=strong.get("n", 2), max_magnitude=strong.get("max_magnitude", 1.0),
                          cutout=strong.get("cutout", 0.5)) if strong["kind"] == "randaugment" else dict(n=0, cutout=0.0),
@@ -306,6 +315,8 @@ def run_one(name, seed, steps, net, init, data, pre):
                 raise RuntimeError(f"{name} seed {seed}: non-finite loss at step {step}")
             opt.zero_grad()
             total.backward()
+            for group in opt.param_groups:
+                group["lr"] = lr_at(recipe.get("lr_schedule", "constant"), recipe["lr"], step, steps)
             opt.step()
             mask_rates.append(float(terms["mask_rate"]))
             if step == steps:

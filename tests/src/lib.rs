@@ -236,3 +236,20 @@ pub fn digit_batch(dir: &std::path::Path, count: usize, offset: usize) -> (Tenso
 pub fn reference_python() -> String {
     std::env::var("FIELDTUNE_PYTHON").unwrap_or_else(|_| "/usr/bin/python3".into())
 }
+
+/// One real UDA batch: `labeled` MNIST anchors with labels, `unlabeled` OpenCV digits as the
+/// weak view, and the weak view plus uniform noise as the strong view (augmentation itself is
+/// not under test where this is used). `offset` picks different images per step.
+pub fn uda_batch(
+    labeled: usize,
+    unlabeled: usize,
+    offset: usize,
+    rng: &mut ChaCha8Rng,
+) -> [Tensor; 4] {
+    let root = repo_root();
+    let (xl, yl) = digit_batch(&root.join("models/mnist-cnn/anchors"), labeled, offset * 3);
+    let (xw, _) = digit_batch(&root.join("data/opencv-digits"), unlabeled, offset * 5);
+    let noise = uniform(rng, xw.shape(), -0.5, 0.5);
+    let xs = axpy(&xw, &noise, 1.0);
+    [xl, yl, xw, xs]
+}

@@ -10,32 +10,14 @@ use fieldtune_graph::{
     compile_inference, compile_train_step, encode_model, inputs, load_model, TrainSpec,
 };
 use fieldtune_tensor::Tensor;
-use fieldtune_tests::{digit_batch, ort, repo_root, rng, uniform};
+use fieldtune_tests::{ort, repo_root, rng, uda_batch};
 
 fn feeds(
     spec: &TrainSpec,
     params: &[(String, Tensor)],
     state: &[(String, Tensor)],
 ) -> Vec<(String, Tensor)> {
-    let root = repo_root();
-    let (xl, yl) = digit_batch(
-        &root.join("models/mnist-cnn/anchors"),
-        spec.batch_labeled,
-        1,
-    );
-    let (xw, _) = digit_batch(&root.join("data/opencv-digits"), spec.batch_unlabeled, 2);
-    let mut r = rng(3);
-    let noise = uniform(&mut r, xw.shape(), -0.5, 0.5);
-    let xs = Tensor::f32(
-        xw.shape().to_vec(),
-        xw.as_f32()
-            .unwrap()
-            .iter()
-            .zip(noise.as_f32().unwrap())
-            .map(|(a, b)| a + b)
-            .collect(),
-    )
-    .unwrap();
+    let [xl, yl, xw, xs] = uda_batch(spec.batch_labeled, spec.batch_unlabeled, 1, &mut rng(3));
     let mut f: Vec<(String, Tensor)> = params.iter().chain(state).cloned().collect();
     f.push((inputs::X_LABELED.into(), xl));
     f.push((inputs::Y_LABELED.into(), yl));

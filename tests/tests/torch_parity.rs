@@ -9,7 +9,7 @@ use fieldtune_graph::{
     compile_train_step, encode_model, inputs, load_model, Optimizer, TrainSpec, Tsa, UdaLoss,
 };
 use fieldtune_tensor::{st, Tensor};
-use fieldtune_tests::{digit_batch, engines, reference_python, repo_root, rng, uniform};
+use fieldtune_tests::{engines, reference_python, repo_root, rng, uda_batch};
 
 const STEPS: usize = 3;
 const LR: f32 = 1e-3;
@@ -47,27 +47,7 @@ fn parity(spec: TrainSpec, label: &str) {
     let mut r = rng(7);
     let mut batches = Vec::new();
     for k in 1..=STEPS {
-        let (xl, yl) = digit_batch(
-            &root.join("models/mnist-cnn/anchors"),
-            spec.batch_labeled,
-            k * 3,
-        );
-        let (xw, _) = digit_batch(
-            &root.join("data/opencv-digits"),
-            spec.batch_unlabeled,
-            k * 5,
-        );
-        let noise = uniform(&mut r, xw.shape(), -0.5, 0.5);
-        let xs = Tensor::f32(
-            xw.shape().to_vec(),
-            xw.as_f32()
-                .unwrap()
-                .iter()
-                .zip(noise.as_f32().unwrap())
-                .map(|(a, b)| a + b)
-                .collect(),
-        )
-        .unwrap();
+        let [xl, yl, xw, xs] = uda_batch(spec.batch_labeled, spec.batch_unlabeled, k, &mut r);
         batches.push((xl, yl, xw, xs));
     }
 

@@ -13,5 +13,5 @@ pub mod trainer;
 pub use error::{AdaptError, Result};
 pub use eval::{evaluate, predict, EvalReport};
 pub use model_dir::ModelDir;
-pub use recipe::{AdaptConfig, RECIPES};
+pub use recipe::{AdaptConfig, LrSchedule, RECIPES};
 pub use trainer::{adapt, evaluate_params, AdaptData, AdaptOutcome, StepReport};

@@ -25,6 +25,30 @@ pub const RECIPES: &[(&str, &str)] = &[
     ),
 ];
 
+/// How the learning rate moves over the run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedule {
+    /// `lr` throughout.
+    Constant,
+    /// Half a cosine from `lr` at step 1 to 0 after the last step.
+    #[default]
+    Cosine,
+}
+
+impl LrSchedule {
+    /// The learning rate of 1-based `step` of `steps`.
+    pub fn at(self, lr: f32, step: usize, steps: usize) -> f32 {
+        match self {
+            LrSchedule::Constant => lr,
+            LrSchedule::Cosine => {
+                let p = (step - 1) as f64 / steps.max(1) as f64;
+                (lr as f64 * 0.5 * (1.0 + (std::f64::consts::PI * p).cos())) as f32
+            }
+        }
+    }
+}
+
 /// Everything `adapt` needs to know besides the model and the data.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -33,8 +57,10 @@ pub struct AdaptConfig {
     pub recipe: String,
     /// Optimizer steps.
     pub steps: usize,
-    /// Learning rate (constant).
+    /// Peak learning rate.
     pub lr: f32,
+    /// Learning-rate schedule over the steps.
+    pub lr_schedule: LrSchedule,
     /// Seed of sampling and augmentation.
     pub seed: u64,
     /// Labeled anchors per step (0: no labeled term).
@@ -65,6 +91,7 @@ impl AdaptConfig {
             recipe: name.into(),
             steps: 300,
             lr: 1e-3,
+            lr_schedule: LrSchedule::Constant,
             seed: 0,
             batch_labeled: 32,
             batch_unlabeled: 64,
@@ -244,6 +271,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("unknown recipe"), "{e}");
+    }
+
+    #[test]
+    fn cosine_schedule_starts_at_lr_and_decays_to_near_zero() {
+        let s = LrSchedule::Cosine;
+        assert_eq!(s.at(1e-3, 1, 100), 1e-3);
+        assert!((s.at(1e-3, 51, 100) - 5e-4).abs() < 1e-9);
+        assert!(s.at(1e-3, 100, 100) < 1e-6);
+        assert_eq!(LrSchedule::Constant.at(1e-3, 77, 100), 1e-3);
     }
 
     #[test]

@@ -188,7 +188,6 @@ pub fn adapt(
     let mut unl_sampler = EpochSampler::new(data.unlabeled.len(), mix(cfg.seed, 0, 2));
     let metric_names: Vec<&str> = step.metrics.iter().map(String::as_str).collect();
     let mut history = Vec::with_capacity(cfg.steps);
-    let lr = Tensor::scalar_f32(cfg.lr);
     for k in 1..=cfg.steps {
         let ts = Instant::now();
         let s = k as u64;
@@ -222,7 +221,10 @@ pub fn adapt(
             inputs::X_STRONG,
             to_tensor(&sv.iter().collect::<Vec<_>>(), &model.config)?,
         ));
-        feeds.push((inputs::LR, lr.clone()));
+        feeds.push((
+            inputs::LR,
+            Tensor::scalar_f32(cfg.lr_schedule.at(cfg.lr, k, cfg.steps)),
+        ));
         feeds.push((inputs::STEP, Tensor::scalar_f32(k as f32)));
         let refs: Vec<(&str, &Tensor)> = feeds.iter().map(|(n, t)| (*n, t)).collect();
         // Keep the parameters of the previous step so a non-finite step can be undone.
