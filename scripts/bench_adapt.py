@@ -2,7 +2,7 @@
 """Accuracy benchmark of `fieldtune adapt` on the shipped data: MNIST CNN -> OpenCV digits.
 
     python3 scripts/bench_adapt.py [--engines ort,tract] [--recipes uda-im,uda] [--seeds 0,1,2]
-        [--steps 300] [--out scripts/results/fieldtune_adapt.json]
+        [--steps N] [--out scripts/results/fieldtune_adapt.json]
 
 Runs the release binary (build it first: cargo build --release) once per engine x recipe x seed
 with the 1,000 MNIST anchors labeled and the 5,000 OpenCV digits unlabeled, scores the adapted
@@ -26,7 +26,7 @@ def main():
     ap.add_argument("--engines", default="ort,tract")
     ap.add_argument("--recipes", default="uda-im,uda")
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--steps", type=int, default=None, help="override the recipes' step counts")
     ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/fieldtune"))
     ap.add_argument("--out", default=os.path.join(ROOT, "scripts/results/fieldtune_adapt.json"))
     a = ap.parse_args()
@@ -37,9 +37,11 @@ def main():
                 with tempfile.TemporaryDirectory() as tmp:
                     out = os.path.join(tmp, "adapted")
                     cmd = [a.bin, "adapt", "--engine", engine, "--recipe", recipe, "--seed", str(seed),
-                           "--steps", str(a.steps), "--model", "models/mnist-cnn",
+                           "--model", "models/mnist-cnn",
                            "--labeled", "models/mnist-cnn/anchors", "--unlabeled", "data/opencv-digits",
                            "--eval", "data/opencv-digits", "--out", out]
+                    if a.steps is not None:
+                        cmd += ["--steps", str(a.steps)]
                     t = time.time()
                     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "RUST_LOG": "warn"})
                     if p.returncode != 0:
@@ -47,7 +49,7 @@ def main():
                     s = json.load(open(os.path.join(out, "adapt.json")))
                     r = dict(engine=engine, recipe=recipe, seed=seed, before=s["accuracy_before"],
                              after=s["accuracy_after"], train_seconds=s["seconds"], wall_seconds=time.time() - t,
-                             execution_provider=s["execution_provider"])
+                             execution_provider=s["execution_provider"], steps=s["settings"]["steps"])
                     runs.append(r)
                     print(f"{engine:5} {recipe:7} seed {seed}: {r['before']:.4f} -> {r['after']:.4f} "
                           f"({r['train_seconds']:.0f} s training)", flush=True)
@@ -61,7 +63,7 @@ def main():
             summary.append(dict(engine=engine, recipe=recipe, mean=statistics.mean(acc), std=sd, seeds=len(acc)))
             print(f"{engine:6} {recipe:8} {100 * statistics.mean(acc):6.2f} +- {100 * sd:.2f}            {statistics.mean(sec):5.0f}")
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
-    json.dump(dict(steps=a.steps, runs=runs, summary=summary), open(a.out, "w"), indent=2)
+    json.dump(dict(steps_override=a.steps, runs=runs, summary=summary), open(a.out, "w"), indent=2)
     print(f"wrote {a.out}")
 
 

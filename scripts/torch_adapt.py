@@ -109,11 +109,11 @@ def recipe_from_fieldtune(bin_path, name, steps):
     assert weak["kind"] in ("weak", "identity") and not weak.get("flip_horizontal", False), weak
     assert c["max_labeled_per_class"] >= 100, "the reference uses all 1,000 anchors"
     cfg = {k: round(loss[k], 7) if isinstance(loss[k], float) else loss[k] for k in BASE_CFG}
-    cfg["tsa_steps"] = loss["tsa_steps"] if loss["tsa_steps"] != 300 else steps
+    cfg["tsa_steps"] = loss["tsa_steps"]
     return dict(
         weak_shift=weak.get("max_shift", 0), labeled=c["batch_labeled"] > 0,
         strong=loss["consistency_weight"] != 0.0, lr=round(c["lr"], 9), cfg=cfg,
-        lr_schedule=c.get("lr_schedule", "constant"),
+        lr_schedule=c.get("lr_schedule", "constant"), steps=c["steps"],
         batch_labeled=c["batch_labeled"], batch_unlabeled=c["batch_unlabeled"],
         strong_view=dict(n=strong.get("n", 2), max_magnitude=strong.get("max_magnitude", 1.0),
                          cutout=strong.get("cutout", 0.5)) if strong["kind"] == "randaugment" else dict(n=0, cutout=0.0),
@@ -365,7 +365,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--recipes", default=",".join(RECIPES))
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--steps", type=int, default=None,
+                    help="optimizer steps (default: the recipe's, 300 for the built-in table)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="results.json")
     ap.add_argument("--from-fieldtune", metavar="BIN",
@@ -408,7 +409,8 @@ def main():
     for name in recipes:
         runs, cfg = [], None
         for seed in seeds:
-            r, cfg = run_one(name, seed, args.steps, net, init, data, pre)
+            steps = args.steps if args.steps is not None else (RECIPES[name] or {}).get("steps", 300)
+            r, cfg = run_one(name, seed, steps, net, init, data, pre)
             runs.append(r)
             print(f"  {name:7s} seed {seed}: target {100 * r['acc_target']:.2f}%  held-out "
                   f"{100 * r['acc_target_heldout']:.2f}%  anchors {100 * r['acc_anchors']:.2f}%  "
@@ -424,7 +426,7 @@ def main():
             "unlabeled_batch": UNLABELED_BATCH if rec else 0,
             "strong_view": bool(rec and rec["strong"]),
             "lr": rec["lr"] if rec else None,
-            "steps": args.steps if rec else 0,
+            "steps": steps if rec else 0,
             "loss_cfg": cfg,
             "runs": runs,
             "summary": summary,
@@ -448,7 +450,7 @@ def main():
         "anchors": "models/mnist-cnn/anchors (1,000)",
         "target": "data/opencv-digits (5,000; held-out = the 4,000 whose index is not an anchor's)",
         "seeds": seeds,
-        "steps": args.steps,
+        "steps": args.steps or "per recipe",
         "optimizer": "torch.optim.AdamW(betas=(0.9, 0.999), eps=1e-8, weight_decay=0)",
         "std": "sample std (ddof=1) over seeds",
         "torch_version": torch.__version__,

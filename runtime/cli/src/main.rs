@@ -64,7 +64,7 @@ enum Command {
         long_about = "Adapt a model to unlabeled frames of a new domain, anchored by a few labeled \
 examples of the source domain. Writes --out/model.onnx (the adapted weights as initializers), \
 --out/model.toml, --out/checkpoint.safetensors and --out/adapt.json (settings, loss history, accuracy).\n\n\
-Recipes (--recipe):\n  uda-im  UDA, identity weak view, + information maximisation + anchor CE (default)\n  \
+Recipes (--recipe):\n  uda-im  UDA, identity weak view, mild RandAugment, + information maximisation + anchor CE, 600 steps (default)\n  \
 uda     textbook UDA: 2 px shifted weak view, TSA\n  tent    entropy minimisation, no anchors\n\n\
 Every setting can be overridden in a TOML file (--config); --print-config shows them all."
     )]
@@ -95,9 +95,9 @@ Every setting can be overridden in a TOML file (--config); --print-config shows 
     Doctor,
     /// Adapt the shipped MNIST CNN to OpenCV digits and report accuracy before and after.
     Demo {
-        /// Optimizer steps.
-        #[arg(long, default_value_t = 300)]
-        steps: usize,
+        /// Optimizer steps (default: the uda-im recipe's).
+        #[arg(long)]
+        steps: Option<usize>,
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Where to write the adapted model.
@@ -290,17 +290,28 @@ fn run(cli: Cli) -> Result<()> {
                     step.frozen.join(", ")
                 }
             );
-            println!(
-                "inputs: {}",
-                step.graph
-                    .inputs
-                    .iter()
-                    .map(|i| i.name.as_str())
-                    .filter(|n| !n.contains('.') || n.starts_with("x_"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-            println!("outputs: {}", step.metrics.join(", "));
+            let looped: std::collections::HashSet<String> =
+                step.loops().into_iter().map(|(_, input)| input).collect();
+            let per_step: Vec<String> = step
+                .graph
+                .inputs
+                .iter()
+                .filter(|i| !looped.contains(&i.name))
+                .map(|i| {
+                    let dims: Vec<String> = i
+                        .dims
+                        .iter()
+                        .map(|d| match d {
+                            fieldtune_graph::ir::Dim::Fixed(n) => n.to_string(),
+                            fieldtune_graph::ir::Dim::Symbolic(s) => s.clone(),
+                        })
+                        .collect();
+                    format!("{} [{}]", i.name, dims.join(", "))
+                })
+                .collect();
+            println!("inputs per step: {}", per_step.join(", "));
+            println!("looped inputs (new.<name> -> <name>): {}", looped.len());
+            println!("metrics: {}", step.metrics.join(", "));
             Ok(())
         }
         Command::Adapt(a) => {
@@ -332,7 +343,9 @@ fn run(cli: Cli) -> Result<()> {
             );
             let e = engine(&cli.engine)?;
             let mut cfg = AdaptConfig::preset("uda-im")?;
-            cfg.steps = steps;
+            if let Some(s) = steps {
+                cfg.steps = s;
+            }
             cfg.seed = seed;
             let (before, after) = run_adapt(
                 e.as_ref(),
