@@ -306,3 +306,30 @@ fn help_teaches_the_commands() {
         "{out}"
     );
 }
+
+#[test]
+fn a_diverging_run_stops_at_the_non_finite_step_and_writes_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("adapted");
+    fails_with(
+        &[
+            "adapt",
+            "--model",
+            "models/mnist-cnn",
+            "--labeled",
+            "models/mnist-cnn/anchors",
+            "--unlabeled",
+            "data/opencv-digits",
+            "--out",
+            out.to_str().unwrap(),
+            "--steps",
+            "10",
+            "--lr",
+            "1e30",
+            "--engine",
+            "tract",
+        ],
+        &["step", "NaN", "nothing is written"],
+    );
+    assert!(!out.exists(), "a failed run must not leave a model folder");
+}
