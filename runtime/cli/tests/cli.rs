@@ -113,49 +113,34 @@ fn truncated_and_corrupt_models_name_the_file() {
 
 #[test]
 fn channel_and_size_mismatches_are_refused() {
-    let d = tempfile::tempdir().unwrap();
     let base = std::fs::read_to_string(root().join("models/mnist-cnn/model.toml")).unwrap();
     let rgb = base
         .replace("channels = 1", "channels = 3")
         .replace("mean = [0.1307]", "mean = [0.1307, 0.1307, 0.1307]")
         .replace("std = [0.3081]", "std = [0.3081, 0.3081, 0.3081]");
-    let m = model_copy(d.path(), Some(&rgb), None);
-    fails_with(
-        &[
+    let cases = [
+        (rgb, vec!["model.onnx", "channels=3"]),
+        (
+            base.replace("height = 28", "height = 32"),
+            vec!["height=32"],
+        ),
+        (
+            base.replace("channels = 1", "channels = 2"),
+            vec!["model.toml", "channels"],
+        ),
+    ];
+    for (toml, needles) in cases {
+        let d = tempfile::tempdir().unwrap();
+        let m = model_copy(d.path(), Some(&toml), None);
+        let args = [
             "eval",
             "--model",
             m.to_str().unwrap(),
             "--data",
             "data/opencv-digits",
-        ],
-        &["model.onnx", "channels=3"],
-    );
-    let big = base.replace("height = 28", "height = 32");
-    let d2 = tempfile::tempdir().unwrap();
-    let m = model_copy(d2.path(), Some(&big), None);
-    fails_with(
-        &[
-            "eval",
-            "--model",
-            m.to_str().unwrap(),
-            "--data",
-            "data/opencv-digits",
-        ],
-        &["height=32"],
-    );
-    let bad = base.replace("channels = 1", "channels = 2");
-    let d3 = tempfile::tempdir().unwrap();
-    let m = model_copy(d3.path(), Some(&bad), None);
-    fails_with(
-        &[
-            "eval",
-            "--model",
-            m.to_str().unwrap(),
-            "--data",
-            "data/opencv-digits",
-        ],
-        &["model.toml", "channels"],
-    );
+        ];
+        fails_with(&args, &needles);
+    }
 }
 
 #[test]

@@ -410,56 +410,40 @@ pub fn tensor_from_proto(t: &TensorProto) -> Result<Tensor> {
         .map(|&d| usize::try_from(d).map_err(|_| bad(format!("negative dimension {d}"))))
         .collect::<Result<_>>()?;
     let n: usize = shape.iter().product();
+    // Raw little-endian bytes in `width`-byte elements, checked against the shape.
+    let raw = |width: usize| -> Result<Option<std::slice::ChunksExact<'_, u8>>> {
+        if t.raw_data.is_empty() {
+            Ok(None)
+        } else if t.raw_data.len() != n * width {
+            Err(bad(format!(
+                "raw data has {} bytes, shape {:?} needs {}",
+                t.raw_data.len(),
+                shape,
+                n * width
+            )))
+        } else {
+            Ok(Some(t.raw_data.chunks_exact(width)))
+        }
+    };
     let data = match DataType::try_from(t.data_type).ok() {
-        Some(DataType::Float) => {
-            let v: Vec<f32> = if !t.raw_data.is_empty() {
-                if t.raw_data.len() != n * 4 {
-                    return Err(bad(format!(
-                        "raw data has {} bytes, shape {:?} needs {}",
-                        t.raw_data.len(),
-                        shape,
-                        n * 4
-                    )));
-                }
-                t.raw_data
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect()
-            } else {
-                t.float_data.clone()
-            };
-            TensorData::F32(v)
-        }
-        Some(DataType::Int64) => {
-            let v: Vec<i64> = if !t.raw_data.is_empty() {
-                if t.raw_data.len() != n * 8 {
-                    return Err(bad(format!(
-                        "raw data has {} bytes, shape {:?} needs {}",
-                        t.raw_data.len(),
-                        shape,
-                        n * 8
-                    )));
-                }
-                t.raw_data
-                    .chunks_exact(8)
-                    .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
-                    .collect()
-            } else {
-                t.int64_data.clone()
-            };
-            TensorData::I64(v)
-        }
-        Some(DataType::Int32) => {
-            let v: Vec<i64> = if !t.raw_data.is_empty() {
-                t.raw_data
-                    .chunks_exact(4)
-                    .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
-                    .collect()
-            } else {
-                t.int32_data.iter().map(|&x| x as i64).collect()
-            };
-            TensorData::I64(v)
-        }
+        Some(DataType::Float) => TensorData::F32(match raw(4)? {
+            Some(c) => c
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            None => t.float_data.clone(),
+        }),
+        Some(DataType::Int64) => TensorData::I64(match raw(8)? {
+            Some(c) => c
+                .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+                .collect(),
+            None => t.int64_data.clone(),
+        }),
+        Some(DataType::Int32) => TensorData::I64(match raw(4)? {
+            Some(c) => c
+                .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
+                .collect(),
+            None => t.int32_data.iter().map(|&x| x as i64).collect(),
+        }),
         _ => {
             return Err(bad(format!(
                 "element type {} is not supported (float32, int32 or int64 only)",
