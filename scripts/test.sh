@@ -2,7 +2,17 @@
 # The project's test command: installs the ONNX Runtime library into .ort/ if missing, then
 # runs every test of the workspace (per-op gradient checks and PyTorch parity need Debian's
 # python3-torch and python3-onnx: `apt-get install python3-torch python3-onnx python3-pil`).
+# Ends with one summary line over all test binaries: "tests: N passed, N failed".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-ort.sh >/dev/null
-cargo test --workspace "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+echo
+awk '/^test result:/ { for (i = 1; i < NF; i++) { if ($(i + 1) ~ /^passed/) p += $i; if ($(i + 1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"
