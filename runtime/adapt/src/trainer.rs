@@ -227,13 +227,12 @@ pub fn adapt(
         ));
         feeds.push((inputs::STEP, Tensor::scalar_f32(k as f32)));
         let refs: Vec<(&str, &Tensor)> = feeds.iter().map(|(n, t)| (*n, t)).collect();
-        // Keep the parameters of the previous step so a non-finite step can be undone.
-        let before: Vec<(String, Tensor)> = step
-            .params
-            .iter()
-            .map(|(n, _)| Ok((n.clone(), resident.read_state(n)?.expect("resident"))))
-            .collect::<Result<_>>()?;
-        let vals = resident.step(&refs, &metric_names)?;
+        // A step whose loss terms are not all finite does not move the parameters.
+        let finite = |v: &[Tensor]| {
+            v.iter()
+                .all(|t| t.as_f32().is_some_and(|x| x.iter().all(|x| x.is_finite())))
+        };
+        let (vals, moved) = resident.step_if(&refs, &metric_names, &finite)?;
         let metrics: Vec<(String, f32)> = metric_names
             .iter()
             .map(|n| n.to_string())
@@ -242,14 +241,16 @@ pub fn adapt(
                     .map(|t| t.as_f32().map(|v| v[0]).unwrap_or(f32::NAN)),
             )
             .collect();
-        if let Some((term, value)) = metrics.iter().find(|(_, v)| !v.is_finite()) {
-            for (n, t) in before {
-                resident.set_state(&n, t)?;
-            }
+        if !moved {
+            let (term, value) = metrics
+                .iter()
+                .find(|(_, v)| !v.is_finite())
+                .cloned()
+                .unwrap_or_else(|| ("a metric".into(), f32::NAN));
             return Err(AdaptError::NonFinite {
                 step: k,
-                term: term.clone(),
-                value: *value,
+                term,
+                value,
             });
         }
         let eval = match data.eval {

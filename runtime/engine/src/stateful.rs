@@ -27,6 +27,14 @@ pub trait ResidentSession: Send {
         feeds: &[(&str, &Tensor)],
         fetch: &[&str],
     ) -> Result<Vec<Tensor>, EngineError>;
+    /// Runs one step but moves the state only if `accept` approves the fetched outputs
+    /// (e.g. every loss term finite); returns them and whether the state moved.
+    fn step_if(
+        &mut self,
+        feeds: &[(&str, &Tensor)],
+        fetch: &[&str],
+        accept: &dyn Fn(&[Tensor]) -> bool,
+    ) -> Result<(Vec<Tensor>, bool), EngineError>;
     /// A host copy of one resident tensor; `None` when `name` is not resident.
     fn read_state(&self, name: &str) -> Result<Option<Tensor>, EngineError>;
     /// Replaces one resident tensor (same dtype and shape as before).
@@ -133,6 +141,18 @@ impl StatefulSession {
         feeds: &[(&str, &Tensor)],
         fetch: &[&str],
     ) -> Result<Vec<Tensor>, EngineError> {
+        Ok(self.step_if(feeds, fetch, &|_| true)?.0)
+    }
+
+    /// Like [`StatefulSession::step`], but the looped state is only updated when `accept`
+    /// approves the fetched outputs (e.g. all loss terms finite); returns them and whether
+    /// the state moved. A rejected step leaves the state exactly as it was.
+    pub fn step_if(
+        &mut self,
+        feeds: &[(&str, &Tensor)],
+        fetch: &[&str],
+        accept: &dyn Fn(&[Tensor]) -> bool,
+    ) -> Result<(Vec<Tensor>, bool), EngineError> {
         let model = self.session.label().to_string();
         for (name, _) in feeds {
             if self.state.contains_key(*name) {
@@ -186,12 +206,15 @@ impl StatefulSession {
                 .ok_or_else(|| unknown_output(&model, self.session.outputs(), n))
             })
             .collect::<Result<_, _>>()?;
+        if !accept(&fetched) {
+            return Ok((fetched, false));
+        }
         for (out, inp) in &self.loops {
             if let Some(t) = outs.remove(out) {
                 self.state.insert(inp.clone(), t);
             }
         }
-        Ok(fetched)
+        Ok((fetched, true))
     }
 
     /// The current value of a resident input.
@@ -260,6 +283,15 @@ impl ResidentSession for StatefulSession {
         fetch: &[&str],
     ) -> Result<Vec<Tensor>, EngineError> {
         StatefulSession::step(self, feeds, fetch)
+    }
+
+    fn step_if(
+        &mut self,
+        feeds: &[(&str, &Tensor)],
+        fetch: &[&str],
+        accept: &dyn Fn(&[Tensor]) -> bool,
+    ) -> Result<(Vec<Tensor>, bool), EngineError> {
+        StatefulSession::step_if(self, feeds, fetch, accept)
     }
 
     fn read_state(&self, name: &str) -> Result<Option<Tensor>, EngineError> {

@@ -324,6 +324,21 @@ fn stateful_session_loops_state() {
         );
         assert_eq!(total.unwrap().as_f32().unwrap(), &[15.0], "{k:?}");
 
+        // A step the caller rejects (here: a non-finite total) leaves the state alone.
+        let nan = Tensor::scalar_f32(f32::NAN);
+        let finite = |v: &[Tensor]| v[0].as_f32().unwrap().iter().all(|x| x.is_finite());
+        let (out, moved) = st.step_if(&[("delta", &nan)], &["total"], &finite).unwrap();
+        assert!(!moved && out[0].as_f32().unwrap()[0].is_nan(), "{k:?}");
+        assert_eq!(
+            st.state("x").unwrap().as_f32().unwrap(),
+            &[4.0, 5.0, 6.0],
+            "{k:?}"
+        );
+        let (_, moved) = st
+            .step_if(&[("delta", &Tensor::scalar_f32(0.0))], &["total"], &finite)
+            .unwrap();
+        assert!(moved, "{k:?}");
+
         // A failing step leaves the state alone.
         let bad = Tensor::f32(vec![2], vec![1.0, 1.0]).unwrap();
         assert!(st.step(&[("delta", &bad)], &[]).is_err());
