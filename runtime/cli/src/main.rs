@@ -529,7 +529,7 @@ fn run_adapt(
     ]);
     m.write_adapted(out, &outcome.params, &meta)?;
     let summary = serde_json::json!({
-        "settings": serde_json::from_str::<serde_json::Value>(&serde_json::to_string(&cfg_json(cfg)).unwrap_or_default()).unwrap_or_default(),
+        "settings": serde_json::to_value(cfg)?,
         "engine": e.describe(),
         "execution_provider": outcome.execution_provider,
         "seconds": outcome.seconds,
@@ -552,10 +552,6 @@ fn run_adapt(
         out.display()
     );
     Ok((before, after))
-}
-
-fn cfg_json(cfg: &AdaptConfig) -> serde_json::Value {
-    serde_json::to_value(cfg).unwrap_or_default()
 }
 
 /// The fieldtune checkout: the current folder or an ancestor (of it or of the executable)
