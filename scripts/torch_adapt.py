@@ -56,6 +56,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 from reference.onnx_torch import OnnxModule  # noqa: E402
+from reference import st  # noqa: E402
 from reference.uda import uda_loss  # noqa: E402
 
 MODEL_DIR = os.path.join(ROOT, "models", "mnist-cnn")
@@ -267,7 +268,14 @@ def accuracy(net, params, x, y, batch=1000):
     return correct / len(x)
 
 
-def run_one(name, seed, steps, net, init, data, pre):
+def load_batch(pattern, seed, step):
+    """One step's batch as fieldtune wrote it (`fieldtune adapt --dump-batches DIR`)."""
+    path = os.path.join(pattern.format(seed=seed), f"step-{step:05d}.safetensors")
+    t, _ = st.load(path)
+    return {k: torch.from_numpy(v) for k, v in t.items()}
+
+
+def run_one(name, seed, steps, net, init, data, pre, batches=None):
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -289,27 +297,37 @@ def run_one(name, seed, steps, net, init, data, pre):
         for step in range(1, steps + 1):
             parts = []
             y_l = None
-            if recipe["labeled"]:
+            if batches is not None:
+                # The very batches fieldtune trained on: tests the training math alone.
+                b = load_batch(batches, seed, step)
+                xs = ([b["x_labeled"]] if recipe["labeled"] else []) + [b["x_weak"], b["x_strong"]]
+                y_l = b["y_labeled"] if recipe["labeled"] else None
+                logits = net(torch.cat(xs), params)
+                chunks = list(torch.split(logits, [len(x) for x in xs]))
+                logits_l = chunks.pop(0) if recipe["labeled"] else None
+                logits_w, logits_s = chunks
+            elif recipe["labeled"]:
                 idx = lab.next(recipe.get("batch_labeled", LABELED_BATCH))
                 parts.append([weak_view(anchors[i][1], k, rng) for i in idx])
                 y_l = torch.tensor([anchors[i][2] for i in idx], dtype=torch.int64)
-            idx = unl.next(recipe.get("batch_unlabeled", UNLABELED_BATCH))
-            imgs = [target[i][1] for i in idx]
-            parts.append([weak_view(im, k, rng) for im in imgs])
-            if recipe["strong"]:
-                sv = recipe.get("strong_view", {})
-                parts.append([strong_view(im, rng, sv.get("n", RANDAUGMENT_N), sv.get("max_magnitude", 1.0),
-                                          sv.get("cutout", CUTOUT_FRACTION)) for im in imgs])
-            # One forward over all views: the model has no batch-dependent op (no BatchNorm),
-            # so this equals separate forwards; every view keeps its graph.
-            x = pre([im for p in parts for im in p])
-            logits = net(x, params)
-            sizes = [len(p) for p in parts]
-            chunks = list(torch.split(logits, sizes))
-            logits_l = chunks.pop(0) if recipe["labeled"] else None
-            logits_w = chunks.pop(0)
-            # tent has no strong view; its consistency weight is 0, so pass the weak logits.
-            logits_s = chunks.pop(0) if recipe["strong"] else logits_w
+            if batches is None:
+                idx = unl.next(recipe.get("batch_unlabeled", UNLABELED_BATCH))
+                imgs = [target[i][1] for i in idx]
+                parts.append([weak_view(im, k, rng) for im in imgs])
+                if recipe["strong"]:
+                    sv = recipe.get("strong_view", {})
+                    parts.append([strong_view(im, rng, sv.get("n", RANDAUGMENT_N), sv.get("max_magnitude", 1.0),
+                                              sv.get("cutout", CUTOUT_FRACTION)) for im in imgs])
+                # One forward over all views: the model has no batch-dependent op (no BatchNorm),
+                # so this equals separate forwards; every view keeps its graph.
+                x = pre([im for p in parts for im in p])
+                logits = net(x, params)
+                sizes = [len(p) for p in parts]
+                chunks = list(torch.split(logits, sizes))
+                logits_l = chunks.pop(0) if recipe["labeled"] else None
+                logits_w = chunks.pop(0)
+                # tent has no strong view; its consistency weight is 0, so pass the weak logits.
+                logits_s = chunks.pop(0) if recipe["strong"] else logits_w
             total, terms = uda_loss(cfg, logits_l, y_l, logits_w, logits_s, float(step))
             if not torch.isfinite(total):
                 raise RuntimeError(f"{name} seed {seed}: non-finite loss at step {step}")
@@ -372,6 +390,10 @@ def main():
     ap.add_argument("--from-fieldtune", metavar="BIN",
                     help="take each recipe's settings from `BIN adapt --recipe NAME --print-config` "
                          "(e.g. target/release/fieldtune) instead of the built-in table")
+    ap.add_argument("--batches", metavar="DIR",
+                    help="train on the batches fieldtune dumped (`fieldtune adapt --seed S "
+                         "--dump-batches DIR`) instead of sampling and augmenting here; '{seed}' in "
+                         "DIR is replaced by each seed (one recipe per invocation)")
     args = ap.parse_args()
     recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
     for r in recipes:
@@ -410,7 +432,7 @@ def main():
         runs, cfg = [], None
         for seed in seeds:
             steps = args.steps if args.steps is not None else (RECIPES[name] or {}).get("steps", 300)
-            r, cfg = run_one(name, seed, steps, net, init, data, pre)
+            r, cfg = run_one(name, seed, steps, net, init, data, pre, args.batches)
             runs.append(r)
             print(f"  {name:7s} seed {seed}: target {100 * r['acc_target']:.2f}%  held-out "
                   f"{100 * r['acc_target_heldout']:.2f}%  anchors {100 * r['acc_anchors']:.2f}%  "
@@ -451,6 +473,7 @@ def main():
         "target": "data/opencv-digits (5,000; held-out = the 4,000 whose index is not an anchor's)",
         "seeds": seeds,
         "steps": args.steps or "per recipe",
+        "batches": args.batches or "sampled and augmented by this script (PIL, numpy streams)",
         "optimizer": "torch.optim.AdamW(betas=(0.9, 0.999), eps=1e-8, weight_decay=0)",
         "std": "sample std (ddof=1) over seeds",
         "torch_version": torch.__version__,

@@ -2,6 +2,7 @@
 //! compiled train step, evaluation, model folders and checksummed, atomically written
 //! checkpoints. Data flows frames -> adapt -> engine; the graph crate compiles train steps.
 
+pub mod batches;
 pub mod checkpoint;
 pub mod error;
 pub mod eval;
@@ -10,6 +11,7 @@ pub mod model_dir;
 pub mod recipe;
 pub mod trainer;
 
+pub use batches::{prefetch, Batch, BatchMaker};
 pub use error::{AdaptError, Result};
 pub use eval::{evaluate, predict, EvalReport};
 pub use model_dir::ModelDir;

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use fieldtune_augment::{AugmentConfig, RandAugment, WeakAugment};
-use fieldtune_graph::{Optimizer, Trainable, Tsa, UdaLoss};
+use fieldtune_graph::{BatchNormMode, Optimizer, Trainable, Tsa, UdaLoss};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{AdaptError, Result};
@@ -73,9 +73,15 @@ pub struct AdaptConfig {
     pub weak: AugmentConfig,
     /// Strong view.
     pub strong: AugmentConfig,
+    /// Threads that build the strong views of a batch. Batches are prepared one step ahead on
+    /// their own thread either way; the views do not depend on this count.
+    pub augment_threads: usize,
     pub loss: UdaLoss,
     pub optimizer: Optimizer,
     pub trainable: Trainable,
+    /// BatchNormalization while adapting: `train` (batch statistics; running statistics
+    /// updated and saved with the model) or `frozen` (running statistics).
+    pub batchnorm: BatchNormMode,
     /// Log the loss terms every this many steps.
     pub log_every: usize,
     /// Evaluate on the eval set every this many steps (0: only before and after).
@@ -101,9 +107,11 @@ impl AdaptConfig {
                 flip_horizontal: false,
             }),
             strong: AugmentConfig::RandAugment(RandAugment::default()),
+            augment_threads: 1,
             loss: UdaLoss::default(),
             optimizer: Optimizer::default(),
             trainable: Trainable::All,
+            batchnorm: BatchNormMode::Train,
             log_every: 25,
             eval_every: 0,
             eval_batch: 250,
@@ -209,6 +217,9 @@ impl AdaptConfig {
         }
         if self.batch_unlabeled == 0 {
             return Err(bad("batch_unlabeled", "must be at least 1"));
+        }
+        if !(1..=64).contains(&self.augment_threads) {
+            return Err(bad("augment_threads", "must be 1..=64"));
         }
         if self.loss.ce_weight != 0.0 && self.batch_labeled == 0 {
             return Err(bad("batch_labeled", "is 0 but loss.ce_weight is not"));

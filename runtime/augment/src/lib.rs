@@ -51,6 +51,41 @@ pub fn augment_batch(aug: &dyn Augment, imgs: &[&Image8], seed: u64) -> Vec<Imag
         .collect()
 }
 
+/// [`augment_batch`] split over `threads` scoped threads; the result does not depend on the
+/// thread count (each image's generator is seeded by its index).
+pub fn augment_batch_par(
+    aug: &dyn Augment,
+    imgs: &[&Image8],
+    seed: u64,
+    threads: usize,
+) -> Vec<Image8> {
+    let threads = threads.clamp(1, imgs.len().max(1));
+    if threads == 1 {
+        return augment_batch(aug, imgs, seed);
+    }
+    let chunk = imgs.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = imgs
+            .chunks(chunk)
+            .enumerate()
+            .map(|(c, part)| {
+                scope.spawn(move || {
+                    part.iter()
+                        .enumerate()
+                        .map(|(i, img)| {
+                            aug.apply(img, &mut image_rng(seed, (c * chunk + i) as u64))
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|h| h.join().expect("augmentation thread panicked"))
+            .collect()
+    })
+}
+
 /// No change (a clone).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Identity;
