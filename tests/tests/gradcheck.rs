@@ -317,3 +317,188 @@ fn unsupported_op_on_the_gradient_path_is_refused_by_name() {
         "{msg}"
     );
 }
+
+/// Uniform values in [lo, hi) kept at least `gap` away from every point in `kinks`.
+fn avoiding(seed: u64, shape: &[usize], lo: f32, hi: f32, kinks: &[f32], gap: f32) -> Tensor {
+    let mut r = rng(seed * 31 + 7);
+    let n: usize = shape.iter().product();
+    let v = (0..n)
+        .map(|_| loop {
+            let x = r.gen_range(lo..hi);
+            if kinks.iter().all(|k| (x - k).abs() >= gap) {
+                break x;
+            }
+        })
+        .collect();
+    Tensor::f32(shape.to_vec(), v).expect("sized")
+}
+
+#[test]
+fn clip_relu6_and_leaky_relu() {
+    check("Clip (ReLU6, min/max inputs)", |seed| {
+        let x = avoiding(seed, &dims(seed, 2, 6, 3), -2.0, 8.0, &[0.0, 6.0], 0.05);
+        let build = |b: &mut Builder, n: &[String]| {
+            let (lo, hi) = (b.scalar(0.0), b.scalar(6.0));
+            b.op("Clip", &[&n[0], &lo, &hi], vec![])
+        };
+        (vec![("x".into(), x)], 1e-2, Box::new(build))
+    });
+    check("Clip (max only)", |seed| {
+        let x = avoiding(seed, &dims(seed, 2, 6, 2), -2.0, 2.0, &[0.5], 0.05);
+        let build = |b: &mut Builder, n: &[String]| {
+            let hi = b.scalar(0.5);
+            b.op("Clip", &[&n[0], "", &hi], vec![])
+        };
+        (vec![("x".into(), x)], 1e-2, Box::new(build))
+    });
+    check("LeakyRelu", |seed| {
+        let mut r = rng(seed);
+        let x = away_from_zero(&mut r, &dims(seed, 2, 6, 3), 0.05);
+        let build = |b: &mut Builder, n: &[String]| {
+            b.op("LeakyRelu", &[&n[0]], vec![attr::float("alpha", 0.1)])
+        };
+        (vec![("x".into(), x)], 1e-2, Box::new(build))
+    });
+}
+
+#[test]
+fn hard_sigmoid_and_hard_swish() {
+    check("HardSigmoid (PyTorch's alpha 1/6)", |seed| {
+        let x = avoiding(seed, &dims(seed, 2, 6, 3), -5.0, 5.0, &[-3.0, 3.0], 0.05);
+        let build = |b: &mut Builder, n: &[String]| {
+            b.op(
+                "HardSigmoid",
+                &[&n[0]],
+                vec![attr::float("alpha", 1.0 / 6.0), attr::float("beta", 0.5)],
+            )
+        };
+        (vec![("x".into(), x)], 1e-2, Box::new(build))
+    });
+    check("HardSigmoid (ONNX default alpha 0.2)", |seed| {
+        let x = avoiding(seed, &dims(seed, 2, 6, 2), -4.0, 4.0, &[-2.5, 2.5], 0.05);
+        let build = |b: &mut Builder, n: &[String]| b.op("HardSigmoid", &[&n[0]], vec![]);
+        (vec![("x".into(), x)], 1e-2, Box::new(build))
+    });
+    check("HardSwish", |seed| {
+        let x = avoiding(seed, &dims(seed, 2, 6, 3), -5.0, 5.0, &[-3.0, 3.0], 0.05);
+        let build = |b: &mut Builder, n: &[String]| b.op("HardSwish", &[&n[0]], vec![]);
+        (vec![("x".into(), x)], 1e-2, Box::new(build))
+    });
+}
+
+#[test]
+fn global_and_windowed_average_pool() {
+    check("GlobalAveragePool", |seed| {
+        let mut r = rng(seed);
+        let d = dims(seed, 2, 6, 3);
+        let x = uniform(&mut r, &[2, d[0], d[1], d[2]], -1.0, 1.0);
+        let build = |b: &mut Builder, n: &[String]| b.op("GlobalAveragePool", &[&n[0]], vec![]);
+        (vec![("x".into(), x)], 1e-2, Box::new(build))
+    });
+    // (kernel, stride, pads, count_include_pad)
+    let configs: [(i64, i64, [i64; 4], i64); 4] = [
+        (2, 2, [0, 0, 0, 0], 0),
+        (3, 1, [1, 1, 1, 1], 0),
+        (3, 2, [1, 0, 1, 1], 1),
+        (3, 2, [0, 1, 1, 0], 0),
+    ];
+    for (ci, &(k, s, pads, cip)) in configs.iter().enumerate() {
+        check(&format!("AveragePool config {ci}"), move |seed| {
+            let mut r = rng(seed + 50 * ci as u64);
+            let d = dims(seed + ci as u64, 5, 9, 2);
+            let x = uniform(&mut r, &[2, 3, d[0], d[1]], -1.0, 1.0);
+            let build = move |b: &mut Builder, n: &[String]| {
+                b.op(
+                    "AveragePool",
+                    &[&n[0]],
+                    vec![
+                        attr::ints("kernel_shape", &[k, k]),
+                        attr::ints("strides", &[s, s]),
+                        attr::ints("pads", &pads),
+                        attr::int("count_include_pad", cip),
+                    ],
+                )
+            };
+            (vec![("x".into(), x)], 1e-2, Box::new(build))
+        });
+    }
+}
+
+#[test]
+fn split_equal_and_sized() {
+    check("Split (sizes input, one output unused)", |seed| {
+        let mut r = rng(seed);
+        let d = dims(seed, 2, 4, 2);
+        let x = uniform(&mut r, &[d[0], 7, d[1]], -1.0, 1.0);
+        let build = |b: &mut Builder, n: &[String]| {
+            let sizes = b.ints(&[2, 4, 1]);
+            let parts: Vec<String> = (0..3).map(|i| format!("part{i}")).collect();
+            b.add(fieldtune_graph::ir::Node {
+                name: "split".into(),
+                op: "Split".into(),
+                domain: String::new(),
+                inputs: vec![n[0].clone(), sizes],
+                outputs: parts.clone(),
+                attrs: vec![attr::int("axis", 1)],
+            })?;
+            // Reordered and partly unused: the rule must route each part back in place.
+            b.op(
+                "Concat",
+                &[&parts[2], &parts[0]],
+                vec![attr::int("axis", 1)],
+            )
+        };
+        (vec![("x".into(), x)], 1e-2, Box::new(build))
+    });
+}
+
+#[test]
+fn batch_norm_train_and_frozen() {
+    use fieldtune_graph::lower::{batch_norm, batch_norm_node, BatchNormMode};
+    for mode in [BatchNormMode::Train, BatchNormMode::Frozen] {
+        for rank in [2usize, 4] {
+            check(
+                &format!("BatchNormalization {mode:?} rank {rank}"),
+                move |seed| {
+                    let mut r = rng(seed + rank as u64);
+                    let d = dims(seed, 2, 5, 3);
+                    let c = d[0];
+                    let shape: Vec<usize> = if rank == 4 {
+                        vec![3, c, d[1], d[2]]
+                    } else {
+                        vec![6, c]
+                    };
+                    let x = uniform(&mut r, &shape, -2.0, 2.0);
+                    let scale = uniform(&mut r, &[c], 0.5, 1.5);
+                    let bias = uniform(&mut r, &[c], -1.0, 1.0);
+                    let mean = uniform(&mut r, &[c], -0.5, 0.5);
+                    let var = uniform(&mut r, &[c], 0.5, 2.0);
+                    let mut inputs = vec![
+                        ("x".into(), x),
+                        ("scale".into(), scale),
+                        ("bias".into(), bias),
+                    ];
+                    // Running statistics reach the output only when frozen.
+                    let stats = if mode == BatchNormMode::Frozen {
+                        inputs.push(("mean".into(), mean));
+                        inputs.push(("var".into(), var));
+                        None
+                    } else {
+                        Some((mean, var))
+                    };
+                    let build = move |b: &mut Builder, n: &[String]| {
+                        let (m, v) = match &stats {
+                            Some((m, v)) => (b.constant(m.clone()), b.constant(v.clone())),
+                            None => (n[3].clone(), n[4].clone()),
+                        };
+                        let node =
+                            batch_norm_node("bn", [&n[0], &n[1], &n[2], &m, &v], "bn_y", 1e-5, 0.9);
+                        batch_norm(b, &node, mode)?;
+                        Ok("bn_y".to_string())
+                    };
+                    (inputs, 1e-2, Box::new(build))
+                },
+            );
+        }
+    }
+}

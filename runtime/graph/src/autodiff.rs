@@ -40,7 +40,8 @@ pub fn grad_inputs(node: &Node) -> Option<Vec<usize>> {
         "Relu" | "Exp" | "Log" | "Neg" | "Sqrt" | "Sigmoid" | "Tanh" | "Identity" | "Softmax"
         | "LogSoftmax" | "Flatten" | "Transpose" | "Reshape" | "Unsqueeze" | "Squeeze"
         | "Expand" | "Slice" | "Pad" | "ReduceSum" | "ReduceMean" | "MaxPool" | "Dropout"
-        | "Cast" => vec![0],
+        | "Cast" | "Clip" | "LeakyRelu" | "HardSigmoid" | "HardSwish" | "GlobalAveragePool"
+        | "AveragePool" | "Split" => vec![0],
         "Add" | "Sub" | "Mul" | "Div" | "MatMul" | "Gemm" | "Conv" | "Concat" | "Sum" => all(),
         "Where" => vec![1, 2],
         _ => return None,
@@ -179,6 +180,9 @@ fn vec_i64(v: &[usize]) -> Vec<i64> {
 
 /// The vector-Jacobian product of one node: gradients for its inputs given its outputs'.
 fn rule(b: &mut Builder, n: &Node, gy: &[Option<String>]) -> Result<Vec<Option<String>>> {
+    if n.op == "Split" {
+        return split_rule(b, n, gy);
+    }
     let dy = gy[0]
         .clone()
         .ok_or_else(|| GraphError::node(n, "only the first output may carry a gradient"))?;
@@ -193,6 +197,75 @@ fn rule(b: &mut Builder, n: &Node, gy: &[Option<String>]) -> Result<Vec<Option<S
             let pos = b.op("Greater", &[&y, &zero], vec![])?;
             out[0] = Some(b.op("Where", &[&pos, &dy, &zero], vec![])?);
         }
+        "Clip" => {
+            // PyTorch's hardtanh/relu6: the gradient passes where min < x < max.
+            let mut bound = |i: usize, name: &str| -> Option<String> {
+                match n.input(i) {
+                    Some(t) => Some(t.to_string()),
+                    None => n.attr(name).map(|a| b.scalar(a.f)),
+                }
+            };
+            let (lo, hi) = (bound(1, "min"), bound(2, "max"));
+            let mut mask: Option<String> = None;
+            if let Some(lo) = lo {
+                mask = Some(b.op("Greater", &[&x, &lo], vec![])?);
+            }
+            if let Some(hi) = hi {
+                let m = b.op("Less", &[&x, &hi], vec![])?;
+                mask = Some(match mask {
+                    Some(p) => b.op("And", &[&p, &m], vec![])?,
+                    None => m,
+                });
+            }
+            out[0] = Some(match mask {
+                Some(m) => {
+                    let zero = b.scalar(0.0);
+                    b.op("Where", &[&m, &dy, &zero], vec![])?
+                }
+                None => dy,
+            });
+        }
+        "LeakyRelu" => {
+            let alpha = b.scalar(n.float("alpha", 0.01));
+            let zero = b.scalar(0.0);
+            let pos = b.op("Greater", &[&x, &zero], vec![])?;
+            let neg = b.op("Mul", &[&dy, &alpha], vec![])?;
+            out[0] = Some(b.op("Where", &[&pos, &dy, &neg], vec![])?);
+        }
+        "HardSigmoid" => {
+            // y = clip(alpha * x + beta, 0, 1): slope alpha strictly inside.
+            let (al, be) = (n.float("alpha", 0.2), n.float("beta", 0.5));
+            let (a, bb) = (b.scalar(al), b.scalar(be));
+            let ax = b.op("Mul", &[&x, &a], vec![])?;
+            let u = b.op("Add", &[&ax, &bb], vec![])?;
+            let (zero, one) = (b.scalar(0.0), b.scalar(1.0));
+            let gt = b.op("Greater", &[&u, &zero], vec![])?;
+            let lt = b.op("Less", &[&u, &one], vec![])?;
+            let inside = b.op("And", &[&gt, &lt], vec![])?;
+            let g = b.op("Mul", &[&dy, &a], vec![])?;
+            out[0] = Some(b.op("Where", &[&inside, &g, &zero], vec![])?);
+        }
+        "HardSwish" => {
+            // y = x * clip(x / 6 + 1/2, 0, 1); PyTorch's backward: 0 below -3, x / 3 + 1/2
+            // up to 3 (inclusive), 1 above.
+            let (m3, p3) = (b.scalar(-3.0), b.scalar(3.0));
+            let (third, half, zero) = (b.scalar(1.0 / 3.0), b.scalar(0.5), b.scalar(0.0));
+            let xt = b.op("Mul", &[&x, &third], vec![])?;
+            let slope = b.op("Add", &[&xt, &half], vec![])?;
+            let mid = b.op("Mul", &[&dy, &slope], vec![])?;
+            let le3 = b.op("LessOrEqual", &[&x, &p3], vec![])?;
+            let upper = b.op("Where", &[&le3, &mid, &dy], vec![])?;
+            let lo = b.op("Less", &[&x, &m3], vec![])?;
+            out[0] = Some(b.op("Where", &[&lo, &zero, &upper], vec![])?);
+        }
+        "GlobalAveragePool" => {
+            let count: usize = xs[2..].iter().product();
+            let c = b.scalar(1.0 / count as f32);
+            let g = b.op("Mul", &[&dy, &c], vec![])?;
+            let shape = b.ints(&vec_i64(&xs));
+            out[0] = Some(b.op("Expand", &[&g, &shape], vec![])?);
+        }
+        "AveragePool" => out[0] = Some(avgpool_rule(b, n, &dy)?),
         "Exp" => out[0] = Some(b.op("Mul", &[&dy, &y], vec![])?),
         "Log" => out[0] = Some(b.op("Div", &[&dy, &x], vec![])?),
         "Neg" => out[0] = Some(b.op("Neg", &[&dy], vec![])?),
@@ -433,6 +506,95 @@ fn rule(b: &mut Builder, n: &Node, gy: &[Option<String>]) -> Result<Vec<Option<S
         }
     }
     Ok(out)
+}
+
+/// Split: the input gradient is the outputs' gradients concatenated (zeros for outputs
+/// that carry none).
+fn split_rule(b: &mut Builder, n: &Node, gy: &[Option<String>]) -> Result<Vec<Option<String>>> {
+    let xs = b.shape(&n.inputs[0])?;
+    let axis = norm_axis(n.int("axis", 0), xs.len())
+        .ok_or_else(|| GraphError::node(n, "axis out of range"))?;
+    let mut parts = Vec::with_capacity(n.outputs.len());
+    for (o, g) in n.outputs.iter().zip(gy) {
+        parts.push(match g {
+            Some(g) => g.clone(),
+            None => {
+                let s = b.shape(o)?;
+                b.constant(Tensor::zeros_f32(s))
+            }
+        });
+    }
+    let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
+    let mut out = vec![None; n.inputs.len()];
+    out[0] = Some(if refs.len() == 1 {
+        parts[0].clone()
+    } else {
+        b.op("Concat", &refs, vec![attr::int("axis", axis as i64)])?
+    });
+    Ok(out)
+}
+
+/// AveragePool (2-D, floor mode): each output's gradient, divided by its window's count
+/// (the kernel size, or only the cells inside the input when pads are excluded), is
+/// scattered back with a depthwise ConvTranspose of ones.
+fn avgpool_rule(b: &mut Builder, n: &Node, dy: &str) -> Result<String> {
+    let x = n.inputs[0].clone();
+    let xs = b.shape(&x)?;
+    let ys = b.shape(dy)?;
+    if xs.len() != 4 {
+        return Err(GraphError::node(
+            n,
+            "only 2-D AveragePool has a gradient rule",
+        ));
+    }
+    if n.int("ceil_mode", 0) != 0 {
+        return Err(GraphError::NoGradRule {
+            node: n.name.clone(),
+            op: "AveragePool (ceil_mode)".into(),
+        });
+    }
+    let kernel: Vec<usize> = n
+        .ints("kernel_shape")
+        .unwrap_or_default()
+        .iter()
+        .map(|&k| k as usize)
+        .collect();
+    let win = Window::of(n, &xs[2..], kernel)?;
+    let (c, kh, kw) = (xs[1], win.kernel[0], win.kernel[1]);
+    let include_pad = n.int("count_include_pad", 0) != 0;
+    let padded = win.pads.iter().any(|&p| p > 0);
+    let scaled = if include_pad || !padded {
+        let s = b.scalar(1.0 / (kh * kw) as f32);
+        b.op("Mul", &[dy, &s], vec![])?
+    } else {
+        // Count of input cells in each output's window.
+        let (oh, ow) = (ys[2], ys[3]);
+        let mut inv = vec![0f32; oh * ow];
+        for i in 0..oh {
+            for j in 0..ow {
+                let cnt = |o: usize, k: usize, d: usize, s: usize, p: usize, len: usize| {
+                    (0..k)
+                        .filter(|&t| {
+                            let pos = (o * s + t * d) as i64 - p as i64;
+                            pos >= 0 && pos < len as i64
+                        })
+                        .count()
+                };
+                let ch = cnt(i, kh, win.dilations[0], win.strides[0], win.pads[0], xs[2]);
+                let cw = cnt(j, kw, win.dilations[1], win.strides[1], win.pads[1], xs[3]);
+                inv[i * ow + j] = 1.0 / (ch * cw).max(1) as f32;
+            }
+        }
+        let w = b.constant(Tensor::f32(vec![1, 1, oh, ow], inv).expect("sized"));
+        b.op("Mul", &[dy, &w], vec![])?
+    };
+    let ones = b.constant(Tensor::f32(vec![c, 1, kh, kw], vec![1.0; c * kh * kw]).expect("sized"));
+    let opad = output_padding(&win, &xs[2..], &ys[2..]);
+    let mut at = window_attrs(&win);
+    at.push(attr::int("group", c as i64));
+    at.push(attr::ints("output_padding", &opad));
+    at.push(attr::ints("kernel_shape", &[kh as i64, kw as i64]));
+    b.op("ConvTranspose", &[&scaled, &ones], at)
 }
 
 /// Output padding that makes a ConvTranspose over `out` reproduce the input size `input`.

@@ -17,6 +17,7 @@ use crate::builder::Builder;
 use crate::error::{GraphError, Result};
 use crate::ir::{Dim, Elem, Graph, Node, TRAIN_OPSET};
 use crate::loss::{uda, UdaInputs};
+use crate::lower::{BatchNormMode, RunningUpdate};
 use crate::optim::{state_names, update};
 use crate::proto::ModelProto;
 use crate::spec::TrainSpec;
@@ -44,6 +45,13 @@ pub struct TrainStep {
     pub params: Vec<(String, Tensor)>,
     /// Optimizer state and its initial values (graph inputs, looped).
     pub state: Vec<(String, Tensor)>,
+    /// Model buffers the step updates without gradients (BatchNormalization running
+    /// statistics in `train` mode) and their initial values (graph inputs, looped; they belong
+    /// to the model like the parameters).
+    pub buffers: Vec<(String, Tensor)>,
+    /// Floating-point operations of one step (2 per multiply-add of Conv, ConvTranspose,
+    /// Gemm and MatMul; other ops are not counted).
+    pub flops: u64,
     /// Scalar outputs: `loss` first, then terms and metrics.
     pub metrics: Vec<String>,
     /// Float initializers that stay frozen (not selected, or no gradient reaches them).
@@ -59,6 +67,7 @@ impl TrainStep {
         self.params
             .iter()
             .chain(&self.state)
+            .chain(&self.buffers)
             .map(|(n, _)| (next_name(n), n.clone()))
             .collect()
     }
@@ -113,8 +122,17 @@ pub fn image_shape(g: &Graph, name: &str) -> Result<[usize; 3]> {
     Ok(s)
 }
 
+/// How one forward instance treats BatchNormalization.
+struct BnLowering<'a> {
+    mode: BatchNormMode,
+    /// Where the running-statistics updates go (`None`: this instance does not update them).
+    updates: Option<&'a mut Vec<RunningUpdate>>,
+}
+
 /// Adds one forward instance of `g` reading `x`, naming its tensors under `prefix`;
-/// returns the name of `output` in this instance.
+/// returns the name of `output` in this instance. BatchNormalization nodes are lowered when
+/// `bn` is given and kept as they are otherwise (inference).
+#[allow(clippy::too_many_arguments)]
 fn instantiate(
     b: &mut Builder,
     g: &Graph,
@@ -123,8 +141,24 @@ fn instantiate(
     output: &str,
     prefix: &str,
     shared: &HashSet<String>,
+    mut bn: Option<BnLowering<'_>>,
 ) -> Result<String> {
+    // Identity nodes over a shared tensor (exporters emit them when they deduplicate equal
+    // initializers) become aliases, so gradients accumulate on the tensor itself.
+    let mut alias: HashMap<&str, &str> = HashMap::new();
+    for n in &g.nodes {
+        if n.op == "Identity" && n.inputs.len() == 1 && n.outputs.len() == 1 {
+            let src = alias
+                .get(n.inputs[0].as_str())
+                .copied()
+                .unwrap_or(&n.inputs[0]);
+            if shared.contains(src) {
+                alias.insert(&n.outputs[0], src);
+            }
+        }
+    }
     let rename = |n: &str| -> String {
+        let n = alias.get(n).copied().unwrap_or(n);
         if n.is_empty() || shared.contains(n) {
             n.to_string()
         } else if n == input {
@@ -134,14 +168,27 @@ fn instantiate(
         }
     };
     for n in &g.nodes {
-        b.add(Node {
+        if n.outputs.len() == 1 && alias.contains_key(n.outputs[0].as_str()) {
+            continue;
+        }
+        let node = Node {
             name: format!("{prefix}/{}", n.name),
             op: n.op.clone(),
             domain: n.domain.clone(),
             inputs: n.inputs.iter().map(|i| rename(i)).collect(),
             outputs: n.outputs.iter().map(|o| rename(o)).collect(),
             attrs: n.attrs.clone(),
-        })?;
+        };
+        match bn.as_mut() {
+            Some(low) if n.op == "BatchNormalization" => {
+                if let Some(up) = crate::lower::batch_norm(b, &node, low.mode)? {
+                    if let Some(list) = low.updates.as_mut() {
+                        list.push(up);
+                    }
+                }
+            }
+            _ => b.add(node)?,
+        }
     }
     if !g.outputs.iter().any(|o| o.name == output)
         && !g
@@ -157,17 +204,78 @@ fn instantiate(
     Ok(rename(output))
 }
 
-/// Float initializers that feed a differentiable input of some node (candidates to train).
-fn trainable_candidates(g: &Graph) -> HashSet<String> {
-    let mut out = HashSet::new();
+/// Float initializers with at least one dimension that feed a differentiable input of some
+/// node (candidates to train), in order of first use; and the BatchNormalization scales and
+/// biases among them.
+fn trainable_candidates(g: &Graph) -> (Vec<String>, Vec<String>) {
+    let inits = g.initializer_map();
+    let is_param = |n: &str| {
+        inits
+            .get(n)
+            .is_some_and(|t| t.as_f32().is_some() && !t.shape().is_empty())
+    };
+    let mut ordered: Vec<String> = Vec::new();
+    let mut bn = Vec::new();
     for n in &g.nodes {
-        if let Some(ix) = grad_inputs(n) {
-            for i in ix {
-                out.insert(n.inputs[i].clone());
+        let ix = if n.op == "BatchNormalization" {
+            vec![1, 2]
+        } else {
+            grad_inputs(n).unwrap_or_default()
+        };
+        for i in ix {
+            let name = &n.inputs[i];
+            if is_param(name) && !ordered.contains(name) {
+                ordered.push(name.clone());
+            }
+            if n.op == "BatchNormalization" && is_param(name) && !bn.contains(name) {
+                bn.push(name.clone());
             }
         }
     }
-    out
+    (ordered, bn)
+}
+
+/// The running mean and variance initializers of the model's BatchNormalization nodes.
+fn running_stats(g: &Graph) -> Vec<String> {
+    let inits = g.initializer_map();
+    g.nodes
+        .iter()
+        .filter(|n| n.op == "BatchNormalization")
+        .flat_map(|n| [n.input(3), n.input(4)])
+        .flatten()
+        .filter(|n| inits.contains_key(n))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Floating-point operations of the multiply-add ops in the graph held by `b`.
+fn count_flops(b: &Builder) -> u64 {
+    let mut total = 0u64;
+    for n in b.nodes() {
+        let shape = |i: usize| n.inputs.get(i).and_then(|t| b.shape(t).ok());
+        let out = n.outputs.first().and_then(|t| b.shape(t).ok());
+        let macs = match (n.op.as_str(), shape(0), shape(1), out) {
+            ("Conv", _, Some(w), Some(y)) => {
+                // Each output element: (C_in / group) * kernel multiply-adds.
+                y.iter().product::<usize>() * w[1..].iter().product::<usize>()
+            }
+            ("ConvTranspose", Some(x), Some(w), _) => {
+                // Each input element scatters into (C_out / group) * kernel outputs.
+                x.iter().product::<usize>() * w[1..].iter().product::<usize>()
+            }
+            ("Gemm" | "MatMul", Some(a), _, Some(y)) => {
+                let k = if n.op == "Gemm" && n.int("transA", 0) != 0 {
+                    a[0]
+                } else {
+                    a[a.len() - 1]
+                };
+                y.iter().product::<usize>() * k
+            }
+            _ => 0,
+        };
+        total += 2 * macs as u64;
+    }
+    total
 }
 
 /// Compiles the train step of `model` under `spec`.
@@ -199,19 +307,29 @@ pub fn compile_train_step(model: &ModelProto, spec: &TrainSpec) -> Result<TrainS
     let xs = b.input(inputs::X_STRONG, Elem::F32, &[bu, c, h, w])?;
     let lr = b.input(inputs::LR, Elem::F32, &[])?;
     let step = b.input(inputs::STEP, Elem::F32, &[])?;
-    let candidates = trainable_candidates(&g);
+    let (ordered, bn_affine) = trainable_candidates(&g);
+    let selected: HashSet<String> = spec
+        .trainable
+        .select(&ordered, &bn_affine)
+        .into_iter()
+        .collect();
+    let running: HashSet<String> = if spec.batchnorm == BatchNormMode::Train {
+        running_stats(&g).into_iter().collect()
+    } else {
+        HashSet::new()
+    };
     let mut params = Vec::new();
+    let mut buffers = Vec::new();
     let mut frozen = Vec::new();
     let mut shared = HashSet::new();
     for (name, t) in &g.initializers {
         shared.insert(name.clone());
-        let is_param = t.as_f32().is_some()
-            && !t.shape().is_empty()
-            && candidates.contains(name)
-            && spec.trainable.selects(name);
-        if is_param {
+        if selected.contains(name) {
             b.input(name, Elem::F32, t.shape())?;
             params.push((name.clone(), t.clone()));
+        } else if running.contains(name) {
+            b.input(name, Elem::F32, t.shape())?;
+            buffers.push((name.clone(), t.clone()));
         } else {
             if t.as_f32().is_some() {
                 frozen.push(name.clone());
@@ -242,6 +360,7 @@ pub fn compile_train_step(model: &ModelProto, spec: &TrainSpec) -> Result<TrainS
     } else {
         b.op("Concat", &refs, vec![crate::ir::attr::int("axis", 0)])?
     };
+    let mut bn_updates: Vec<RunningUpdate> = Vec::new();
     let logits = instantiate(
         &mut b,
         &g,
@@ -250,6 +369,10 @@ pub fn compile_train_step(model: &ModelProto, spec: &TrainSpec) -> Result<TrainS
         &spec.output,
         "train",
         &shared,
+        Some(BnLowering {
+            mode: spec.batchnorm,
+            updates: Some(&mut bn_updates),
+        }),
     )?;
     let ls = b.shape(&logits)?;
     if ls.len() != 2 || ls[0] != parts.iter().map(|p| p.1).sum::<usize>() {
@@ -277,7 +400,19 @@ pub fn compile_train_step(model: &ModelProto, spec: &TrainSpec) -> Result<TrainS
         let wt = b.stop_gradient(&wg)?;
         (Some(wg), wt)
     } else {
-        let lw = instantiate(&mut b, &g, &spec.input, &xw, &spec.output, "weak", &shared)?;
+        let lw = instantiate(
+            &mut b,
+            &g,
+            &spec.input,
+            &xw,
+            &spec.output,
+            "weak",
+            &shared,
+            Some(BnLowering {
+                mode: spec.batchnorm,
+                updates: None,
+            }),
+        )?;
         let wt = b.stop_gradient(&lw)?;
         (None, wt)
     };
@@ -316,6 +451,9 @@ pub fn compile_train_step(model: &ModelProto, spec: &TrainSpec) -> Result<TrainS
             b.input(s, Elem::F32, t.shape())?;
             state.push((s.clone(), Tensor::zeros_f32(t.shape().to_vec())));
         }
+        if spec.emit_gradients {
+            updates.push((format!("grad.{name}"), gname.clone()));
+        }
         let up = update(&mut b, &spec.optimizer, &name, &gname, &lr, &step, &snames)?;
         updates.push((next_name(&name), up.new_param));
         for slot in up.state {
@@ -344,12 +482,18 @@ pub fn compile_train_step(model: &ModelProto, spec: &TrainSpec) -> Result<TrainS
     for (out, src) in &updates {
         b.output_as(src, out)?;
     }
+    for [(mean, new_mean), (var, new_var)] in &bn_updates {
+        b.output_as(new_mean, &next_name(mean))?;
+        b.output_as(new_var, &next_name(var))?;
+    }
+    let flops = count_flops(&b);
     // The parameters' graph inputs of frozen-for-lack-of-gradient tensors are dropped.
     let mut graph = b.finish("fieldtune_train_step");
     let kept_names: HashSet<&str> = kept
         .iter()
         .map(|p| p.0.as_str())
         .chain(state.iter().map(|s| s.0.as_str()))
+        .chain(buffers.iter().map(|s| s.0.as_str()))
         .collect();
     let frozen_inputs: HashMap<String, Tensor> = g
         .initializers
@@ -369,6 +513,8 @@ pub fn compile_train_step(model: &ModelProto, spec: &TrainSpec) -> Result<TrainS
         graph,
         params: kept,
         state,
+        buffers,
+        flops,
         metrics,
         frozen,
         image,
@@ -393,7 +539,7 @@ pub fn compile_inference(
         shared.insert(name.clone());
         b.initializer(name, t.clone())?;
     }
-    let y = instantiate(&mut b, &g, input, &x, output, "infer", &shared)?;
+    let y = instantiate(&mut b, &g, input, &x, output, "infer", &shared, None)?;
     b.output_as(&y, output)?;
     Ok(b.finish("fieldtune_inference"))
 }

@@ -205,6 +205,39 @@ fn elem_of_cast(node: &Node) -> Result<Elem> {
     }
 }
 
+/// The part sizes of a Split along an axis of length `len`: from the `split` input (opset
+/// 13+) or attribute, or equal parts (`num_outputs`, opset 18, or the output count).
+pub fn split_sizes(node: &Node, ins: &[Option<&Value>], len: usize) -> Result<Vec<usize>> {
+    let given = ins
+        .get(1)
+        .copied()
+        .flatten()
+        .map(|v| {
+            v.ints()
+                .map(<[i64]>::to_vec)
+                .ok_or_else(|| GraphError::node(node, "split sizes must be constant"))
+        })
+        .transpose()?
+        .or_else(|| node.ints("split"));
+    let sizes: Vec<usize> = match given {
+        Some(v) => v.iter().map(|&x| x.max(0) as usize).collect(),
+        None => {
+            let k = node.int("num_outputs", node.outputs.len() as i64).max(1) as usize;
+            let chunk = len.div_ceil(k);
+            (0..k)
+                .map(|i| chunk.min(len.saturating_sub(i * chunk)))
+                .collect()
+        }
+    };
+    if sizes.iter().sum::<usize>() != len {
+        return Err(GraphError::node(
+            node,
+            format!("split sizes {sizes:?} do not add up to {len}"),
+        ));
+    }
+    Ok(sizes)
+}
+
 /// Infers the outputs of `node` given its inputs (`None` for absent optional inputs).
 pub fn infer(node: &Node, ins: &[Option<&Value>]) -> Result<Vec<Value>> {
     let req = |i: usize| -> Result<&Value> {
@@ -218,7 +251,8 @@ pub fn infer(node: &Node, ins: &[Option<&Value>]) -> Result<Vec<Value>> {
     let op = node.op.as_str();
     let out = match op {
         "Relu" | "Exp" | "Log" | "Neg" | "Sqrt" | "Abs" | "Sigmoid" | "Tanh" | "Reciprocal"
-        | "Identity" | "Softmax" | "LogSoftmax" | "Not" | "Floor" | "Ceil" | "Dropout" => {
+        | "Identity" | "Softmax" | "LogSoftmax" | "Not" | "Floor" | "Ceil" | "Dropout" | "Clip"
+        | "LeakyRelu" | "HardSigmoid" | "HardSwish" => {
             let x = req(0)?;
             if op == "Identity" {
                 if let Some(k) = &x.konst {
@@ -696,6 +730,39 @@ pub fn infer(node: &Node, ins: &[Option<&Value>]) -> Result<Vec<Value>> {
                 x.elem,
                 vec![x.shape[0], x.shape[1], sp[0], sp[1]],
             )]
+        }
+        "BatchNormalization" => {
+            let x = req(0)?;
+            if node.outputs.len() > 1 {
+                return Err(err(
+                    "training-mode outputs (running statistics) are not supported; export in eval mode".into(),
+                ));
+            }
+            let c = x.shape.get(1).copied().unwrap_or(0);
+            for i in 1..5 {
+                if req(i)?.shape != [c] {
+                    return Err(err(format!(
+                        "input {i} has shape {:?}, expected [{c}] (the channels of {:?})",
+                        req(i)?.shape,
+                        x.shape
+                    )));
+                }
+            }
+            vec![same(x)]
+        }
+        "Split" => {
+            let x = req(0)?;
+            let axis = norm_axis(node.int("axis", 0), x.shape.len())
+                .ok_or_else(|| err("axis out of range".into()))?;
+            let parts = split_sizes(node, ins, x.shape[axis])?;
+            parts
+                .into_iter()
+                .map(|p| {
+                    let mut sh = x.shape.clone();
+                    sh[axis] = p;
+                    Value::new(x.elem, sh)
+                })
+                .collect()
         }
         "GlobalAveragePool" | "GlobalMaxPool" => {
             let x = req(0)?;

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::lower::BatchNormMode;
+
 /// Training-signal annealing schedule for the labeled cross-entropy (Xie et al. 2019,
 /// UDA §3.3): labeled examples whose correct-class probability exceeds a threshold that
 /// rises from 1/K to 1 over `tsa_steps` are left out of the loss.
@@ -91,22 +93,89 @@ impl Default for Optimizer {
     }
 }
 
-/// Which initializers train.
+/// Which initializers train. In a config file: `"all"`, `"bn"`, `"head"`, `{ last = K }` or
+/// `{ names = ["glob", ...] }`; on the command line `all|bn|head|last:K|GLOB[,GLOB..]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Trainable {
     /// Every float initializer with at least one dimension that reaches the loss.
     #[default]
     All,
+    /// The scale and bias of every BatchNormalization (TENT-style).
+    Bn,
+    /// The last block (see [`Trainable::Last`]): the classifier.
+    Head,
+    /// The parameters of the last K blocks. A block is a parameter name up to and including
+    /// its first all-digit component (`features.17.conv.0.weight` -> `features.17`,
+    /// `layer4.1.conv1.weight` -> `layer4.1`), or up to its last `.` when it has none
+    /// (`fc2.weight` -> `fc2`); blocks are ordered by their first use in the graph.
+    Last(usize),
     /// Initializers whose names match one of these globs (`*` matches any run of characters).
     Names(Vec<String>),
 }
 
 impl Trainable {
-    pub fn selects(&self, name: &str) -> bool {
+    /// Parses the command-line form `all|bn|head|last:K|GLOB[,GLOB..]`.
+    pub fn parse(s: &str) -> std::result::Result<Trainable, String> {
+        Ok(match s {
+            "all" => Trainable::All,
+            "bn" => Trainable::Bn,
+            "head" => Trainable::Head,
+            _ => match s.strip_prefix("last:") {
+                Some(k) => match k.parse::<usize>() {
+                    Ok(k) if k > 0 => Trainable::Last(k),
+                    _ => return Err(format!("'{s}': K in last:K must be a positive integer")),
+                },
+                None if s.trim().is_empty() => return Err("empty trainable selection".into()),
+                None => Trainable::Names(s.split(',').map(|g| g.trim().to_string()).collect()),
+            },
+        })
+    }
+
+    /// The block a parameter name belongs to (see [`Trainable::Last`]).
+    pub fn block_of(name: &str) -> &str {
+        let mut end = 0;
+        for part in name.split('.') {
+            end += part.len();
+            if !part.is_empty() && part.bytes().all(|c| c.is_ascii_digit()) {
+                return &name[..end];
+            }
+            end += 1;
+        }
+        name.rfind('.').map(|i| &name[..i]).unwrap_or(name)
+    }
+
+    /// The selected names among `candidates`, given the BatchNormalization affine
+    /// parameters and the candidates in order of first use.
+    pub fn select(&self, ordered: &[String], bn_affine: &[String]) -> Vec<String> {
         match self {
-            Trainable::All => true,
-            Trainable::Names(globs) => globs.iter().any(|g| glob_match(g, name)),
+            Trainable::All => ordered.to_vec(),
+            Trainable::Bn => ordered
+                .iter()
+                .filter(|n| bn_affine.contains(n))
+                .cloned()
+                .collect(),
+            Trainable::Names(globs) => ordered
+                .iter()
+                .filter(|n| globs.iter().any(|g| glob_match(g, n)))
+                .cloned()
+                .collect(),
+            Trainable::Head | Trainable::Last(_) => {
+                let k = if let Trainable::Last(k) = self { *k } else { 1 };
+                let mut blocks: Vec<&str> = Vec::new();
+                for n in ordered {
+                    let blk = Self::block_of(n);
+                    if !blocks.contains(&blk) {
+                        blocks.push(blk);
+                    }
+                }
+                let keep = &blocks[blocks.len().saturating_sub(k)..];
+                ordered
+                    .iter()
+                    .filter(|n| keep.contains(&Self::block_of(n)))
+                    .cloned()
+                    .collect()
+            }
         }
     }
 }
@@ -151,6 +220,11 @@ pub struct TrainSpec {
     pub loss: UdaLoss,
     pub optimizer: Optimizer,
     pub trainable: Trainable,
+    /// BatchNormalization in the train step: batch statistics (`train`) or running ones
+    /// (`frozen`).
+    pub batchnorm: BatchNormMode,
+    /// Also output each parameter's gradient as `grad.<name>` (for checks and debugging).
+    pub emit_gradients: bool,
 }
 
 impl Default for TrainSpec {
@@ -163,6 +237,8 @@ impl Default for TrainSpec {
             loss: UdaLoss::default(),
             optimizer: Optimizer::default(),
             trainable: Trainable::All,
+            batchnorm: BatchNormMode::Train,
+            emit_gradients: false,
         }
     }
 }
@@ -179,5 +255,42 @@ mod tests {
         assert!(!glob_match("conv*weight", "conv2.bias"));
         assert!(glob_match("fc2.weight", "fc2.weight"));
         assert!(!glob_match("fc2", "fc2.weight"));
+    }
+
+    #[test]
+    fn blocks_and_selections() {
+        assert_eq!(
+            Trainable::block_of("features.17.conv.0.weight"),
+            "features.17"
+        );
+        assert_eq!(Trainable::block_of("layer4.1.conv1.weight"), "layer4.1");
+        assert_eq!(Trainable::block_of("fc2.weight"), "fc2");
+        assert_eq!(Trainable::block_of("bias"), "bias");
+        let ordered: Vec<String> = [
+            "features.0.0.weight",
+            "features.0.1.weight",
+            "features.1.conv.weight",
+            "classifier.1.weight",
+            "classifier.1.bias",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let bn = vec!["features.0.1.weight".to_string()];
+        assert_eq!(Trainable::Head.select(&ordered, &bn), ordered[3..].to_vec());
+        assert_eq!(
+            Trainable::Last(2).select(&ordered, &bn),
+            ordered[2..].to_vec()
+        );
+        assert_eq!(Trainable::Last(9).select(&ordered, &bn), ordered);
+        assert_eq!(Trainable::Bn.select(&ordered, &bn), bn);
+        assert_eq!(Trainable::parse("last:2"), Ok(Trainable::Last(2)));
+        assert_eq!(Trainable::parse("bn"), Ok(Trainable::Bn));
+        assert_eq!(
+            Trainable::parse("fc*,*.bias"),
+            Ok(Trainable::Names(vec!["fc*".into(), "*.bias".into()]))
+        );
+        assert!(Trainable::parse("last:0").is_err());
+        assert!(Trainable::parse("last:x").is_err());
     }
 }
