@@ -47,6 +47,13 @@ def uda_loss(cfg, logits_l, y_l, logits_w, logits_s, step):
     total = total + cfg["consistency_weight"] * cons
     terms["loss_consistency"] = cons
     terms["mask_rate"] = mask.mean()
+    # FixMatch: hard pseudo-labels of the weak view above tau, cross-entropy on the strong view.
+    pl_mask = (pw.max(1).values > cfg.get("pseudo_label_threshold", 0.95)).float()
+    hard = pw.argmax(1)
+    pseudo = (F.cross_entropy(logits_s, hard, reduction="none") * pl_mask).mean()
+    total = total + cfg.get("pseudo_label_weight", 0.0) * pseudo
+    terms["loss_pseudo_label"] = pseudo
+    terms["pseudo_label_rate"] = pl_mask.mean()
     p = torch.softmax(logits_w, 1)
     ent = -(p * torch.log_softmax(logits_w, 1)).sum(1).mean()
     pbar = p.mean(0)

@@ -114,6 +114,111 @@ impl ModelDir {
         })
     }
 
+    /// Opens a model folder, or a bare `.onnx` file: then the input is the graph's first
+    /// non-initializer input (float32 NCHW, fixed C, H, W), the output its first output,
+    /// the classes are named `0..K-1` from the output's last dimension, and pixels are only
+    /// scaled to 0..1 unless `norm` gives a per-channel (mean, std). For a folder, `norm`
+    /// replaces model.toml's values.
+    pub fn open_path(path: &Path, norm: Option<(Vec<f32>, Vec<f32>)>) -> Result<ModelDir> {
+        let mut m = if path.is_file() {
+            Self::from_onnx_file(path)?
+        } else {
+            Self::open(path)?
+        };
+        if let Some((mean, std)) = norm {
+            let c = m.config.channels as usize;
+            let bad = |what: &str, n: usize| AdaptError::ModelDir {
+                path: path.to_path_buf(),
+                reason: format!("--{what} has {n} values; the model has {c} channels"),
+            };
+            let expand = |v: Vec<f32>, what: &str| match v.len() {
+                1 => Ok(vec![v[0]; c]),
+                n if n == c => Ok(v),
+                n => Err(bad(what, n)),
+            };
+            m.config.mean = expand(mean, "mean")?;
+            m.config.std = expand(std, "std")?;
+            if m.config.std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+                return Err(AdaptError::ModelDir {
+                    path: path.to_path_buf(),
+                    reason: "--std values must be positive".into(),
+                });
+            }
+        }
+        Ok(m)
+    }
+
+    fn from_onnx_file(onnx: &Path) -> Result<ModelDir> {
+        let bad = |reason: String| AdaptError::ModelDir {
+            path: onnx.to_path_buf(),
+            reason,
+        };
+        let bytes = std::fs::read(onnx).map_err(|source| AdaptError::Io {
+            path: onnx.to_path_buf(),
+            source,
+        })?;
+        let model = decode_model(&bytes, onnx)?;
+        let graph = Graph::from_model(&model).map_err(|e| bad(e.to_string()))?;
+        let input = graph
+            .inputs
+            .first()
+            .ok_or_else(|| bad("the graph has no input".into()))?;
+        let fixed = |d: &Dim, what: &str| match d {
+            Dim::Fixed(n) => Ok(*n),
+            Dim::Symbolic(s) => Err(bad(format!(
+                "input '{}' has a symbolic {what} ('{s}'); give a model folder with model.toml",
+                input.name
+            ))),
+        };
+        if input.dims.len() != 4 {
+            return Err(bad(format!(
+                "input '{}' has rank {}, expected NCHW",
+                input.name,
+                input.dims.len()
+            )));
+        }
+        let (c, h, w) = (
+            fixed(&input.dims[1], "channel count")?,
+            fixed(&input.dims[2], "height")?,
+            fixed(&input.dims[3], "width")?,
+        );
+        if c != 1 && c != 3 {
+            return Err(bad(format!(
+                "input '{}' has {c} channels; fieldtune reads gray (1) or RGB (3) frames",
+                input.name
+            )));
+        }
+        let output = graph
+            .outputs
+            .first()
+            .ok_or_else(|| bad("the graph has no output".into()))?;
+        let k = match output.dims.last() {
+            Some(Dim::Fixed(k)) if output.dims.len() == 2 => *k,
+            _ => {
+                return Err(bad(format!(
+                    "output '{}' is {:?}; expected [batch, classes] logits",
+                    output.name, output.dims
+                )))
+            }
+        };
+        let config = ModelConfig {
+            input: input.name.clone(),
+            output: output.name.clone(),
+            channels: c as u8,
+            height: h as u32,
+            width: w as u32,
+            mean: vec![0.0; c],
+            std: vec![1.0; c],
+            classes: (0..k).map(|i| i.to_string()).collect(),
+        };
+        Ok(ModelDir {
+            dir: onnx.parent().unwrap_or(Path::new(".")).to_path_buf(),
+            config,
+            model,
+            bytes,
+        })
+    }
+
     /// The ONNX bytes with `params` replacing the matching initializers.
     pub fn with_params(&self, params: &HashMap<String, Tensor>) -> Result<Vec<u8>> {
         Ok(encode_model(&with_initializers(&self.model, params)?))

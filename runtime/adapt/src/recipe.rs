@@ -23,6 +23,10 @@ pub const RECIPES: &[(&str, &str)] = &[
         "tent",
         "entropy minimisation on unlabeled frames only (no labeled anchors), lr 3e-4",
     ),
+    (
+        "fixmatch",
+        "FixMatch: hard pseudo-labels of the identity view (confidence > 0.95) for the strong view + labeled CE",
+    ),
 ];
 
 /// How the learning rate moves over the run.
@@ -157,6 +161,18 @@ impl AdaptConfig {
                     consistency_weight: 0.0,
                     entropy_weight: 1.0,
                     diversity_weight: 0.0,
+                    ..UdaLoss::default()
+                },
+                ..base
+            },
+            "fixmatch" => AdaptConfig {
+                weak: AugmentConfig::Identity,
+                loss: UdaLoss {
+                    consistency_weight: 0.0,
+                    entropy_weight: 0.0,
+                    diversity_weight: 0.0,
+                    pseudo_label_weight: 1.0,
+                    pseudo_label_threshold: 0.95,
                     ..UdaLoss::default()
                 },
                 ..base

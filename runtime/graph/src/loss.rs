@@ -136,6 +136,25 @@ pub fn uda(b: &mut Builder, cfg: &UdaLoss, x: &UdaInputs<'_>) -> Result<LossTerm
     let mask_rate = mean_all(b, &mask)?;
     metrics.push(("mask_rate", mask_rate));
 
+    // FixMatch: hard pseudo-labels from the weak view for the strong view, above tau.
+    let tau = b.scalar(cfg.pseudo_label_threshold);
+    let pl_mask = b.op("Greater", &[&conf, &tau], vec![])?;
+    let pl_mask = b.op("Cast", &[&pl_mask], vec![attr::int("to", 1)])?;
+    let top = b.reduce("ReduceMax", &pw, &[1], true)?;
+    let hot = b.op("Equal", &[&pw, &top], vec![])?;
+    let hot = b.op("Cast", &[&hot], vec![attr::int("to", 1)])?;
+    let picked = b.op("Mul", &[&hot, &lps], vec![])?;
+    let picked = b.reduce("ReduceSum", &picked, &[1], false)?;
+    let ce_s = b.op("Neg", &[&picked], vec![])?;
+    let ce_s = b.op("Mul", &[&ce_s, &pl_mask], vec![])?;
+    let pseudo = mean_all(b, &ce_s)?;
+    if cfg.pseudo_label_weight != 0.0 {
+        add(b, &pseudo, cfg.pseudo_label_weight)?;
+    }
+    metrics.push(("loss_pseudo_label", pseudo));
+    let pl_rate = mean_all(b, &pl_mask)?;
+    metrics.push(("pseudo_label_rate", pl_rate));
+
     // Information maximisation on the weak view.
     let view = x.weak_grad.unwrap_or(x.weak_target);
     let ent = row_entropy(b, view)?;

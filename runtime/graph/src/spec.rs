@@ -39,6 +39,12 @@ pub struct UdaLoss {
     /// Weight of minus the entropy of the batch's mean weak-view prediction (class
     /// diversity). With `entropy_weight` this is information maximisation.
     pub diversity_weight: f32,
+    /// Weight of FixMatch's term: cross-entropy of the strong view against the weak view's
+    /// hard pseudo-label (argmax), on examples whose weak-view confidence exceeds
+    /// `pseudo_label_threshold`.
+    pub pseudo_label_weight: f32,
+    /// FixMatch's confidence threshold (tau).
+    pub pseudo_label_threshold: f32,
 }
 
 impl Default for UdaLoss {
@@ -52,6 +58,8 @@ impl Default for UdaLoss {
             confidence_threshold: 0.8,
             entropy_weight: 1.0,
             diversity_weight: 1.0,
+            pseudo_label_weight: 0.0,
+            pseudo_label_threshold: 0.95,
         }
     }
 }
