@@ -40,6 +40,8 @@ def main(model_path, case_path, out_path):
                               nesterov=opt_cfg["nesterov"])
     out = {}
     loss_cfg = spec["loss"]
+    teacher_cfg = spec.get("teacher")
+    teacher = {k: v.detach().clone() for k, v in params.items()} if teacher_cfg else None
     for k in range(1, steps + 1):
         g = lambda n: torch.from_numpy(tensors[f"{n}.{k}"]) if f"{n}.{k}" in tensors else None  # noqa: E731
         xl, yl, xw, xs = g("x_labeled"), g("y_labeled"), g("x_weak"), g("x_strong")
@@ -47,15 +49,26 @@ def main(model_path, case_path, out_path):
         ll = net(xl, params) if xl is not None else None
         lw = net(xw, params)
         ls = net(xs, params)
-        total, terms = uda_loss(loss_cfg, ll, yl, lw, ls, float(k))
+        lt = None
+        if teacher is not None:
+            with torch.no_grad():
+                lt = net(xw, teacher)
+        total, terms = uda_loss(loss_cfg, ll, yl, lw, ls, float(k), logits_target=lt)
         total.backward()
         gn = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in plist)).float()
         terms["grad_norm"] = gn
         opt.step()
+        if teacher is not None:
+            ema = teacher_cfg["ema"]
+            with torch.no_grad():
+                for n in teacher:
+                    teacher[n] = ema * teacher[n] + (1 - ema) * params[n].detach()
         for name, v in terms.items():
             out[f"term.{name}.{k}"] = np.array(float(v), dtype=np.float32)
     for name, p in params.items():
         out[name] = p.detach().numpy()
+    for name, p in (teacher or {}).items():
+        out[f"teacher.{name}"] = p.numpy()
     st.save(out_path, out)
 
 

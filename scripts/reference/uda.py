@@ -19,9 +19,9 @@ def tsa_threshold(schedule, step, total, k):
     return alpha * (1 - 1 / k) + 1 / k
 
 
-def uda_loss(cfg, logits_l, y_l, logits_w, logits_s, step):
+def uda_loss(cfg, logits_l, y_l, logits_w, logits_s, step, logits_target=None):
     """Returns (total, terms dict). `logits_w` keeps its graph; the consistency target is
-    detached from it."""
+    detached from it, or from `logits_target` (a mean teacher's weak-view logits) when given."""
     terms = {}
     total = logits_s.new_zeros(())
     k = logits_s.shape[1]
@@ -38,7 +38,7 @@ def uda_loss(cfg, logits_l, y_l, logits_w, logits_s, step):
         total = total + cfg["ce_weight"] * ce_loss
         terms["loss_ce"] = ce_loss
         terms["tsa_keep_rate"] = keep_rate
-    target = logits_w.detach()
+    target = (logits_w if logits_target is None else logits_target).detach()
     pw = torch.softmax(target, 1)
     mask = (pw.max(1).values > cfg["confidence_threshold"]).float()
     q = torch.softmax(target / cfg["sharpen_temperature"], 1)

@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use fieldtune_engine::StatefulSession;
 use fieldtune_graph::{
-    compile_train_step, encode_model, inputs, load_model, Optimizer, TrainSpec, Tsa, UdaLoss,
+    compile_train_step, encode_model, inputs, load_model, MeanTeacher, Optimizer, TrainSpec, Tsa,
+    UdaLoss,
 };
 use fieldtune_tensor::{st, Tensor};
 use fieldtune_tests::{engines, reference_python, repo_root, rng, uda_batch};
@@ -140,6 +141,15 @@ fn parity(spec: TrainSpec, label: &str) {
             assert!(upd < 1e-2, "{label} {:?} {name}: the 3-step update differs from PyTorch's by {upd:.2e} (relative, L2)", engine.kind());
             worst = worst.max(rel);
         }
+        for (name, _) in step.state.iter().filter(|(n, _)| n.starts_with("teacher.")) {
+            let rel = norm_rel(s.state(name).unwrap(), &reference[name]);
+            assert!(
+                rel < 1e-4,
+                "{label} {:?} {name}: the mean teacher differs from PyTorch's by {rel:.2e}",
+                engine.kind()
+            );
+            worst = worst.max(rel);
+        }
         eprintln!(
             "{label} {:?}: worst parameter relative difference {worst:.2e}",
             engine.kind()
@@ -222,4 +232,25 @@ fn plain_sgd_uda_with_information_maximisation_matches_pytorch() {
         ..TrainSpec::default()
     };
     parity(spec, "sgd-im");
+}
+
+#[test]
+fn mean_teacher_with_fixmatch_pseudo_labels_matches_pytorch() {
+    let spec = TrainSpec {
+        batch_labeled: 16,
+        batch_unlabeled: 24,
+        loss: UdaLoss {
+            pseudo_label_weight: 1.0,
+            pseudo_label_threshold: 0.6,
+            ..UdaLoss::default()
+        },
+        optimizer: Optimizer::Sgd {
+            momentum: 0.9,
+            weight_decay: 0.0,
+            nesterov: false,
+        },
+        teacher: Some(MeanTeacher { ema: 0.9 }),
+        ..TrainSpec::default()
+    };
+    parity(spec, "teacher");
 }

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use fieldtune_augment::{AugmentConfig, RandAugment, WeakAugment};
-use fieldtune_graph::{BatchNormMode, Optimizer, Trainable, Tsa, UdaLoss};
+use fieldtune_graph::{BatchNormMode, MeanTeacher, Optimizer, Trainable, Tsa, UdaLoss};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{AdaptError, Result};
@@ -86,6 +86,9 @@ pub struct AdaptConfig {
     /// BatchNormalization while adapting: `train` (batch statistics; running statistics
     /// updated and saved with the model) or `frozen` (running statistics).
     pub batchnorm: BatchNormMode,
+    /// A mean teacher (`[teacher] ema = 0.999`): the weak-view targets come from an EMA of the
+    /// student, updated inside the train step; the adapted model written is the teacher.
+    pub teacher: Option<MeanTeacher>,
     /// Log the loss terms every this many steps.
     pub log_every: usize,
     /// Evaluate on the eval set every this many steps (0: only before and after).
@@ -116,6 +119,7 @@ impl AdaptConfig {
             optimizer: Optimizer::default(),
             trainable: Trainable::All,
             batchnorm: BatchNormMode::Train,
+            teacher: None,
             log_every: 25,
             eval_every: 0,
             eval_batch: 250,
@@ -233,6 +237,11 @@ impl AdaptConfig {
         }
         if self.batch_unlabeled == 0 {
             return Err(bad("batch_unlabeled", "must be at least 1"));
+        }
+        if let Some(t) = self.teacher {
+            if !(t.ema > 0.0 && t.ema < 1.0) {
+                return Err(bad("teacher.ema", "must be between 0 and 1 (exclusive)"));
+            }
         }
         if !(1..=64).contains(&self.augment_threads) {
             return Err(bad("augment_threads", "must be 1..=64"));

@@ -6,7 +6,9 @@ use std::time::Instant;
 
 use fieldtune_engine::{Engine, ResidentSession};
 use fieldtune_frames::Image8;
-use fieldtune_graph::{compile_train_step, encode_model, inputs, TrainSpec};
+use fieldtune_graph::{
+    compile_train_step, encode_model, inputs, teacher_name, TrainSpec, TrainStep,
+};
 use fieldtune_tensor::Tensor;
 
 use crate::batches::{prefetch, Batch, BatchMaker};
@@ -63,7 +65,22 @@ pub fn train_spec(model: &ModelDir, cfg: &AdaptConfig) -> TrainSpec {
         trainable: cfg.trainable.clone(),
         batchnorm: cfg.batchnorm,
         emit_gradients: false,
+        teacher: cfg.teacher,
     }
+}
+
+/// The tensors of the adapted model, as (model name, resident name): the trained parameters
+/// (their mean-teacher copies when the recipe has a teacher) and the updated buffers.
+fn model_tensors(step: &TrainStep, cfg: &AdaptConfig) -> Vec<(String, String)> {
+    let src = |n: &str| match cfg.teacher {
+        Some(_) => teacher_name(n),
+        None => n.to_string(),
+    };
+    step.params
+        .iter()
+        .map(|(n, _)| (n.clone(), src(n)))
+        .chain(step.buffers.iter().map(|(n, _)| (n.clone(), n.clone())))
+        .collect()
 }
 
 /// Evaluates `params` on labeled images with a fresh inference session.
@@ -153,11 +170,9 @@ pub fn adapt(
                 Some((imgs, labels))
                     if cfg.eval_every > 0 && (k % cfg.eval_every == 0) && k != cfg.steps =>
                 {
-                    let params = step
-                        .params
-                        .iter()
-                        .chain(&step.buffers)
-                        .map(|(n, _)| Ok((n.clone(), resident.read_state(n)?.expect("resident"))))
+                    let params = model_tensors(&step, cfg)
+                        .into_iter()
+                        .map(|(n, src)| Ok((n, resident.read_state(&src)?.expect("resident"))))
                         .collect::<Result<HashMap<_, _>>>()?;
                     Some(evaluate_params(
                         engine,
@@ -183,17 +198,11 @@ pub fn adapt(
         Ok(())
     })?;
     // The adapted model: trained parameters and updated buffers (running statistics).
-    let names: Vec<String> = step
-        .params
-        .iter()
-        .chain(&step.buffers)
-        .map(|(n, _)| n.clone())
-        .collect();
     let mut all = resident.export_state()?;
-    let params: HashMap<String, Tensor> = names
+    let params: HashMap<String, Tensor> = model_tensors(&step, cfg)
         .into_iter()
-        .map(|n| {
-            let t = all.remove(&n).expect("parameter is resident");
+        .map(|(n, src)| {
+            let t = all.remove(&src).expect("parameter is resident");
             (n, t)
         })
         .collect();

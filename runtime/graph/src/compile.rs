@@ -20,7 +20,7 @@ use crate::loss::{uda, UdaInputs};
 use crate::lower::{BatchNormMode, RunningUpdate};
 use crate::optim::{state_names, update};
 use crate::proto::ModelProto;
-use crate::spec::TrainSpec;
+use crate::spec::{teacher_name, TrainSpec};
 
 /// Names of the train step's batch and hyper-parameter inputs.
 pub mod inputs {
@@ -142,6 +142,7 @@ fn instantiate(
     prefix: &str,
     shared: &HashSet<String>,
     mut bn: Option<BnLowering<'_>>,
+    subst: Option<&HashMap<String, String>>,
 ) -> Result<String> {
     // Identity nodes over a shared tensor (exporters emit them when they deduplicate equal
     // initializers) become aliases, so gradients accumulate on the tensor itself.
@@ -159,8 +160,13 @@ fn instantiate(
     }
     let rename = |n: &str| -> String {
         let n = alias.get(n).copied().unwrap_or(n);
-        if n.is_empty() || shared.contains(n) {
-            n.to_string()
+        if n.is_empty() {
+            String::new()
+        } else if shared.contains(n) {
+            subst
+                .and_then(|m| m.get(n))
+                .cloned()
+                .unwrap_or_else(|| n.to_string())
         } else if n == input {
             x.to_string()
         } else {
@@ -373,6 +379,7 @@ pub fn compile_train_step(model: &ModelProto, spec: &TrainSpec) -> Result<TrainS
             mode: spec.batchnorm,
             updates: Some(&mut bn_updates),
         }),
+        None,
     )?;
     let ls = b.shape(&logits)?;
     if ls.len() != 2 || ls[0] != parts.iter().map(|p| p.1).sum::<usize>() {
@@ -395,7 +402,39 @@ pub fn compile_train_step(model: &ModelProto, spec: &TrainSpec) -> Result<TrainS
     }
     let mut it = slices.into_iter();
     let logits_l = xl.as_ref().map(|_| it.next().expect("labeled slice"));
-    let (weak_grad, weak_target) = if weak_trains {
+    // The mean teacher's copies of the trainable parameters (looped state).
+    let mut teacher_state: Vec<(String, Tensor)> = Vec::new();
+    let mut subst: HashMap<String, String> = HashMap::new();
+    if spec.teacher.is_some() {
+        for (name, t) in &params {
+            let tn = teacher_name(name);
+            b.input(&tn, Elem::F32, t.shape())?;
+            teacher_state.push((tn.clone(), t.clone()));
+            subst.insert(name.clone(), tn);
+        }
+    }
+    let (weak_grad, weak_target) = if spec.teacher.is_some() {
+        let wg = if weak_trains {
+            Some(it.next().expect("weak slice"))
+        } else {
+            None
+        };
+        let lt = instantiate(
+            &mut b,
+            &g,
+            &spec.input,
+            &xw,
+            &spec.output,
+            "teacher",
+            &shared,
+            Some(BnLowering {
+                mode: spec.batchnorm,
+                updates: None,
+            }),
+            Some(&subst),
+        )?;
+        (wg, b.stop_gradient(&lt)?)
+    } else if weak_trains {
         let wg = it.next().expect("weak slice");
         let wt = b.stop_gradient(&wg)?;
         (Some(wg), wt)
@@ -412,6 +451,7 @@ pub fn compile_train_step(model: &ModelProto, spec: &TrainSpec) -> Result<TrainS
                 mode: spec.batchnorm,
                 updates: None,
             }),
+            None,
         )?;
         let wt = b.stop_gradient(&lw)?;
         (None, wt)
@@ -438,8 +478,21 @@ pub fn compile_train_step(model: &ModelProto, spec: &TrainSpec) -> Result<TrainS
     let mut state = Vec::new();
     let mut sq_terms = Vec::new();
     let mut updates: Vec<(String, String)> = Vec::new();
+    let ema = spec
+        .teacher
+        .map(|t| (b.scalar(t.ema), b.scalar(1.0 - t.ema)));
     for (name, t) in params {
         let Some(gname) = grads.get(&name).cloned().flatten() else {
+            if ema.is_some() {
+                // The teacher still reads its copy; it stays as it is.
+                let tn = teacher_name(&name);
+                updates.push((next_name(&tn), tn.clone()));
+                let pos = teacher_state
+                    .iter()
+                    .position(|(n, _)| n == &tn)
+                    .expect("teacher copy");
+                state.push(teacher_state.swap_remove(pos));
+            }
             frozen.push(name);
             continue;
         };
@@ -455,6 +508,18 @@ pub fn compile_train_step(model: &ModelProto, spec: &TrainSpec) -> Result<TrainS
             updates.push((format!("grad.{name}"), gname.clone()));
         }
         let up = update(&mut b, &spec.optimizer, &name, &gname, &lr, &step, &snames)?;
+        if let Some((keep, take)) = &ema {
+            let tn = teacher_name(&name);
+            let a = b.op("Mul", &[&tn, keep], vec![])?;
+            let c = b.op("Mul", &[&up.new_param, take], vec![])?;
+            let nt = b.op("Add", &[&a, &c], vec![])?;
+            updates.push((next_name(&tn), nt));
+            let pos = teacher_state
+                .iter()
+                .position(|(n, _)| n == &tn)
+                .expect("teacher copy");
+            state.push(teacher_state.swap_remove(pos));
+        }
         updates.push((next_name(&name), up.new_param));
         for slot in up.state {
             updates.push((next_name(&slot.input), slot.output));
@@ -539,7 +604,7 @@ pub fn compile_inference(
         shared.insert(name.clone());
         b.initializer(name, t.clone())?;
     }
-    let y = instantiate(&mut b, &g, input, &x, output, "infer", &shared, None)?;
+    let y = instantiate(&mut b, &g, input, &x, output, "infer", &shared, None, None)?;
     b.output_as(&y, output)?;
     Ok(b.finish("fieldtune_inference"))
 }

@@ -17,4 +17,6 @@ pub mod spec;
 pub use compile::{compile_inference, compile_train_step, inputs, next_name, TrainStep};
 pub use error::{GraphError, Result};
 pub use ir::{decode_model, encode_model, load_model, with_initializers, Graph};
-pub use spec::{BatchNormMode, Optimizer, TrainSpec, Trainable, Tsa, UdaLoss};
+pub use spec::{
+    teacher_name, BatchNormMode, MeanTeacher, Optimizer, TrainSpec, Trainable, Tsa, UdaLoss,
+};

@@ -213,6 +213,21 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
     true
 }
 
+/// A mean teacher (Tarvainen & Valpola 2017; CoTTA's teacher): a second copy of the
+/// trainable parameters, `teacher.<name>`, gives the weak-view targets and follows the
+/// student after every step inside the train-step graph:
+/// `teacher = ema * teacher + (1 - ema) * student_after_step`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeanTeacher {
+    pub ema: f32,
+}
+
+/// Name of the teacher copy of a parameter.
+pub fn teacher_name(param: &str) -> String {
+    format!("teacher.{param}")
+}
+
 /// Everything `compile_train_step` needs besides the model.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -233,6 +248,8 @@ pub struct TrainSpec {
     pub batchnorm: BatchNormMode,
     /// Also output each parameter's gradient as `grad.<name>` (for checks and debugging).
     pub emit_gradients: bool,
+    /// Weak-view targets from a mean teacher instead of the student itself.
+    pub teacher: Option<MeanTeacher>,
 }
 
 impl Default for TrainSpec {
@@ -247,6 +264,7 @@ impl Default for TrainSpec {
             trainable: Trainable::All,
             batchnorm: BatchNormMode::Train,
             emit_gradients: false,
+            teacher: None,
         }
     }
 }
