@@ -135,3 +135,65 @@ fn torch_export_and_clean_graph_compile_to_the_same_step() {
     let x = Tensor::zeros_f32(vec![4, 1, 28, 28]);
     assert_eq!(s.run(&[("input", &x)]).unwrap()[0].1.shape(), &[4, 10]);
 }
+
+/// ONNX Runtime's resident state (IoBinding: looped outputs become the next step's inputs
+/// without host copies) against host-copied state around the same session kind: same
+/// metrics and state over several steps; a rejected step leaves the state as it was.
+#[test]
+fn iobinding_resident_state_equals_host_copied_state() {
+    use fieldtune_engine::{ResidentSession, StatefulSession};
+    let model = load_model(&repo_root().join("models/mnist-cnn/model.onnx")).unwrap();
+    let spec = TrainSpec {
+        batch_labeled: 8,
+        batch_unlabeled: 16,
+        ..TrainSpec::default()
+    };
+    let step = compile_train_step(&model, &spec).unwrap();
+    let bytes = encode_model(&step.to_model());
+    let init: HashMap<String, Tensor> = step.params.iter().chain(&step.state).cloned().collect();
+    let engine = ort();
+    let mut bound = engine
+        .load(&bytes, "train-step")
+        .unwrap()
+        .into_resident(init.clone(), step.loops())
+        .unwrap();
+    let mut host = StatefulSession::new(
+        engine.load(&bytes, "train-step").unwrap(),
+        init,
+        step.loops(),
+    )
+    .unwrap();
+    let metrics: Vec<&str> = step.metrics.iter().map(String::as_str).collect();
+    let mut r = rng(5);
+    for k in 1..=4 {
+        let [xl, yl, xw, xs] = uda_batch(8, 16, k, &mut r);
+        let (lr, st) = (Tensor::scalar_f32(1e-3), Tensor::scalar_f32(k as f32));
+        let feeds = [
+            (inputs::X_LABELED, &xl),
+            (inputs::Y_LABELED, &yl),
+            (inputs::X_WEAK, &xw),
+            (inputs::X_STRONG, &xs),
+            (inputs::LR, &lr),
+            (inputs::STEP, &st),
+        ];
+        // Step 3 is rejected on both: nothing may move.
+        let accept = |_: &[Tensor]| k != 3;
+        let before = bound.read_state("features.0.weight").unwrap().unwrap();
+        let (a, moved_a) = bound.step_if(&feeds, &metrics, &accept).unwrap();
+        let (b, moved_b) = host.step_if(&feeds, &metrics, &accept).unwrap();
+        assert_eq!((moved_a, moved_b), (k != 3, k != 3));
+        for ((n, x), y) in metrics.iter().zip(&a).zip(&b) {
+            assert!(max_rel(x, y) < 1e-6, "step {k}: {n} {x:?} vs {y:?}");
+        }
+        let after = bound.read_state("features.0.weight").unwrap().unwrap();
+        assert_eq!(
+            after == before,
+            k == 3,
+            "step {k}: state moved only when accepted"
+        );
+    }
+    let got = bound.export_state().unwrap();
+    for (n, want) in host.into_state() {
+        assert!(max_rel(&got[&n], &want) < 1e-6, "{n} after 4 steps");
+    }
+}

@@ -483,7 +483,250 @@ impl Session for OrtSession {
         initial_state: HashMap<String, Tensor>,
         loops: Vec<(String, String)>,
     ) -> Result<Box<dyn ResidentSession>, EngineError> {
-        // TODO(iobinding): keep state in device memory with `IoBinding` for CUDA/TensorRT.
-        Ok(Box::new(StatefulSession::new(self, initial_state, loops)?))
+        if std::env::var_os("FIELDTUNE_ORT_HOST_STATE").is_some() {
+            // Host-copy state (the reference the IoBinding path is tested against).
+            return Ok(Box::new(StatefulSession::new(self, initial_state, loops)?));
+        }
+        crate::stateful::check_resident(self.as_ref(), &initial_state, &loops)?;
+        Ok(Box::new(OrtResident::new(*self, initial_state, loops)?))
+    }
+}
+
+/// Resident state held as ONNX Runtime values and fed through an `IoBinding`: step k's
+/// looped outputs become step k+1's inputs without a copy to or from host tensors (in CPU
+/// memory here, in device memory on a GPU provider). A step copies in only its batch and
+/// copies out only the fetched metrics.
+pub struct OrtResident {
+    session: OrtSession,
+    binding: ort::session::IoBinding,
+    state: HashMap<String, DynValue>,
+    loops: Vec<(String, String)>,
+    outputs_mem: ort::memory::MemoryInfo<'static>,
+}
+
+impl OrtResident {
+    fn new(
+        session: OrtSession,
+        initial_state: HashMap<String, Tensor>,
+        loops: Vec<(String, String)>,
+    ) -> Result<Self, EngineError> {
+        let label = session.label.clone();
+        let err = |m: String| EngineError::Run {
+            model: label.clone(),
+            engine: EngineKind::Ort,
+            message: m,
+        };
+        let binding = session
+            .session
+            .create_binding()
+            .map_err(|e| err(format!("IoBinding: {}", ort_msg(&e))))?;
+        // Outputs where the session's allocator puts them (host memory for the CPU provider).
+        let outputs_mem = ort::memory::MemoryInfo::new(
+            ort::memory::AllocationDevice::CPU,
+            0,
+            ort::memory::AllocatorType::Device,
+            ort::memory::MemoryType::Default,
+        )
+        .map_err(|e| err(format!("memory info: {}", ort_msg(&e))))?;
+        let mut r = OrtResident {
+            session,
+            binding,
+            state: HashMap::new(),
+            loops,
+            outputs_mem,
+        };
+        for (name, t) in initial_state {
+            r.set_value(&name, &t)?;
+        }
+        Ok(r)
+    }
+
+    fn err(&self, message: String) -> EngineError {
+        EngineError::Run {
+            model: self.session.label.clone(),
+            engine: EngineKind::Ort,
+            message,
+        }
+    }
+
+    /// An owned ONNX Runtime value holding a copy of `t`.
+    fn value_of(&self, name: &str, t: &Tensor) -> Result<DynValue, EngineError> {
+        let shape = t.shape().to_vec();
+        let v: DynValue = match t.data() {
+            TensorData::F32(d) => ort::value::Tensor::from_array((shape, d.clone()))
+                .map_err(|e| self.err(format!("input '{name}': {}", ort_msg(&e))))?
+                .into_dyn(),
+            TensorData::I64(d) => ort::value::Tensor::from_array((shape, d.clone()))
+                .map_err(|e| self.err(format!("input '{name}': {}", ort_msg(&e))))?
+                .into_dyn(),
+        };
+        Ok(v)
+    }
+
+    fn set_value(&mut self, name: &str, t: &Tensor) -> Result<(), EngineError> {
+        let v = self.value_of(name, t)?;
+        self.binding
+            .bind_input(name, &v)
+            .map_err(|e| self.err(format!("binding '{name}': {}", ort_msg(&e))))?;
+        self.state.insert(name.to_string(), v);
+        Ok(())
+    }
+
+    fn step_inner(
+        &mut self,
+        feeds: &[(&str, &Tensor)],
+        fetch: &[&str],
+        accept: &dyn Fn(&[Tensor]) -> bool,
+    ) -> Result<(Vec<Tensor>, bool), EngineError> {
+        let model = self.session.label.clone();
+        for (name, t) in feeds {
+            if self.state.contains_key(*name) {
+                return Err(EngineError::State {
+                    model,
+                    tensor: name.to_string(),
+                    message: "is resident state and cannot also be fed".into(),
+                });
+            }
+            let info = self
+                .session
+                .inputs
+                .iter()
+                .find(|i| i.name == *name)
+                .ok_or_else(|| self.err(format!("'{name}' is not an input of the model")))?;
+            crate::check_tensor(&model, info, t)?;
+            let v = self.value_of(name, t)?;
+            self.binding
+                .bind_input(*name, &v)
+                .map_err(|e| self.err(format!("binding '{name}': {}", ort_msg(&e))))?;
+        }
+        let mut wanted: Vec<&str> = fetch.to_vec();
+        for (out, _) in &self.loops {
+            if !wanted.contains(&out.as_str()) {
+                wanted.push(out);
+            }
+        }
+        for name in &wanted {
+            if !self.session.outputs.iter().any(|o| o.name == *name) {
+                return Err(crate::unknown_output(&model, &self.session.outputs, name));
+            }
+            // Fresh output buffers every step: a looped output becomes resident input state,
+            // so the next run must not write into it.
+            self.binding
+                .bind_output_to_device(*name, &self.outputs_mem)
+                .map_err(|e| self.err(format!("binding output '{name}': {}", ort_msg(&e))))?;
+        }
+        let mut outs = self
+            .session
+            .session
+            .run_binding(&self.binding)
+            .map_err(|e| EngineError::Run {
+                model: model.clone(),
+                engine: EngineKind::Ort,
+                message: ort_msg(&e),
+            })?;
+        let missing = |name: &str| EngineError::Run {
+            model: model.clone(),
+            engine: EngineKind::Ort,
+            message: format!("output '{name}' missing from the results"),
+        };
+        let mut fetched = Vec::with_capacity(fetch.len());
+        for name in fetch {
+            let v = outs.get(name).ok_or_else(|| missing(name))?;
+            fetched.push(to_tensor(&model, name, v)?);
+        }
+        let mut next: Vec<(String, DynValue)> = Vec::with_capacity(self.loops.len());
+        for (out, inp) in &self.loops {
+            let v = outs.remove(out).ok_or_else(|| missing(out))?;
+            next.push((inp.clone(), v));
+        }
+        drop(outs);
+        // Feeds stay bound until rebound; unbind nothing, but never keep a batch resident.
+        if !accept(&fetched) {
+            return Ok((fetched, false));
+        }
+        for (inp, v) in next {
+            self.binding
+                .bind_input(inp.as_str(), &v)
+                .map_err(|e| self.err(format!("binding '{inp}': {}", ort_msg(&e))))?;
+            self.state.insert(inp, v);
+        }
+        Ok((fetched, true))
+    }
+}
+
+impl ResidentSession for OrtResident {
+    fn label(&self) -> &str {
+        &self.session.label
+    }
+
+    fn execution_provider(&self) -> &str {
+        &self.session.provider
+    }
+
+    fn state_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.state.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    fn step(
+        &mut self,
+        feeds: &[(&str, &Tensor)],
+        fetch: &[&str],
+    ) -> Result<Vec<Tensor>, EngineError> {
+        Ok(self.step_if(feeds, fetch, &|_| true)?.0)
+    }
+
+    fn step_if(
+        &mut self,
+        feeds: &[(&str, &Tensor)],
+        fetch: &[&str],
+        accept: &dyn Fn(&[Tensor]) -> bool,
+    ) -> Result<(Vec<Tensor>, bool), EngineError> {
+        let label = self.session.label.clone();
+        catch_panic(
+            || self.step_inner(feeds, fetch, accept),
+            |message| EngineError::Run {
+                model: label,
+                engine: EngineKind::Ort,
+                message,
+            },
+        )
+    }
+
+    fn read_state(&self, name: &str) -> Result<Option<Tensor>, EngineError> {
+        match self.state.get(name) {
+            Some(v) => Ok(Some(to_tensor(&self.session.label, name, v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn set_state(&mut self, name: &str, value: Tensor) -> Result<(), EngineError> {
+        let old = self.read_state(name)?.ok_or_else(|| EngineError::State {
+            model: self.session.label.clone(),
+            tensor: name.to_string(),
+            message: "is not resident state".into(),
+        })?;
+        if old.dtype() != value.dtype() || old.shape() != value.shape() {
+            return Err(EngineError::State {
+                model: self.session.label.clone(),
+                tensor: name.to_string(),
+                message: format!(
+                    "new value is {} {:?}, the state is {} {:?}",
+                    value.dtype(),
+                    value.shape(),
+                    old.dtype(),
+                    old.shape()
+                ),
+            });
+        }
+        self.set_value(name, &value)
+    }
+
+    fn export_state(self: Box<Self>) -> Result<HashMap<String, Tensor>, EngineError> {
+        self.state
+            .iter()
+            .map(|(n, v)| Ok((n.clone(), to_tensor(&self.session.label, n, v)?)))
+            .collect()
     }
 }

@@ -70,6 +70,65 @@ fn state_err(model: &str, tensor: &str, message: impl Into<String>) -> EngineErr
     }
 }
 
+/// Checks resident state against a session: every `initial_state` name is an input (with
+/// matching dtype and static dims); every loop `(output, input)` names an output and a state
+/// input, each input looped at most once, with matching element types.
+pub(crate) fn check_resident(
+    session: &dyn Session,
+    initial_state: &HashMap<String, Tensor>,
+    loops: &[(String, String)],
+) -> Result<(), EngineError> {
+    let model = session.label().to_string();
+    for (name, t) in initial_state {
+        let info = session
+            .inputs()
+            .iter()
+            .find(|i| i.name == *name)
+            .ok_or_else(|| state_err(&model, name, "is not an input of the model"))?;
+        check_tensor(&model, info, t)?;
+    }
+    let mut targets = HashSet::new();
+    for (out, inp) in loops {
+        let out_info: &IoInfo = session
+            .outputs()
+            .iter()
+            .find(|o| o.name == *out)
+            .ok_or_else(|| unknown_output(&model, session.outputs(), out))?;
+        let Some(in_info) = session.inputs().iter().find(|i| i.name == *inp) else {
+            return Err(state_err(
+                &model,
+                inp,
+                format!("loop target of output '{out}' is not an input of the model"),
+            ));
+        };
+        if !initial_state.contains_key(inp) {
+            return Err(state_err(
+                &model,
+                inp,
+                format!("looped from output '{out}' but has no initial value"),
+            ));
+        }
+        if !targets.insert(inp.as_str()) {
+            return Err(state_err(
+                &model,
+                inp,
+                "is the target of more than one loop",
+            ));
+        }
+        if out_info.dtype != in_info.dtype {
+            return Err(state_err(
+                &model,
+                inp,
+                format!(
+                    "output '{out}' is {} but the input is {}",
+                    out_info.onnx_type, in_info.onnx_type
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl StatefulSession {
     /// Wraps `session`. Every `initial_state` name must be a session input (and match its
     /// dtype and static dims); every loop `(output, input)` must name a session output and a
@@ -79,54 +138,7 @@ impl StatefulSession {
         initial_state: HashMap<String, Tensor>,
         loops: Vec<(String, String)>,
     ) -> Result<Self, EngineError> {
-        let model = session.label().to_string();
-        for (name, t) in &initial_state {
-            let info = session
-                .inputs()
-                .iter()
-                .find(|i| i.name == *name)
-                .ok_or_else(|| state_err(&model, name, "is not an input of the model"))?;
-            check_tensor(&model, info, t)?;
-        }
-        let mut targets = HashSet::new();
-        for (out, inp) in &loops {
-            let out_info: &IoInfo = session
-                .outputs()
-                .iter()
-                .find(|o| o.name == *out)
-                .ok_or_else(|| unknown_output(&model, session.outputs(), out))?;
-            let Some(in_info) = session.inputs().iter().find(|i| i.name == *inp) else {
-                return Err(state_err(
-                    &model,
-                    inp,
-                    format!("loop target of output '{out}' is not an input of the model"),
-                ));
-            };
-            if !initial_state.contains_key(inp) {
-                return Err(state_err(
-                    &model,
-                    inp,
-                    format!("looped from output '{out}' but has no initial value"),
-                ));
-            }
-            if !targets.insert(inp.as_str()) {
-                return Err(state_err(
-                    &model,
-                    inp,
-                    "is the target of more than one loop",
-                ));
-            }
-            if out_info.dtype != in_info.dtype {
-                return Err(state_err(
-                    &model,
-                    inp,
-                    format!(
-                        "output '{out}' is {} but the input is {}",
-                        out_info.onnx_type, in_info.onnx_type
-                    ),
-                ));
-            }
-        }
+        check_resident(session.as_ref(), &initial_state, &loops)?;
         Ok(StatefulSession {
             session,
             state: initial_state,
