@@ -141,7 +141,7 @@ fn torch_export_and_clean_graph_compile_to_the_same_step() {
 /// metrics and state over several steps; a rejected step leaves the state as it was.
 #[test]
 fn iobinding_resident_state_equals_host_copied_state() {
-    use fieldtune_engine::{ResidentSession, StatefulSession};
+    use fieldtune_engine::StatefulSession;
     let model = load_model(&repo_root().join("models/mnist-cnn/model.onnx")).unwrap();
     let spec = TrainSpec {
         batch_labeled: 8,
