@@ -3,6 +3,7 @@
 //! checkpoints. Data flows frames -> adapt -> engine; the graph crate compiles train steps.
 
 pub mod batches;
+pub mod bench;
 pub mod checkpoint;
 pub mod error;
 pub mod eval;
