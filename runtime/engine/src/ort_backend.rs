@@ -182,6 +182,15 @@ impl OrtEngine {
         if let Some(n) = self.opts.intra_threads {
             b = b.with_intra_threads(n).map_err(|e| load_err(ort_msg(&e)))?;
         }
+        // Per-op profiling (ONNX Runtime writes PREFIX_<date>.json when the session ends):
+        // `FIELDTUNE_ORT_PROFILE=PREFIX`; scripts/ort_profile.py sums it by op type.
+        if let Some(prefix) = std::env::var_os("FIELDTUNE_ORT_PROFILE") {
+            b = b
+                .with_profiling(
+                    std::path::PathBuf::from(prefix).with_extension(label.replace(['/', ' '], "_")),
+                )
+                .map_err(|e| load_err(ort_msg(&e)))?;
+        }
         for p in &self.providers {
             b = b.with_execution_providers([dispatch(p)]).map_err(|e| {
                 EngineError::ExecutionProvider {
