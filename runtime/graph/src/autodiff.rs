@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 
 use fieldtune_tensor::Tensor;
 
-use crate::builder::Builder;
+use crate::builder::{Builder, CustomVjp};
 use crate::error::{GraphError, Result};
 use crate::infer::{norm_axis, reduce_axes, SliceSpec, Window};
 use crate::ir::{attr, Elem, Node};
@@ -124,6 +124,15 @@ pub fn backward(
             });
         }
         if gy.iter().all(Option::is_none) {
+            continue;
+        }
+        if let Some(vjp) = n.outputs.first().and_then(|y| b.custom_vjp(y)).cloned() {
+            let dy = gy[0].clone().expect("custom VJPs have one output");
+            for (t, g) in custom_rule(b, &vjp, &dy)? {
+                if needs.contains(&t) {
+                    grads.entry(t).or_default().push(g);
+                }
+            }
             continue;
         }
         let gx = rule(b, n, &gy)?;
@@ -506,6 +515,42 @@ fn rule(b: &mut Builder, n: &Node, gy: &[Option<String>]) -> Result<Vec<Option<S
         }
     }
     Ok(out)
+}
+
+/// Gradients of a subgraph with a declared VJP, as (tensor, gradient) pairs.
+fn custom_rule(b: &mut Builder, vjp: &CustomVjp, dy: &str) -> Result<Vec<(String, String)>> {
+    match vjp {
+        CustomVjp::BatchNormTrain {
+            x,
+            scale,
+            bias,
+            xhat,
+            inv_std,
+            scale_b,
+            axes,
+            count,
+        } => {
+            let c = b.shape(scale)?;
+            let dbias = b.reduce("ReduceSum", dy, axes, true)?;
+            let gx = b.op("Mul", &[dy, xhat], vec![])?;
+            let dscale = b.reduce("ReduceSum", &gx, axes, true)?;
+            let inv_n = b.scalar(1.0 / *count as f32);
+            let mb = b.op("Mul", &[&dbias, &inv_n], vec![])?;
+            let ms = b.op("Mul", &[&dscale, &inv_n], vec![])?;
+            let t = b.op("Mul", &[xhat, &ms], vec![])?;
+            let u = b.op("Sub", &[dy, &mb], vec![])?;
+            let u = b.op("Sub", &[&u, &t], vec![])?;
+            let k = b.op("Mul", &[scale_b, inv_std], vec![])?;
+            let dx = b.op("Mul", &[&u, &k], vec![])?;
+            let dscale = b.reshape(&dscale, &c)?;
+            let dbias = b.reshape(&dbias, &c)?;
+            Ok(vec![
+                (x.clone(), dx),
+                (scale.clone(), dscale),
+                (bias.clone(), dbias),
+            ])
+        }
+    }
 }
 
 /// Split: the input gradient is the outputs' gradients concatenated (zeros for outputs

@@ -32,6 +32,27 @@ const FOLDABLE: &[&str] = &[
     "Div",
 ];
 
+/// A vector-Jacobian product given for a whole subgraph, used instead of differentiating its
+/// nodes one by one (fewer and cheaper gradient ops).
+#[derive(Clone, Debug)]
+pub enum CustomVjp {
+    /// Batch-statistics BatchNormalization `y = xhat * scale + bias`,
+    /// `xhat = (x - mean) * inv_std` over `axes` (`count` elements per channel):
+    /// `dbias = sum(dy)`, `dscale = sum(dy * xhat)`,
+    /// `dx = scale * inv_std * (dy - dbias / count - xhat * dscale / count)`.
+    BatchNormTrain {
+        x: String,
+        scale: String,
+        bias: String,
+        xhat: String,
+        inv_std: String,
+        /// `scale` reshaped to broadcast over `x` ([1, C, 1, ...]).
+        scale_b: String,
+        axes: Vec<i64>,
+        count: usize,
+    },
+}
+
 /// A graph under construction.
 pub struct Builder {
     pub opset: i64,
@@ -45,6 +66,7 @@ pub struct Builder {
     scalars: HashMap<u32, String>,
     int_consts: HashMap<Vec<i64>, String>,
     no_grad: HashSet<String>,
+    custom: HashMap<String, CustomVjp>,
 }
 
 impl Builder {
@@ -61,7 +83,18 @@ impl Builder {
             scalars: HashMap::new(),
             int_consts: HashMap::new(),
             no_grad: HashSet::new(),
+            custom: HashMap::new(),
         }
+    }
+
+    /// Declares that the gradient of the subgraph ending in tensor `y` is `vjp`.
+    pub fn set_custom_vjp(&mut self, y: &str, vjp: CustomVjp) {
+        self.custom.insert(y.to_string(), vjp);
+    }
+
+    /// The custom VJP of the subgraph ending in `y`, if one was declared.
+    pub fn custom_vjp(&self, y: &str) -> Option<&CustomVjp> {
+        self.custom.get(y)
     }
 
     /// A fresh tensor or node name starting with `hint`.

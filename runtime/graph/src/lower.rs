@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::builder::Builder;
+use crate::builder::{Builder, CustomVjp};
 use crate::error::{GraphError, Result};
 use crate::ir::{attr, Node};
 
@@ -93,11 +93,26 @@ pub fn batch_norm(
             let v = b.reduce("ReduceMean", &d2, &axes, true)?;
             let ve = b.op("Add", &[&v, &e], vec![])?;
             let sd = b.op("Sqrt", &[&ve], vec![])?;
-            let xh = b.op("Div", &[&d, &sd], vec![])?;
+            let one = b.scalar(1.0);
+            let inv = b.op("Div", &[&one, &sd], vec![])?;
+            let xh = b.op("Mul", &[&d, &inv], vec![])?;
             let s4 = b.reshape(&scale, &bshape)?;
             let b4 = b.reshape(&bias, &bshape)?;
             let xs4 = b.op("Mul", &[&xh, &s4], vec![])?;
             emit_add(b, &xs4, &b4)?;
+            b.set_custom_vjp(
+                &y,
+                CustomVjp::BatchNormTrain {
+                    x: x.clone(),
+                    scale: scale.clone(),
+                    bias: bias.clone(),
+                    xhat: xh,
+                    inv_std: inv,
+                    scale_b: s4,
+                    axes: axes.clone(),
+                    count: n,
+                },
+            );
             // Running statistics (no gradients).
             let mu_c = b.stop_gradient(&mu)?;
             let mu_c = b.reshape(&mu_c, &[c])?;
