@@ -676,6 +676,26 @@ fn conv_rule(b: &mut Builder, n: &Node, dy: &str, out: &mut [Option<String>]) ->
     out[0] = Some(b.op("ConvTranspose", &[dy, &w], at)?);
 
     let (nb, cg, m) = (xs[0], ws[1], ws[0]);
+    let pointwise = group == 1
+        && ws[2] == 1
+        && ws[3] == 1
+        && win.strides.iter().all(|&s| s == 1)
+        && win.pads.iter().all(|&p| p == 0);
+    if pointwise {
+        // 1x1 convolution: dW[m, c] = sum over batch and pixels of dY[n, m, p] * X[n, c, p],
+        // one batched MatMul (a convolution with an image-sized kernel is a slow GEMV).
+        let hw = xs[2] * xs[3];
+        let x3 = b.reshape(&x, &[nb, cg, hw])?;
+        let xt = b.op("Transpose", &[&x3], vec![attr::ints("perm", &[0, 2, 1])])?;
+        let d3 = b.reshape(dy, &[nb, m, hw])?;
+        let p = b.op("MatMul", &[&d3, &xt], vec![])?;
+        let gw = b.reduce("ReduceSum", &p, &[0], false)?;
+        out[1] = Some(b.reshape(&gw, &ws)?);
+        if n.input(2).is_some() {
+            out[2] = Some(b.reduce("ReduceSum", dy, &[0, 2, 3], false)?);
+        }
+        return Ok(());
+    }
     let mg = m / group;
     let (xin, wgt) = if group == 1 {
         let xt = b.op("Transpose", &[&x], vec![attr::ints("perm", &[1, 0, 2, 3])])?;
