@@ -696,6 +696,13 @@ fn conv_rule(b: &mut Builder, n: &Node, dy: &str, out: &mut [Option<String>]) ->
         }
         return Ok(());
     }
+    if group == 1 {
+        out[1] = Some(conv_weight_grad_im2col(b, &x, dy, &xs, &ws, &ys, &win)?);
+        if n.input(2).is_some() {
+            out[2] = Some(b.reduce("ReduceSum", dy, &[0, 2, 3], false)?);
+        }
+        return Ok(());
+    }
     let mg = m / group;
     let (xin, wgt) = if group == 1 {
         let xt = b.op("Transpose", &[&x], vec![attr::ints("perm", &[1, 0, 2, 3])])?;
@@ -745,6 +752,70 @@ fn conv_rule(b: &mut Builder, n: &Node, dy: &str, out: &mut [Option<String>]) ->
         out[2] = Some(b.reduce("ReduceSum", dy, &[0, 2, 3], false)?);
     }
     Ok(())
+}
+
+/// Weight gradient of an ungrouped convolution as one batched MatMul over im2col columns:
+/// for each kernel offset a strided slice of the padded input ([N, C, OH*OW]), stacked along
+/// the channels, then dW[m, (k, c)] = sum over batch and pixels of dY[n, m, p] * cols[n, (k, c), p].
+fn conv_weight_grad_im2col(
+    b: &mut Builder,
+    x: &str,
+    dy: &str,
+    xs: &[usize],
+    ws: &[usize],
+    ys: &[usize],
+    win: &Window,
+) -> Result<String> {
+    let (nb, c, m) = (xs[0], xs[1], ws[0]);
+    let (kh, kw) = (ws[2], ws[3]);
+    let p = ys[2] * ys[3];
+    let xp = if win.pads.iter().any(|&v| v > 0) {
+        let pd = &win.pads;
+        let pads = b.ints(&[
+            0,
+            0,
+            pd[0] as i64,
+            pd[1] as i64,
+            0,
+            0,
+            pd[2] as i64,
+            pd[3] as i64,
+        ]);
+        b.op("Pad", &[x, &pads], vec![])?
+    } else {
+        x.to_string()
+    };
+    let mut cols = Vec::with_capacity(kh * kw);
+    for i in 0..kh {
+        for j in 0..kw {
+            let s0 = (i * win.dilations[0]) as i64;
+            let s1 = (j * win.dilations[1]) as i64;
+            let e0 = s0 + ((ys[2] - 1) * win.strides[0]) as i64 + 1;
+            let e1 = s1 + ((ys[3] - 1) * win.strides[1]) as i64 + 1;
+            let (st, en, ax, sp) = (
+                b.ints(&[s0, s1]),
+                b.ints(&[e0, e1]),
+                b.ints(&[2, 3]),
+                b.ints(&[win.strides[0] as i64, win.strides[1] as i64]),
+            );
+            let sl = b.op("Slice", &[&xp, &st, &en, &ax, &sp], vec![])?;
+            cols.push(b.reshape(&sl, &[nb, c, p])?);
+        }
+    }
+    let refs: Vec<&str> = cols.iter().map(String::as_str).collect();
+    let cols = if refs.len() == 1 {
+        cols[0].clone()
+    } else {
+        b.op("Concat", &refs, vec![attr::int("axis", 1)])?
+    };
+    let kk = kh * kw;
+    let ct = b.op("Transpose", &[&cols], vec![attr::ints("perm", &[0, 2, 1])])?;
+    let d3 = b.reshape(dy, &[nb, m, p])?;
+    let prod = b.op("MatMul", &[&d3, &ct], vec![])?;
+    let sum = b.reduce("ReduceSum", &prod, &[0], false)?;
+    let r = b.reshape(&sum, &[m, kk, c])?;
+    let r = b.op("Transpose", &[&r], vec![attr::ints("perm", &[0, 2, 1])])?;
+    b.reshape(&r, ws)
 }
 
 /// MaxPool: for every kernel offset, a mask of where the strided input slice equals the
