@@ -1,0 +1,278 @@
+//! The gate between a round and the live model. New weights go live only if
+//! - nothing is NaN/Inf: the round's loss terms, the weights, the outputs on anchors and probe;
+//! - anchor accuracy falls by at most `max_anchor_drop`;
+//! - the unlabeled objective on the held-out probe frames (mean prediction entropy minus the
+//!   entropy of the mean prediction, i.e. information maximisation; lower is better) improves
+//!   by more than `min_objective_gain`;
+//! - the predictions have not collapsed: the entropy of the probe's mean prediction falls by at
+//!   most `max_marginal_entropy_drop`, and the new model agrees with the live one on at least
+//!   `min_agreement` of the probe frames (DESIGN.md: an anchor check alone would commit a model
+//!   that predicts one class for every target frame).
+
+use fieldtune_engine::Session;
+use fieldtune_frames::{to_tensor, Image8, ModelConfig};
+use serde::Serialize;
+
+use crate::config::{ge, gt, GateConfig};
+use crate::error::{FieldError, Result};
+use crate::stats::softmax_stats;
+
+/// What a model does on a set of frames.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ProbeStats {
+    /// Arg-max class per frame.
+    #[serde(skip)]
+    pub classes: Vec<usize>,
+    pub mean_entropy: f64,
+    /// Entropy of the mean predicted distribution.
+    pub marginal_entropy: f64,
+    pub mean_confidence: f64,
+    /// `mean_entropy - marginal_entropy` (lower is better).
+    pub objective: f64,
+    /// Every output finite.
+    pub finite: bool,
+}
+
+/// Runs `session` on `images` in batches and summarises the softmax outputs.
+pub fn probe(
+    session: &mut dyn Session,
+    cfg: &ModelConfig,
+    images: &[Image8],
+    batch: usize,
+) -> Result<ProbeStats> {
+    let k = cfg.classes.len();
+    let mut mean = vec![0f64; k];
+    let mut out = ProbeStats {
+        finite: true,
+        ..ProbeStats::default()
+    };
+    for chunk in images.chunks(batch.max(1)) {
+        let refs: Vec<&Image8> = chunk.iter().collect();
+        let x = to_tensor(&refs, cfg)?;
+        let y = session
+            .run_fetch(&[(cfg.input.as_str(), &x)], &[cfg.output.as_str()])?
+            .remove(0);
+        let v = y
+            .as_f32()
+            .filter(|v| v.len() == chunk.len() * k)
+            .ok_or_else(|| {
+                FieldError::Adapt(fieldtune_adapt::AdaptError::Mismatch {
+                    what: format!("output '{}'", cfg.output),
+                    reason: format!("shape {:?}, expected [{}, {k}]", y.shape(), chunk.len()),
+                })
+            })?;
+        for row in v.chunks(k) {
+            match softmax_stats(row) {
+                Some((c, p, h)) => {
+                    out.classes.push(c);
+                    out.mean_confidence += p;
+                    out.mean_entropy += h;
+                    let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                    let z: f64 = row.iter().map(|&x| ((x - max) as f64).exp()).sum();
+                    for (m, &x) in mean.iter_mut().zip(row) {
+                        *m += ((x - max) as f64).exp() / z;
+                    }
+                }
+                None => {
+                    out.finite = false;
+                    out.classes.push(usize::MAX);
+                }
+            }
+        }
+    }
+    let n = images.len().max(1) as f64;
+    out.mean_entropy /= n;
+    out.mean_confidence /= n;
+    out.marginal_entropy = -mean
+        .iter()
+        .map(|m| m / n)
+        .filter(|&m| m > 0.0)
+        .map(|m| m * m.ln())
+        .sum::<f64>();
+    out.objective = out.mean_entropy - out.marginal_entropy;
+    Ok(out)
+}
+
+/// Everything the gate looks at.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct GateInput {
+    pub anchor_accuracy_before: f64,
+    pub anchor_accuracy_after: f64,
+    /// The live model on the probe.
+    pub before: ProbeStats,
+    /// The candidate on the probe.
+    pub after: ProbeStats,
+    /// A non-finite loss term during the round: (step, term, value).
+    pub non_finite_step: Option<(usize, String, f32)>,
+    /// Every candidate weight finite.
+    pub weights_finite: bool,
+    /// Whether the candidate's anchor outputs were all finite.
+    pub anchor_outputs_finite: bool,
+}
+
+/// The gate's verdict.
+#[derive(Clone, Debug, Serialize)]
+pub struct Verdict {
+    pub pass: bool,
+    /// Each failed check, in words.
+    pub reasons: Vec<String>,
+    /// The only failed check is "the objective did not improve", and it rose by at most
+    /// `no_gain_tolerance`: a converged model, not a harmful round.
+    pub no_gain_only: bool,
+    pub anchor_accuracy_before: f64,
+    pub anchor_accuracy_after: f64,
+    pub objective_before: f64,
+    pub objective_after: f64,
+    pub marginal_entropy_before: f64,
+    pub marginal_entropy_after: f64,
+    pub agreement: f64,
+}
+
+/// Share of frames with the same class in `a` and `b`.
+pub fn agreement(a: &[usize], b: &[usize]) -> f64 {
+    if a.is_empty() {
+        return 0.0;
+    }
+    a.iter()
+        .zip(b)
+        .filter(|(x, y)| x == y && **x != usize::MAX)
+        .count() as f64
+        / a.len() as f64
+}
+
+/// Applies the checks of `cfg` to `input`.
+pub fn decide(cfg: &GateConfig, input: &GateInput) -> Verdict {
+    let mut reasons = Vec::new();
+    if let Some((step, term, value)) = &input.non_finite_step {
+        reasons.push(format!("non-finite {term} = {value} at step {step}"));
+    }
+    if !input.weights_finite {
+        reasons.push("non-finite weights".into());
+    }
+    if !input.after.finite || !input.anchor_outputs_finite {
+        reasons.push("non-finite outputs".into());
+    }
+    let (b, a) = (input.anchor_accuracy_before, input.anchor_accuracy_after);
+    if !ge(a, b - cfg.max_anchor_drop) {
+        reasons.push(format!(
+            "anchor accuracy {a:.4} fell more than {} below {b:.4}",
+            cfg.max_anchor_drop
+        ));
+    }
+    let (ob, oa) = (input.before.objective, input.after.objective);
+    let no_gain = !gt(ob - cfg.min_objective_gain, oa);
+    if no_gain {
+        reasons.push(format!(
+            "unlabeled objective {oa:.4} did not improve on {ob:.4} by more than {}",
+            cfg.min_objective_gain
+        ));
+    }
+    let (mb, ma) = (input.before.marginal_entropy, input.after.marginal_entropy);
+    if !ge(ma, mb - cfg.max_marginal_entropy_drop) {
+        reasons.push(format!(
+            "predictions collapsing: marginal entropy {ma:.4} fell more than {} below {mb:.4}",
+            cfg.max_marginal_entropy_drop
+        ));
+    }
+    let agree = agreement(&input.before.classes, &input.after.classes);
+    if !ge(agree, cfg.min_agreement) {
+        reasons.push(format!(
+            "agrees with the live model on {agree:.3} of the probe, below {}",
+            cfg.min_agreement
+        ));
+    }
+    let no_gain_only = no_gain && reasons.len() == 1 && oa - ob <= cfg.no_gain_tolerance;
+    Verdict {
+        pass: reasons.is_empty(),
+        no_gain_only,
+        reasons,
+        anchor_accuracy_before: b,
+        anchor_accuracy_after: a,
+        objective_before: ob,
+        objective_after: oa,
+        marginal_entropy_before: mb,
+        marginal_entropy_after: ma,
+        agreement: agree,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(objective: f64, marginal: f64, classes: Vec<usize>) -> ProbeStats {
+        ProbeStats {
+            classes,
+            objective,
+            marginal_entropy: marginal,
+            finite: true,
+            ..ProbeStats::default()
+        }
+    }
+
+    fn good() -> GateInput {
+        GateInput {
+            anchor_accuracy_before: 0.99,
+            anchor_accuracy_after: 0.985,
+            before: stats(-2.0, 2.3, vec![0, 1, 2, 3]),
+            after: stats(-2.1, 2.29, vec![0, 1, 2, 4]),
+            non_finite_step: None,
+            weights_finite: true,
+            anchor_outputs_finite: true,
+        }
+    }
+
+    #[test]
+    fn a_good_round_passes() {
+        let v = decide(
+            &GateConfig {
+                min_agreement: 0.7,
+                ..GateConfig::default()
+            },
+            &good(),
+        );
+        assert!(v.pass, "{:?}", v.reasons);
+        assert_eq!(v.agreement, 0.75);
+    }
+
+    #[test]
+    fn each_check_can_fail_alone() {
+        let cfg = GateConfig::default();
+        type Poison = Box<dyn Fn(&mut GateInput)>;
+        let cases: Vec<(&str, Poison)> = vec![
+            (
+                "anchor accuracy",
+                Box::new(|g| g.anchor_accuracy_after = 0.97),
+            ),
+            ("did not improve", Box::new(|g| g.after.objective = -1.99)),
+            ("collapsing", Box::new(|g| g.after.marginal_entropy = 1.0)),
+            ("agrees", Box::new(|g| g.after.classes = vec![5, 5, 5, 5])),
+            (
+                "non-finite loss_ce",
+                Box::new(|g| g.non_finite_step = Some((3, "loss_ce".into(), f32::NAN))),
+            ),
+            ("non-finite weights", Box::new(|g| g.weights_finite = false)),
+            ("non-finite outputs", Box::new(|g| g.after.finite = false)),
+            (
+                "anchor accuracy",
+                Box::new(|g| g.anchor_accuracy_after = f64::NAN),
+            ),
+        ];
+        for (want, poison) in cases {
+            let mut g = good();
+            g.before.classes = vec![0, 1, 2, 3];
+            g.after.classes = vec![0, 1, 2, 3];
+            poison(&mut g);
+            let v = decide(&cfg, &g);
+            assert!(!v.pass, "{want}");
+            assert_eq!(v.reasons.len(), 1, "{want}: {:?}", v.reasons);
+            assert!(v.reasons[0].contains(want), "{want}: {:?}", v.reasons);
+            assert_eq!(v.no_gain_only, want == "did not improve", "{want}");
+        }
+        // An objective that got clearly worse is a failure that counts.
+        let mut g = good();
+        g.after.objective = -1.5;
+        let v = decide(&cfg, &g);
+        assert!(!v.pass && !v.no_gain_only, "{:?}", v.reasons);
+    }
+}

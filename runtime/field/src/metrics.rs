@@ -1,0 +1,167 @@
+//! Opt-in Prometheus text endpoint (`[metrics] listen = "127.0.0.1:PORT"`): a small HTTP/1.0
+//! responder on its own thread answering `GET /metrics` (anything else: 404). Loopback only.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::{io_err, Result};
+use crate::runtime::Shared;
+
+/// Renders the current figures in the Prometheus text format.
+pub fn render(shared: &Shared) -> String {
+    let mut s = String::with_capacity(2048);
+    let mut put = |name: &str, kind: &str, help: &str, value: f64| {
+        s.push_str(&format!(
+            "# HELP fieldtune_{name} {help}\n# TYPE fieldtune_{name} {kind}\n"
+        ));
+        if value.is_finite() {
+            s.push_str(&format!("fieldtune_{name} {value}\n"));
+        } else {
+            s.push_str(&format!("fieldtune_{name} NaN\n"));
+        }
+    };
+    let c = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as f64;
+    put(
+        "frames_total",
+        "counter",
+        "Frames classified.",
+        c(&shared.frames),
+    );
+    let (cap, out) = shared.queue_counts();
+    put(
+        "capture_dropped_total",
+        "counter",
+        "Frames dropped because the inference queue was full.",
+        cap.dropped as f64,
+    );
+    put(
+        "output_dropped_total",
+        "counter",
+        "Predictions dropped because the output queue was full.",
+        out.dropped as f64,
+    );
+    put(
+        "rounds_total",
+        "counter",
+        "Adaptation rounds run.",
+        c(&shared.rounds),
+    );
+    put(
+        "commits_total",
+        "counter",
+        "Rounds whose weights passed the gate and went live.",
+        c(&shared.commits),
+    );
+    put(
+        "rollbacks_total",
+        "counter",
+        "Rounds rejected by the gate.",
+        c(&shared.rollbacks),
+    );
+    put(
+        "resets_total",
+        "counter",
+        "Resets to the source weights after repeated failures.",
+        c(&shared.resets),
+    );
+    put(
+        "model_version",
+        "gauge",
+        "Version of the live weights (0 = source).",
+        c(&shared.version),
+    );
+    put(
+        "round_active",
+        "gauge",
+        "1 while a round runs.",
+        shared.round_active.load(Ordering::Relaxed) as u8 as f64,
+    );
+    let w = shared.last_window();
+    let l = w.latency.summary();
+    put(
+        "inference_latency_p50_seconds",
+        "gauge",
+        "Inference latency, median of the last stats window.",
+        l.p50_ms / 1e3,
+    );
+    put(
+        "inference_latency_p99_seconds",
+        "gauge",
+        "Inference latency, 99th percentile of the last stats window.",
+        l.p99_ms / 1e3,
+    );
+    put(
+        "prediction_entropy",
+        "gauge",
+        "Mean prediction entropy (nats) of the last stats window.",
+        w.mean_entropy(),
+    );
+    put(
+        "prediction_confidence",
+        "gauge",
+        "Mean max-softmax confidence of the last stats window.",
+        w.mean_confidence(),
+    );
+    put(
+        "entropy_ema",
+        "gauge",
+        "EMA of prediction entropy (drift trigger).",
+        w.ema_entropy,
+    );
+    put(
+        "accuracy",
+        "gauge",
+        "Live accuracy of the last stats window (only when frames carry labels).",
+        w.accuracy().unwrap_or(f64::NAN),
+    );
+    put(
+        "resident_memory_bytes",
+        "gauge",
+        "Process RSS.",
+        crate::budget::rss_bytes().unwrap_or(0) as f64,
+    );
+    s
+}
+
+fn answer(mut conn: TcpStream, shared: &Shared) {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut buf = [0u8; 1024];
+    let n = conn.read(&mut buf).unwrap_or(0);
+    let req = String::from_utf8_lossy(&buf[..n]);
+    let path = req.split_whitespace().nth(1).unwrap_or("");
+    let (status, body) = if req.starts_with("GET ") && (path == "/metrics" || path == "/") {
+        ("200 OK", render(shared))
+    } else {
+        ("404 Not Found", "only GET /metrics\n".to_string())
+    };
+    let _ = write!(
+        conn,
+        "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+}
+
+/// Binds `addr` and serves until `shared.stop` is set. Returns the bound address.
+pub fn serve(addr: &str, shared: Arc<Shared>) -> Result<(SocketAddr, std::thread::JoinHandle<()>)> {
+    let listener = TcpListener::bind(addr).map_err(io_err(format!("metrics.listen {addr}")))?;
+    let local = listener.local_addr().map_err(io_err(addr))?;
+    listener.set_nonblocking(true).map_err(io_err(addr))?;
+    let h = std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            while !shared.stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        let _ = conn.set_nonblocking(false);
+                        answer(conn, &shared);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        })
+        .map_err(io_err("metrics thread"))?;
+    Ok((local, h))
+}

@@ -1,0 +1,313 @@
+//! One adaptation round on the round thread: the train step is compiled once per process and
+//! stays resident; each round loads the live weights and fresh optimizer state into it, runs
+//! up to `steps` steps on replay frames + labeled anchors (batches from
+//! [`fieldtune_adapt::BatchMaker`], prepared one step ahead), and hands back the weights.
+//! Between steps it honours the budget: stop requests, the wall-clock cap, the duty cycle, the
+//! temperature ceiling and the memory budget.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use fieldtune_adapt::trainer::train_spec;
+use fieldtune_adapt::{prefetch, AdaptConfig, AdaptData, Batch, BatchMaker, ModelDir};
+use fieldtune_engine::{Engine, ResidentSession};
+use fieldtune_frames::Image8;
+use fieldtune_graph::{compile_train_step, encode_model, inputs};
+use fieldtune_tensor::Tensor;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::budget::{rss_bytes, Budget, Verdict};
+use crate::config::Poison;
+use crate::error::Result;
+
+/// The round thread's trainer.
+pub struct Adapter {
+    model: ModelDir,
+    cfg: AdaptConfig,
+    resident: Box<dyn ResidentSession>,
+    /// Parameters and buffers: the tensors that make up a model's weights.
+    weights: Vec<String>,
+    optimizer_init: Vec<(String, Tensor)>,
+    metric_names: Vec<String>,
+    source: HashMap<String, Tensor>,
+    anchors: Vec<Image8>,
+    labels: Vec<usize>,
+    execution_provider: String,
+    nodes: usize,
+}
+
+/// How a round ended early.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Cut {
+    Stop,
+    WallClock,
+    Memory(u64),
+}
+
+/// What a round produced.
+#[derive(Clone, Debug)]
+pub struct RoundResult {
+    pub weights: HashMap<String, Tensor>,
+    pub steps: usize,
+    /// Mean of each train-step metric over the steps (`loss`, `mask_rate`, ...).
+    pub metrics: Vec<(String, f64)>,
+    /// The first non-finite loss term: (step, term, value); the round stops there.
+    pub non_finite: Option<(usize, String, f32)>,
+    pub cut: Option<Cut>,
+    pub seconds: f64,
+    pub busy_seconds: f64,
+    pub paused_seconds: f64,
+    /// Largest RSS growth seen during the round (bytes).
+    pub rss_growth: u64,
+}
+
+/// Callbacks of a round into the runtime.
+pub struct RoundControl<'a> {
+    pub budget: &'a Budget,
+    pub stop: &'a AtomicBool,
+    /// Called once when the round pauses for heat, with the temperature.
+    pub on_pause: &'a mut dyn FnMut(f64),
+}
+
+impl Adapter {
+    /// Compiles the train step for `model` and `cfg` on `engine` and keeps it resident.
+    pub fn new(
+        engine: &dyn Engine,
+        model: ModelDir,
+        cfg: AdaptConfig,
+        anchors: Vec<Image8>,
+        labels: Vec<usize>,
+    ) -> Result<Adapter> {
+        cfg.validate()?;
+        let step = compile_train_step(&model.model, &train_spec(&model, &cfg))?;
+        let session = engine.load(&encode_model(&step.to_model()), "train-step")?;
+        let execution_provider = session.execution_provider().to_string();
+        let weights: Vec<String> = step
+            .params
+            .iter()
+            .chain(&step.buffers)
+            .map(|(n, _)| n.clone())
+            .collect();
+        let source: HashMap<String, Tensor> =
+            step.params.iter().chain(&step.buffers).cloned().collect();
+        let init: HashMap<String, Tensor> = step
+            .params
+            .iter()
+            .chain(&step.state)
+            .chain(&step.buffers)
+            .cloned()
+            .collect();
+        let resident = session.into_resident(init, step.loops())?;
+        tracing::info!(nodes = step.graph.nodes.len(), params = step.params.len(), ep = %execution_provider, "round: compiled train step");
+        Ok(Adapter {
+            nodes: step.graph.nodes.len(),
+            metric_names: step.metrics.clone(),
+            optimizer_init: step.state.clone(),
+            model,
+            cfg,
+            resident,
+            weights,
+            source,
+            anchors,
+            labels,
+            execution_provider,
+        })
+    }
+
+    /// The model's own weights (what a reset goes back to).
+    pub fn source_weights(&self) -> &HashMap<String, Tensor> {
+        &self.source
+    }
+
+    pub fn config(&self) -> &AdaptConfig {
+        &self.cfg
+    }
+
+    pub fn model(&self) -> &ModelDir {
+        &self.model
+    }
+
+    pub fn anchors(&self) -> (&[Image8], &[usize]) {
+        (&self.anchors, &self.labels)
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "{} train-step nodes on {}",
+            self.nodes, self.execution_provider
+        )
+    }
+
+    /// Runs one round from `base` on `unlabeled` frames; `round` (1-based) seeds it.
+    pub fn run_round(
+        &mut self,
+        base: &HashMap<String, Tensor>,
+        unlabeled: &[Image8],
+        round: u64,
+        poison: Option<Poison>,
+        ctl: &mut RoundControl<'_>,
+    ) -> Result<RoundResult> {
+        let t0 = Instant::now();
+        for name in &self.weights {
+            let t = base
+                .get(name)
+                .or_else(|| self.source.get(name))
+                .cloned()
+                .expect("weights cover the model");
+            self.resident.set_state(name, t)?;
+        }
+        for (name, t) in &self.optimizer_init {
+            self.resident.set_state(name, t.clone())?;
+        }
+        let mut cfg = self.cfg.clone();
+        cfg.seed = cfg.seed.wrapping_add(round.wrapping_mul(0x9E37_79B9));
+        let mut labels = self.labels.clone();
+        if poison == Some(Poison::LabelNoise) {
+            // Every class relabeled as another one (a seeded permutation without fixed points),
+            // as a mislabeled anchor set would be.
+            let k = self.model.config.classes.len();
+            let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+            let mut perm: Vec<usize> = (0..k).collect();
+            while k > 1 && perm.iter().enumerate().any(|(i, &p)| i == p) {
+                perm.shuffle(&mut rng);
+            }
+            labels.iter_mut().for_each(|l| *l = perm[*l]);
+        }
+        let lr_poison = poison == Some(Poison::Nan);
+        let data = AdaptData {
+            labeled: &self.anchors,
+            labels: &labels,
+            unlabeled,
+            eval: None,
+        };
+        let maker = BatchMaker::new(&self.model.config, &cfg, &data)?;
+        let metric_names: Vec<&str> = self.metric_names.iter().map(String::as_str).collect();
+        let mut sums = vec![0f64; metric_names.len()];
+        let mut steps = 0usize;
+        let mut non_finite = None;
+        let mut cut = None;
+        let mut busy = Duration::ZERO;
+        let mut paused = Duration::ZERO;
+        let rss0 = rss_bytes().unwrap_or(0);
+        let mut rss_growth = 0u64;
+        let cap = ctl.budget.round_cap();
+        let resident = &mut self.resident;
+        prefetch(maker, cfg.steps, |batches| -> Result<()> {
+            let over_time = |t0: Instant| cap.is_some_and(|c| t0.elapsed() >= c);
+            for batch in batches {
+                // Budget checks between steps.
+                let mut hot = false;
+                loop {
+                    if ctl.stop.load(Ordering::Relaxed) {
+                        cut = Some(Cut::Stop);
+                        return Ok(());
+                    }
+                    if over_time(t0) {
+                        cut = Some(Cut::WallClock);
+                        return Ok(());
+                    }
+                    match ctl.budget.thermal(hot) {
+                        Verdict::Go => break,
+                        Verdict::Hot(t) => {
+                            if !hot {
+                                (ctl.on_pause)(t);
+                                hot = true;
+                            }
+                            let p = Instant::now();
+                            std::thread::sleep(Duration::from_millis(500));
+                            paused += p.elapsed();
+                        }
+                    }
+                }
+                let Batch { step: k, mut feeds } = batch?;
+                let ts = Instant::now();
+                let lr = if lr_poison {
+                    f32::NAN
+                } else {
+                    cfg.lr_schedule.at(cfg.lr, k, cfg.steps)
+                };
+                feeds.push((inputs::LR, Tensor::scalar_f32(lr)));
+                feeds.push((inputs::STEP, Tensor::scalar_f32(k as f32)));
+                let refs: Vec<(&str, &Tensor)> = feeds.iter().map(|(n, t)| (*n, t)).collect();
+                let finite = |v: &[Tensor]| {
+                    v.iter()
+                        .all(|t| t.as_f32().is_some_and(|x| x.iter().all(|x| x.is_finite())))
+                };
+                let (vals, moved) = resident.step_if(&refs, &metric_names, &finite)?;
+                let step_time = ts.elapsed();
+                busy += step_time;
+                let vals: Vec<f32> = vals
+                    .iter()
+                    .map(|t| t.as_f32().map_or(f32::NAN, |v| v[0]))
+                    .collect();
+                if !moved {
+                    let (i, v) = vals
+                        .iter()
+                        .enumerate()
+                        .find(|(_, v)| !v.is_finite())
+                        .map_or((0, f32::NAN), |(i, v)| (i, *v));
+                    non_finite = Some((k, metric_names[i].to_string(), v));
+                    return Ok(());
+                }
+                for (s, v) in sums.iter_mut().zip(&vals) {
+                    *s += *v as f64;
+                }
+                steps = k;
+                if let Some(now) = rss_bytes() {
+                    rss_growth = rss_growth.max(now.saturating_sub(rss0));
+                    if ctl.budget.over_memory(rss0, now) {
+                        cut = Some(Cut::Memory(now.saturating_sub(rss0)));
+                        return Ok(());
+                    }
+                }
+                let rest = ctl.budget.rest_after(step_time);
+                if !rest.is_zero() {
+                    std::thread::sleep(rest);
+                }
+            }
+            Ok(())
+        })?;
+        let mut weights = HashMap::with_capacity(self.weights.len());
+        for name in &self.weights {
+            let t = self
+                .resident
+                .read_state(name)?
+                .expect("weights are resident");
+            weights.insert(name.clone(), t);
+        }
+        Ok(RoundResult {
+            weights,
+            steps,
+            metrics: metric_names
+                .iter()
+                .zip(&sums)
+                .map(|(n, s)| {
+                    (
+                        n.to_string(),
+                        if steps == 0 {
+                            f64::NAN
+                        } else {
+                            s / steps as f64
+                        },
+                    )
+                })
+                .collect(),
+            non_finite,
+            cut,
+            seconds: t0.elapsed().as_secs_f64(),
+            busy_seconds: busy.as_secs_f64(),
+            paused_seconds: paused.as_secs_f64(),
+            rss_growth,
+        })
+    }
+}
+
+/// Whether every value of every tensor is finite.
+pub fn all_finite(weights: &HashMap<String, Tensor>) -> bool {
+    weights
+        .values()
+        .all(|t| t.as_f32().is_none_or(|v| v.iter().all(|x| x.is_finite())))
+}
