@@ -31,6 +31,19 @@ pub fn engines() -> Vec<Box<dyn Engine>> {
     vec![Box::new(ort()), Box::new(TractEngine::new())]
 }
 
+/// ||a - b|| / max(||b||, floor), in f64 (L2 over all elements).
+pub fn rel_l2(a: &Tensor, b: &Tensor, floor: f64) -> f64 {
+    let (a, b) = (a.as_f32().expect("f32"), b.as_f32().expect("f32"));
+    let d: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| ((x - y) as f64).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let n: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum::<f64>().sqrt();
+    d / n.max(floor)
+}
+
 /// A seeded RNG.
 pub fn rng(seed: u64) -> ChaCha8Rng {
     use rand::SeedableRng;

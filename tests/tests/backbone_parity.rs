@@ -25,18 +25,7 @@ use rand::Rng;
 
 const TOL: f64 = 1e-3;
 
-/// ||a - b|| / max(||b||, floor).
-fn rel(a: &Tensor, b: &Tensor, floor: f64) -> f64 {
-    let (a, b) = (a.as_f32().unwrap(), b.as_f32().unwrap());
-    let d: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| ((x - y) as f64).powi(2))
-        .sum::<f64>()
-        .sqrt();
-    let n: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum::<f64>().sqrt();
-    d / n.max(floor)
-}
+use fieldtune_tests::rel_l2 as rel;
 
 fn norm(t: &Tensor) -> f64 {
     t.as_f32()

@@ -10,21 +10,13 @@ use fieldtune_graph::{
     UdaLoss,
 };
 use fieldtune_tensor::{st, Tensor};
-use fieldtune_tests::{engines, reference_python, repo_root, rng, uda_batch};
+use fieldtune_tests::{engines, reference_python, rel_l2, repo_root, rng, uda_batch};
 
 const STEPS: usize = 3;
 const LR: f32 = 1e-3;
 
 fn norm_rel(a: &Tensor, b: &Tensor) -> f64 {
-    let (a, b) = (a.as_f32().unwrap(), b.as_f32().unwrap());
-    let d: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| ((x - y) as f64).powi(2))
-        .sum::<f64>()
-        .sqrt();
-    let n: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum::<f64>().sqrt();
-    d / n.max(1e-12)
+    rel_l2(a, b, 1e-12)
 }
 
 fn max_abs(a: &Tensor, b: &Tensor) -> f32 {

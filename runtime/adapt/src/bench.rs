@@ -2,7 +2,6 @@
 //! fixed random batches) and plain inference at batch 1 (latency) and at a large batch
 //! (throughput); peak resident memory of this process read from `/proc/self/status`.
 
-use std::collections::HashMap;
 use std::time::Instant;
 
 use fieldtune_engine::Engine;
@@ -79,8 +78,11 @@ fn quantile(v: &[f64], q: f64) -> f64 {
 
 fn random(rng: &mut ChaCha8Rng, shape: &[usize]) -> Tensor {
     let n = shape.iter().product();
-    Tensor::f32(shape.to_vec(), (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect())
-        .expect("sized")
+    Tensor::f32(
+        shape.to_vec(),
+        (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect(),
+    )
+    .expect("sized")
 }
 
 /// Times the train step of `cfg` and inference of `model` on `engine`.
@@ -95,13 +97,7 @@ pub fn bench(
     let step = compile_train_step(&model.model, &train_spec(model, cfg))?;
     let session = engine.load(&encode_model(&step.to_model()), "train-step")?;
     let execution_provider = session.execution_provider().to_string();
-    let init: HashMap<String, Tensor> = step
-        .params
-        .iter()
-        .chain(&step.state)
-        .chain(&step.buffers)
-        .cloned()
-        .collect();
+    let init = step.resident_init();
     let mut resident = session.into_resident(init, step.loops())?;
     let compile_and_load_ms = t0.elapsed().as_secs_f64() * 1e3;
     let [c, h, w] = step.image;
@@ -109,7 +105,9 @@ pub fn bench(
     let xl = random(&mut rng, &[bl, c, h, w]);
     let yl = Tensor::i64(
         vec![bl],
-        (0..bl).map(|_| rng.gen_range(0..step.classes as i64)).collect(),
+        (0..bl)
+            .map(|_| rng.gen_range(0..step.classes as i64))
+            .collect(),
     )
     .expect("sized");
     let xw = random(&mut rng, &[bu, c, h, w]);

@@ -112,13 +112,7 @@ pub fn adapt(
     let bytes = encode_model(&step.to_model());
     let session = engine.load(&bytes, "train-step")?;
     let execution_provider = session.execution_provider().to_string();
-    let init: HashMap<String, Tensor> = step
-        .params
-        .iter()
-        .chain(&step.state)
-        .chain(&step.buffers)
-        .cloned()
-        .collect();
+    let init = step.resident_init();
     let mut resident: Box<dyn ResidentSession> = session.into_resident(init, step.loops())?;
     tracing::info!(
         nodes = step.graph.nodes.len(),

@@ -716,19 +716,7 @@ impl ResidentSession for OrtResident {
             tensor: name.to_string(),
             message: "is not resident state".into(),
         })?;
-        if old.dtype() != value.dtype() || old.shape() != value.shape() {
-            return Err(EngineError::State {
-                model: self.session.label.clone(),
-                tensor: name.to_string(),
-                message: format!(
-                    "new value is {} {:?}, the state is {} {:?}",
-                    value.dtype(),
-                    value.shape(),
-                    old.dtype(),
-                    old.shape()
-                ),
-            });
-        }
+        crate::stateful::check_replacement(&self.session.label, name, &old, &value)?;
         self.set_value(name, &value)
     }
 

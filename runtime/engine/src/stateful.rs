@@ -129,6 +129,29 @@ pub(crate) fn check_resident(
     Ok(())
 }
 
+/// A new value for resident tensor `name` must keep its dtype and shape.
+pub(crate) fn check_replacement(
+    model: &str,
+    name: &str,
+    old: &Tensor,
+    value: &Tensor,
+) -> Result<(), EngineError> {
+    if old.dtype() != value.dtype() || old.shape() != value.shape() {
+        return Err(state_err(
+            model,
+            name,
+            format!(
+                "new value is {} {:?}, the state is {} {:?}",
+                value.dtype(),
+                value.shape(),
+                old.dtype(),
+                old.shape()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl StatefulSession {
     /// Wraps `session`. Every `initial_state` name must be a session input (and match its
     /// dtype and static dims); every loop `(output, input)` must name a session output and a
@@ -241,19 +264,7 @@ impl StatefulSession {
             .state
             .get(name)
             .ok_or_else(|| state_err(&model, name, "is not resident state"))?;
-        if old.dtype() != value.dtype() || old.shape() != value.shape() {
-            return Err(state_err(
-                &model,
-                name,
-                format!(
-                    "new value is {} {:?}, the state is {} {:?}",
-                    value.dtype(),
-                    value.shape(),
-                    old.dtype(),
-                    old.shape()
-                ),
-            ));
-        }
+        check_replacement(&model, name, old, &value)?;
         self.state.insert(name.to_string(), value);
         Ok(())
     }

@@ -93,14 +93,7 @@ impl Adapter {
             .collect();
         let source: HashMap<String, Tensor> =
             step.params.iter().chain(&step.buffers).cloned().collect();
-        let init: HashMap<String, Tensor> = step
-            .params
-            .iter()
-            .chain(&step.state)
-            .chain(&step.buffers)
-            .cloned()
-            .collect();
-        let resident = session.into_resident(init, step.loops())?;
+        let resident = session.into_resident(step.resident_init(), step.loops())?;
         tracing::info!(nodes = step.graph.nodes.len(), params = step.params.len(), ep = %execution_provider, "round: compiled train step");
         Ok(Adapter {
             nodes: step.graph.nodes.len(),

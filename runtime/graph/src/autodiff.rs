@@ -754,6 +754,28 @@ fn conv_rule(b: &mut Builder, n: &Node, dy: &str, out: &mut [Option<String>]) ->
     Ok(())
 }
 
+/// The input cells that kernel offset `(i, j)` meets at every output position of a 2-D
+/// window op: a strided slice of the (already padded) input `xp`, shaped like the output.
+fn window_tap(
+    b: &mut Builder,
+    xp: &str,
+    win: &Window,
+    (i, j): (usize, usize),
+    out: &[usize],
+) -> Result<String> {
+    let s0 = (i * win.dilations[0]) as i64;
+    let s1 = (j * win.dilations[1]) as i64;
+    let e0 = s0 + ((out[0] - 1) * win.strides[0]) as i64 + 1;
+    let e1 = s1 + ((out[1] - 1) * win.strides[1]) as i64 + 1;
+    let (st, en, ax, sp) = (
+        b.ints(&[s0, s1]),
+        b.ints(&[e0, e1]),
+        b.ints(&[2, 3]),
+        b.ints(&[win.strides[0] as i64, win.strides[1] as i64]),
+    );
+    b.op("Slice", &[xp, &st, &en, &ax, &sp], vec![])
+}
+
 /// Weight gradient of an ungrouped convolution as one batched MatMul over im2col columns:
 /// for each kernel offset a strided slice of the padded input ([N, C, OH*OW]), stacked along
 /// the channels, then dW[m, (k, c)] = sum over batch and pixels of dY[n, m, p] * cols[n, (k, c), p].
@@ -788,17 +810,7 @@ fn conv_weight_grad_im2col(
     let mut cols = Vec::with_capacity(kh * kw);
     for i in 0..kh {
         for j in 0..kw {
-            let s0 = (i * win.dilations[0]) as i64;
-            let s1 = (j * win.dilations[1]) as i64;
-            let e0 = s0 + ((ys[2] - 1) * win.strides[0]) as i64 + 1;
-            let e1 = s1 + ((ys[3] - 1) * win.strides[1]) as i64 + 1;
-            let (st, en, ax, sp) = (
-                b.ints(&[s0, s1]),
-                b.ints(&[e0, e1]),
-                b.ints(&[2, 3]),
-                b.ints(&[win.strides[0] as i64, win.strides[1] as i64]),
-            );
-            let sl = b.op("Slice", &[&xp, &st, &en, &ax, &sp], vec![])?;
+            let sl = window_tap(b, &xp, win, (i, j), &ys[2..])?;
             cols.push(b.reshape(&sl, &[nb, c, p])?);
         }
     }
@@ -856,17 +868,7 @@ fn maxpool_rule(b: &mut Builder, n: &Node, dy: &str) -> Result<String> {
     let mut masks = Vec::with_capacity(kk);
     for i in 0..kh {
         for j in 0..kw {
-            let s0 = (i * win.dilations[0]) as i64;
-            let s1 = (j * win.dilations[1]) as i64;
-            let e0 = s0 + ((ys[2] - 1) * win.strides[0]) as i64 + 1;
-            let e1 = s1 + ((ys[3] - 1) * win.strides[1]) as i64 + 1;
-            let (st, en, ax, sp) = (
-                b.ints(&[s0, s1]),
-                b.ints(&[e0, e1]),
-                b.ints(&[2, 3]),
-                b.ints(&[win.strides[0] as i64, win.strides[1] as i64]),
-            );
-            let sl = b.op("Slice", &[&xp, &st, &en, &ax, &sp], vec![])?;
+            let sl = window_tap(b, &xp, &win, (i, j), &ys[2..])?;
             let eq = b.op("Equal", &[&sl, &y], vec![])?;
             masks.push(b.op("Cast", &[&eq], vec![attr::int("to", 1)])?);
         }

@@ -72,6 +72,17 @@ impl TrainStep {
             .collect()
     }
 
+    /// Initial values of everything resident between steps: parameters, optimizer state and
+    /// buffers.
+    pub fn resident_init(&self) -> HashMap<String, Tensor> {
+        self.params
+            .iter()
+            .chain(&self.state)
+            .chain(&self.buffers)
+            .cloned()
+            .collect()
+    }
+
     /// The train-step graph as an ONNX model.
     pub fn to_model(&self) -> ModelProto {
         self.graph.to_model("fieldtune train-step compiler")
