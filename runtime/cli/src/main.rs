@@ -1,6 +1,9 @@
 //! The `fieldtune` command: wires the crates together; no logic of its own beyond
 //! arguments, progress and printing.
 
+mod bench_cmd;
+mod field_cmd;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -8,10 +11,12 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use fieldtune_adapt::{
-    adapt, evaluate, AdaptConfig, AdaptData, EvalReport, ModelDir, StepReport, RECIPES,
+    adapt, batches, evaluate, AdaptConfig, AdaptData, BatchMaker, EvalReport, ModelDir, StepReport,
+    RECIPES,
 };
 use fieldtune_engine::{doctor_report, select_engine, Engine, EnginePreference, OrtOptions};
 use fieldtune_frames::{Dataset, Image8};
+use fieldtune_graph::{BatchNormMode, MeanTeacher, Trainable, UdaLoss};
 
 #[derive(Parser)]
 #[command(
@@ -65,15 +70,20 @@ enum Command {
 examples of the source domain. Writes --out/model.onnx (the adapted weights as initializers), \
 --out/model.toml, --out/checkpoint.safetensors and --out/adapt.json (settings, loss history, accuracy).\n\n\
 Recipes (--recipe):\n  uda-im  UDA, identity weak view, mild RandAugment, + information maximisation + anchor CE, 600 steps (default)\n  \
-uda     textbook UDA: 2 px shifted weak view, TSA\n  tent    entropy minimisation, no anchors\n\n\
+uda     textbook UDA: 2 px shifted weak view, TSA\n  tent    entropy minimisation, no anchors\n  \
+fixmatch hard pseudo-labels (confidence > 0.95) for the strong view + anchor CE\n\n\
+--objective, --train, --batchnorm and --batch change a recipe from the command line; a bare .onnx \
+works as --model with --mean/--std.\n\n\
 Every setting can be overridden in a TOML file (--config); --print-config shows them all."
     )]
     Adapt(AdaptArgs),
     /// Accuracy and confusion matrix of a model on a labeled image folder.
     Eval {
-        /// Model folder (model.onnx + model.toml).
+        /// Model folder (model.onnx + model.toml), or a bare .onnx file.
         #[arg(long)]
         model: PathBuf,
+        #[command(flatten)]
+        norm: NormArgs,
         /// Labeled images: one sub-folder per class.
         #[arg(long)]
         data: PathBuf,
@@ -83,16 +93,25 @@ Every setting can be overridden in a TOML file (--config); --print-config shows 
     },
     /// Write the train-step graph fieldtune compiles for a model, for inspection (Netron etc.).
     Compile {
+        /// Model folder (model.onnx + model.toml), or a bare .onnx file.
         #[arg(long)]
         model: PathBuf,
+        #[command(flatten)]
+        norm: NormArgs,
         /// Where to write the train-step ONNX.
         #[arg(long)]
         out: PathBuf,
         #[command(flatten)]
         recipe: RecipeArgs,
     },
-    /// Which engines and execution providers are present, and from where.
-    Doctor,
+    /// Which engines and execution providers are present, and from where; with --board, how
+    /// this machine and its engines compare with a board profile.
+    Doctor {
+        /// Board profile: a shipped name (jetson-orin-nano-8gb, jetson-orin-nx-16gb,
+        /// jetson-agx-orin-64gb, jetson-xavier-nx, x86-cpu, raspberry-pi-5) or a .toml file.
+        #[arg(long, value_name = "NAME|PATH")]
+        board: Option<String>,
+    },
     /// Adapt the shipped MNIST CNN to OpenCV digits and report accuracy before and after.
     Demo {
         /// Optimizer steps (default: the uda-im recipe's).
@@ -104,6 +123,15 @@ Every setting can be overridden in a TOML file (--config); --print-config shows 
         #[arg(long, default_value = "out/demo")]
         out: PathBuf,
     },
+    /// Serve a model on a frame stream and adapt it in the background (gated, checkpointed).
+    #[command(long_about = field_cmd::RUN_ABOUT, after_help = field_cmd::RUN_AFTER)]
+    Run(field_cmd::RunArgs),
+    /// Draw a run's event log as a PNG (accuracy, entropy, mask rate, latency; commits and
+    /// rollbacks marked).
+    Report(field_cmd::ReportArgs),
+    /// Time the train step and inference of a model on one engine, with peak memory.
+    #[command(long_about = bench_cmd::BENCH_ABOUT)]
+    Bench(bench_cmd::BenchArgs),
 }
 
 #[derive(Args)]
@@ -129,6 +157,62 @@ struct RecipeArgs {
     /// Unlabeled frames per step.
     #[arg(long)]
     batch_unlabeled: Option<usize>,
+    /// Batch size in one number: N unlabeled frames and N/2 labeled anchors per step (when the
+    /// recipe uses anchors). --batch-labeled / --batch-unlabeled win over it.
+    #[arg(long, value_name = "N")]
+    batch: Option<usize>,
+    /// What trains: all, bn (BatchNorm scale and bias, TENT-style), head (the last block),
+    /// last:K (the last K blocks; a block is a parameter name up to its first numeric part,
+    /// e.g. features.17), or comma-separated name globs (e.g. 'fc*,*.bias').
+    #[arg(long, value_name = "SELECTION", value_parser = parse_trainable)]
+    train: Option<Trainable>,
+    /// The unlabeled objective, replacing the recipe's loss terms: uda (masked, sharpened KL
+    /// consistency + anchor CE), tent (prediction entropy only; no anchors), fixmatch (hard
+    /// pseudo-labels above 0.95 on the strong view + anchor CE), teacher (uda with targets
+    /// from a mean teacher, EMA 0.999, updated inside the train step; the teacher is the
+    /// adapted model).
+    #[arg(long, value_enum)]
+    objective: Option<Objective>,
+    /// BatchNorm while adapting: train (batch statistics, running statistics updated) or
+    /// frozen (running statistics).
+    #[arg(long, value_enum)]
+    batchnorm: Option<BnArg>,
+}
+
+/// Input normalisation for a bare .onnx model (or to override model.toml's).
+#[derive(Args, Clone, Debug, Default)]
+struct NormArgs {
+    /// Per-channel mean subtracted after scaling pixels to 0..1 (one value, or one per
+    /// channel, comma-separated). Default for a bare .onnx: none (0).
+    #[arg(long, value_delimiter = ',', requires = "std")]
+    mean: Option<Vec<f32>>,
+    /// Per-channel standard deviation divided by (default for a bare .onnx: none, 1).
+    #[arg(long, value_delimiter = ',', requires = "mean")]
+    std: Option<Vec<f32>>,
+}
+
+impl NormArgs {
+    fn pair(&self) -> Option<(Vec<f32>, Vec<f32>)> {
+        self.mean.clone().zip(self.std.clone())
+    }
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Objective {
+    Uda,
+    Tent,
+    Fixmatch,
+    Teacher,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum BnArg {
+    Train,
+    Frozen,
+}
+
+fn parse_trainable(s: &str) -> std::result::Result<Trainable, String> {
+    Trainable::parse(s)
 }
 
 fn recipe_names() -> clap::builder::PossibleValuesParser {
@@ -150,11 +234,58 @@ impl RecipeArgs {
         if let Some(v) = self.lr {
             cfg.lr = v;
         }
+        if let Some(o) = self.objective {
+            let ce = if matches!(o, Objective::Tent) {
+                0.0
+            } else {
+                1.0
+            };
+            let consistency = matches!(o, Objective::Uda | Objective::Teacher);
+            cfg.loss = UdaLoss {
+                ce_weight: ce,
+                consistency_weight: if consistency { 1.0 } else { 0.0 },
+                entropy_weight: match o {
+                    Objective::Tent => 1.0,
+                    Objective::Uda | Objective::Teacher => cfg.loss.entropy_weight,
+                    Objective::Fixmatch => 0.0,
+                },
+                diversity_weight: if consistency {
+                    cfg.loss.diversity_weight
+                } else {
+                    0.0
+                },
+                pseudo_label_weight: if matches!(o, Objective::Fixmatch) {
+                    1.0
+                } else {
+                    0.0
+                },
+                ..cfg.loss.clone()
+            };
+            if ce == 0.0 {
+                cfg.batch_labeled = 0;
+            }
+            cfg.teacher = matches!(o, Objective::Teacher).then_some(MeanTeacher { ema: 0.999 });
+        }
+        if let Some(n) = self.batch {
+            cfg.batch_unlabeled = n;
+            if cfg.batch_labeled > 0 {
+                cfg.batch_labeled = (n / 2).max(1);
+            }
+        }
         if let Some(v) = self.batch_labeled {
             cfg.batch_labeled = v;
         }
         if let Some(v) = self.batch_unlabeled {
             cfg.batch_unlabeled = v;
+        }
+        if let Some(t) = &self.train {
+            cfg.trainable = t.clone();
+        }
+        if let Some(b) = self.batchnorm {
+            cfg.batchnorm = match b {
+                BnArg::Train => BatchNormMode::Train,
+                BnArg::Frozen => BatchNormMode::Frozen,
+            };
         }
         cfg.validate()?;
         Ok(cfg)
@@ -163,9 +294,12 @@ impl RecipeArgs {
 
 #[derive(Args)]
 struct AdaptArgs {
-    /// Model folder (model.onnx + model.toml).
+    /// Model folder (model.onnx + model.toml), or a bare .onnx file (input shape from the
+    /// graph, classes 0..K-1, normalisation from --mean/--std).
     #[arg(long)]
     model: PathBuf,
+    #[command(flatten)]
+    norm: NormArgs,
     /// Labeled anchors of the source domain: one sub-folder per class.
     #[arg(long)]
     labeled: Option<PathBuf>,
@@ -182,6 +316,10 @@ struct AdaptArgs {
     /// Print the resolved settings as TOML and exit.
     #[arg(long)]
     print_config: bool,
+    /// Also write every step's batch (x_labeled, y_labeled, x_weak, x_strong) to
+    /// DIR/step-NNNNN.safetensors, e.g. to feed a reference trainer the very same batches.
+    #[arg(long, value_name = "DIR")]
+    dump_batches: Option<PathBuf>,
     #[command(flatten)]
     recipe: RecipeArgs,
 }
@@ -219,7 +357,9 @@ fn init_logging(verbose: u8) {
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new(format!("warn,fieldtune={level},fieldtune_adapt={level}"))
+        EnvFilter::new(format!(
+            "warn,fieldtune={level},fieldtune_adapt={level},fieldtune_field={level}"
+        ))
     });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -253,20 +393,58 @@ fn engine(args: &EngineArgs) -> Result<Box<dyn Engine>> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Doctor => {
-            println!("{}", doctor_report(cli.engine.ort_lib.as_deref()));
+        Command::Run(a) => field_cmd::run(a, &cli.engine),
+        Command::Report(a) => field_cmd::report(a),
+        Command::Bench(a) => bench_cmd::run(a, &cli.engine),
+        Command::Doctor { board } => {
+            use fieldtune_board_profile::{check_engines, check_host, Level, Profile};
+            // A bad profile fails before anything is printed.
+            let profile = board.as_deref().map(Profile::load).transpose()?;
+            let report = doctor_report(cli.engine.ort_lib.as_deref());
+            println!("{report}");
+            if let Some(profile) = profile {
+                let b = &profile.board;
+                println!("board {}: {}", b.name, b.description);
+                let mut findings = check_host(&profile);
+                findings.extend(check_engines(
+                    &profile,
+                    report.ort.is_ok(),
+                    &report.execution_providers,
+                ));
+                for f in &findings {
+                    println!("  {f}");
+                }
+                let differ = findings
+                    .iter()
+                    .filter(|f| f.level == Level::Differs)
+                    .count();
+                println!(
+                    "  {differ} of {} checks differ from the profile",
+                    findings.len()
+                );
+            }
             Ok(())
         }
-        Command::Eval { model, data, batch } => {
-            let m = open_model(&model)?;
+        Command::Eval {
+            model,
+            norm,
+            data,
+            batch,
+        } => {
+            let m = open_model(&model, &norm)?;
             let (images, labels) = load_labeled(&data, &m)?;
             let e = engine(&cli.engine)?;
             let report = eval_model(e.as_ref(), &m, None, &images, &labels, batch)?;
             print_eval(&data, &report);
             Ok(())
         }
-        Command::Compile { model, out, recipe } => {
-            let m = open_model(&model)?;
+        Command::Compile {
+            model,
+            norm,
+            out,
+            recipe,
+        } => {
+            let m = open_model(&model, &norm)?;
             let cfg = recipe.resolve()?;
             let step = fieldtune_graph::compile_train_step(
                 &m.model,
@@ -275,20 +453,27 @@ fn run(cli: Cli) -> Result<()> {
             let bytes = fieldtune_graph::encode_model(&step.to_model());
             fieldtune_adapt::fsutil::atomic_write(&out, &bytes)?;
             println!("wrote {} ({} bytes)", out.display(), bytes.len());
-            println!("nodes: {}", step.graph.nodes.len());
             println!(
-                "trainable parameters: {} tensors, {} values",
+                "nodes: {}; {:.3} GFLOP per step (multiply-adds of Conv, ConvTranspose, Gemm, MatMul)",
+                step.graph.nodes.len(),
+                step.flops as f64 / 1e9
+            );
+            println!(
+                "trainable parameters ({:?}): {} tensors, {} values",
+                cfg.trainable,
                 step.params.len(),
                 step.params.iter().map(|p| p.1.len()).sum::<usize>()
             );
+            let frozen = match step.frozen.len() {
+                0 => "none".to_string(),
+                n if n <= 8 => step.frozen.join(", "),
+                n => format!("{n} tensors ({}, ...)", step.frozen[..4].join(", ")),
+            };
             println!(
-                "optimizer state: {} tensors; frozen: {}",
+                "optimizer state: {} tensors; BatchNorm {:?}, {} running statistics updated; frozen: {frozen}",
                 step.state.len(),
-                if step.frozen.is_empty() {
-                    "none".into()
-                } else {
-                    step.frozen.join(", ")
-                }
+                cfg.batchnorm,
+                step.buffers.len()
             );
             let looped: std::collections::HashSet<String> =
                 step.loops().into_iter().map(|(_, input)| input).collect();
@@ -320,14 +505,18 @@ fn run(cli: Cli) -> Result<()> {
                 print!("{}", cfg.to_toml());
                 return Ok(());
             }
+            let m = open_model(&a.model, &a.norm)?;
             let e = engine(&cli.engine)?;
             run_adapt(
                 e.as_ref(),
-                &a.model,
-                a.labeled.as_deref(),
-                &a.unlabeled,
-                a.eval.as_deref(),
-                &a.out,
+                &m,
+                RunPaths {
+                    labeled: a.labeled.as_deref(),
+                    unlabeled: &a.unlabeled,
+                    eval: a.eval.as_deref(),
+                    out: &a.out,
+                    dump_batches: a.dump_batches.as_deref(),
+                },
                 &cfg,
             )
             .map(|_| ())
@@ -347,13 +536,18 @@ fn run(cli: Cli) -> Result<()> {
                 cfg.steps = s;
             }
             cfg.seed = seed;
+            let m = open_model(&model, &NormArgs::default())?;
+            let anchors = model.join("anchors");
             let (before, after) = run_adapt(
                 e.as_ref(),
-                &model,
-                Some(&model.join("anchors")),
-                &target,
-                Some(&target),
-                &out,
+                &m,
+                RunPaths {
+                    labeled: Some(&anchors),
+                    unlabeled: &target,
+                    eval: Some(&target),
+                    out: &out,
+                    dump_batches: None,
+                },
                 &cfg,
             )?;
             let (b, a) = (
@@ -371,8 +565,9 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn open_model(dir: &Path) -> Result<ModelDir> {
-    ModelDir::open(dir).with_context(|| format!("opening model folder {}", dir.display()))
+fn open_model(path: &Path, norm: &NormArgs) -> Result<ModelDir> {
+    ModelDir::open_path(path, norm.pair())
+        .with_context(|| format!("opening model {}", path.display()))
 }
 
 fn load_labeled(dir: &Path, m: &ModelDir) -> Result<(Vec<Image8>, Vec<usize>)> {
@@ -411,18 +606,31 @@ fn print_eval(data: &Path, r: &EvalReport) {
 
 type EvalPair = (Option<EvalReport>, Option<EvalReport>);
 
+/// The folders one adaptation run reads and writes.
+struct RunPaths<'a> {
+    labeled: Option<&'a Path>,
+    unlabeled: &'a Path,
+    eval: Option<&'a Path>,
+    out: &'a Path,
+    /// Where to write each step's batch, if anywhere.
+    dump_batches: Option<&'a Path>,
+}
+
 fn run_adapt(
     e: &dyn Engine,
-    model: &Path,
-    labeled: Option<&Path>,
-    unlabeled: &Path,
-    eval: Option<&Path>,
-    out: &Path,
+    m: &ModelDir,
+    paths: RunPaths<'_>,
     cfg: &AdaptConfig,
 ) -> Result<EvalPair> {
-    let m = open_model(model)?;
+    let RunPaths {
+        labeled,
+        unlabeled,
+        eval,
+        out,
+        dump_batches,
+    } = paths;
     let (lab_imgs, labels) = match labeled {
-        Some(d) => load_labeled(d, &m)
+        Some(d) => load_labeled(d, m)
             .with_context(|| format!("loading labeled anchors from {}", d.display()))?,
         None if cfg.batch_labeled > 0 => bail!(
             "recipe '{}' trains on labeled anchors: give --labeled DIR (or use --recipe tent)",
@@ -436,7 +644,7 @@ fn run_adapt(
         .with_context(|| format!("loading unlabeled frames from {}", unlabeled.display()))?;
     let evalset = match eval {
         Some(d) => Some(
-            load_labeled(d, &m)
+            load_labeled(d, m)
                 .with_context(|| format!("loading the eval set from {}", d.display()))?,
         ),
         None => None,
@@ -453,7 +661,7 @@ fn run_adapt(
     );
     let before = match &evalset {
         Some((i, l)) => {
-            let r = eval_model(e, &m, None, i, l, cfg.eval_batch)?;
+            let r = eval_model(e, m, None, i, l, cfg.eval_batch)?;
             println!(
                 "before: accuracy {:.4}, mean confidence {:.4}",
                 r.accuracy(),
@@ -499,7 +707,11 @@ fn run_adapt(
         unlabeled: &unl,
         eval: evalset.as_ref().map(|(i, l)| (i.as_slice(), l.as_slice())),
     };
-    let outcome = adapt(e, &m, cfg, &data, &mut observer)?;
+    if let Some(dir) = dump_batches {
+        batches::dump(BatchMaker::new(&m.config, cfg, &data)?, cfg.steps, dir)?;
+        println!("batches: {} steps written to {}", cfg.steps, dir.display());
+    }
+    let outcome = adapt(e, m, cfg, &data, &mut observer)?;
     bar.finish_and_clear();
     println!(
         "adapted: {} steps in {:.1} s ({:.1} ms/step) on {} ({} train-step nodes)",
@@ -511,7 +723,7 @@ fn run_adapt(
     );
     let after = match &evalset {
         Some((i, l)) => {
-            let r = eval_model(e, &m, Some(&outcome.params), i, l, cfg.eval_batch)?;
+            let r = eval_model(e, m, Some(&outcome.params), i, l, cfg.eval_batch)?;
             println!(
                 "after:  accuracy {:.4}, mean confidence {:.4}",
                 r.accuracy(),

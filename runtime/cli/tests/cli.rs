@@ -318,3 +318,96 @@ fn a_diverging_run_stops_at_the_non_finite_step_and_writes_nothing() {
     );
     assert!(!out.exists(), "a failed run must not leave a model folder");
 }
+
+/// Tensor names in a safetensors file (its JSON header).
+fn safetensors_names(path: &Path) -> Vec<String> {
+    let b = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+    let h: serde_json::Value = serde_json::from_slice(&b[8..8 + n]).unwrap();
+    h.as_object()
+        .unwrap()
+        .keys()
+        .filter(|k| *k != "__metadata__")
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn a_bare_onnx_batchnorm_backbone_adapts_with_tent_on_its_batchnorm_only() {
+    let d = tempfile::tempdir().unwrap();
+    let unl = d.path().join("frames");
+    std::fs::create_dir_all(&unl).unwrap();
+    for i in 0..12u32 {
+        let img = image::GrayImage::from_fn(16, 16, |x, y| {
+            image::Luma([((x * 13 + y * 7 + i * 29) % 256) as u8])
+        });
+        img.save(unl.join(format!("{i:03}.png"))).unwrap();
+    }
+    let out = d.path().join("adapted");
+    let model = "models/usps-cnn/model.onnx";
+    let o = fieldtune(&[
+        "adapt",
+        "--model",
+        model,
+        "--mean",
+        "0.2471",
+        "--std",
+        "0.2994",
+        "--unlabeled",
+        unl.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--objective",
+        "tent",
+        "--train",
+        "bn",
+        "--batchnorm",
+        "train",
+        "--batch",
+        "6",
+        "--steps",
+        "3",
+        "--engine",
+        "tract",
+    ]);
+    let (stdout, err) = text(&o);
+    assert!(o.status.success(), "{stdout}\n{err}");
+    // BatchNorm scales and biases trained; running statistics were updated and saved.
+    let mut names = safetensors_names(&out.join("checkpoint.safetensors"));
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "features.1.bias",
+            "features.1.running_mean",
+            "features.1.running_var",
+            "features.1.weight",
+            "features.5.bias",
+            "features.5.running_mean",
+            "features.5.running_var",
+            "features.5.weight",
+        ],
+        "{stdout}"
+    );
+    let o = fieldtune(&[
+        "compile",
+        "--model",
+        model,
+        "--train",
+        "head",
+        "--objective",
+        "tent",
+        "--out",
+        d.path().join("step.onnx").to_str().unwrap(),
+    ]);
+    let (s, e) = text(&o);
+    assert!(o.status.success(), "{e}");
+    assert!(s.contains("trainable parameters (Head): 2 tensors"), "{s}");
+    assert!(s.contains("GFLOP per step"), "{s}");
+    fails_with(
+        &[
+            "compile", "--model", model, "--mean", "0.1,0.2", "--std", "1", "--out", "x.onnx",
+        ],
+        &["usps-cnn/model.onnx", "--mean has 2 values", "1 channels"],
+    );
+}

@@ -1,0 +1,160 @@
+//! `fieldtune run` and `fieldtune report`: arguments and printing; the work is in
+//! fieldtune-field.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use fieldtune_engine::EnginePreference;
+use fieldtune_field::config::EXAMPLE;
+use fieldtune_field::{RunConfig, RunOptions};
+
+use super::{EngineArgs, EngineChoice};
+
+pub const RUN_ABOUT: &str = "Serve a classifier on a stream of frames and adapt it in the background.\n\n\
+Frames come from image folders or a GStreamer pipeline (video file, Jetson CSI camera, V4L2 camera), \
+are resized and normalised as model.toml says, and are classified one by one; each prediction is a \
+JSON line (frame, t_ms, class, confidence, model version) on stdout or in a file. Unlabeled frames go \
+into a fixed-size replay buffer.\n\n\
+A round starts on a trigger (drift of prediction entropy/confidence, every N frames, a schedule, or \
+SIGUSR1) when the budget allows (memory, duty cycle, temperature ceiling, wall-clock cap). It trains \
+on replay frames + labeled anchors on its own thread and session while inference goes on. Its weights \
+go live only through the gate: anchor accuracy may not fall by more than max_anchor_drop, the \
+unlabeled objective on held-out frames must improve, predictions may not collapse, nothing may be \
+NaN/Inf. Pass: checkpoint (atomic, checksummed) then hot swap. Fail: discarded; max_failures in a row \
+reset the model to its source weights. A restart resumes from the last good checkpoint.\n\n\
+Files in state_dir: source.safetensors, last-good.safetensors, previous.safetensors, events.jsonl \
+(draw it with `fieldtune report`), summary.json.\n\n\
+Signals: SIGINT/SIGTERM stop cleanly (a second one kills), SIGUSR1 asks for a round.";
+
+pub const RUN_AFTER: &str = "Example (the shipped digits: MNIST frames, then OpenCV digits):\n  \
+fieldtune run --config configs/field-demo.toml\n  \
+fieldtune report --events out/field-demo/events.jsonl --out out/field-demo/report.png\n\
+Every key with its default: fieldtune run --print-config (docs/FIELD.md explains them).";
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// The run config (TOML). Relative paths in it are relative to its folder.
+    #[arg(long, value_name = "FILE", required_unless_present = "print_config")]
+    config: Option<PathBuf>,
+    /// Print every setting (with --config: as resolved from that file) and exit.
+    #[arg(long)]
+    print_config: bool,
+    /// Stop after N frames (overrides pipeline.max_frames).
+    #[arg(long, value_name = "N")]
+    max_frames: Option<u64>,
+    /// Stop after this many seconds (overrides pipeline.max_seconds).
+    #[arg(long, value_name = "SECONDS")]
+    duration: Option<f64>,
+    /// Where predictions go: "-" (stdout), "none" or a file (overrides output.path).
+    #[arg(long, value_name = "PATH")]
+    output: Option<String>,
+    /// Verify the checkpoints in the config's state folder and exit.
+    #[arg(long)]
+    check_state: bool,
+}
+
+#[derive(Args)]
+pub struct ReportArgs {
+    /// The event log of a run (<state_dir>/events.jsonl).
+    #[arg(long, value_name = "FILE")]
+    events: PathBuf,
+    /// The PNG to write.
+    #[arg(long, value_name = "FILE", default_value = "report.png")]
+    out: PathBuf,
+    /// A TrueType font for the labels (default: DejaVu Sans from fonts-dejavu-core, or
+    /// FIELDTUNE_FONT).
+    #[arg(long, value_name = "FILE")]
+    font: Option<PathBuf>,
+    #[arg(long, default_value_t = 1400)]
+    width: u32,
+    #[arg(long, default_value_t = 1200)]
+    height: u32,
+}
+
+fn preference(e: &EngineArgs) -> EnginePreference {
+    match e.engine {
+        EngineChoice::Auto => EnginePreference::Auto,
+        EngineChoice::Ort => EnginePreference::Ort,
+        EngineChoice::Tract => EnginePreference::Tract,
+    }
+}
+
+pub fn run(args: RunArgs, engine: &EngineArgs) -> Result<()> {
+    let Some(path) = args.config.clone() else {
+        print!("{EXAMPLE}");
+        return Ok(());
+    };
+    let mut cfg = RunConfig::load(&path)?;
+    if let Some(n) = args.max_frames {
+        cfg.pipeline.max_frames = n;
+    }
+    if let Some(s) = args.duration {
+        cfg.pipeline.max_seconds = s;
+    }
+    if let Some(o) = args.output {
+        cfg.output.path = o;
+    }
+    // The global --threads sizes the round's train step; inference keeps [engine]'s count.
+    if let Some(n) = engine.threads {
+        cfg.engine.train_threads = n.max(1);
+    }
+    if args.print_config {
+        print!("{}", cfg.to_toml(&path)?);
+        return Ok(());
+    }
+    if args.check_state {
+        return check_state(&cfg.state_dir);
+    }
+    let opts = RunOptions {
+        engine: preference(engine),
+        ort_lib: engine.ort_lib.clone(),
+        handle_signals: true,
+        config_path: path.clone(),
+    };
+    let summary = fieldtune_field::run(&cfg, &opts, None)
+        .with_context(|| format!("fieldtune run --config {}", path.display()))?;
+    eprintln!("{}", summary.table());
+    eprintln!("summary: {}", cfg.state_dir.join("summary.json").display());
+    Ok(())
+}
+
+fn check_state(dir: &Path) -> Result<()> {
+    let found = fieldtune_field::store::verify_dir(dir)?;
+    if found.is_empty() {
+        println!("{}: no checkpoints yet", dir.display());
+    }
+    for (name, version) in found {
+        println!("{}: ok (version {version})", dir.join(name).display());
+    }
+    Ok(())
+}
+
+pub fn report(args: ReportArgs) -> Result<()> {
+    let s = fieldtune_field::report::render(
+        &args.events,
+        &args.out,
+        args.font.as_deref(),
+        args.width,
+        args.height,
+    )?;
+    println!(
+        "wrote {} from {} events ({} starts, {} rounds: {} committed, {} rolled back, {} resets{})",
+        args.out.display(),
+        s.events,
+        s.starts,
+        s.rounds,
+        s.commits,
+        s.rollbacks,
+        s.resets,
+        if s.skipped_lines > 0 {
+            format!("; {} torn lines skipped", s.skipped_lines)
+        } else {
+            String::new()
+        }
+    );
+    if let (Some(a), Some(b)) = (s.first_accuracy, s.last_accuracy) {
+        println!("live accuracy: first window {a:.4}, last window {b:.4}");
+    }
+    Ok(())
+}
