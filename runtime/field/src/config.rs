@@ -285,6 +285,11 @@ impl Default for TriggerConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BudgetConfig {
+    /// A board profile (a shipped name such as `jetson-orin-nano-8gb`, or a .toml file; see
+    /// `fieldtune doctor --board`): its adaptation memory budget, duty cycle and thermal ceiling
+    /// and resume temperature fill every key of this table that the file does not set.
+    /// Empty: none.
+    pub board: String,
     /// Memory a round may add to the process RSS (MiB); a round that exceeds it stops and is
     /// discarded. 0: no limit.
     pub adapt_memory_mb: u64,
@@ -306,6 +311,7 @@ pub struct BudgetConfig {
 impl Default for BudgetConfig {
     fn default() -> Self {
         BudgetConfig {
+            board: String::new(),
             adapt_memory_mb: 1024,
             duty_cycle: 1.0,
             temperature_ceiling_c: 85.0,
@@ -461,8 +467,45 @@ impl RunConfig {
                 },
             }
         })?;
+        let mut cfg = cfg;
+        cfg.apply_board(text, path)?;
         cfg.validate(path)?;
         Ok(cfg)
+    }
+
+    /// Fills `[budget]` keys the file leaves out from the board profile it names.
+    fn apply_board(&mut self, text: &str, path: &Path) -> Result<()> {
+        if self.budget.board.is_empty() {
+            return Ok(());
+        }
+        let profile = fieldtune_board_profile::Profile::load(&self.budget.board).map_err(|e| {
+            FieldError::Config {
+                path: path.into(),
+                key: Some("budget.board".into()),
+                reason: e.to_string(),
+            }
+        })?;
+        let given: Vec<String> = toml::from_str::<toml::Table>(text)
+            .ok()
+            .and_then(|t| t.get("budget").and_then(|b| b.as_table()).cloned())
+            .map(|b| b.keys().cloned().collect())
+            .unwrap_or_default();
+        let unset = |k: &str| !given.iter().any(|g| g == k);
+        let b = &mut self.budget;
+        if unset("adapt_memory_mb") {
+            b.adapt_memory_mb = profile.adaptation.memory_budget_mb;
+        }
+        if unset("duty_cycle") {
+            b.duty_cycle = f64::from(profile.adaptation.duty_cycle_percent) / 100.0;
+        }
+        if unset("temperature_ceiling_c") {
+            b.temperature_ceiling_c = f64::from(profile.thermal.ceiling_c);
+        }
+        if unset("temperature_hysteresis_c") {
+            b.temperature_hysteresis_c =
+                f64::from(profile.thermal.ceiling_c - profile.thermal.resume_c()).max(0.0);
+        }
+        Ok(())
     }
 
     fn resolve_paths(&mut self, base: &Path) {
@@ -708,6 +751,7 @@ cooldown_frames = 300
 min_replay = 256
 
 [budget]
+board = ""                          # e.g. "jetson-orin-nano-8gb": fills the keys not set here
 adapt_memory_mb = 1024
 duty_cycle = 1.0
 temperature_ceiling_c = 85.0
@@ -747,6 +791,24 @@ label_noise_rounds = []             # rounds trained on permuted anchor labels
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_board_profile_fills_the_budget_keys_the_file_leaves_out() {
+        let head = "model = \"m\"\n[source]\npaths = [\"d\"]\n";
+        let text = format!("{head}[budget]\nboard = \"jetson-orin-nano-8gb\"\nduty_cycle = 0.3\n");
+        let c = RunConfig::from_toml(&text, Path::new("run.toml")).expect("parses");
+        assert_eq!(c.budget.adapt_memory_mb, 2048);
+        assert_eq!(c.budget.duty_cycle, 0.3, "the file's own key wins");
+        assert_eq!(c.budget.temperature_ceiling_c, 80.0);
+        assert_eq!(c.budget.temperature_hysteresis_c, 10.0);
+        let bad = format!("{head}[budget]\nboard = \"no-such-board\"\n");
+        let err = RunConfig::from_toml(&bad, Path::new("run.toml")).expect_err("unknown board");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("budget.board") && msg.contains("no-such-board"),
+            "{msg}"
+        );
+    }
 
     #[test]
     fn example_parses_and_equals_the_defaults() {
