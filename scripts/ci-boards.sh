@@ -32,6 +32,7 @@ cargo clippy -q -p "$core" --all-targets --no-default-features --features defmt 
 cargo clippy -q -p fieldtune-board-linux --all-targets -- -D warnings
 cargo clippy -q -p fieldtune-board-linux --all-targets --features linux-gpio -- -D warnings
 cargo clippy -q -p fieldtune-board-profile --all-targets -- -D warnings
+cargo clippy -q -p fieldtune --all-targets --features linux-gpio -- -D warnings
 
 echo "== tests"
 cargo test -q -p "$core"
@@ -40,5 +41,6 @@ cargo test -q -p "$core" --no-default-features --features defmt
 cargo test -q -p fieldtune-board-profile
 cargo test -q -p fieldtune-board-linux
 cargo test -q -p fieldtune-board-linux --features linux-gpio
+cargo test -q -p fieldtune --features linux-gpio --bin fieldtune board_leds
 echo "== gpio-sim (runs where the kernel has gpio-sim and configfs and we are root)"
 cargo test -q -p fieldtune-board-linux --features linux-gpio --test gpio_sim -- --nocapture

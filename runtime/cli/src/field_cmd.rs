@@ -106,11 +106,26 @@ pub fn run(args: RunArgs, engine: &EngineArgs) -> Result<()> {
     if args.check_state {
         return check_state(&cfg.state_dir);
     }
+    // Status LEDs when the board profile names GPIO lines; a board without them (or a line
+    // that cannot be opened) only costs the LEDs, never the run.
+    let observer = if cfg.budget.board.is_empty() {
+        None
+    } else {
+        let profile = fieldtune_board_profile::Profile::load(&cfg.budget.board)?;
+        match crate::board_leds::status_leds(&profile) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!("status LEDs off: {e:#}");
+                None
+            }
+        }
+    };
     let opts = RunOptions {
         engine: preference(engine),
         ort_lib: engine.ort_lib.clone(),
         handle_signals: true,
         config_path: path.clone(),
+        observer,
     };
     let summary = fieldtune_field::run(&cfg, &opts, None)
         .with_context(|| format!("fieldtune run --config {}", path.display()))?;

@@ -2,6 +2,7 @@
 //! arguments, progress and printing.
 
 mod bench_cmd;
+mod board_leds;
 mod field_cmd;
 
 use std::collections::HashMap;

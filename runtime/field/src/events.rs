@@ -12,7 +12,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde_json::{Map, Value};
 
@@ -20,11 +20,17 @@ use crate::config::Fsync;
 use crate::error::{io_err, FieldError, Result};
 use crate::store::unix_ms;
 
+/// Sees the kind of every event as it is logged (e.g. to drive a board's status LEDs).
+pub trait EventObserver: Send + Sync + std::fmt::Debug {
+    fn event(&self, kind: &str);
+}
+
 /// Appends events to a JSON-lines file.
 pub struct EventLog {
     file: Mutex<File>,
     path: PathBuf,
     fsync: Fsync,
+    observer: Option<Arc<dyn EventObserver>>,
 }
 
 impl EventLog {
@@ -52,7 +58,14 @@ impl EventLog {
             file: Mutex::new(file),
             path: path.to_path_buf(),
             fsync,
+            observer: None,
         })
+    }
+
+    /// Tells `observer` the kind of every event after it is written.
+    pub fn with_observer(mut self, observer: Option<Arc<dyn EventObserver>>) -> EventLog {
+        self.observer = observer;
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -85,6 +98,10 @@ impl EventLog {
             .and_then(|_| if sync { f.sync_data() } else { Ok(()) });
         if let Err(e) = res {
             tracing::error!("event log {}: {e}", self.path.display());
+        }
+        drop(f);
+        if let Some(o) = &self.observer {
+            o.event(event);
         }
     }
 }
@@ -161,6 +178,33 @@ pub fn read_events(path: &Path) -> Result<(Vec<Event>, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, Default)]
+    struct Seen(Mutex<Vec<String>>);
+
+    impl EventObserver for Seen {
+        fn event(&self, kind: &str) {
+            self.0.lock().unwrap().push(kind.to_string());
+        }
+    }
+
+    #[test]
+    fn the_observer_sees_every_kind_after_it_is_written() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("events.jsonl");
+        let seen = Arc::new(Seen::default());
+        let log = EventLog::open(&p, Fsync::Never)
+            .unwrap()
+            .with_observer(Some(seen.clone()));
+        for k in ["started", "round_started", "committed", "stopped"] {
+            log.emit(k, serde_json::json!({}));
+        }
+        assert_eq!(
+            *seen.0.lock().unwrap(),
+            ["started", "round_started", "committed", "stopped"]
+        );
+        assert_eq!(std::fs::read_to_string(&p).unwrap().lines().count(), 4);
+    }
 
     #[test]
     fn torn_lines_are_closed_and_skipped() {

@@ -45,6 +45,8 @@ pub struct RunOptions {
     pub handle_signals: bool,
     /// The config file (names errors).
     pub config_path: PathBuf,
+    /// Sees every event kind as it is logged (board status LEDs); `None`: nobody.
+    pub observer: Option<Arc<dyn crate::events::EventObserver>>,
 }
 
 /// A frame in the capture queue: already at the model's size.
@@ -288,7 +290,9 @@ pub fn run(
     })?;
     let source = open_source(&cfg.source, mcfg.channels, &mcfg.classes)?;
     let source_desc = source.describe();
-    let events = Arc::new(EventLog::open(&cfg.events_path(), cfg.events.fsync)?);
+    let events = Arc::new(
+        EventLog::open(&cfg.events_path(), cfg.events.fsync)?.with_observer(opts.observer.clone()),
+    );
     let shared = Arc::new(Shared::new());
     if opts.handle_signals {
         use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};

@@ -34,6 +34,7 @@ pub fn options(config_path: &Path) -> RunOptions {
         ort_lib: None,
         handle_signals: false,
         config_path: config_path.to_path_buf(),
+        observer: None,
     }
 }
 
