@@ -112,7 +112,38 @@ max_marginal_entropy_drop = 1000.0
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let log = state.join("events.jsonl");
     let exe = env!("CARGO_BIN_EXE_fieldtune");
-    let mut expected = 0u64; // what a restart must resume from
+    // Calibration: how long this machine takes from start to the first commit (start-up,
+    // compile, a round), so that kill moments cover start-up, rounds and commits alike even on
+    // a loaded machine.
+    let t_first = {
+        let t = Instant::now();
+        let mut child = Command::new(exe)
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .env("RUST_LOG", "error")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        while last_good(&state).unwrap_or(0) == 0 && t.elapsed() < Duration::from_secs(120) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let first = t.elapsed();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(
+            last_good(&state).unwrap_or(0) > 0,
+            "no round committed within 120 s"
+        );
+        first
+    };
+    let upper = (t_first.as_millis() as u64 * 3 / 2).max(1500);
+    println!(
+        "first commit after {} ms: kill moments in 50..{upper} ms",
+        t_first.as_millis()
+    );
+    let mut expected = last_good(&state).unwrap_or(0); // what a restart must resume from
     let mut advanced = 0;
     let t0 = Instant::now();
     for trial in 0..TRIALS {
@@ -126,7 +157,7 @@ max_marginal_entropy_drop = 1000.0
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let wait = Duration::from_millis(rng.gen_range(50..1500));
+        let wait = Duration::from_millis(rng.gen_range(50..upper));
         std::thread::sleep(wait);
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();

@@ -498,6 +498,17 @@ pub fn run(
         &shared,
         &retire_tx,
     );
+    // The stream ended (no stop asked): a round under way still gets its gate and, if it
+    // passes, its checkpoint, within its own wall-clock cap.
+    if totals.is_ok()
+        && !shared.stop.load(Ordering::Relaxed)
+        && shared.round_active.load(Ordering::Relaxed)
+    {
+        tracing::info!("the source ended during a round: letting the round finish");
+        while shared.round_active.load(Ordering::Relaxed) && !shared.stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
     shared.stop.store(true, Ordering::Relaxed);
     capture_q.close();
     output_q.close();
@@ -926,7 +937,7 @@ fn inference_loop(
     if replay_skipped > 0 {
         tracing::debug!("{replay_skipped} frames skipped the replay buffer while a round read it");
     }
-    shared.stop.store(true, Ordering::Relaxed);
+    // The caller stops the other threads (after letting a running round finish).
     Ok(totals)
 }
 
