@@ -9,7 +9,7 @@ bash scripts/install-ort.sh >/dev/null
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
-cargo test --workspace "$@" 2>&1 | tee "$log"
+cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 # GStreamer sources (feature `gstreamer`: the GStreamer dev packages, see .ci/run).
 cargo test -p fieldtune-field --features gstreamer --test gstreamer "$@" 2>&1 | tee -a "$log"
