@@ -115,9 +115,8 @@ max_marginal_entropy_drop = 1000.0
     // Calibration: how long this machine takes from start to the first commit (start-up,
     // compile, a round), so that kill moments cover start-up, rounds and commits alike even on
     // a loaded machine.
-    let t_first = {
-        let t = Instant::now();
-        let mut child = Command::new(exe)
+    let spawn = || {
+        Command::new(exe)
             .args(["run", "--config"])
             .arg(&cfg)
             .env("RUST_LOG", "error")
@@ -125,7 +124,11 @@ max_marginal_entropy_drop = 1000.0
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap();
+            .unwrap()
+    };
+    let t_first = {
+        let t = Instant::now();
+        let mut child = spawn();
         while last_good(&state).unwrap_or(0) == 0 && t.elapsed() < Duration::from_secs(120) {
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -148,15 +151,7 @@ max_marginal_entropy_drop = 1000.0
     let t0 = Instant::now();
     for trial in 0..TRIALS {
         let before = started_versions(&log).len();
-        let mut child = Command::new(exe)
-            .args(["run", "--config"])
-            .arg(&cfg)
-            .env("RUST_LOG", "error")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = spawn();
         let wait = Duration::from_millis(rng.gen_range(50..upper));
         std::thread::sleep(wait);
         child.kill().unwrap(); // SIGKILL
