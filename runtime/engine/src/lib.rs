@@ -95,6 +95,40 @@ impl ExecutionProvider {
     }
 }
 
+impl ExecutionProvider {
+    /// Parses a command-line chain `cpu|cuda[:N]|tensorrt[:N][,..]` (priority order);
+    /// TensorRT providers get `engine_cache`.
+    pub fn parse_chain(
+        s: &str,
+        engine_cache: Option<&std::path::Path>,
+    ) -> Result<Vec<ExecutionProvider>, String> {
+        s.split(',')
+            .map(|item| {
+                let item = item.trim();
+                let (name, dev) = match item.split_once(':') {
+                    Some((n, d)) => (
+                        n,
+                        d.parse::<i32>()
+                            .map_err(|_| format!("'{item}': the device after ':' must be a number"))?,
+                    ),
+                    None => (item, 0),
+                };
+                match name {
+                    "cpu" => Ok(ExecutionProvider::Cpu),
+                    "cuda" => Ok(ExecutionProvider::Cuda { device: dev }),
+                    "tensorrt" | "trt" => Ok(ExecutionProvider::TensorRt {
+                        device: dev,
+                        engine_cache: engine_cache.map(|p| p.to_path_buf()),
+                    }),
+                    _ => Err(format!(
+                        "unknown execution provider '{item}' (expected cpu, cuda[:N] or tensorrt[:N])"
+                    )),
+                }
+            })
+            .collect()
+    }
+}
+
 impl fmt::Display for ExecutionProvider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -388,5 +422,30 @@ pub fn select_engine(
                 Err(e) => Err(e),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ExecutionProvider;
+
+    #[test]
+    fn provider_chains() {
+        let cache = std::path::Path::new("/tmp/trt");
+        assert_eq!(
+            ExecutionProvider::parse_chain("tensorrt:1,cuda,cpu", Some(cache)),
+            Ok(vec![
+                ExecutionProvider::TensorRt {
+                    device: 1,
+                    engine_cache: Some(cache.to_path_buf())
+                },
+                ExecutionProvider::Cuda { device: 0 },
+                ExecutionProvider::Cpu,
+            ])
+        );
+        assert!(ExecutionProvider::parse_chain("cuda:x", None).is_err());
+        assert!(ExecutionProvider::parse_chain("rocm", None)
+            .unwrap_err()
+            .contains("rocm"));
     }
 }

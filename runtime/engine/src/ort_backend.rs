@@ -52,6 +52,9 @@ pub struct OrtOptions {
     pub intra_threads: Option<usize>,
     /// Graph optimization level.
     pub graph_optimization: GraphOptimization,
+    /// Turn off the CPU provider's memory arena (ONNX Runtime's default keeps it on: faster
+    /// steady-state allocation, but freed activations stay reserved by the process).
+    pub no_cpu_arena: bool,
 }
 
 /// ONNX Runtime as an [`Engine`].
@@ -101,9 +104,9 @@ fn provider_available(p: &ExecutionProvider) -> Result<bool, String> {
     r.map_err(|e| ort_msg(&e))
 }
 
-fn dispatch(p: &ExecutionProvider) -> ExecutionProviderDispatch {
+fn dispatch(p: &ExecutionProvider, cpu_arena: bool) -> ExecutionProviderDispatch {
     match p {
-        ExecutionProvider::Cpu => ep::CPU::default().with_arena_allocator(true).build(),
+        ExecutionProvider::Cpu => ep::CPU::default().with_arena_allocator(cpu_arena).build(),
         ExecutionProvider::Cuda { device } => ep::CUDA::default().with_device_id(*device).build(),
         ExecutionProvider::TensorRt {
             device,
@@ -192,13 +195,13 @@ impl OrtEngine {
                 .map_err(|e| load_err(ort_msg(&e)))?;
         }
         for p in &self.providers {
-            b = b.with_execution_providers([dispatch(p)]).map_err(|e| {
-                EngineError::ExecutionProvider {
+            b = b
+                .with_execution_providers([dispatch(p, !self.opts.no_cpu_arena)])
+                .map_err(|e| EngineError::ExecutionProvider {
                     provider: p.ort_name().to_string(),
                     model: Some(label.to_string()),
                     message: ort_msg(&e),
-                }
-            })?;
+                })?;
         }
         let session = b
             .commit_from_memory(model)
@@ -230,6 +233,12 @@ impl OrtEngine {
             outputs,
             provider: self.providers[0].ort_name().to_string(),
             providers: names.into_iter().map(str::to_string).collect(),
+            cuda_device: match self.providers[0] {
+                ExecutionProvider::Cuda { device } | ExecutionProvider::TensorRt { device, .. } => {
+                    Some(device)
+                }
+                ExecutionProvider::Cpu => None,
+            },
         })
     }
 }
@@ -323,6 +332,8 @@ pub struct OrtSession {
     outputs: Vec<IoInfo>,
     provider: String,
     providers: Vec<String>,
+    /// CUDA device of the first provider (CUDA or TensorRT): resident state lives there.
+    cuda_device: Option<i32>,
 }
 
 impl OrtSession {
@@ -385,6 +396,15 @@ fn to_tensor(model: &str, name: &str, v: &DynValue) -> Result<Tensor, EngineErro
         engine: EngineKind::Ort,
         message: format!("output '{name}': {message}"),
     };
+    // A value in device memory (resident state on a GPU) is copied to the host first.
+    if let Ok(t) = v.view().downcast::<ort::value::DynTensorValueType>() {
+        if !t.memory_info().is_cpu_accessible() {
+            let host = t
+                .to(ort::memory::AllocationDevice::CPU, 0)
+                .map_err(|e| run_err(format!("copy to host: {}", ort_msg(&e))))?;
+            return to_tensor(model, name, &host.into_dyn());
+        }
+    }
     let ValueType::Tensor { ty, .. } = v.dtype() else {
         return Err(EngineError::UnsupportedDType {
             model: model.to_string(),
@@ -510,7 +530,10 @@ pub struct OrtResident {
     binding: ort::session::IoBinding,
     state: HashMap<String, DynValue>,
     loops: Vec<(String, String)>,
+    /// Where fetched outputs go: host memory.
     outputs_mem: ort::memory::MemoryInfo<'static>,
+    /// Where looped outputs (the next step's state) go: the provider's device memory.
+    state_mem: ort::memory::MemoryInfo<'static>,
 }
 
 impl OrtResident {
@@ -537,12 +560,28 @@ impl OrtResident {
             ort::memory::MemoryType::Default,
         )
         .map_err(|e| err(format!("memory info: {}", ort_msg(&e))))?;
+        let state_mem = match session.cuda_device {
+            Some(device) => ort::memory::MemoryInfo::new(
+                ort::memory::AllocationDevice::CUDA,
+                device,
+                ort::memory::AllocatorType::Device,
+                ort::memory::MemoryType::Default,
+            ),
+            None => ort::memory::MemoryInfo::new(
+                ort::memory::AllocationDevice::CPU,
+                0,
+                ort::memory::AllocatorType::Device,
+                ort::memory::MemoryType::Default,
+            ),
+        }
+        .map_err(|e| err(format!("memory info: {}", ort_msg(&e))))?;
         let mut r = OrtResident {
             session,
             binding,
             state: HashMap::new(),
             loops,
             outputs_mem,
+            state_mem,
         };
         for (name, t) in initial_state {
             r.set_value(&name, &t)?;
@@ -619,9 +658,15 @@ impl OrtResident {
                 return Err(crate::unknown_output(&model, &self.session.outputs, name));
             }
             // Fresh output buffers every step: a looped output becomes resident input state,
-            // so the next run must not write into it.
+            // so the next run must not write into it. Fetched outputs come to the host; state
+            // stays in the provider's memory.
+            let mem = if fetch.contains(name) {
+                &self.outputs_mem
+            } else {
+                &self.state_mem
+            };
             self.binding
-                .bind_output_to_device(*name, &self.outputs_mem)
+                .bind_output_to_device(*name, mem)
                 .map_err(|e| self.err(format!("binding output '{name}': {}", ort_msg(&e))))?;
         }
         let mut outs = self
