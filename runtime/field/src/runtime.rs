@@ -1170,30 +1170,38 @@ fn run_one_round(
         on_pause: &mut on_pause,
     };
     let result = adapter.run_round(&live.weights, &train, round_no, poison, &mut ctl);
+    // A round that ends in an error: reported, rolled back, counted as a failure (enough of
+    // them in a row reset the live model to the source weights).
+    let failed = |live: &mut Live,
+                  failures: &mut u32,
+                  steps: Option<usize>,
+                  e: &dyn std::fmt::Display|
+     -> Result<()> {
+        shared.round_active.store(false, Ordering::Relaxed);
+        tracing::error!("round {round_total} failed: {e}");
+        let mut ended = json!({"round": round_total, "error": e.to_string()});
+        if let Some(n) = steps {
+            ended["steps"] = json!(n);
+        }
+        events.emit("round_ended", ended);
+        shared.rollbacks.fetch_add(1, Ordering::Relaxed);
+        *failures += 1;
+        events.emit("rolled_back", json!({"round": round_total, "reasons": [e.to_string()], "failures_in_a_row": *failures}));
+        maybe_reset(
+            cfg,
+            shared,
+            events,
+            infer_engine,
+            adapter,
+            store,
+            live,
+            failures,
+            round_total,
+        )
+    };
     let result = match result {
         Ok(r) => r,
-        Err(e) => {
-            shared.round_active.store(false, Ordering::Relaxed);
-            tracing::error!("round {round_total} failed: {e}");
-            events.emit(
-                "round_ended",
-                json!({"round": round_total, "error": e.to_string()}),
-            );
-            shared.rollbacks.fetch_add(1, Ordering::Relaxed);
-            *failures += 1;
-            events.emit("rolled_back", json!({"round": round_total, "reasons": [e.to_string()], "failures_in_a_row": *failures}));
-            return maybe_reset(
-                cfg,
-                shared,
-                events,
-                infer_engine,
-                adapter,
-                store,
-                live,
-                failures,
-                round_total,
-            );
-        }
+        Err(e) => return failed(live, failures, None, &e),
     };
     let metrics: serde_json::Map<String, serde_json::Value> = result
         .metrics
@@ -1230,26 +1238,7 @@ fn run_one_round(
     shared.round_active.store(false, Ordering::Relaxed);
     let (verdict, input, cand, bytes) = match gate {
         Ok(x) => x,
-        Err(e) => {
-            events.emit(
-                "round_ended",
-                json!({"round": round_total, "steps": result.steps, "error": e.to_string()}),
-            );
-            shared.rollbacks.fetch_add(1, Ordering::Relaxed);
-            *failures += 1;
-            events.emit("rolled_back", json!({"round": round_total, "reasons": [e.to_string()], "failures_in_a_row": *failures}));
-            return maybe_reset(
-                cfg,
-                shared,
-                events,
-                infer_engine,
-                adapter,
-                store,
-                live,
-                failures,
-                round_total,
-            );
-        }
+        Err(e) => return failed(live, failures, Some(result.steps), &e),
     };
     let gate_json = serde_json::to_value(&verdict).unwrap_or_default();
     events.emit(
