@@ -34,7 +34,8 @@ class OnnxModule:
     def float_initializers(self):
         return {k: v for k, v in self.inits.items() if v.dtype == np.float32 and v.ndim > 0}
 
-    def __call__(self, x, params, update_stats=False):
+    def __call__(self, x, params, update_stats=False, output=None):
+        """The model's output on `x`, or the tensor named `output` (an intermediate one)."""
         self.update_stats = update_stats
         env = {}
         for k, v in self.inits.items():
@@ -50,7 +51,7 @@ class OnnxModule:
             outs = self._run(n, ins, _attrs(n))
             for name, v in zip(n.output, outs):
                 env[name] = v
-        return env[self.output]
+        return env[output or self.output]
 
     def _run(self, n, x, a):
         op = n.op_type
@@ -115,7 +116,7 @@ class OnnxModule:
         if op in ("Add", "Sub", "Mul", "Div"):
             f = {"Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Div": torch.div}[op]
             return [f(x[0], x[1])]
-        if op == "Identity":
+        if op in ("Identity", "Dropout"):  # Dropout: inference form
             return [x[0]]
         if op == "Constant":
             return [torch.from_numpy(np.array(numpy_helper.to_array(a["value"])))]

@@ -18,9 +18,10 @@ use crate::error::{GraphError, Result};
 use crate::ir::{Dim, Elem, Graph, Node, TRAIN_OPSET};
 use crate::loss::{uda, UdaInputs};
 use crate::lower::{BatchNormMode, RunningUpdate};
-use crate::optim::{state_names, update};
+use crate::optim::update_group;
 use crate::proto::ModelProto;
-use crate::spec::{teacher_name, TrainSpec};
+use crate::random;
+use crate::spec::{teacher_name, TrainSpec, ROTATION_BIAS, ROTATION_WEIGHT};
 
 /// Names of the train step's batch and hyper-parameter inputs.
 pub mod inputs {
@@ -28,6 +29,9 @@ pub mod inputs {
     pub const Y_LABELED: &str = "y_labeled";
     pub const X_WEAK: &str = "x_weak";
     pub const X_STRONG: &str = "x_strong";
+    /// CoTTA's augmented views of the unlabeled batch for the teacher, [N * Bu, C, H, W]
+    /// (view-major).
+    pub const X_TEACHER_AUG: &str = "x_teacher_aug";
     pub const LR: &str = "lr";
     pub const STEP: &str = "step";
 }
@@ -154,6 +158,7 @@ fn instantiate(
     shared: &HashSet<String>,
     mut bn: Option<BnLowering<'_>>,
     subst: Option<&HashMap<String, String>>,
+    dropout: Option<(&str, u64)>,
 ) -> Result<String> {
     // Identity nodes over a shared tensor (exporters emit them when they deduplicate equal
     // initializers) become aliases, so gradients accumulate on the tensor itself.
@@ -196,6 +201,17 @@ fn instantiate(
             outputs: n.outputs.iter().map(|o| rename(o)).collect(),
             attrs: n.attrs.clone(),
         };
+        if let (Some((step, seed)), "Dropout") = (dropout, n.op.as_str()) {
+            // Per-node streams: the node's name, or its (unique) output when it has none.
+            let id = if n.name.is_empty() {
+                &n.outputs[0]
+            } else {
+                &n.name
+            };
+            let key = format!("dropout/{prefix}/{id}");
+            random::dropout(b, &node, step, seed, &key)?;
+            continue;
+        }
         match bn.as_mut() {
             Some(low) if n.op == "BatchNormalization" => {
                 if let Some(up) = crate::lower::batch_norm(b, &node, low.mode)? {
@@ -322,6 +338,21 @@ pub fn compile_train_step(model: &ModelProto, spec: &TrainSpec) -> Result<TrainS
     };
     let xw = b.input(inputs::X_WEAK, Elem::F32, &[bu, c, h, w])?;
     let xs = b.input(inputs::X_STRONG, Elem::F32, &[bu, c, h, w])?;
+    let xa = match &spec.cotta {
+        Some(ct) => {
+            if ct.views == 0 {
+                return Err(GraphError::Spec("cotta.views must be at least 1".into()));
+            }
+            if !(0.0..1.0).contains(&ct.restore) {
+                return Err(GraphError::Spec(format!(
+                    "cotta.restore = {} must be in [0, 1)",
+                    ct.restore
+                )));
+            }
+            Some(b.input(inputs::X_TEACHER_AUG, Elem::F32, &[ct.views * bu, c, h, w])?)
+        }
+        None => None,
+    };
     let lr = b.input(inputs::LR, Elem::F32, &[])?;
     let step = b.input(inputs::STEP, Elem::F32, &[])?;
     let (ordered, bn_affine) = trainable_candidates(&g);
@@ -378,6 +409,7 @@ pub fn compile_train_step(model: &ModelProto, spec: &TrainSpec) -> Result<TrainS
         b.op("Concat", &refs, vec![crate::ir::attr::int("axis", 0)])?
     };
     let mut bn_updates: Vec<RunningUpdate> = Vec::new();
+    let drop = spec.dropout.then_some((step.as_str(), spec.seed));
     let logits = instantiate(
         &mut b,
         &g,
@@ -391,6 +423,7 @@ pub fn compile_train_step(model: &ModelProto, spec: &TrainSpec) -> Result<TrainS
             updates: Some(&mut bn_updates),
         }),
         None,
+        drop,
     )?;
     let ls = b.shape(&logits)?;
     if ls.len() != 2 || ls[0] != parts.iter().map(|p| p.1).sum::<usize>() {
@@ -443,6 +476,7 @@ pub fn compile_train_step(model: &ModelProto, spec: &TrainSpec) -> Result<TrainS
                 updates: None,
             }),
             Some(&subst),
+            None,
         )?;
         (wg, b.stop_gradient(&lt)?)
     } else if weak_trains {
@@ -463,6 +497,7 @@ pub fn compile_train_step(model: &ModelProto, spec: &TrainSpec) -> Result<TrainS
                 updates: None,
             }),
             None,
+            None,
         )?;
         let wt = b.stop_gradient(&lw)?;
         (None, wt)
@@ -482,9 +517,132 @@ pub fn compile_train_step(model: &ModelProto, spec: &TrainSpec) -> Result<TrainS
         },
     )?;
 
+    let mut total = terms.total.clone();
+    let mut metric_list = terms.metrics.clone();
+    let add_term = |b: &mut Builder, total: &mut String, t: &str, w: f32| -> Result<()> {
+        let ws = b.scalar(w);
+        let t = b.op("Mul", &[t, &ws], vec![])?;
+        *total = b.op("Add", &[total.as_str(), &t], vec![])?;
+        Ok(())
+    };
+
+    // CoTTA: the teacher's predictions on the augmented views.
+    if let (Some(ct), Some(xa)) = (&spec.cotta, &xa) {
+        let la = instantiate(
+            &mut b,
+            &g,
+            &spec.input,
+            xa,
+            &spec.output,
+            "teacher_aug",
+            &shared,
+            Some(BnLowering {
+                mode: spec.batchnorm,
+                updates: None,
+            }),
+            spec.teacher.is_some().then_some(&subst),
+            None,
+        )?;
+        let la = b.stop_gradient(&la)?;
+        let (loss, rate) = crate::loss::cotta(
+            &mut b,
+            &weak_target,
+            &la,
+            &logits_s,
+            ct.views,
+            ct.confidence_threshold,
+        )?;
+        if ct.weight != 0.0 {
+            add_term(&mut b, &mut total, &loss, ct.weight)?;
+        }
+        metric_list.push(("loss_cotta", loss));
+        metric_list.push(("cotta_augmented_rate", rate));
+    }
+
+    // Rotation prediction: the weak view rotated 0/90/180/270 degrees, the model up to the
+    // feature tensor, a linear head over 4 classes.
+    let mut head: Vec<String> = Vec::new();
+    if let Some(rot) = &spec.rotation {
+        if rot.weight == 0.0 {
+            return Err(GraphError::Spec(
+                "rotation.weight is 0 (turn the rotation task off instead)".into(),
+            ));
+        }
+        if h != w {
+            return Err(GraphError::Input {
+                input: spec.input.clone(),
+                reason: format!("rotation prediction needs square images, found {h}x{w}"),
+            });
+        }
+        let feature = match &rot.feature {
+            Some(f) => f.clone(),
+            None => default_rotation_feature(&g)?,
+        };
+        let xr = rotations(&mut b, &xw, h)?;
+        instantiate(
+            &mut b,
+            &g,
+            &spec.input,
+            &xr,
+            &spec.output,
+            "rotation",
+            &shared,
+            Some(BnLowering {
+                mode: spec.batchnorm,
+                updates: None,
+            }),
+            None,
+            drop,
+        )?;
+        let feat = if feature == spec.input {
+            xr.clone()
+        } else {
+            format!("rotation/{feature}")
+        };
+        let fs = b.shape(&feat).map_err(|_| {
+            GraphError::Spec(format!(
+                "rotation.feature '{feature}' is not a tensor the model computes"
+            ))
+        })?;
+        let feat = match fs.len() {
+            2 => feat,
+            4 => {
+                let p = b.op("GlobalAveragePool", &[&feat], vec![])?;
+                b.op("Flatten", &[&p], vec![crate::ir::attr::int("axis", 1)])?
+            }
+            _ => b.op("Flatten", &[&feat], vec![crate::ir::attr::int("axis", 1)])?,
+        };
+        let d = b.shape(&feat)?[1];
+        let bound = 1.0 / (d as f32).sqrt();
+        let init = |key: &str, n: usize| -> Vec<f32> {
+            random::reference(spec.seed, key, 0, n)
+                .into_iter()
+                .map(|u| (2.0 * u - 1.0) * bound)
+                .collect()
+        };
+        let wt = Tensor::f32(vec![4, d], init(ROTATION_WEIGHT, 4 * d)).expect("sized");
+        let bt = Tensor::f32(vec![4], init(ROTATION_BIAS, 4)).expect("sized");
+        let wn = b.input(ROTATION_WEIGHT, Elem::F32, &[4, d])?;
+        let bn_ = b.input(ROTATION_BIAS, Elem::F32, &[4])?;
+        params.push((wn.clone(), wt));
+        params.push((bn_.clone(), bt));
+        head = vec![wn.clone(), bn_.clone()];
+        let lr_ = b.op(
+            "Gemm",
+            &[&feat, &wn, &bn_],
+            vec![crate::ir::attr::int("transB", 1)],
+        )?;
+        let labels: Vec<i64> = (0..4 * bu).map(|i| (i / bu) as i64).collect();
+        let labels = b.constant(Tensor::i64(vec![4 * bu], labels).expect("sized"));
+        let (ce, acc) = crate::loss::cross_entropy(&mut b, &lr_, &labels)?;
+        add_term(&mut b, &mut total, &ce, rot.weight)?;
+        metric_list.push(("loss_rotation", ce));
+        metric_list.push(("rotation_accuracy", acc));
+    }
+
     // Gradients and the update.
     let names: Vec<String> = params.iter().map(|p| p.0.clone()).collect();
-    let grads = backward(&mut b, &terms.total, &names)?;
+    let grads = backward(&mut b, &total, &names)?;
     let mut kept = Vec::new();
     let mut state = Vec::new();
     let mut sq_terms = Vec::new();
@@ -492,16 +650,14 @@ pub fn compile_train_step(model: &ModelProto, spec: &TrainSpec) -> Result<TrainS
     let ema = spec
         .teacher
         .map(|t| (b.scalar(t.ema), b.scalar(1.0 - t.ema)));
+    // Parameters that a gradient reaches; the rest are frozen.
+    let mut trained: Vec<(String, Tensor, String)> = Vec::new();
     for (name, t) in params {
         let Some(gname) = grads.get(&name).cloned().flatten() else {
-            if ema.is_some() {
+            let tn = teacher_name(&name);
+            if let Some(pos) = teacher_state.iter().position(|(n, _)| n == &tn) {
                 // The teacher still reads its copy; it stays as it is.
-                let tn = teacher_name(&name);
                 updates.push((next_name(&tn), tn.clone()));
-                let pos = teacher_state
-                    .iter()
-                    .position(|(n, _)| n == &tn)
-                    .expect("teacher copy");
                 state.push(teacher_state.swap_remove(pos));
             }
             frozen.push(name);
@@ -510,41 +666,62 @@ pub fn compile_train_step(model: &ModelProto, spec: &TrainSpec) -> Result<TrainS
         let gg = b.op("Mul", &[&gname, &gname], vec![])?;
         let r = t.shape().len() as i64;
         sq_terms.push(b.reduce("ReduceSum", &gg, &(0..r).collect::<Vec<_>>(), false)?);
-        let snames = state_names(&spec.optimizer, &name);
-        for s in &snames {
-            b.input(s, Elem::F32, t.shape())?;
-            state.push((s.clone(), Tensor::zeros_f32(t.shape().to_vec())));
-        }
         if spec.emit_gradients {
             updates.push((format!("grad.{name}"), gname.clone()));
         }
-        let up = update(&mut b, &spec.optimizer, &name, &gname, &lr, &step, &snames)?;
-        if let Some((keep, take)) = &ema {
-            let tn = teacher_name(&name);
-            let a = b.op("Mul", &[&tn, keep], vec![])?;
-            let c = b.op("Mul", &[&up.new_param, take], vec![])?;
-            let nt = b.op("Add", &[&a, &c], vec![])?;
-            updates.push((next_name(&tn), nt));
-            let pos = teacher_state
-                .iter()
-                .position(|(n, _)| n == &tn)
-                .expect("teacher copy");
-            state.push(teacher_state.swap_remove(pos));
-        }
-        updates.push((next_name(&name), up.new_param));
-        for slot in up.state {
-            updates.push((next_name(&slot.input), slot.output));
-        }
-        kept.push((name, t));
+        trained.push((name, t, gname));
     }
-    if kept.is_empty() {
+    if trained.is_empty() {
         return Err(GraphError::Spec(
             "the loss depends on none of the trainable parameters".into(),
         ));
     }
+    // One fused optimizer update for all trained parameters (they share its settings).
+    let group: Vec<(&str, &str, &[usize])> = trained
+        .iter()
+        .map(|(n, t, g)| (n.as_str(), g.as_str(), t.shape()))
+        .collect();
+    let up = update_group(&mut b, &spec.optimizer, "params", &group, &lr, &step)?;
+    for (s, shape) in up.state_inputs {
+        state.push((s, Tensor::zeros_f32(shape)));
+    }
+    for slot in up.state {
+        updates.push((next_name(&slot.input), slot.output));
+    }
+    for ((name, t, _), updated) in trained.into_iter().zip(up.new_params) {
+        let tn = teacher_name(&name);
+        if let (Some((keep, take)), Some(pos)) =
+            (&ema, teacher_state.iter().position(|(n, _)| n == &tn))
+        {
+            let a = b.op("Mul", &[&tn, keep], vec![])?;
+            let c = b.op("Mul", &[&updated, take], vec![])?;
+            let nt = b.op("Add", &[&a, &c], vec![])?;
+            updates.push((next_name(&tn), nt));
+            state.push(teacher_state.swap_remove(pos));
+        }
+        // CoTTA's stochastic restore of the model's parameters (not the rotation head).
+        let new_param = match spec.cotta {
+            Some(ct) if ct.restore > 0.0 && !head.contains(&name) => {
+                let src = b.constant(t.clone());
+                let u = random::uniform(
+                    &mut b,
+                    t.shape(),
+                    &step,
+                    spec.seed,
+                    &format!("restore/{name}"),
+                )?;
+                let p = b.scalar(ct.restore);
+                let m = b.op("Less", &[&u, &p], vec![])?;
+                b.op("Where", &[&m, &src, &updated], vec![])?
+            }
+            _ => updated,
+        };
+        updates.push((next_name(&name), new_param));
+        kept.push((name, t));
+    }
     let mut metrics = vec!["loss".to_string()];
-    b.output_as(&terms.total, "loss")?;
-    for (n, t) in &terms.metrics {
+    b.output_as(&total, "loss")?;
+    for (n, t) in &metric_list {
         b.output_as(t, n)?;
         metrics.push(n.to_string());
     }
@@ -598,6 +775,48 @@ pub fn compile_train_step(model: &ModelProto, spec: &TrainSpec) -> Result<TrainS
     })
 }
 
+/// The default feature of the rotation head: the input of the model's last Gemm or MatMul
+/// (the classifier's input).
+fn default_rotation_feature(g: &Graph) -> Result<String> {
+    g.nodes
+        .iter()
+        .rev()
+        .find(|n| n.op == "Gemm" || n.op == "MatMul")
+        .and_then(|n| n.inputs.first().cloned())
+        .ok_or_else(|| {
+            GraphError::Spec(
+                "rotation.feature is not set and the model has no Gemm or MatMul whose input could be the feature"
+                    .into(),
+            )
+        })
+}
+
+/// `x` [B, C, S, S] and its rotations by 90, 180 and 270 degrees in the (H, W) plane, as
+/// `np.rot90(x, k, axes=(2, 3))` for k = 0..3, concatenated along the batch: [4B, C, S, S].
+fn rotations(b: &mut Builder, x: &str, side: usize) -> Result<String> {
+    let flip = |b: &mut Builder, x: &str, axis: i64| -> Result<String> {
+        let (s, e, a, st) = (
+            b.ints(&[-1]),
+            b.ints(&[-(side as i64) - 1]),
+            b.ints(&[axis]),
+            b.ints(&[-1]),
+        );
+        b.op("Slice", &[x, &s, &e, &a, &st], vec![])
+    };
+    let perm = vec![crate::ir::attr::ints("perm", &[0, 1, 3, 2])];
+    let fw = flip(b, x, 3)?;
+    let r1 = b.op("Transpose", &[&fw], perm.clone())?;
+    let fh = flip(b, x, 2)?;
+    let r2 = flip(b, &fh, 3)?;
+    let t = b.op("Transpose", &[x], perm)?;
+    let r3 = flip(b, &t, 3)?;
+    b.op(
+        "Concat",
+        &[x, &r1, &r2, &r3],
+        vec![crate::ir::attr::int("axis", 0)],
+    )
+}
+
 /// Compiles the plain inference graph of `model` at a static batch (folded shapes, no
 /// training nodes); used for engine parity checks and to inspect what the compiler sees.
 pub fn compile_inference(
@@ -615,7 +834,9 @@ pub fn compile_inference(
         shared.insert(name.clone());
         b.initializer(name, t.clone())?;
     }
-    let y = instantiate(&mut b, &g, input, &x, output, "infer", &shared, None, None)?;
+    let y = instantiate(
+        &mut b, &g, input, &x, output, "infer", &shared, None, None, None,
+    )?;
     b.output_as(&y, output)?;
     Ok(b.finish("fieldtune_inference"))
 }

@@ -258,6 +258,7 @@ impl Graph {
                 attrs: n.attribute.clone(),
             });
         }
+        untie_initializer_copies(&mut nodes, &mut initializers, &outputs);
         Ok(Graph {
             name: g.name.clone(),
             opset,
@@ -475,7 +476,40 @@ pub fn tensor_to_proto(name: &str, t: &Tensor) -> TensorProto {
     }
 }
 
-/// Returns a copy of `model` whose initializers named in `updates` carry the new values;
+/// Exporters write equal initializers once and read the other names through Identity
+/// nodes (PyTorch does this for freshly initialised BatchNorm scales, biases and running
+/// statistics). Those names are distinct tensors of the model: each such Identity becomes an
+/// initializer of its own holding the same value, so every name trains or updates on its own
+/// (as in PyTorch) and no two BatchNorms write one running statistic.
+fn untie_initializer_copies(
+    nodes: &mut Vec<Node>,
+    initializers: &mut Vec<(String, Tensor)>,
+    outputs: &[Io],
+) {
+    let mut known: HashMap<String, usize> = initializers
+        .iter()
+        .enumerate()
+        .map(|(i, (n, _))| (n.clone(), i))
+        .collect();
+    let mut kept = Vec::with_capacity(nodes.len());
+    for n in nodes.drain(..) {
+        let copy = (n.op == "Identity" && n.inputs.len() == 1 && n.outputs.len() == 1)
+            .then(|| known.get(&n.inputs[0]).copied())
+            .flatten()
+            .filter(|_| !outputs.iter().any(|o| o.name == n.outputs[0]));
+        match copy {
+            Some(src) => {
+                let t = initializers[src].1.clone();
+                known.insert(n.outputs[0].clone(), initializers.len());
+                initializers.push((n.outputs[0].clone(), t));
+            }
+            None => kept.push(n),
+        }
+    }
+    *nodes = kept;
+}
+
+/// Returns a copy of `model` whose initializers named in `updates` carry the new values;/// Returns a copy of `model` whose initializers named in `updates` carry the new values;
 /// every name must exist with the same shape. Everything else stays as it was: this is how
 /// an adapted inference model is written.
 pub fn with_initializers(
@@ -484,6 +518,37 @@ pub fn with_initializers(
 ) -> Result<ModelProto> {
     let mut out = model.clone();
     let g = out.graph.as_mut().ok_or(GraphError::NoGraph)?;
+    // Names that `Graph::from_model` untied from a shared initializer become initializers
+    // (all of them, as there, when an update names one).
+    let untie = updates
+        .keys()
+        .any(|k| !g.initializer.iter().any(|t| &t.name == k));
+    loop {
+        if !untie {
+            break;
+        }
+        let names: std::collections::HashSet<&str> =
+            g.initializer.iter().map(|t| t.name.as_str()).collect();
+        let Some(i) = g.node.iter().position(|n| {
+            n.op_type == "Identity"
+                && n.input.len() == 1
+                && n.output.len() == 1
+                && names.contains(n.input[0].as_str())
+                && !names.contains(n.output[0].as_str())
+                && !g.output.iter().any(|o| o.name == n.output[0])
+        }) else {
+            break;
+        };
+        let n = g.node.remove(i);
+        let mut t = g
+            .initializer
+            .iter()
+            .find(|t| t.name == n.input[0])
+            .cloned()
+            .expect("checked");
+        t.name = n.output[0].clone();
+        g.initializer.push(t);
+    }
     let mut seen = 0;
     for t in g.initializer.iter_mut() {
         if let Some(new) = updates.get(&t.name) {

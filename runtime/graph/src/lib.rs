@@ -12,11 +12,13 @@ pub mod loss;
 pub mod lower;
 pub mod optim;
 pub mod proto;
+pub mod random;
 pub mod spec;
 
 pub use compile::{compile_inference, compile_train_step, inputs, next_name, TrainStep};
 pub use error::{GraphError, Result};
 pub use ir::{decode_model, encode_model, load_model, with_initializers, Graph};
 pub use spec::{
-    teacher_name, BatchNormMode, MeanTeacher, Optimizer, TrainSpec, Trainable, Tsa, UdaLoss,
+    teacher_name, BatchNormMode, Cotta, MeanTeacher, Optimizer, Rotation, TrainSpec, Trainable,
+    Tsa, UdaLoss,
 };

@@ -226,3 +226,63 @@ fn tsa_keep(
     let over = b.op("Cast", &[&over], vec![attr::int("to", 1)])?;
     Ok(Some(b.op("Sub", &[&one, &over], vec![])?))
 }
+
+/// Mean cross-entropy of `[B, K]` logits against integer `labels` ([B], int64), with the
+/// block's stable log-softmax; also the accuracy (argmax == label), without gradients.
+pub fn cross_entropy(b: &mut Builder, logits: &str, labels: &str) -> Result<(String, String)> {
+    let k = b.shape(logits)?[1];
+    let lp = log_softmax(b, logits)?;
+    let one = b.ints(&[1]);
+    let lab = b.op("Unsqueeze", &[labels, &one], vec![])?;
+    let range = b.constant(Tensor::i64(vec![1, k], (0..k as i64).collect()).expect("sized"));
+    let hot = b.op("Equal", &[&lab, &range], vec![])?;
+    let hot = b.op("Cast", &[&hot], vec![attr::int("to", 1)])?;
+    let picked = b.op("Mul", &[&hot, &lp], vec![])?;
+    let picked = b.reduce("ReduceSum", &picked, &[1], false)?;
+    let ce = b.op("Neg", &[&picked], vec![])?;
+    let ce = mean_all(b, &ce)?;
+    let ng = b.stop_gradient(logits)?;
+    let am = b.op(
+        "ArgMax",
+        &[&ng],
+        vec![attr::int("axis", 1), attr::int("keepdims", 0)],
+    )?;
+    let right = b.op("Equal", &[&am, labels], vec![])?;
+    let right = b.op("Cast", &[&right], vec![attr::int("to", 1)])?;
+    let acc = mean_all(b, &right)?;
+    Ok((ce, acc))
+}
+
+/// CoTTA's loss: the soft cross-entropy `mean_i -sum_k target_ik log p_student(x_strong)_ik`
+/// against the teacher target (the weak-view softmax of `weak_target`, or, where its
+/// confidence is below `threshold`, the mean softmax over the `views` augmented views in
+/// `aug_logits`, [views * B, K] view-major). Returns (loss, fraction of examples whose
+/// target is the augmentation average).
+pub fn cotta(
+    b: &mut Builder,
+    weak_target: &str,
+    aug_logits: &str,
+    strong: &str,
+    views: usize,
+    threshold: f32,
+) -> Result<(String, String)> {
+    let s = b.shape(weak_target)?;
+    let (bu, k) = (s[0], s[1]);
+    let pw = b.op("Softmax", &[weak_target], vec![attr::int("axis", 1)])?;
+    let conf = b.reduce("ReduceMax", &pw, &[1], true)?;
+    let pa = b.op("Softmax", &[aug_logits], vec![attr::int("axis", 1)])?;
+    let pa = b.reshape(&pa, &[views, bu, k])?;
+    let pa = b.reduce("ReduceMean", &pa, &[0], false)?;
+    let thr = b.scalar(threshold);
+    let low = b.op("Less", &[&conf, &thr], vec![])?;
+    let target = b.op("Where", &[&low, &pa, &pw], vec![])?;
+    let target = b.stop_gradient(&target)?;
+    let lps = log_softmax(b, strong)?;
+    let t = b.op("Mul", &[&target, &lps], vec![])?;
+    let t = b.reduce("ReduceSum", &t, &[1], false)?;
+    let t = b.op("Neg", &[&t], vec![])?;
+    let loss = mean_all(b, &t)?;
+    let lf = b.op("Cast", &[&low], vec![attr::int("to", 1)])?;
+    let rate = mean_all(b, &lf)?;
+    Ok((loss, rate))
+}

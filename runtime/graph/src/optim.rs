@@ -135,3 +135,85 @@ pub fn update(
         }
     }
 }
+
+/// Results of [`update_group`]: each parameter's new value (in the order given), the group's
+/// state slots, and the state inputs it declared with their shapes (zero-initialised).
+pub struct GroupUpdate {
+    pub new_params: Vec<String>,
+    pub state: Vec<StateSlot>,
+    pub state_inputs: Vec<(String, Vec<usize>)>,
+}
+
+/// A member of an [`update_group`]: (parameter, gradient, shape).
+pub type GroupMember<'a> = (&'a str, &'a str, &'a [usize]);
+
+/// One update for a group of parameters that share the optimizer's settings: parameters and
+/// gradients are flattened and concatenated, the optimizer's elementwise chain runs once for
+/// the whole group (a handful of kernels instead of a handful per parameter: on a GPU each is
+/// a launch), and the new vector is split back into the parameters' shapes. The group's state
+/// is one flat tensor per slot, named after `group` ([`state_names`]). A one-parameter group
+/// is the plain [`update`] (no copies). `params`: (parameter, gradient, shape).
+pub fn update_group(
+    b: &mut Builder,
+    opt: &Optimizer,
+    group: &str,
+    params: &[GroupMember],
+    lr: &str,
+    step: &str,
+) -> Result<GroupUpdate> {
+    use crate::ir::{attr, Elem, Node};
+    if params.len() == 1 {
+        let (p, g, shape) = params[0];
+        let snames = state_names(opt, p);
+        for s in &snames {
+            b.input(s, Elem::F32, shape)?;
+        }
+        let up = update(b, opt, p, g, lr, step, &snames)?;
+        return Ok(GroupUpdate {
+            new_params: vec![up.new_param],
+            state: up.state,
+            state_inputs: snames.into_iter().map(|s| (s, shape.to_vec())).collect(),
+        });
+    }
+    let sizes: Vec<usize> = params.iter().map(|p| p.2.iter().product()).collect();
+    let total: usize = sizes.iter().sum();
+    let flat = |b: &mut Builder, names: Vec<&str>| {
+        let parts = names
+            .iter()
+            .zip(&sizes)
+            .map(|(x, &n)| b.reshape(x, &[n]))
+            .collect::<Result<Vec<_>>>()?;
+        let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
+        b.op("Concat", &refs, vec![attr::int("axis", 0)])
+    };
+    let p = flat(b, params.iter().map(|m| m.0).collect())?;
+    let g = flat(b, params.iter().map(|m| m.1).collect())?;
+    let snames = state_names(opt, group);
+    for s in &snames {
+        b.input(s, Elem::F32, &[total])?;
+    }
+    let up = update(b, opt, &p, &g, lr, step, &snames)?;
+    let split = b.ints(&sizes.iter().map(|&n| n as i64).collect::<Vec<_>>());
+    let name = b.fresh("Split");
+    let outs: Vec<String> = (0..params.len())
+        .map(|i| format!("{name}_out{i}"))
+        .collect();
+    b.add(Node {
+        name,
+        op: "Split".into(),
+        domain: String::new(),
+        inputs: vec![up.new_param, split],
+        outputs: outs.clone(),
+        attrs: vec![attr::int("axis", 0)],
+    })?;
+    let new_params = outs
+        .iter()
+        .zip(params)
+        .map(|(o, p)| b.reshape(o, p.2))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(GroupUpdate {
+        new_params,
+        state: up.state,
+        state_inputs: snames.into_iter().map(|s| (s, vec![total])).collect(),
+    })
+}

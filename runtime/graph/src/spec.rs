@@ -223,6 +223,81 @@ pub struct MeanTeacher {
     pub ema: f32,
 }
 
+/// CoTTA (Wang et al. 2022, "Continual Test-Time Domain Adaptation") on top of the train
+/// step: augmentation-averaged teacher targets for a soft cross-entropy on the student's
+/// strong-view prediction, and stochastic restore of the trained parameters.
+///
+/// The target of unlabeled example i is the teacher's weak-view softmax when its confidence
+/// (max probability) is at least `confidence_threshold`, else the mean of the teacher's
+/// softmax over the `views` augmented views in the `x_teacher_aug` input ([views * B, C, H,
+/// W], view-major: row `v * B + i` is view v of example i). Unlike CoTTA's code, which
+/// decides per batch from the source model's mean confidence, the choice is per example from
+/// the teacher's confidence. The teacher is the mean teacher when `TrainSpec::teacher` is set,
+/// else the student without gradients. In the augmented-view pass BatchNormalization (in
+/// `train` mode) uses the statistics of all `views * B` images at once.
+///
+/// Restore: after the optimizer update (and after the teacher's EMA, which sees the updated
+/// student, as in CoTTA), each element of each trained parameter is reset to its value in
+/// the source model (kept in the graph as a constant) with probability `restore`, from the
+/// in-graph generator ([`crate::random`], stream `restore/<name>`). Known limit: tract 0.23.9
+/// fails to load the restore streams of parameters with a few hundred thousand elements
+/// (ONNX Runtime runs them); `restore = 0` avoids them.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Cotta {
+    /// Weight of the soft cross-entropy -sum(target * log p_student(x_strong)) (default 1).
+    pub weight: f32,
+    /// N, augmented teacher views per unlabeled example (default 4; CoTTA uses 32).
+    pub views: usize,
+    /// p_th: below this weak-view confidence the augmentation average is the target
+    /// (default 0.9).
+    pub confidence_threshold: f32,
+    /// Probability with which each parameter element returns to its source value after a
+    /// step (default 0.01; 0 turns restore off).
+    pub restore: f32,
+}
+
+impl Default for Cotta {
+    fn default() -> Self {
+        Cotta {
+            weight: 1.0,
+            views: 4,
+            confidence_threshold: 0.9,
+            restore: 0.01,
+        }
+    }
+}
+
+/// Rotation prediction as a self-supervised pretext task (test-time training, Sun et al.
+/// 2020): the unlabeled weak view is rotated by 0, 90, 180 and 270 degrees inside the graph
+/// (square images only), passed through the model up to `feature`, and a linear head
+/// `rotation.weight` [4, D], `rotation.bias` [4] predicts the rotation; the loss is the
+/// cross-entropy over the 4 rotation classes. The head always trains (the trainable selection
+/// applies to the model's parameters); it is initialised like PyTorch's `nn.Linear` from
+/// `TrainSpec::seed` and is not part of the adapted inference model (dropped on export).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Rotation {
+    /// The model tensor the head reads (a 4-D feature map is globally average-pooled, other
+    /// ranks flattened). Default (`None`): the input of the model's last Gemm or MatMul.
+    pub feature: Option<String>,
+    /// Weight of the rotation cross-entropy (default 1).
+    pub weight: f32,
+}
+
+impl Default for Rotation {
+    fn default() -> Self {
+        Rotation {
+            feature: None,
+            weight: 1.0,
+        }
+    }
+}
+
+/// Names of the rotation head's parameters.
+pub const ROTATION_WEIGHT: &str = "rotation.weight";
+pub const ROTATION_BIAS: &str = "rotation.bias";
+
 /// Name of the teacher copy of a parameter.
 pub fn teacher_name(param: &str) -> String {
     format!("teacher.{param}")
@@ -250,6 +325,18 @@ pub struct TrainSpec {
     pub emit_gradients: bool,
     /// Weak-view targets from a mean teacher instead of the student itself.
     pub teacher: Option<MeanTeacher>,
+    /// Dropout in training form in the gradient pass (a mask drawn in the graph from `seed`
+    /// and the `step` input, see [`crate::random`]); the no-gradient passes (weak view,
+    /// teacher) keep the inference form. Default false: Dropout is the identity.
+    pub dropout: bool,
+    /// Seed of the in-graph randomness (Dropout masks, CoTTA's restore, the rotation head's
+    /// initial values). Default 0.
+    pub seed: u64,
+    /// CoTTA's augmentation-averaged targets and stochastic restore (needs the
+    /// `x_teacher_aug` input). Default off.
+    pub cotta: Option<Cotta>,
+    /// The rotation-prediction pretext task. Default off.
+    pub rotation: Option<Rotation>,
 }
 
 impl Default for TrainSpec {
@@ -265,6 +352,10 @@ impl Default for TrainSpec {
             batchnorm: BatchNormMode::Train,
             emit_gradients: false,
             teacher: None,
+            dropout: false,
+            seed: 0,
+            cotta: None,
+            rotation: None,
         }
     }
 }
