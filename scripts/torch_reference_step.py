@@ -4,10 +4,21 @@ on an ONNX model with torch autograd and torch.optim, from the inputs fieldtune 
 
     /usr/bin/python3 scripts/torch_reference_step.py MODEL.onnx CASE.safetensors OUT.safetensors
 
-CASE holds the initial parameters under their ONNX names, and per step k (1-based) the
-batches `x_labeled.k`, `y_labeled.k`, `x_weak.k`, `x_strong.k`; its metadata holds `spec`
-(fieldtune's TrainSpec as JSON), `lr` and `steps`. OUT receives the parameters after the
-last step and every loss term of every step as `term.k`.
+CASE holds the initial parameters under their ONNX names (and the rotation head's
+`rotation.weight` / `rotation.bias` when the spec has one), and per step k (1-based) the
+batches `x_labeled.k`, `y_labeled.k`, `x_weak.k`, `x_strong.k` (and CoTTA's
+`x_teacher_aug.k`); its metadata holds `spec` (fieldtune's TrainSpec as JSON), `lr` and
+`steps`. OUT receives the parameters after the last step, every loss term of every step as
+`term.k`, and `rng.check` (the numpy generator's stream "check" at step 5, seed 11, 1000
+values) so the caller can compare it with its own generator bit for bit.
+
+CoTTA (spec.cotta): the teacher target of each unlabeled example is the teacher's weak-view
+softmax, or the mean softmax over the augmented views where that confidence is below the
+threshold; the soft cross-entropy of the student's strong view against it joins the loss;
+after the optimizer step and the teacher's EMA, each parameter element is reset to its
+source value where the generator's stream "restore/<name>" at this step is below `restore`.
+Rotation (spec.rotation): the weak view rotated by torch.rot90 k = 0..3, the model up to the
+feature tensor (global average pooled when 4-D), the linear head, cross-entropy over 4.
 """
 import json
 import os
@@ -15,9 +26,10 @@ import sys
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from reference import st  # noqa: E402
+from reference import rng, st  # noqa: E402
 from reference.onnx_torch import OnnxModule  # noqa: E402
 from reference.uda import uda_loss  # noqa: E402
 
@@ -30,6 +42,16 @@ def main(model_path, case_path, out_path):
     steps = int(meta["steps"])
     net = OnnxModule(model_path)
     params = {k: torch.tensor(tensors[k], requires_grad=True) for k in net.float_initializers() if k in tensors}
+    for k in ("rotation.weight", "rotation.bias"):
+        if k in tensors:
+            params[k] = torch.tensor(tensors[k], requires_grad=True)
+    source = {k: torch.tensor(tensors[k]) for k in params if not k.startswith("rotation.")}
+    seed = int(spec.get("seed", 0))
+    cotta_cfg = spec.get("cotta")
+    rot_cfg = spec.get("rotation")
+    feature = None
+    if rot_cfg:
+        feature = rot_cfg.get("feature") or [n for n in net.graph.node if n.op_type in ("Gemm", "MatMul")][-1].input[0]
     opt_cfg = spec["optimizer"]
     plist = [params[k] for k in sorted(params)]
     if opt_cfg["kind"] == "adamw":
@@ -53,7 +75,35 @@ def main(model_path, case_path, out_path):
         if teacher is not None:
             with torch.no_grad():
                 lt = net(xw, teacher)
-        total, terms = uda_loss(loss_cfg, ll, yl, lw, ls, float(k), logits_target=lt)
+        # fieldtune reports the entropy metrics of the weak-view target (the teacher's when
+        # there is one) when the entropy terms do not train; they carry no weight then.
+        weak_trains = loss_cfg["entropy_weight"] != 0 or loss_cfg["diversity_weight"] != 0
+        lw_terms = lw if (weak_trains or lt is None) else lt
+        total, terms = uda_loss(loss_cfg, ll, yl, lw_terms, ls, float(k), logits_target=lt)
+        if cotta_cfg:
+            with torch.no_grad():
+                src = teacher if teacher is not None else {n: v.detach() for n, v in params.items()}
+                la = net(g("x_teacher_aug"), src)
+                pw = torch.softmax(lt if lt is not None else lw.detach(), 1)
+                b, kk = pw.shape
+                pa = torch.softmax(la, 1).reshape(cotta_cfg["views"], b, kk).mean(0)
+                low = pw.max(1).values < cotta_cfg["confidence_threshold"]
+                tgt = torch.where(low[:, None], pa, pw)
+            loss_c = -(tgt * torch.log_softmax(ls, 1)).sum(1).mean()
+            total = total + cotta_cfg["weight"] * loss_c
+            terms["loss_cotta"] = loss_c
+            terms["cotta_augmented_rate"] = low.float().mean()
+        if rot_cfg:
+            xr = torch.cat([torch.rot90(xw, r, (2, 3)) for r in range(4)])
+            feat = net(xr, params, output=feature)
+            feat = feat.mean((2, 3)) if feat.dim() == 4 else feat.reshape(feat.shape[0], -1)
+            lrot = feat @ params["rotation.weight"].t() + params["rotation.bias"]
+            labels = torch.arange(4).repeat_interleave(xw.shape[0])
+            ce_r = F.cross_entropy(lrot, labels)
+            total = total + rot_cfg["weight"] * ce_r
+            terms["loss_rotation"] = ce_r
+            terms["rotation_accuracy"] = (lrot.argmax(1) == labels).float().mean()
+        terms["loss"] = total
         total.backward()
         gn = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in plist)).float()
         terms["grad_norm"] = gn
@@ -63,12 +113,19 @@ def main(model_path, case_path, out_path):
             with torch.no_grad():
                 for n in teacher:
                     teacher[n] = ema * teacher[n] + (1 - ema) * params[n].detach()
+        if cotta_cfg and cotta_cfg["restore"] > 0:
+            with torch.no_grad():
+                for n, p in source.items():
+                    u = rng.uniform(seed, f"restore/{n}", k, tuple(p.shape))
+                    m = torch.from_numpy(u < np.float32(cotta_cfg["restore"]))
+                    params[n].copy_(torch.where(m, p, params[n]))
         for name, v in terms.items():
             out[f"term.{name}.{k}"] = np.array(float(v), dtype=np.float32)
     for name, p in params.items():
         out[name] = p.detach().numpy()
     for name, p in (teacher or {}).items():
         out[f"teacher.{name}"] = p.numpy()
+    out["rng.check"] = rng.uniform(11, "check", 5, (1000,))
     st.save(out_path, out)
 
 

@@ -103,8 +103,9 @@ fn relu() {
 #[test]
 fn maxpool_disjoint_and_overlapping() {
     // (kernel, stride, pads)
-    let configs: [(i64, i64, [i64; 4]); 3] = [
+    let configs: [(i64, i64, [i64; 4]); 4] = [
         (2, 2, [0, 0, 0, 0]),
+        (3, 3, [0, 0, 0, 0]),
         (3, 2, [1, 1, 1, 1]),
         (3, 1, [0, 1, 0, 1]),
     ];
@@ -501,5 +502,318 @@ fn batch_norm_train_and_frozen() {
                 },
             );
         }
+    }
+}
+
+/// Resize as PyTorch's F.interpolate exports it (and ONNX's other coordinate modes):
+/// `(mode, coordinate_transformation_mode, nearest_mode, scales or sizes)`.
+#[test]
+fn resize_nearest_and_bilinear() {
+    type Target = Result<[f32; 2], [usize; 2]>;
+    let configs: [(&str, &str, &str, Target); 9] = [
+        ("nearest", "asymmetric", "floor", Ok([2.0, 2.0])),
+        ("nearest", "asymmetric", "floor", Ok([1.5, 1.7])),
+        ("nearest", "half_pixel", "round_prefer_floor", Err([7, 9])),
+        ("nearest", "asymmetric", "floor", Ok([0.6, 0.5])),
+        ("linear", "half_pixel", "floor", Ok([2.0, 2.0])),
+        ("linear", "pytorch_half_pixel", "floor", Ok([2.0, 1.5])),
+        ("linear", "align_corners", "floor", Ok([2.0, 2.0])),
+        ("linear", "align_corners", "floor", Err([8, 11])),
+        ("linear", "half_pixel", "floor", Err([3, 2])),
+    ];
+    for (ci, &(mode, coord, nearest, target)) in configs.iter().enumerate() {
+        check(
+            &format!("Resize {mode} {coord} {nearest} {target:?}"),
+            move |seed| {
+                let mut r = rng(seed + 70 * ci as u64);
+                let d = dims(seed + ci as u64, 4, 7, 2);
+                let x = uniform(&mut r, &[2, 2, d[0], d[1]], -1.0, 1.0);
+                let build = move |b: &mut Builder, n: &[String]| {
+                    let at = vec![
+                        attr::string("mode", mode),
+                        attr::string("coordinate_transformation_mode", coord),
+                        attr::string("nearest_mode", nearest),
+                    ];
+                    match target {
+                        Ok([sh, sw]) => {
+                            let s = b
+                                .constant(Tensor::f32(vec![4], vec![1.0, 1.0, sh, sw]).expect("4"));
+                            b.op("Resize", &[&n[0], "", &s], at)
+                        }
+                        Err([h, w]) => {
+                            let s = b.ints(&[2, 2, h as i64, w as i64]);
+                            b.op("Resize", &[&n[0], "", "", &s], at)
+                        }
+                    }
+                };
+                (vec![("x".into(), x)], 1e-2, Box::new(build))
+            },
+        );
+    }
+}
+
+/// The forward of PyTorch-exported F.interpolate graphs (scripts/torch_resize_reference.py)
+/// on both engines against PyTorch's output.
+#[test]
+fn resize_forward_matches_pytorch() {
+    use fieldtune_graph::{compile_inference, encode_model, load_model};
+    use fieldtune_tests::{reference_python, repo_root};
+    let dir = std::env::temp_dir().join(format!("fieldtune-resize-{}", std::process::id()));
+    let py = reference_python();
+    let out = std::process::Command::new(&py)
+        .arg(repo_root().join("scripts/torch_resize_reference.py"))
+        .arg(&dir)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {py} (install python3-torch python3-onnx): {e}"));
+    assert!(
+        out.status.success(),
+        "reference failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cases = String::from_utf8(out.stdout).unwrap();
+    for case in cases.split_whitespace() {
+        let j: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join(format!("{case}.json"))).unwrap())
+                .unwrap();
+        let floats = |k: &str| -> Vec<f32> {
+            j[k].as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect()
+        };
+        let shape = |k: &str| -> Vec<usize> {
+            j[k].as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as usize)
+                .collect()
+        };
+        let x = Tensor::f32(shape("shape"), floats("input")).unwrap();
+        let want = Tensor::f32(shape("output_shape"), floats("output")).unwrap();
+        let model = load_model(&dir.join(format!("{case}.onnx"))).unwrap();
+        let g = compile_inference(&model, "input", "logits", x.shape()[0])
+            .unwrap_or_else(|e| panic!("{case}: {e}"));
+        let bytes = encode_model(&g.to_model("resize"));
+        for engine in engines() {
+            let mut s = engine.load(&bytes, case).unwrap();
+            let y = s.run(&[("input", &x)]).unwrap().remove(0).1;
+            assert_eq!(y.shape(), want.shape(), "{case} on {:?}", engine.kind());
+            let worst = y
+                .as_f32()
+                .unwrap()
+                .iter()
+                .zip(want.as_f32().unwrap())
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                worst < 1e-5,
+                "{case} on {:?}: differs from PyTorch by {worst:.2e}",
+                engine.kind()
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn dropout_in_training_form() {
+    // The mask is a function of (seed, step, key) only, so finite differences see the same
+    // mask as the gradient; a gradient without the mask (or without 1 / (1 - ratio)) fails.
+    for (ratio, step) in [(0.5f32, 3.0f32), (0.2, 11.0)] {
+        check(&format!("Dropout ratio {ratio}"), move |seed| {
+            let mut r = rng(seed);
+            let x = uniform(&mut r, &dims(seed, 3, 8, 3), -1.0, 1.0);
+            let build = move |b: &mut Builder, n: &[String]| {
+                let st = b.scalar(step);
+                let rt = b.scalar(ratio);
+                let node = fieldtune_graph::ir::Node {
+                    name: "drop".into(),
+                    op: "Dropout".into(),
+                    domain: String::new(),
+                    inputs: vec![n[0].clone(), rt],
+                    outputs: vec!["drop_y".into()],
+                    attrs: vec![],
+                };
+                fieldtune_graph::random::dropout(b, &node, &st, seed, "dropout/gradcheck")?;
+                b.op("Mul", &["drop_y", &n[0]], vec![])
+            };
+            (vec![("x".into(), x)], 1e-2, Box::new(build))
+        });
+    }
+}
+
+#[test]
+fn cotta_soft_cross_entropy_and_rotation_cross_entropy() {
+    check("CoTTA soft cross-entropy", |seed| {
+        let mut r = rng(seed);
+        let (bu, k, views) = (5, 4, 3);
+        let strong = uniform(&mut r, &[bu, k], -2.0, 2.0);
+        let weak = uniform(&mut r, &[bu, k], -3.0, 3.0);
+        let aug = uniform(&mut r, &[views * bu, k], -2.0, 2.0);
+        let build = move |b: &mut Builder, n: &[String]| {
+            let w = b.constant(weak.clone());
+            let a = b.constant(aug.clone());
+            let (loss, _) = fieldtune_graph::loss::cotta(b, &w, &a, &n[0], views, 0.6)?;
+            Ok(loss)
+        };
+        (vec![("strong".into(), strong)], 1e-2, Box::new(build))
+    });
+    check("rotation cross-entropy", |seed| {
+        let mut r = rng(seed);
+        let logits = uniform(&mut r, &[8, 4], -2.0, 2.0);
+        let build = move |b: &mut Builder, n: &[String]| {
+            let labels = b.constant(Tensor::i64(vec![8], vec![0, 0, 1, 1, 2, 2, 3, 3]).unwrap());
+            let (ce, _) = fieldtune_graph::loss::cross_entropy(b, &n[0], &labels)?;
+            Ok(ce)
+        };
+        (vec![("logits".into(), logits)], 1e-2, Box::new(build))
+    });
+}
+
+/// A small classifier with a Dropout node (Flatten, Gemm, Tanh, Dropout 0.5, Gemm).
+fn dropout_model() -> fieldtune_graph::proto::ModelProto {
+    use fieldtune_graph::ir::Elem;
+    let mut r = rng(77);
+    let mut b = Builder::new(17);
+    let x = b.input("input", Elem::F32, &[2, 1, 4, 4]).unwrap();
+    b.initializer("fc1.weight", uniform(&mut r, &[8, 16], -0.5, 0.5))
+        .unwrap();
+    b.initializer("fc1.bias", uniform(&mut r, &[8], -0.1, 0.1))
+        .unwrap();
+    b.initializer("fc2.weight", uniform(&mut r, &[3, 8], -0.5, 0.5))
+        .unwrap();
+    b.initializer("ratio", Tensor::scalar_f32(0.5)).unwrap();
+    let f = b.op("Flatten", &[&x], vec![attr::int("axis", 1)]).unwrap();
+    let h = b
+        .op(
+            "Gemm",
+            &[&f, "fc1.weight", "fc1.bias"],
+            vec![attr::int("transB", 1)],
+        )
+        .unwrap();
+    let t = b.op("Tanh", &[&h], vec![]).unwrap();
+    b.add(fieldtune_graph::ir::Node {
+        name: "drop".into(),
+        op: "Dropout".into(),
+        domain: String::new(),
+        inputs: vec![t, "ratio".into()],
+        outputs: vec!["dropped".into()],
+        attrs: vec![],
+    })
+    .unwrap();
+    let y = b
+        .op(
+            "Gemm",
+            &["dropped", "fc2.weight"],
+            vec![attr::int("transB", 1)],
+        )
+        .unwrap();
+    b.output_as(&y, "logits").unwrap();
+    b.finish("dropout-net").to_model("gradcheck")
+}
+
+#[test]
+fn train_step_with_dropout_matches_finite_differences() {
+    use fieldtune_graph::{compile_train_step, encode_model, inputs, TrainSpec, UdaLoss};
+    let model = dropout_model();
+    let spec = |dropout: bool| TrainSpec {
+        batch_labeled: 6,
+        batch_unlabeled: 5,
+        loss: UdaLoss {
+            consistency_weight: 0.0,
+            entropy_weight: 0.0,
+            diversity_weight: 0.0,
+            ..UdaLoss::default()
+        },
+        optimizer: fieldtune_graph::Optimizer::Sgd {
+            momentum: 0.0,
+            weight_decay: 0.0,
+            nesterov: false,
+        },
+        emit_gradients: true,
+        dropout,
+        seed: 4,
+        ..TrainSpec::default()
+    };
+    let mut r = rng(5);
+    let xl = uniform(&mut r, &[6, 1, 4, 4], -1.0, 1.0);
+    let yl = Tensor::i64(vec![6], vec![0, 1, 2, 0, 1, 2]).unwrap();
+    let xu = uniform(&mut r, &[5, 1, 4, 4], -1.0, 1.0);
+    let lr = Tensor::scalar_f32(0.1);
+    for engine in engines() {
+        let mut losses = Vec::new();
+        for dropout in [false, true] {
+            let step = compile_train_step(&model, &spec(dropout)).expect("compile");
+            let mut s = engine
+                .load(&encode_model(&step.to_model()), "dropout step")
+                .expect("load");
+            let run = |s: &mut Box<dyn fieldtune_engine::Session>,
+                       k: f32,
+                       over: Option<(&str, &Tensor)>| {
+                let st = Tensor::scalar_f32(k);
+                let mut feeds: Vec<(&str, &Tensor)> = vec![
+                    (inputs::X_LABELED, &xl),
+                    (inputs::Y_LABELED, &yl),
+                    (inputs::X_WEAK, &xu),
+                    (inputs::X_STRONG, &xu),
+                    (inputs::LR, &lr),
+                    (inputs::STEP, &st),
+                ];
+                for (n, t) in step.params.iter().chain(&step.state) {
+                    match over {
+                        Some((o, v)) if o == n => feeds.push((n.as_str(), v)),
+                        _ => feeds.push((n.as_str(), t)),
+                    }
+                }
+                s.run(&feeds).expect("run")
+            };
+            let get = |outs: &[(String, Tensor)], n: &str| {
+                outs.iter().find(|(k, _)| k == n).expect(n).1.clone()
+            };
+            let base = run(&mut s, 3.0, None);
+            let loss = get(&base, "loss").as_f32().unwrap()[0];
+            let loss4 = get(&run(&mut s, 4.0, None), "loss").as_f32().unwrap()[0];
+            losses.push((loss, loss4));
+            for (name, p) in &step.params {
+                let g = get(&base, &format!("grad.{name}"));
+                let eps = 1e-2f32;
+                for _ in 0..2 {
+                    let v = uniform(&mut r, p.shape(), -1.0, 1.0);
+                    let analytic: f64 = g
+                        .as_f32()
+                        .unwrap()
+                        .iter()
+                        .zip(v.as_f32().unwrap())
+                        .map(|(a, b)| *a as f64 * *b as f64)
+                        .sum();
+                    let mut shifted = |sign: f32| {
+                        let t = Tensor::f32(
+                            p.shape().to_vec(),
+                            p.as_f32()
+                                .unwrap()
+                                .iter()
+                                .zip(v.as_f32().unwrap())
+                                .map(|(a, b)| a + sign * eps * b)
+                                .collect(),
+                        )
+                        .unwrap();
+                        let outs = run(&mut s, 3.0, Some((name.as_str(), &t)));
+                        get(&outs, "loss").as_f32().unwrap()[0] as f64
+                    };
+                    let fd = (shifted(1.0) - shifted(-1.0)) / (2.0 * eps as f64);
+                    let err = (analytic - fd).abs() / analytic.abs().max(fd.abs()).max(FLOOR);
+                    assert!(
+                        err < TOL,
+                        "{:?} dropout={dropout} {name}: analytic {analytic}, numeric {fd}",
+                        engine.kind()
+                    );
+                }
+            }
+        }
+        // Without dropout the step number does not change the loss; with it, it does.
+        assert_eq!(losses[0].0, losses[0].1);
+        assert_ne!(losses[1].0, losses[1].1);
+        assert_ne!(losses[0].0, losses[1].0);
     }
 }

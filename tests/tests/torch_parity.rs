@@ -6,11 +6,11 @@ use std::collections::{BTreeMap, HashMap};
 
 use fieldtune_engine::StatefulSession;
 use fieldtune_graph::{
-    compile_train_step, encode_model, inputs, load_model, MeanTeacher, Optimizer, TrainSpec, Tsa,
-    UdaLoss,
+    compile_train_step, encode_model, inputs, load_model, Cotta, MeanTeacher, Optimizer, Rotation,
+    TrainSpec, Tsa, UdaLoss,
 };
 use fieldtune_tensor::{st, Tensor};
-use fieldtune_tests::{engines, reference_python, rel_l2, repo_root, rng, uda_batch};
+use fieldtune_tests::{engines, reference_python, rel_l2, repo_root, rng, uda_batch, uniform};
 
 const STEPS: usize = 3;
 const LR: f32 = 1e-3;
@@ -29,6 +29,10 @@ fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
 }
 
 fn parity(spec: TrainSpec, label: &str) {
+    parity_on(spec, label, engines())
+}
+
+fn parity_on(spec: TrainSpec, label: &str, engines: Vec<Box<dyn fieldtune_engine::Engine>>) {
     let root = repo_root();
     let model_path = root.join("models/mnist-cnn/model.onnx");
     let model = load_model(&model_path).expect("model");
@@ -39,8 +43,25 @@ fn parity(spec: TrainSpec, label: &str) {
     // weak view plus noise (augmentation itself is not under test here).
     let mut r = rng(7);
     let mut batches = Vec::new();
+    let mut aug_views = Vec::new();
     for k in 1..=STEPS {
-        let [xl, yl, xw, xs] = uda_batch(spec.batch_labeled, spec.batch_unlabeled, k, &mut r);
+        // (A labeled batch of one when the spec has none: it is neither fed nor written.)
+        let bl = spec.batch_labeled.max(1);
+        let [xl, yl, xw, xs] = uda_batch(bl, spec.batch_unlabeled, k, &mut r);
+        // CoTTA's augmented teacher views: the weak view plus noise, one per view.
+        if let Some(ct) = &spec.cotta {
+            let mut data = Vec::new();
+            for _ in 0..ct.views {
+                let noise = uniform(&mut r, xw.shape(), -0.3, 0.3);
+                let w = xw.as_f32().unwrap();
+                data.extend(w.iter().zip(noise.as_f32().unwrap()).map(|(a, n)| a + n));
+            }
+            let mut shape = xw.shape().to_vec();
+            shape[0] *= ct.views;
+            aug_views.push(Some(Tensor::f32(shape, data).unwrap()));
+        } else {
+            aug_views.push(None);
+        }
         batches.push((xl, yl, xw, xs));
     }
 
@@ -53,10 +74,15 @@ fn parity(spec: TrainSpec, label: &str) {
     }
     for (k, (xl, yl, xw, xs)) in batches.iter().enumerate() {
         let k = k + 1;
-        case.insert(format!("x_labeled.{k}"), xl.clone());
-        case.insert(format!("y_labeled.{k}"), yl.clone());
+        if spec.batch_labeled > 0 {
+            case.insert(format!("x_labeled.{k}"), xl.clone());
+            case.insert(format!("y_labeled.{k}"), yl.clone());
+        }
         case.insert(format!("x_weak.{k}"), xw.clone());
         case.insert(format!("x_strong.{k}"), xs.clone());
+        if let Some(xa) = &aug_views[k - 1] {
+            case.insert(format!("x_teacher_aug.{k}"), xa.clone());
+        }
     }
     let meta = HashMap::from([
         ("spec".to_string(), serde_json::to_string(&spec).unwrap()),
@@ -79,8 +105,14 @@ fn parity(spec: TrainSpec, label: &str) {
     );
     let (reference, _) =
         st::from_bytes(&std::fs::read(dir.join("ref.safetensors")).unwrap()).unwrap();
+    // The numpy generator of the reference is fieldtune's, bit for bit.
+    assert_eq!(
+        reference["rng.check"].as_f32().unwrap(),
+        fieldtune_graph::random::reference(11, "check", 5, 1000).as_slice(),
+        "scripts/reference/rng.py differs from runtime/graph/src/random.rs"
+    );
 
-    for engine in engines() {
+    for engine in engines {
         let session = engine.load(&bytes, "train-step").expect("load");
         let state: HashMap<String, Tensor> =
             step.params.iter().chain(&step.state).cloned().collect();
@@ -89,7 +121,7 @@ fn parity(spec: TrainSpec, label: &str) {
         for (k, (xl, yl, xw, xs)) in batches.iter().enumerate() {
             let k = k + 1;
             let (lr, stp) = (Tensor::scalar_f32(LR), Tensor::scalar_f32(k as f32));
-            let feeds = [
+            let mut feeds = vec![
                 (inputs::X_LABELED, xl),
                 (inputs::Y_LABELED, yl),
                 (inputs::X_WEAK, xw),
@@ -97,6 +129,12 @@ fn parity(spec: TrainSpec, label: &str) {
                 (inputs::LR, &lr),
                 (inputs::STEP, &stp),
             ];
+            if let Some(xa) = &aug_views[k - 1] {
+                feeds.push((inputs::X_TEACHER_AUG, xa));
+            }
+            if spec.batch_labeled == 0 {
+                feeds.retain(|(n, _)| *n != inputs::X_LABELED && *n != inputs::Y_LABELED);
+            }
             let vals = s.step(&feeds, &metrics).expect("step");
             for (name, v) in metrics.iter().zip(vals) {
                 let ours = v.as_f32().unwrap()[0];
@@ -245,4 +283,69 @@ fn mean_teacher_with_fixmatch_pseudo_labels_matches_pytorch() {
         ..TrainSpec::default()
     };
     parity(spec, "teacher");
+}
+
+/// CoTTA: augmentation-averaged mean-teacher targets (some examples above, some below the
+/// confidence threshold), the soft cross-entropy, and stochastic restore with p = 0.3 (large,
+/// so that a restore mask that differed from the numpy generator's would move many
+/// elements), no labeled batch.
+#[test]
+fn cotta_with_stochastic_restore_matches_pytorch() {
+    let spec = TrainSpec {
+        batch_labeled: 0,
+        batch_unlabeled: 24,
+        loss: UdaLoss {
+            ce_weight: 0.0,
+            consistency_weight: 0.0,
+            entropy_weight: 0.0,
+            diversity_weight: 0.0,
+            ..UdaLoss::default()
+        },
+        optimizer: Optimizer::AdamW {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        },
+        teacher: Some(MeanTeacher { ema: 0.9 }),
+        cotta: Some(Cotta {
+            weight: 1.0,
+            views: 3,
+            confidence_threshold: 0.95,
+            restore: 0.3,
+        }),
+        seed: 5,
+        ..TrainSpec::default()
+    };
+    // ONNX Runtime only: tract 0.23.9 panics while optimizing the restore streams of the
+    // larger parameters (tests/tests/random.rs, large_stream_is_bit_identical_on_tract).
+    parity_on(spec, "cotta", vec![Box::new(fieldtune_tests::ort())]);
+}
+
+/// Rotation prediction (test-time training's pretext task) with the labeled CE: the head on
+/// the classifier's input (the default feature), trained with the whole backbone.
+#[test]
+fn rotation_prediction_with_labeled_ce_matches_pytorch() {
+    let spec = TrainSpec {
+        batch_labeled: 16,
+        batch_unlabeled: 12,
+        loss: UdaLoss {
+            consistency_weight: 0.0,
+            entropy_weight: 0.0,
+            diversity_weight: 0.0,
+            ..UdaLoss::default()
+        },
+        optimizer: Optimizer::Sgd {
+            momentum: 0.9,
+            weight_decay: 0.0,
+            nesterov: false,
+        },
+        rotation: Some(Rotation {
+            feature: None,
+            weight: 0.5,
+        }),
+        seed: 3,
+        ..TrainSpec::default()
+    };
+    parity(spec, "rotation");
 }

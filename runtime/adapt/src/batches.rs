@@ -21,7 +21,8 @@ use crate::recipe::AdaptConfig;
 use crate::trainer::AdaptData;
 
 /// One step's input tensors, named as the train step's inputs (`x_labeled`, `y_labeled`,
-/// `x_weak`, `x_strong`; the labeled pair only when the recipe has a labeled batch).
+/// `x_weak`, `x_strong`, and CoTTA's `x_teacher_aug`; the labeled pair only when the recipe
+/// has a labeled batch).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Batch {
     pub step: usize,
@@ -65,7 +66,7 @@ impl EpochSampler {
 }
 
 /// Mixes a run seed, a step and a stream into one augmentation seed.
-fn mix(seed: u64, step: u64, stream: u64) -> u64 {
+pub(crate) fn mix(seed: u64, step: u64, stream: u64) -> u64 {
     let mut z = seed
         ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15)
         ^ stream.wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -99,6 +100,8 @@ pub struct BatchMaker<'a> {
     threads: usize,
     weak: Box<dyn Augment>,
     strong: Box<dyn Augment>,
+    /// CoTTA's teacher views: the augmentation and the number of views.
+    teacher_aug: Option<(Box<dyn Augment>, usize)>,
     lab_sampler: EpochSampler,
     unl_sampler: EpochSampler,
     next_step: usize,
@@ -145,6 +148,10 @@ impl<'a> BatchMaker<'a> {
             threads: cfg.augment_threads.max(1),
             weak: cfg.weak.build()?,
             strong: cfg.strong.build()?,
+            teacher_aug: match &cfg.cotta {
+                Some(c) => Some((cfg.teacher_augment.build()?, c.views)),
+                None => None,
+            },
             next_step: 1,
         })
     }
@@ -182,6 +189,19 @@ impl<'a> BatchMaker<'a> {
         );
         feeds.push((inputs::X_WEAK, self.tensor(&wv)?));
         feeds.push((inputs::X_STRONG, self.tensor(&sv)?));
+        if let Some((aug, views)) = &self.teacher_aug {
+            // View-major: row v * B + i is view v of frame i.
+            let mut all = Vec::with_capacity(views * imgs.len());
+            for v in 0..*views as u64 {
+                all.extend(augment_batch_par(
+                    aug.as_ref(),
+                    &imgs,
+                    mix(self.seed, s, 6 + v),
+                    self.threads,
+                ));
+            }
+            feeds.push((inputs::X_TEACHER_AUG, self.tensor(&all)?));
+        }
         Ok(Batch { step: k, feeds })
     }
 
@@ -324,6 +344,35 @@ mod tests {
         other.seed += 1;
         let mut mk = BatchMaker::new(&m, &other, &data).expect("maker");
         assert_ne!(mk.next_batch().expect("batch"), seq[0]);
+    }
+
+    #[test]
+    fn cotta_teacher_views_are_view_major_deterministic_and_distinct() {
+        let (imgs, labels) = digits(30);
+        let m = model();
+        let data = AdaptData {
+            labeled: &imgs,
+            labels: &labels,
+            unlabeled: &imgs,
+            eval: None,
+        };
+        let mut c = AdaptConfig::preset("cotta").expect("preset");
+        c.batch_unlabeled = 6;
+        let views = c.cotta.expect("cotta").views;
+        let mut mk = BatchMaker::new(&m, &c, &data).expect("maker");
+        let b = mk.next_batch().expect("batch");
+        let names: Vec<&str> = b.feeds.iter().map(|f| f.0).collect();
+        assert_eq!(
+            names,
+            [inputs::X_WEAK, inputs::X_STRONG, inputs::X_TEACHER_AUG]
+        );
+        let aug = &b.feeds[2].1;
+        assert_eq!(aug.shape(), &[views * 6, 1, 28, 28]);
+        let px = 28 * 28 * 6;
+        let a = aug.as_f32().expect("f32");
+        assert_ne!(a[..px], a[px..2 * px], "views differ");
+        let mut again = BatchMaker::new(&m, &c, &data).expect("maker");
+        assert_eq!(again.next_batch().expect("batch"), b);
     }
 
     #[test]

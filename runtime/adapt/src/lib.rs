@@ -11,6 +11,7 @@ pub mod fsutil;
 pub mod model_dir;
 pub mod recipe;
 pub mod trainer;
+pub mod tta;
 
 pub use batches::{prefetch, Batch, BatchMaker};
 pub use error::{AdaptError, Result};

@@ -3,8 +3,10 @@
 
 use std::path::Path;
 
-use fieldtune_augment::{AugmentConfig, RandAugment, WeakAugment};
-use fieldtune_graph::{BatchNormMode, MeanTeacher, Optimizer, Trainable, Tsa, UdaLoss};
+pub use fieldtune_augment::{AugmentConfig, RandAugment, WeakAugment};
+use fieldtune_graph::{
+    BatchNormMode, Cotta, MeanTeacher, Optimizer, Rotation, Trainable, Tsa, UdaLoss,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{AdaptError, Result};
@@ -27,7 +29,25 @@ pub const RECIPES: &[(&str, &str)] = &[
         "fixmatch",
         "FixMatch: hard pseudo-labels of the identity view (confidence > 0.95) for the strong view + labeled CE",
     ),
+    (
+        "cotta",
+        "CoTTA: mean teacher (EMA 0.999) with augmentation-averaged targets below confidence 0.9 (4 mild views), soft CE, stochastic restore p 0.01; no labeled anchors",
+    ),
+    (
+        "rotation",
+        "test-time training: rotation prediction (0/90/180/270 degrees) with a linear head on the classifier's input; no labeled anchors",
+    ),
 ];
+
+/// The default augmentation of CoTTA's teacher views: mild RandAugment (one op, magnitude
+/// at most 0.2, no cutout).
+pub fn default_teacher_augment() -> AugmentConfig {
+    AugmentConfig::RandAugment(RandAugment {
+        n: 1,
+        max_magnitude: 0.2,
+        cutout: 0.0,
+    })
+}
 
 /// How the learning rate moves over the run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -89,6 +109,27 @@ pub struct AdaptConfig {
     /// A mean teacher (`[teacher] ema = 0.999`): the weak-view targets come from an EMA of the
     /// student, updated inside the train step; the adapted model written is the teacher.
     pub teacher: Option<MeanTeacher>,
+    /// Dropout in training form in the gradient pass (masks drawn inside the train step from
+    /// `seed` and the step number). Default false: Dropout is the identity.
+    #[serde(default)]
+    pub dropout: bool,
+    /// CoTTA (`[cotta] views = 4, confidence_threshold = 0.9, restore = 0.01, weight = 1.0`):
+    /// the teacher (the mean teacher when `[teacher]` is set) also predicts on `views`
+    /// augmented views of each unlabeled frame (`teacher_augment`); below the confidence
+    /// threshold their mean softmax is the target of a soft cross-entropy on the strong view;
+    /// after each step every parameter element returns to its source value with probability
+    /// `restore`. Default off.
+    #[serde(default)]
+    pub cotta: Option<Cotta>,
+    /// Augmentation of CoTTA's teacher views (default: RandAugment n = 1, magnitude 0.2, no
+    /// cutout).
+    #[serde(default = "default_teacher_augment")]
+    pub teacher_augment: AugmentConfig,
+    /// Rotation prediction (`[rotation] weight = 1.0`, optional `feature = "tensor"`, default
+    /// the classifier's input): a 4-way head on the rotated unlabeled view; the head trains
+    /// with the model and is not saved with the adapted model. Default off.
+    #[serde(default)]
+    pub rotation: Option<Rotation>,
     /// Log the loss terms every this many steps.
     pub log_every: usize,
     /// Evaluate on the eval set every this many steps (0: only before and after).
@@ -120,6 +161,10 @@ impl AdaptConfig {
             trainable: Trainable::All,
             batchnorm: BatchNormMode::Train,
             teacher: None,
+            dropout: false,
+            cotta: None,
+            teacher_augment: default_teacher_augment(),
+            rotation: None,
             log_every: 25,
             eval_every: 0,
             eval_batch: 250,
@@ -179,6 +224,37 @@ impl AdaptConfig {
                     pseudo_label_threshold: 0.95,
                     ..UdaLoss::default()
                 },
+                ..base
+            },
+            // CoTTA's student sees the test frames themselves (identity strong view); its
+            // teacher sees them and their mildly augmented views.
+            "cotta" => AdaptConfig {
+                batch_labeled: 0,
+                weak: AugmentConfig::Identity,
+                strong: AugmentConfig::Identity,
+                loss: UdaLoss {
+                    ce_weight: 0.0,
+                    consistency_weight: 0.0,
+                    entropy_weight: 0.0,
+                    diversity_weight: 0.0,
+                    ..UdaLoss::default()
+                },
+                teacher: Some(MeanTeacher { ema: 0.999 }),
+                cotta: Some(Cotta::default()),
+                ..base
+            },
+            "rotation" => AdaptConfig {
+                batch_labeled: 0,
+                weak: AugmentConfig::Identity,
+                strong: AugmentConfig::Identity,
+                loss: UdaLoss {
+                    ce_weight: 0.0,
+                    consistency_weight: 0.0,
+                    entropy_weight: 0.0,
+                    diversity_weight: 0.0,
+                    ..UdaLoss::default()
+                },
+                rotation: Some(Rotation::default()),
                 ..base
             },
             other => {
@@ -251,6 +327,23 @@ impl AdaptConfig {
         }
         if !(self.loss.sharpen_temperature.is_finite() && self.loss.sharpen_temperature > 0.0) {
             return Err(bad("loss.sharpen_temperature", "must be positive"));
+        }
+        if let Some(c) = &self.cotta {
+            if c.views == 0 {
+                return Err(bad("cotta.views", "must be at least 1"));
+            }
+            if !(0.0..1.0).contains(&c.restore) {
+                return Err(bad("cotta.restore", "must be in [0, 1)"));
+            }
+            if !(c.weight.is_finite() && c.weight >= 0.0) {
+                return Err(bad("cotta.weight", "must be a non-negative number"));
+            }
+            self.teacher_augment.build()?;
+        }
+        if let Some(r) = &self.rotation {
+            if !(r.weight.is_finite() && r.weight > 0.0) {
+                return Err(bad("rotation.weight", "must be a positive number"));
+            }
         }
         self.weak.build()?;
         self.strong.build()?;

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use fieldtune_engine::{Engine, ResidentSession};
 use fieldtune_frames::Image8;
+use fieldtune_graph::spec::{ROTATION_BIAS, ROTATION_WEIGHT};
 use fieldtune_graph::{
     compile_train_step, encode_model, inputs, teacher_name, TrainSpec, TrainStep,
 };
@@ -66,11 +67,16 @@ pub fn train_spec(model: &ModelDir, cfg: &AdaptConfig) -> TrainSpec {
         batchnorm: cfg.batchnorm,
         emit_gradients: false,
         teacher: cfg.teacher,
+        dropout: cfg.dropout,
+        seed: cfg.seed,
+        cotta: cfg.cotta,
+        rotation: cfg.rotation.clone(),
     }
 }
 
 /// The tensors of the adapted model, as (model name, resident name): the trained parameters
-/// (their mean-teacher copies when the recipe has a teacher) and the updated buffers.
+/// (their mean-teacher copies when the recipe has a teacher) and the updated buffers. The
+/// rotation head is not part of the model and is dropped.
 fn model_tensors(step: &TrainStep, cfg: &AdaptConfig) -> Vec<(String, String)> {
     let src = |n: &str| match cfg.teacher {
         Some(_) => teacher_name(n),
@@ -78,6 +84,7 @@ fn model_tensors(step: &TrainStep, cfg: &AdaptConfig) -> Vec<(String, String)> {
     };
     step.params
         .iter()
+        .filter(|(n, _)| n != ROTATION_WEIGHT && n != ROTATION_BIAS)
         .map(|(n, _)| (n.clone(), src(n)))
         .chain(step.buffers.iter().map(|(n, _)| (n.clone(), n.clone())))
         .collect()

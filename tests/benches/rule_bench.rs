@@ -1,0 +1,89 @@
+//! Micro benchmark of the depthwise weight-gradient forms (regrouped Conv against per-tap
+//! sums) on both engines; timings are printed, never asserted (the whole-model train step is
+//! `fieldtune bench`). Run: `cargo bench -p fieldtune-tests --bench rule_bench`
+
+use std::time::Instant;
+
+use fieldtune_graph::autodiff::{depthwise_weight_grad_taps, grouped_weight_grad_conv};
+use fieldtune_graph::builder::Builder;
+use fieldtune_graph::encode_model;
+use fieldtune_graph::infer::Window;
+use fieldtune_graph::ir::Elem;
+use fieldtune_tensor::Tensor;
+use fieldtune_tests::{engines, rng, uniform};
+
+/// Median milliseconds of `runs` runs (after one warm-up) of the graph `b` builds.
+fn time(b: Builder, feeds: &[(&str, Tensor)], runs: usize) -> Vec<(String, f64)> {
+    let bytes = encode_model(&b.finish("bench").to_model("bench"));
+    let mut out = Vec::new();
+    for engine in engines() {
+        let mut s = engine.load(&bytes, "bench").expect("load");
+        let refs: Vec<(&str, &Tensor)> = feeds.iter().map(|(n, t)| (*n, t)).collect();
+        s.run(&refs).expect("run");
+        let mut ms: Vec<f64> = (0..runs)
+            .map(|_| {
+                let t = Instant::now();
+                s.run(&refs).expect("run");
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        ms.sort_by(f64::total_cmp);
+        out.push((format!("{:?}", engine.kind()), ms[runs / 2]));
+    }
+    out
+}
+
+fn show(label: &str, a: &[(String, f64)], b: &[(String, f64)]) {
+    for ((e, x), (_, y)) in a.iter().zip(b) {
+        println!(
+            "{label:<44} {e:<6} Conv {x:8.3} ms   taps {y:8.3} ms   ({:.2}x)",
+            x / y
+        );
+    }
+}
+
+fn main() {
+    // MobileNetV2 224x224's depthwise 3x3 layers at 16 images (channels, input side, stride).
+    let layers = [
+        (32, 112, 1),
+        (96, 112, 2),
+        (144, 56, 1),
+        (144, 56, 2),
+        (192, 28, 1),
+        (384, 14, 1),
+        (576, 14, 2),
+        (960, 7, 1),
+    ];
+    let nb = 16;
+    for (c, hw, s) in layers {
+        let o = (hw + 2 - 3) / s + 1;
+        let mut r = rng(c as u64);
+        let x = uniform(&mut r, &[nb, c, hw, hw], -1.0, 1.0);
+        let dy = uniform(&mut r, &[nb, c, o, o], -1.0, 1.0);
+        let win = Window {
+            kernel: vec![3, 3],
+            strides: vec![s, s],
+            dilations: vec![1, 1],
+            pads: vec![1, 1, 1, 1],
+        };
+        let (xs, ws, ys) = ([nb, c, hw, hw], [c, 1, 3, 3], [nb, c, o, o]);
+        let mut res = Vec::new();
+        for taps in [false, true] {
+            let mut b = Builder::new(17);
+            b.input("x", Elem::F32, &xs).unwrap();
+            b.input("dy", Elem::F32, &ys).unwrap();
+            let g = if taps {
+                depthwise_weight_grad_taps(&mut b, "x", "dy", &xs, &ws, &ys, &win).unwrap()
+            } else {
+                grouped_weight_grad_conv(&mut b, "x", "dy", &xs, &ws, &ys, &win, c).unwrap()
+            };
+            b.output_as(&g, "dw").unwrap();
+            res.push(time(b, &[("x", x.clone()), ("dy", dy.clone())], 7));
+        }
+        show(
+            &format!("depthwise dW C={c} {hw}x{hw} stride {s}"),
+            &res[0],
+            &res[1],
+        );
+    }
+}
