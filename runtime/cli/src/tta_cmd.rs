@@ -1,0 +1,339 @@
+//! `fieldtune tta`: online test-time adaptation over a sequence of domains (arguments, data
+//! loading, progress and printing; the protocol is fieldtune_adapt::tta).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use fieldtune_adapt::tta::{self, Domain, Method, Setting, TtaOptions, TtaRun};
+use fieldtune_adapt::AdaptConfig;
+
+use super::{engine, load_labeled, open_model, EngineArgs, NormArgs};
+
+/// The 15 standard ImageNet-C corruptions, in the usual order.
+pub const CORRUPTIONS: [&str; 15] = [
+    "gaussian_noise",
+    "shot_noise",
+    "impulse_noise",
+    "defocus_blur",
+    "glass_blur",
+    "motion_blur",
+    "zoom_blur",
+    "snow",
+    "frost",
+    "fog",
+    "brightness",
+    "contrast",
+    "elastic_transform",
+    "pixelate",
+    "jpeg_compression",
+];
+
+pub const TTA_ABOUT: &str = "Online test-time adaptation over a sequence of domains (e.g. the 15 \
+corruptions of Fashion-MNIST-C). Each domain's images arrive in a seeded order, in batches of \
+--batch: every batch is first predicted with the current weights (that prediction is scored), then \
+one train step is taken on that same batch.\n\n\
+Methods (--methods):\n  source    the model as shipped, no adaptation\n  \
+bn        BatchNorm normalises with the test batch's statistics; no parameter update\n  \
+tent      + entropy minimisation of the predictions, BatchNorm scale/bias, Adam lr 1e-3\n  \
+uda       + UDA consistency (identity weak view, mild RandAugment strong view, mask 0.9) + \
+information maximisation + cross-entropy on 16 labeled anchors per step\n  \
+fixmatch  + hard pseudo-labels above 0.95 for the strong view + anchor cross-entropy\n  \
+teacher   uda with targets and predictions from a mean teacher (EMA 0.99)\n\
+`--print-config METHOD` prints a method's full settings; `--method-config METHOD=FILE` overrides them.\n\n\
+Settings (--settings): reset (each domain starts from the source weights and a fresh optimizer) and \
+continual (no reset; errors compound, collapse shows).\n\n\
+Data: --data DIR holds one labeled image folder per domain (DIR/<domain>/<class>/*.png); --domains \
+lists them in order, or --severity N takes the 15 standard corruptions <name>-N (as written by \
+scripts/corrupt_fmnist.py).";
+
+#[derive(Args)]
+pub struct TtaArgs {
+    /// Model folder (model.onnx + model.toml), or a bare .onnx file.
+    #[arg(long, required_unless_present = "print_config")]
+    model: Option<PathBuf>,
+    #[command(flatten)]
+    norm: NormArgs,
+    /// Folder holding one labeled image folder per domain.
+    #[arg(long, required_unless_present = "print_config")]
+    data: Option<PathBuf>,
+    /// Domain folders under --data, in stream order (comma-separated).
+    #[arg(long, value_delimiter = ',', conflicts_with = "severity")]
+    domains: Option<Vec<String>>,
+    /// The 15 standard corruptions at this severity: domains <corruption>-N in the usual order.
+    #[arg(long, value_name = "N")]
+    severity: Option<u32>,
+    /// Use at most this many images of each domain, evenly spread over its files.
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
+    /// Labeled anchors for uda, fixmatch and teacher (default: MODEL/anchors).
+    #[arg(long)]
+    anchors: Option<PathBuf>,
+    /// Methods to run (comma-separated): source, bn, tent, uda, fixmatch, teacher.
+    #[arg(long, value_delimiter = ',', default_value = "source,bn,tent,uda,fixmatch,teacher",
+          value_parser = parse_method)]
+    methods: Vec<Method>,
+    /// Settings to run (comma-separated): reset, continual.
+    #[arg(long, value_delimiter = ',', default_value = "reset,continual", value_parser = parse_setting)]
+    settings: Vec<Setting>,
+    /// Seeds (comma-separated): stream order, anchor sampling and augmentation.
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    seeds: Vec<u64>,
+    /// Images per test batch (and per train step).
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Override a method's settings with a TOML file (repeatable): METHOD=FILE. The file is a
+    /// full settings file as `--print-config METHOD` writes it, or a part of one.
+    #[arg(long, value_name = "METHOD=FILE")]
+    method_config: Vec<String>,
+    /// Print a method's train-step settings as TOML and exit.
+    #[arg(long, value_name = "METHOD", value_parser = parse_method)]
+    print_config: Option<Method>,
+    /// Write every step's batch to DIR/<method>/seed-<S>/<NN>-<domain>/step-<K>.safetensors
+    /// (x_test, y_test and the train-step inputs) plus settings.json, for scripts/torch_tta.py.
+    #[arg(long, value_name = "DIR")]
+    dump_batches: Option<PathBuf>,
+    /// Write all results as JSON.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+fn parse_method(s: &str) -> std::result::Result<Method, String> {
+    Method::parse(s).ok_or_else(|| {
+        format!(
+            "unknown method '{s}'; known: {}",
+            Method::ALL.map(|m| m.name()).join(", ")
+        )
+    })
+}
+
+fn parse_setting(s: &str) -> std::result::Result<Setting, String> {
+    match s {
+        "reset" => Ok(Setting::Reset),
+        "continual" => Ok(Setting::Continual),
+        _ => Err(format!("unknown setting '{s}'; known: reset, continual")),
+    }
+}
+
+/// A method's settings: its preset, with a --method-config file's keys over it.
+fn method_settings(m: Method, files: &HashMap<Method, PathBuf>) -> Result<Option<AdaptConfig>> {
+    match files.get(&m) {
+        None => Ok(m.preset()),
+        Some(path) => Ok(Some(tta::settings_from_file(m, path)?)),
+    }
+}
+
+fn load_domains(
+    data: &Path,
+    names: &[String],
+    m: &fieldtune_adapt::ModelDir,
+    limit: Option<usize>,
+) -> Result<Vec<Domain>> {
+    names
+        .iter()
+        .map(|n| {
+            let dir = data.join(n);
+            let (mut images, mut labels) = load_labeled(&dir, m)
+                .with_context(|| format!("loading domain '{n}' from {}", dir.display()))?;
+            if let Some(l) = limit.filter(|&l| l < images.len()) {
+                // Evenly spread over the folder order (class folders come one after another).
+                let n = images.len();
+                let pick: Vec<usize> = (0..l).map(|i| i * n / l).collect();
+                images = pick.iter().map(|&i| images[i].clone()).collect();
+                labels = pick.iter().map(|&i| labels[i]).collect();
+            }
+            Ok(Domain {
+                name: n.clone(),
+                images,
+                labels,
+            })
+        })
+        .collect()
+}
+
+pub fn run(a: TtaArgs, engine_args: &EngineArgs) -> Result<()> {
+    let mut files = HashMap::new();
+    for spec in &a.method_config {
+        let (m, f) = spec
+            .split_once('=')
+            .with_context(|| format!("--method-config '{spec}': expected METHOD=FILE"))?;
+        let m = parse_method(m).map_err(anyhow::Error::msg)?;
+        files.insert(m, PathBuf::from(f));
+    }
+    if let Some(m) = a.print_config {
+        match method_settings(m, &files)? {
+            Some(c) => print!("{}", c.to_toml()),
+            None => println!("# method '{}' trains nothing", m.name()),
+        }
+        return Ok(());
+    }
+    let model_path = a.model.as_deref().expect("clap requires --model");
+    let data = a.data.as_deref().expect("clap requires --data");
+    let m = open_model(model_path, &a.norm)?;
+    let names: Vec<String> = match (&a.domains, a.severity) {
+        (Some(d), _) => d.clone(),
+        (None, Some(s)) => CORRUPTIONS.iter().map(|c| format!("{c}-{s}")).collect(),
+        (None, None) => bail!("give --domains or --severity"),
+    };
+    let domains = load_domains(data, &names, &m, a.limit)?;
+    let settings: HashMap<Method, Option<AdaptConfig>> = a
+        .methods
+        .iter()
+        .map(|&me| Ok((me, method_settings(me, &files)?)))
+        .collect::<Result<_>>()?;
+    let needs_anchors = settings
+        .values()
+        .any(|c| c.as_ref().is_some_and(|c| c.batch_labeled > 0));
+    let (anchors, anchor_labels) = if needs_anchors {
+        let dir = a
+            .anchors
+            .clone()
+            .unwrap_or_else(|| model_path.join("anchors"));
+        load_labeled(&dir, &m).with_context(|| {
+            format!("loading labeled anchors from {} (--anchors)", dir.display())
+        })?
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    let e = engine(engine_args)?;
+    let per_domain: Vec<usize> = domains.iter().map(|d| d.images.len() / a.batch).collect();
+    println!(
+        "data: {} domains ({}), {} images each; batch {}; {} anchors",
+        domains.len(),
+        names.join(", "),
+        domains.first().map_or(0, |d| d.images.len()),
+        a.batch,
+        anchors.len()
+    );
+    let total: usize =
+        per_domain.iter().sum::<usize>() * a.methods.len() * a.settings.len() * a.seeds.len();
+    let bar = indicatif::ProgressBar::new(total as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} tta [{bar:30}] {pos}/{len} batches {per_sec} eta {eta} {msg}",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
+    );
+    let mut runs: Vec<TtaRun> = Vec::new();
+    for &seed in &a.seeds {
+        for &method in &a.methods {
+            let cfg = settings[&method].as_ref();
+            for (si, &setting) in a.settings.iter().enumerate() {
+                bar.set_message(format!("{} {} seed {seed}", method.name(), setting.name()));
+                // The batches do not depend on the setting: dump them once.
+                let dump = a
+                    .dump_batches
+                    .as_ref()
+                    .filter(|_| si == 0)
+                    .map(|d| d.join(method.name()).join(format!("seed-{seed}")));
+                if let Some(d) = &dump {
+                    tta::write_dump_settings(d, method, cfg, a.batch, seed, &domains)?;
+                }
+                let opts = TtaOptions {
+                    batch: a.batch,
+                    seed,
+                    anchors: &anchors,
+                    anchor_labels: &anchor_labels,
+                    dump: dump.as_deref(),
+                };
+                let r = tta::run(
+                    e.as_ref(),
+                    &m,
+                    method,
+                    cfg,
+                    setting,
+                    &domains,
+                    &opts,
+                    &mut || bar.inc(1),
+                )
+                .with_context(|| format!("tta {} {} seed {seed}", method.name(), setting.name()))?;
+                bar.suspend(|| {
+                    tracing::info!(
+                        "{} {} seed {seed}: mean error {:.2}% ({:.1} s)",
+                        method.name(),
+                        setting.name(),
+                        r.mean_error,
+                        r.seconds
+                    )
+                });
+                runs.push(r);
+            }
+        }
+    }
+    bar.finish_and_clear();
+    print_table(&runs, &a.methods, &a.settings, &names);
+    if let Some(out) = &a.out {
+        let v = serde_json::json!({
+            "model": model_path,
+            "data": data,
+            "engine": e.describe(),
+            "batch": a.batch,
+            "domains": names,
+            "images_per_domain": domains.first().map_or(0, |d| d.images.len()),
+            "runs": runs,
+        });
+        fieldtune_adapt::fsutil::atomic_write(out, serde_json::to_string_pretty(&v)?.as_bytes())?;
+        println!("wrote {}", out.display());
+    }
+    Ok(())
+}
+
+fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let m = v.iter().sum::<f64>() / n;
+    let s = if v.len() > 1 {
+        (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+    } else {
+        0.0
+    };
+    (m, s)
+}
+
+fn print_table(runs: &[TtaRun], methods: &[Method], settings: &[Setting], names: &[String]) {
+    println!(
+        "\nmean error over {} domains, % (mean +- std over seeds)",
+        names.len()
+    );
+    print!("{:<10}", "method");
+    for s in settings {
+        print!(" {:>16}", s.name());
+    }
+    println!();
+    for &m in methods {
+        print!("{:<10}", m.name());
+        for &s in settings {
+            let v: Vec<f64> = runs
+                .iter()
+                .filter(|r| r.method == m && r.setting == s)
+                .map(|r| r.mean_error)
+                .collect();
+            let (mu, sd) = mean_std(&v);
+            print!(" {:>16}", format!("{mu:.2} +- {sd:.2}"));
+        }
+        println!();
+    }
+    println!("\nper domain, % (mean over seeds)");
+    print!("{:<22}", "domain");
+    for &m in methods {
+        for &s in settings {
+            print!(" {:>9}", format!("{}/{}", m.name(), &s.name()[..1]));
+        }
+    }
+    println!();
+    for (i, n) in names.iter().enumerate() {
+        print!("{:<22}", n);
+        for &m in methods {
+            for &s in settings {
+                let v: Vec<f64> = runs
+                    .iter()
+                    .filter(|r| r.method == m && r.setting == s)
+                    .filter_map(|r| r.domains.get(i).map(|d| d.error))
+                    .collect();
+                print!(" {:>9.2}", mean_std(&v).0);
+            }
+        }
+        println!();
+    }
+}
