@@ -120,6 +120,11 @@ pub fn run(args: RunArgs, engine: &EngineArgs) -> Result<()> {
             }
         }
     };
+    // Under a systemd Type=notify unit: READY/WATCHDOG/STOPPING from the run's events.
+    let observer = crate::sd_notify::chain(
+        observer,
+        crate::sd_notify::observer_from_env(cfg.pipeline.stats_every_s),
+    );
     let opts = RunOptions {
         engine: preference(engine),
         ort_lib: engine.ort_lib.clone(),

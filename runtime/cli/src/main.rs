@@ -4,6 +4,8 @@
 mod bench_cmd;
 mod board_leds;
 mod field_cmd;
+mod sd_notify;
+mod tta_cmd;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -15,7 +17,10 @@ use fieldtune_adapt::{
     adapt, batches, evaluate, AdaptConfig, AdaptData, BatchMaker, EvalReport, ModelDir, StepReport,
     RECIPES,
 };
-use fieldtune_engine::{doctor_report, select_engine, Engine, EnginePreference, OrtOptions};
+use fieldtune_engine::{
+    doctor_report, select_engine, Engine, EnginePreference, ExecutionProvider, GraphOptimization,
+    OrtOptions,
+};
 use fieldtune_frames::{Dataset, Image8};
 use fieldtune_graph::{BatchNormMode, MeanTeacher, Trainable, UdaLoss};
 
@@ -54,6 +59,30 @@ struct EngineArgs {
     /// Threads per operator for ONNX Runtime (default: one per core).
     #[arg(long, global = true, value_name = "N")]
     threads: Option<usize>,
+    /// ONNX Runtime execution providers in priority order: cpu, cuda[:N], tensorrt[:N]
+    /// (e.g. `tensorrt,cuda`). Each must register or the command fails; nodes a provider
+    /// cannot run go to the next one. Run `fieldtune doctor` to see what the library has.
+    /// (`fieldtune run` takes these settings from its config's [engine] section.)
+    #[arg(long, global = true, value_name = "CHAIN", default_value = "cpu")]
+    ep: String,
+    /// Folder for TensorRT's engine and timing caches (the first run builds engines, which
+    /// takes minutes on a Jetson; later runs load them).
+    #[arg(long, global = true, value_name = "DIR")]
+    trt_cache: Option<PathBuf>,
+    /// ONNX Runtime graph optimization level.
+    #[arg(long, global = true, value_enum, default_value_t = GraphOpt::All)]
+    graph_opt: GraphOpt,
+    /// Turn off ONNX Runtime's CPU memory arena (lower resident memory, slower allocation).
+    #[arg(long, global = true)]
+    no_arena: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum GraphOpt {
+    Disable,
+    Basic,
+    Extended,
+    All,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -72,7 +101,9 @@ examples of the source domain. Writes --out/model.onnx (the adapted weights as i
 --out/model.toml, --out/checkpoint.safetensors and --out/adapt.json (settings, loss history, accuracy).\n\n\
 Recipes (--recipe):\n  uda-im  UDA, identity weak view, mild RandAugment, + information maximisation + anchor CE, 600 steps (default)\n  \
 uda     textbook UDA: 2 px shifted weak view, TSA\n  tent    entropy minimisation, no anchors\n  \
-fixmatch hard pseudo-labels (confidence > 0.95) for the strong view + anchor CE\n\n\
+fixmatch hard pseudo-labels (confidence > 0.95) for the strong view + anchor CE\n  \
+cotta   CoTTA: mean teacher, augmentation-averaged targets, soft CE, stochastic restore; no anchors\n  \
+rotation test-time training: rotation prediction with a linear head (not saved); no anchors\n\n\
 --objective, --train, --batchnorm and --batch change a recipe from the command line; a bare .onnx \
 works as --model with --mean/--std.\n\n\
 Every setting can be overridden in a TOML file (--config); --print-config shows them all."
@@ -133,6 +164,10 @@ Every setting can be overridden in a TOML file (--config); --print-config shows 
     /// Time the train step and inference of a model on one engine, with peak memory.
     #[command(long_about = bench_cmd::BENCH_ABOUT)]
     Bench(bench_cmd::BenchArgs),
+    /// Test-time adaptation over a sequence of domains (e.g. corruptions), per domain with
+    /// reset or continual; source, bn, tent, uda, fixmatch, mean teacher.
+    #[command(long_about = tta_cmd::TTA_ABOUT)]
+    Tta(tta_cmd::TtaArgs),
 }
 
 #[derive(Args)]
@@ -171,7 +206,12 @@ struct RecipeArgs {
     /// consistency + anchor CE), tent (prediction entropy only; no anchors), fixmatch (hard
     /// pseudo-labels above 0.95 on the strong view + anchor CE), teacher (uda with targets
     /// from a mean teacher, EMA 0.999, updated inside the train step; the teacher is the
-    /// adapted model).
+    /// adapted model), cotta (CoTTA: mean teacher, EMA 0.999, whose targets are averaged over
+    /// 4 mildly augmented views where its confidence is below 0.9, soft cross-entropy on the
+    /// unaugmented frames, stochastic restore of 1% of the weights to the source model per
+    /// step; no anchors), rotation (test-time training: predict the rotation, 0/90/180/270
+    /// degrees, of each frame with a linear head on the classifier's input; square images;
+    /// no anchors; the head is not saved).
     #[arg(long, value_enum)]
     objective: Option<Objective>,
     /// BatchNorm while adapting: train (batch statistics, running statistics updated) or
@@ -204,6 +244,8 @@ enum Objective {
     Tent,
     Fixmatch,
     Teacher,
+    Cotta,
+    Rotation,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -236,7 +278,7 @@ impl RecipeArgs {
             cfg.lr = v;
         }
         if let Some(o) = self.objective {
-            let ce = if matches!(o, Objective::Tent) {
+            let ce = if matches!(o, Objective::Tent | Objective::Cotta | Objective::Rotation) {
                 0.0
             } else {
                 1.0
@@ -248,7 +290,7 @@ impl RecipeArgs {
                 entropy_weight: match o {
                     Objective::Tent => 1.0,
                     Objective::Uda | Objective::Teacher => cfg.loss.entropy_weight,
-                    Objective::Fixmatch => 0.0,
+                    Objective::Fixmatch | Objective::Cotta | Objective::Rotation => 0.0,
                 },
                 diversity_weight: if consistency {
                     cfg.loss.diversity_weight
@@ -265,7 +307,20 @@ impl RecipeArgs {
             if ce == 0.0 {
                 cfg.batch_labeled = 0;
             }
-            cfg.teacher = matches!(o, Objective::Teacher).then_some(MeanTeacher { ema: 0.999 });
+            cfg.teacher = matches!(o, Objective::Teacher | Objective::Cotta)
+                .then_some(MeanTeacher { ema: 0.999 });
+            cfg.cotta = match o {
+                Objective::Cotta => Some(cfg.cotta.unwrap_or_default()),
+                _ => None,
+            };
+            if matches!(o, Objective::Cotta) {
+                // CoTTA's student sees the frames themselves.
+                cfg.strong = fieldtune_adapt::recipe::AugmentConfig::Identity;
+            }
+            cfg.rotation = match o {
+                Objective::Rotation => Some(cfg.rotation.clone().unwrap_or_default()),
+                _ => None,
+            };
         }
         if let Some(n) = self.batch {
             cfg.batch_unlabeled = n;
@@ -378,7 +433,16 @@ fn engine(args: &EngineArgs) -> Result<Box<dyn Engine>> {
     let opts = OrtOptions {
         lib: args.ort_lib.clone(),
         intra_threads: args.threads,
-        ..Default::default()
+        providers: ExecutionProvider::parse_chain(&args.ep, args.trt_cache.as_deref())
+            .map_err(anyhow::Error::msg)
+            .context("--ep")?,
+        graph_optimization: match args.graph_opt {
+            GraphOpt::Disable => GraphOptimization::Disable,
+            GraphOpt::Basic => GraphOptimization::Basic,
+            GraphOpt::Extended => GraphOptimization::Extended,
+            GraphOpt::All => GraphOptimization::All,
+        },
+        no_cpu_arena: args.no_arena,
     };
     let e = select_engine(pref, opts).context("selecting the engine")?;
     let why = match (args.engine, e.kind()) {
@@ -397,6 +461,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Run(a) => field_cmd::run(a, &cli.engine),
         Command::Report(a) => field_cmd::report(a),
         Command::Bench(a) => bench_cmd::run(a, &cli.engine),
+        Command::Tta(a) => tta_cmd::run(a, &cli.engine),
         Command::Doctor { board } => {
             use fieldtune_board_profile::{check_engines, check_host, Level, Profile};
             // A bad profile fails before anything is printed.

@@ -411,3 +411,53 @@ fn a_bare_onnx_batchnorm_backbone_adapts_with_tent_on_its_batchnorm_only() {
         &["usps-cnn/model.onnx", "--mean has 2 values", "1 channels"],
     );
 }
+
+#[test]
+fn cotta_and_rotation_objectives_adapt_without_anchors_and_save_only_the_model() {
+    let d = tempfile::tempdir().unwrap();
+    // CoTTA on ONNX Runtime: tract 0.23.9 cannot load the restore streams of the large
+    // classifier weight (ARCHITECTURE.md, "The train step").
+    for (objective, engine) in [("cotta", "ort"), ("rotation", "tract")] {
+        let out = d.path().join(objective);
+        let o = fieldtune(&[
+            "adapt",
+            "--model",
+            "models/mnist-cnn",
+            "--unlabeled",
+            "data/opencv-digits",
+            "--out",
+            out.to_str().unwrap(),
+            "--objective",
+            objective,
+            "--batch",
+            "8",
+            "--steps",
+            "2",
+            "--engine",
+            engine,
+        ]);
+        let (stdout, err) = text(&o);
+        assert!(o.status.success(), "{objective}: {stdout}\n{err}");
+        let mut names = safetensors_names(&out.join("checkpoint.safetensors"));
+        names.sort();
+        // The trained tensors only: the rotation loss reads the classifier's input, so the
+        // last layer gets no gradient there; the rotation head is never part of the model.
+        let mut expect = vec![
+            "classifier.0.bias",
+            "classifier.0.weight",
+            "classifier.2.bias",
+            "classifier.2.weight",
+            "features.0.bias",
+            "features.0.weight",
+            "features.3.bias",
+            "features.3.weight",
+        ];
+        if objective == "rotation" {
+            expect.retain(|n| !n.starts_with("classifier.2"));
+        }
+        assert_eq!(names, expect, "{objective}");
+    }
+    let o = fieldtune(&["adapt", "--help"]);
+    let (s, _) = text(&o);
+    assert!(s.contains("cotta") && s.contains("rotation"), "{s}");
+}
