@@ -85,7 +85,7 @@ tools_step() {
     if ! cargo deb --version 2>/dev/null | grep -q "${deb_version}"; then
         cargo install -q cargo-deb --version "=${deb_version}" --locked --root "${tools}/cargo"
     fi
-    echo "zig $(python3 -m ziglang version), $(cargo-zigbuild --version | head -n 1), $(cargo deb --version)"
+    echo "zig $(python3 -m ziglang version), $(cargo-zigbuild --version | sed -n 1p), $(cargo deb --version)"
     timing "tools" "$(since "$t0")"
 }
 
@@ -148,8 +148,8 @@ qemu_step() {
     # runs this CNN 20-50x slower than the host does.
     for c in 0 1 2 3 4 5 6 7 8 9; do
         mkdir -p "${work}/eval/${c}" "${work}/anchors/${c}"
-        find "data/opencv-digits/${c}" -type f | sort | head -n 10 | xargs -I{} cp {} "${work}/eval/${c}/"
-        find "models/mnist-cnn/anchors/${c}" -type f | sort | head -n 10 | xargs -I{} cp {} "${work}/anchors/${c}/"
+        find "data/opencv-digits/${c}" -type f | sort | sed -n 1,10p | xargs -I{} cp {} "${work}/eval/${c}/"
+        find "models/mnist-cnn/anchors/${c}" -type f | sort | sed -n 1,10p | xargs -I{} cp {} "${work}/anchors/${c}/"
     done
     echo "-- ONNX Runtime ${ort_version} for aarch64 (PyPI wheel, cached)"
     bash scripts/install-ort.sh --arch aarch64 --version "${ort_version}" \
@@ -175,7 +175,7 @@ qemu_step() {
         "${q[@]}" "${bin}" "${args[@]}" eval --model models/mnist-cnn --data "${work}/eval" \
             | tee "${work}/eval-${engine}.txt"
         timing "qemu: eval ${engine} (100 images)" "$(since "$t0")"
-        acc=$(sed -n 's/.*accuracy: \([0-9.]*\).*/\1/p' "${work}/eval-${engine}.txt" | head -n 1)
+        acc=$(sed -n 's/.*accuracy: \([0-9.]*\).*/\1/p' "${work}/eval-${engine}.txt" | sed -n 1p)
         awk -v a="${acc:-0}" 'BEGIN { exit !(a >= 0.8) }' \
             || { echo "error: ${engine} accuracy ${acc:-none} under qemu (expected >= 0.8)" >&2; exit 1; }
         t0=$(now)

@@ -100,7 +100,7 @@ echo "[time] install: $(since "$t0") s"
 echo "-- systemd-analyze verify"
 if command -v systemd-analyze >/dev/null; then
     systemd-analyze verify "${unit}" || fail "systemd-analyze verify ${unit}"
-    echo "systemd-analyze verify: ok ($(systemd-analyze --version | head -n 1))"
+    echo "systemd-analyze verify: ok ($(systemd-analyze --version | sed -n 1p))"
     systemd-analyze security --offline=true "${unit}" 2>/dev/null | tail -n 1 || true
 else
     echo "systemd-analyze not installed (apt-get install systemd): unit NOT verified"
