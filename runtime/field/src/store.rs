@@ -272,6 +272,15 @@ impl Store {
             std::fs::hard_link(&last, &tmp).map_err(io_err(&tmp))?;
             let prev = self.dir.join(PREVIOUS);
             std::fs::rename(&tmp, &prev).map_err(io_err(&prev))?;
+            // A kill between the rename above and the write below leaves `previous` and
+            // `last-good` as one inode; renaming a link onto another link of the same file
+            // then does nothing and leaves the temporary behind (POSIX rename), so drop it.
+            match std::fs::remove_file(&tmp) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(io_err(&tmp)(e));
+                }
+                _ => {}
+            }
         }
         self.write(&last, params, meta)?;
         Ok(last)
@@ -352,6 +361,27 @@ mod tests {
                 ("previous.safetensors".into(), 1)
             ]
         );
+    }
+
+    #[test]
+    fn a_commit_after_a_kill_between_link_and_write_leaves_no_temporary() {
+        let d = tempfile::tempdir().unwrap();
+        let (s, _, _) = Store::open(d.path(), "abc", &params(0.0)).unwrap();
+        s.commit(&params(1.0), &meta(1)).unwrap();
+        // What a kill -9 right after `previous` was linked leaves: one inode, two names.
+        let (last, prev) = (d.path().join(LAST_GOOD), d.path().join(PREVIOUS));
+        let _ = std::fs::remove_file(&prev);
+        std::fs::hard_link(&last, &prev).unwrap();
+        s.commit(&params(2.0), &meta(2)).unwrap();
+        let names: Vec<String> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".tmp-"))
+            .collect();
+        assert!(names.is_empty(), "left over: {names:?}");
+        let v = verify_dir(d.path()).unwrap();
+        assert_eq!(v[1], ("last-good.safetensors".into(), 2));
+        assert_eq!(v[2], ("previous.safetensors".into(), 1));
     }
 
     #[test]
