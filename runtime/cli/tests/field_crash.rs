@@ -126,25 +126,32 @@ max_marginal_entropy_drop = 1000.0
             .spawn()
             .unwrap()
     };
-    let t_first = {
+    // Time from start to the next commit, once from the source and once resuming from a
+    // checkpoint (measured here at about 1.7x the first: kill moments calibrated on the first
+    // alone ended before most resumed runs could commit).
+    let time_to_next_commit = || {
+        let before = last_good(&state).unwrap_or(0);
         let t = Instant::now();
         let mut child = spawn();
-        while last_good(&state).unwrap_or(0) == 0 && t.elapsed() < Duration::from_secs(120) {
+        while last_good(&state).unwrap_or(0) == before && t.elapsed() < Duration::from_secs(120) {
             std::thread::sleep(Duration::from_millis(20));
         }
-        let first = t.elapsed();
+        let took = t.elapsed();
         child.kill().unwrap();
         child.wait().unwrap();
         assert!(
-            last_good(&state).unwrap_or(0) > 0,
+            last_good(&state).unwrap_or(0) > before,
             "no round committed within 120 s"
         );
-        first
+        took
     };
-    let upper = (t_first.as_millis() as u64 * 3 / 2).max(1500);
+    let t_first = time_to_next_commit();
+    let t_resumed = time_to_next_commit();
+    let upper = (t_first.max(t_resumed).as_millis() as u64 * 3 / 2).max(1500);
     println!(
-        "first commit after {} ms: kill moments in 50..{upper} ms",
-        t_first.as_millis()
+        "first commit after {} ms, after a resume {} ms: kill moments in 50..{upper} ms",
+        t_first.as_millis(),
+        t_resumed.as_millis()
     );
     let mut expected = last_good(&state).unwrap_or(0); // what a restart must resume from
     let mut advanced = 0;
