@@ -2,7 +2,9 @@
 # CI for boards/: the no_std core builds for a Cortex-M4F target (thumbv7em-none-eabihf) with no
 # default features, with defmt, and with its default `log` feature; its sources import no std
 # and no alloc; then lints and tests of the three board crates, feature combinations included.
-# The gpio-sim test prints whether it ran (and why not) in the log.
+# The gpio-sim test prints whether it ran (and why not) in the log. The CLI with `linux-gpio`
+# (its board_leds tests) is linted by .ci/run and tested by scripts/test.sh, in the workspace's
+# one feature set, so that it does not cost a second build of the whole runtime here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -32,7 +34,6 @@ cargo clippy -q -p "$core" --all-targets --no-default-features --features defmt 
 cargo clippy -q -p fieldtune-board-linux --all-targets -- -D warnings
 cargo clippy -q -p fieldtune-board-linux --all-targets --features linux-gpio -- -D warnings
 cargo clippy -q -p fieldtune-board-profile --all-targets -- -D warnings
-cargo clippy -q -p fieldtune --all-targets --features linux-gpio -- -D warnings
 
 echo "== tests"
 cargo test -q -p "$core"
@@ -41,6 +42,5 @@ cargo test -q -p "$core" --no-default-features --features defmt
 cargo test -q -p fieldtune-board-profile
 cargo test -q -p fieldtune-board-linux
 cargo test -q -p fieldtune-board-linux --features linux-gpio
-cargo test -q -p fieldtune --features linux-gpio --bin fieldtune board_leds
 echo "== gpio-sim (runs where the kernel has gpio-sim and configfs and we are root)"
 cargo test -q -p fieldtune-board-linux --features linux-gpio --test gpio_sim -- --nocapture
