@@ -1,6 +1,7 @@
-//! Micro benchmark of the depthwise weight-gradient forms (regrouped Conv against per-tap
-//! sums) on both engines; timings are printed, never asserted (the whole-model train step is
-//! `fieldtune bench`). Run: `cargo bench -p fieldtune-tests --bench rule_bench`
+//! Micro benchmark of the depthwise weight-gradient forms (regrouped Conv, which the train
+//! step uses, against per-tap sums) on both engines; timings are printed, never asserted (the
+//! whole-model train step is `fieldtune bench`); the two forms must agree to 1e-3 relative.
+//! Run: `cargo bench -p fieldtune-tests --bench rule_bench`
 
 use std::time::Instant;
 
@@ -12,14 +13,17 @@ use fieldtune_graph::ir::Elem;
 use fieldtune_tensor::Tensor;
 use fieldtune_tests::{engines, rng, uniform};
 
-/// Median milliseconds of `runs` runs (after one warm-up) of the graph `b` builds.
-fn time(b: Builder, feeds: &[(&str, Tensor)], runs: usize) -> Vec<(String, f64)> {
+/// Median milliseconds of `runs` runs (after one warm-up) of the graph `b` builds, per
+/// engine, and the first engine's output.
+fn time(b: Builder, feeds: &[(&str, Tensor)], runs: usize) -> (Vec<(String, f64)>, Vec<f32>) {
     let bytes = encode_model(&b.finish("bench").to_model("bench"));
     let mut out = Vec::new();
+    let mut first = None;
     for engine in engines() {
         let mut s = engine.load(&bytes, "bench").expect("load");
         let refs: Vec<(&str, &Tensor)> = feeds.iter().map(|(n, t)| (*n, t)).collect();
-        s.run(&refs).expect("run");
+        let y = s.run(&refs).expect("run");
+        first.get_or_insert_with(|| y[0].1.as_f32().expect("f32").to_vec());
         let mut ms: Vec<f64> = (0..runs)
             .map(|_| {
                 let t = Instant::now();
@@ -30,7 +34,7 @@ fn time(b: Builder, feeds: &[(&str, Tensor)], runs: usize) -> Vec<(String, f64)>
         ms.sort_by(f64::total_cmp);
         out.push((format!("{:?}", engine.kind()), ms[runs / 2]));
     }
-    out
+    (out, first.expect("at least one engine"))
 }
 
 fn show(label: &str, a: &[(String, f64)], b: &[(String, f64)]) {
@@ -80,10 +84,17 @@ fn main() {
             b.output_as(&g, "dw").unwrap();
             res.push(time(b, &[("x", x.clone()), ("dy", dy.clone())], 7));
         }
-        show(
-            &format!("depthwise dW C={c} {hw}x{hw} stride {s}"),
-            &res[0],
-            &res[1],
+        let label = format!("depthwise dW C={c} {hw}x{hw} stride {s}");
+        let (conv, taps) = (&res[0].1, &res[1].1);
+        let scale = conv.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+        let worst = conv
+            .iter()
+            .zip(taps)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            worst <= 1e-3 * scale,
+            "{label}: the forms differ by {worst} (scale {scale})"
         );
+        show(&label, &res[0].0, &res[1].0);
     }
 }

@@ -714,13 +714,11 @@ fn conv_rule(b: &mut Builder, n: &Node, dy: &str, out: &mut [Option<String>]) ->
         }
         return Ok(());
     }
+    // Depthwise layers too take the regrouped Conv: per-tap sums (`depthwise_weight_grad_taps`)
+    // win in isolation at stride 1 but not in a whole MobileNetV2 step, where they cost
+    // tract 820 MiB of peak memory (docs/BENCHMARKS.md section 3).
     out[1] = Some(if group == 1 {
         conv_weight_grad_im2col(b, &x, dy, &xs, &ws, &ys, &win)?
-    } else if group == xs[1] && m == group && win.strides.iter().all(|&s| s == 1) {
-        // Per-tap sums beat the regrouped Conv at stride 1 and lose at stride 2 in isolation
-        // on both engines; a whole MobileNetV2 step gains ~5% on ONNX Runtime but loses ~8%
-        // on tract (tests/tests/rule_bench.rs).
-        depthwise_weight_grad_taps(b, &x, dy, &xs, &ws, &ys, &win)?
     } else {
         grouped_weight_grad_conv(b, &x, dy, &xs, &ws, &ys, &win, group)?
     });
@@ -815,7 +813,8 @@ fn window_tap(
 
 /// Weight gradient of a depthwise convolution (one filter per channel) tap by tap: for
 /// kernel offset `(i, j)`, `dW[c, 0, i, j]` = sum over batch and pixels of `dY` times the
-/// strided slice of the padded input that offset meets.
+/// strided slice of the padded input that offset meets. Not used by the train step (see
+/// `conv_rule`); kept as the measured alternative of `cargo bench --bench rule_bench`.
 pub fn depthwise_weight_grad_taps(
     b: &mut Builder,
     x: &str,
