@@ -56,7 +56,8 @@ struct EngineArgs {
     /// .ort/lib (scripts/install-ort.sh), Python's onnxruntime package, the system.
     #[arg(long, global = true, value_name = "PATH")]
     ort_lib: Option<PathBuf>,
-    /// Threads per operator for ONNX Runtime (default: one per core).
+    /// Threads per operator: ONNX Runtime's intra-op threads, or the size of tract's thread pool
+    /// for matrix products and large elementwise ops (default: one per core).
     #[arg(long, global = true, value_name = "N")]
     threads: Option<usize>,
     /// ONNX Runtime execution providers in priority order: cpu, cuda[:N], tensorrt[:N]

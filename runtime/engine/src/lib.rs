@@ -377,14 +377,16 @@ pub(crate) fn catch_panic<T>(
 ///
 /// With `Auto`, a library named explicitly (`ort_opts.lib` or `ORT_DYLIB_PATH`) that fails to
 /// load is an error, not a fallback, and so is a requested execution provider that the loaded
-/// ONNX Runtime lacks.
+/// ONNX Runtime lacks. tract takes its thread count from `ort_opts.intra_threads` too (unset or
+/// 0: one per core, as ONNX Runtime).
 pub fn select_engine(
     pref: EnginePreference,
     ort_opts: OrtOptions,
 ) -> Result<Box<dyn Engine>, EngineError> {
+    let tract_threads = ort_opts.intra_threads.unwrap_or(0);
     match pref {
         EnginePreference::Tract => {
-            let e = TractEngine::new();
+            let e = TractEngine::with_threads(tract_threads);
             tracing::info!("engine: {} (requested)", e.describe());
             Ok(Box::new(e))
         }
@@ -402,7 +404,7 @@ pub fn select_engine(
                     Ok(Box::new(e))
                 }
                 Err(EngineError::OrtNotFound { searched }) => {
-                    let e = TractEngine::new();
+                    let e = TractEngine::with_threads(tract_threads);
                     tracing::info!(
                         "ONNX Runtime not found (looked in: {}); using {}",
                         searched.join(", "),
@@ -411,7 +413,7 @@ pub fn select_engine(
                     Ok(Box::new(e))
                 }
                 Err(EngineError::OrtLoad { path, message }) if !explicit => {
-                    let e = TractEngine::new();
+                    let e = TractEngine::with_threads(tract_threads);
                     tracing::info!(
                         "ONNX Runtime at {} could not be loaded ({message}); using {}",
                         path.display(),

@@ -6,6 +6,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use tract_linalg::multithread::{multithread_tract_scope, Executor};
 use tract_onnx::pb;
 use tract_onnx::prelude::{
     DatumType, Framework, InferenceFact, InferenceModel, InferenceModelExt, IntoRunnable,
@@ -26,13 +27,31 @@ const PLAN_CACHE: usize = 8;
 /// tract as an [`Engine`].
 #[derive(Clone, Debug, Default)]
 pub struct TractEngine {
-    _private: (),
+    /// Threads of the pool its sessions run matrix products and large elementwise ops on;
+    /// `None` runs them on the calling thread.
+    pool: Option<(usize, Executor)>,
 }
 
 impl TractEngine {
-    /// A tract engine; it needs nothing from the system.
+    /// A single-threaded tract engine; it needs nothing from the system.
     pub fn new() -> Self {
-        TractEngine { _private: () }
+        TractEngine { pool: None }
+    }
+
+    /// A tract engine whose sessions run on a pool of `threads` threads (shared by all its
+    /// sessions); 0 means one per core, 1 is [`TractEngine::new`].
+    pub fn with_threads(threads: usize) -> Self {
+        let n = match threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let pool = (n > 1).then(|| (n, Executor::multithread_with_name(n, "fieldtune-tract")));
+        TractEngine { pool }
+    }
+
+    /// Threads its sessions use.
+    pub fn threads(&self) -> usize {
+        self.pool.as_ref().map_or(1, |(n, _)| *n)
     }
 }
 
@@ -116,6 +135,7 @@ impl TractEngine {
             inputs,
             outputs,
             plans: Vec::new(),
+            pool: self.pool.as_ref().map(|(_, e)| e.clone()),
         };
         // Fully static graphs (train steps) compile now, so errors show at load time.
         if session.inputs.iter().all(IoInfo::is_static)
@@ -142,7 +162,10 @@ impl Engine for TractEngine {
     }
 
     fn describe(&self) -> String {
-        format!("tract {TRACT_VERSION} (CPU)")
+        match self.threads() {
+            1 => format!("tract {TRACT_VERSION} (CPU)"),
+            n => format!("tract {TRACT_VERSION} (CPU, {n} threads)"),
+        }
     }
 
     fn load(&self, model: &[u8], label: &str) -> Result<Box<dyn Session>, EngineError> {
@@ -159,6 +182,8 @@ pub struct TractSession {
     outputs: Vec<IoInfo>,
     /// Compiled plans by input shapes, most recently used last.
     plans: Vec<(Vec<Vec<usize>>, TypedSimpleState)>,
+    /// The engine's thread pool, if any.
+    pool: Option<Executor>,
 }
 
 fn datum(dt: DType) -> DatumType {
@@ -313,7 +338,10 @@ impl Session for TractSession {
     fn run(&mut self, inputs: &[(&str, &Tensor)]) -> Result<Vec<(String, Tensor)>, EngineError> {
         let label = self.label.clone();
         catch_panic(
-            || self.run_inner(inputs),
+            || match self.pool.clone() {
+                Some(pool) => multithread_tract_scope(pool, || self.run_inner(inputs)),
+                None => self.run_inner(inputs),
+            },
             |message| EngineError::Run {
                 model: label,
                 engine: EngineKind::Tract,

@@ -487,3 +487,56 @@ fn tract_caches_plans_per_shape() {
         assert_eq!(y[0].1.shape(), &[b, 3]);
     }
 }
+
+/// CPU ticks (user + system) spent so far by this process's threads named `fieldtune-tract*`
+/// (tract's pool; Linux truncates thread names to 15 bytes).
+fn tract_pool_ticks() -> u64 {
+    let mut ticks = 0;
+    for t in std::fs::read_dir("/proc/self/task").unwrap() {
+        let dir = t.unwrap().path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if !comm.starts_with("fieldtune-tract") {
+            continue;
+        }
+        let stat = std::fs::read_to_string(dir.join("stat")).unwrap_or_default();
+        // Fields after the parenthesised name: state is field 3, utime 14, stime 15.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        ticks += f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    }
+    ticks
+}
+
+#[test]
+fn tract_on_a_thread_pool_matches_one_thread_and_uses_the_pool() {
+    let (m, k, n) = (512usize, 1024usize, 1024usize);
+    let mut rng = Rng::new(7);
+    let model = model_bytes(
+        17,
+        vec![
+            node("MatMul", &["x", "w"], &["xw"], vec![]),
+            node("Relu", &["xw"], &["y"], vec![]),
+        ],
+        vec![vi("x", FLOAT, &[m as i64, k as i64])],
+        vec![vi("y", FLOAT, &[m as i64, n as i64])],
+        vec![init_f32("w", &[k as i64, n as i64], rng.vec(k * n))],
+        vec![],
+    );
+    let x = rng.tensor(&[m, k]);
+    let one = TractEngine::new();
+    let two = TractEngine::with_threads(2);
+    assert_eq!(one.threads(), 1);
+    assert_eq!(two.threads(), 2);
+    assert!(two.describe().contains("2 threads"), "{}", two.describe());
+    let want = one.load(&model, "mm").unwrap().run(&[("x", &x)]).unwrap();
+    let mut s = two.load(&model, "mm").unwrap();
+    let before = tract_pool_ticks();
+    let mut got = Vec::new();
+    for _ in 0..20 {
+        got = s.run(&[("x", &x)]).unwrap();
+    }
+    let used = tract_pool_ticks() - before;
+    // Each output element's sum stays on one thread: the results are bit for bit the same.
+    assert_eq!(got[0].1, want[0].1);
+    assert!(used > 0, "tract's pool threads did no work (ticks {used})");
+}
