@@ -1,8 +1,9 @@
 //! Every autodiff rule against central finite differences, on random shapes, on both
 //! engines (ONNX Runtime and tract).
 
+use fieldtune_graph::autodiff::backward;
 use fieldtune_graph::builder::Builder;
-use fieldtune_graph::ir::attr;
+use fieldtune_graph::ir::{attr, encode_model, Elem};
 use fieldtune_tensor::Tensor;
 use fieldtune_tests::{away_from_zero, distinct, engines, gradcheck, rng, uniform};
 use rand::Rng;
@@ -128,6 +129,44 @@ fn maxpool_disjoint_and_overlapping() {
             // Values are spaced at least 20/486 apart: perturbations stay well inside that.
             (vec![("x".into(), x)], 5e-3, Box::new(build))
         });
+    }
+}
+
+/// Tied maxima (where finite differences say nothing): like PyTorch, the whole gradient goes
+/// to the first maximum of each window in row-major order, on both engines, on overlapping
+/// windows too.
+#[test]
+fn maxpool_ties_go_to_the_first_maximum() {
+    // One 2x5 plane per (n, c): [[1, 3, 3, 0, 3], [3, 3, 3, 2, 3]]; 2x2 windows at stride 1.
+    let plane = [1f32, 3., 3., 0., 3., 3., 3., 3., 2., 3.];
+    let x = Tensor::f32(vec![2, 2, 2, 5], plane.repeat(4)).expect("sized");
+    // First maximum per window (row-major): (0,1), (0,1), (0,2), (0,4).
+    let want_plane = [0f32, 2., 1., 0., 1., 0., 0., 0., 0., 0.];
+    for engine in engines() {
+        let mut b = Builder::new(17);
+        let xn = b.input("x", Elem::F32, x.shape()).expect("input");
+        let y = b
+            .op(
+                "MaxPool",
+                &[&xn],
+                vec![
+                    attr::ints("kernel_shape", &[2, 2]),
+                    attr::ints("strides", &[1, 1]),
+                ],
+            )
+            .expect("pool");
+        let loss = b
+            .reduce("ReduceSum", &y, &[0, 1, 2, 3], false)
+            .expect("sum");
+        let g = backward(&mut b, &loss, &["x".to_string()]).expect("backward")["x"]
+            .clone()
+            .expect("gradient");
+        b.output_as(&g, "grad").expect("out");
+        let bytes = encode_model(&b.finish("ties").to_model("ties"));
+        let mut s = engine.load(&bytes, "ties").expect("load");
+        let out = s.run(&[("x", &x)]).expect("run");
+        let got = out[0].1.as_f32().expect("f32");
+        assert_eq!(got, &want_plane.repeat(4)[..], "{:?}", engine.kind());
     }
 }
 

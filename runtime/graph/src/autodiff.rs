@@ -9,7 +9,7 @@ use fieldtune_tensor::Tensor;
 
 use crate::builder::{Builder, CustomVjp};
 use crate::error::{GraphError, Result};
-use crate::infer::{norm_axis, reduce_axes, ResizePlan, SliceSpec, Window};
+use crate::infer::{norm_axis, reduce_axes, ResizePlan, SliceSpec, Value, Window};
 use crate::ir::{attr, Elem, Node};
 
 /// Ops whose outputs never carry gradients (integer, boolean or piecewise-constant results).
@@ -217,7 +217,9 @@ fn rule(b: &mut Builder, n: &Node, gy: &[Option<String>]) -> Result<Vec<Option<S
             out[0] = Some(b.op("Where", &[&pos, &dy, &zero], vec![])?);
         }
         "Clip" => {
-            // PyTorch's hardtanh/relu6: the gradient passes where min < x < max.
+            // PyTorch's hardtanh/relu6: the gradient passes where min < x < max, read off the
+            // output (min < y < max exactly there), as PyTorch's in-place ReLU6 does: the input
+            // (a BatchNorm's output) need not stay alive for the backward pass.
             let mut bound = |i: usize, name: &str| -> Option<String> {
                 match n.input(i) {
                     Some(t) => Some(t.to_string()),
@@ -227,10 +229,10 @@ fn rule(b: &mut Builder, n: &Node, gy: &[Option<String>]) -> Result<Vec<Option<S
             let (lo, hi) = (bound(1, "min"), bound(2, "max"));
             let mut mask: Option<String> = None;
             if let Some(lo) = lo {
-                mask = Some(b.op("Greater", &[&x, &lo], vec![])?);
+                mask = Some(b.op("Greater", &[&y, &lo], vec![])?);
             }
             if let Some(hi) = hi {
-                let m = b.op("Less", &[&x, &hi], vec![])?;
+                let m = b.op("Less", &[&y, &hi], vec![])?;
                 mask = Some(match mask {
                     Some(p) => b.op("And", &[&p, &m], vec![])?,
                     None => m,
@@ -245,9 +247,12 @@ fn rule(b: &mut Builder, n: &Node, gy: &[Option<String>]) -> Result<Vec<Option<S
             });
         }
         "LeakyRelu" => {
-            let alpha = b.scalar(n.float("alpha", 0.01));
+            let a = n.float("alpha", 0.01);
+            let alpha = b.scalar(a);
             let zero = b.scalar(0.0);
-            let pos = b.op("Greater", &[&x, &zero], vec![])?;
+            // With a positive slope, y > 0 exactly where x > 0: the output serves.
+            let sign_of = if a > 0.0 { &y } else { &x };
+            let pos = b.op("Greater", &[sign_of, &zero], vec![])?;
             let neg = b.op("Mul", &[&dy, &alpha], vec![])?;
             out[0] = Some(b.op("Where", &[&pos, &dy, &neg], vec![])?);
         }
@@ -916,15 +921,22 @@ fn conv_weight_grad_im2col(
     b.reshape(&r, ws)
 }
 
-/// MaxPool: for every kernel offset, a mask of where the strided input slice equals the
-/// output; dY is shared equally among tied maxima (a valid subgradient; ties are measure
-/// zero except in all-zero windows after a ReLU, whose gradient the ReLU discards) and
-/// scattered back with one depthwise ConvTranspose whose kernel is one-hot per offset.
+/// MaxPool: each output's gradient goes to the input cell its window picked, read from the
+/// forward node's own Indices output (added to it here) and scattered back with one
+/// ScatterElements per (n, c) plane (summing where windows overlap). Both engines pick the
+/// first maximum of a window, as PyTorch does. ONNX Runtime's indices count across the
+/// whole tensor, tract's within the plane: the plane-local index is their remainder by H*W.
 fn maxpool_rule(b: &mut Builder, n: &Node, dy: &str) -> Result<String> {
     let x = n.inputs[0].clone();
     let y = n.outputs[0].clone();
     let xs = b.shape(&x)?;
     let ys = b.shape(&y)?;
+    if n.int("storage_order", 0) != 0 {
+        return Err(GraphError::NoGradRule {
+            node: n.name.clone(),
+            op: "MaxPool (storage_order=1)".into(),
+        });
+    }
     let kernel: Vec<usize> = n
         .ints("kernel_shape")
         .unwrap_or_default()
@@ -932,60 +944,25 @@ fn maxpool_rule(b: &mut Builder, n: &Node, dy: &str) -> Result<String> {
         .map(|&k| k as usize)
         .collect();
     let win = Window::of(n, &xs[2..], kernel)?;
-    let (c, kh, kw) = (xs[1], win.kernel[0], win.kernel[1]);
-    let kk = kh * kw;
-    let xp = if win.pads.iter().any(|&p| p > 0) {
-        let p = &win.pads;
-        let pads = b.ints(&[
-            0,
-            0,
-            p[0] as i64,
-            p[1] as i64,
-            0,
-            0,
-            p[2] as i64,
-            p[3] as i64,
-        ]);
-        let low = b.scalar(f32::MIN);
-        b.op("Pad", &[&x, &pads, &low], vec![])?
-    } else {
-        x.clone()
+    let overlap = (0..2).any(|a| win.strides[a] < (win.kernel[a] - 1) * win.dilations[a] + 1);
+    let idx = match n.outputs.get(1).filter(|o| !o.is_empty()) {
+        Some(i) => i.clone(),
+        None => b.add_output(&y, "maxpool_indices", Value::new(Elem::I64, ys.clone()))?,
     };
-    let mut masks = Vec::with_capacity(kk);
-    for i in 0..kh {
-        for j in 0..kw {
-            let sl = window_tap(b, &xp, &win, (i, j), &ys[2..])?;
-            let eq = b.op("Equal", &[&sl, &y], vec![])?;
-            masks.push(b.op("Cast", &[&eq], vec![attr::int("to", 1)])?);
-        }
+    let (nb, c, plane) = (xs[0], xs[1], xs[2] * xs[3]);
+    let hw = b.ints(&[plane as i64]);
+    let local = b.op("Mod", &[&idx, &hw], vec![])?;
+    let local = b.reshape(&local, &[nb, c, ys[2] * ys[3]])?;
+    let upd = b.reshape(dy, &[nb, c, ys[2] * ys[3]])?;
+    let zero = b.scalar(0.0);
+    let shape = b.ints(&[nb as i64, c as i64, plane as i64]);
+    let zeros = b.op("Expand", &[&zero, &shape], vec![])?;
+    let mut at = vec![attr::int("axis", 2)];
+    if overlap {
+        at.push(attr::string("reduction", "add"));
     }
-    let mut count = masks[0].clone();
-    for m in &masks[1..] {
-        count = b.op("Add", &[&count, m], vec![])?;
-    }
-    let share = b.op("Div", &[dy, &count], vec![])?;
-    let axis2 = b.ints(&[2]);
-    let mut parts = Vec::with_capacity(kk);
-    for m in &masks {
-        let g = b.op("Mul", &[m, &share], vec![])?;
-        parts.push(b.op("Unsqueeze", &[&g, &axis2], vec![])?);
-    }
-    let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
-    let stacked = b.op("Concat", &refs, vec![attr::int("axis", 2)])?;
-    let stacked = b.reshape(&stacked, &[ys[0], c * kk, ys[2], ys[3]])?;
-    let mut onehot = vec![0f32; c * kk * kk];
-    for ch in 0..c {
-        for o in 0..kk {
-            onehot[(ch * kk + o) * kk + o] = 1.0;
-        }
-    }
-    let w = b.constant(Tensor::f32(vec![c * kk, 1, kh, kw], onehot).expect("sized"));
-    let opad = output_padding(&win, &xs[2..], &ys[2..]);
-    let mut at = window_attrs(&win);
-    at.push(attr::int("group", c as i64));
-    at.push(attr::ints("output_padding", &opad));
-    at.push(attr::ints("kernel_shape", &[kh as i64, kw as i64]));
-    b.op("ConvTranspose", &[&stacked, &w], at)
+    let g = b.op("ScatterElements", &[&zeros, &local, &upd], at)?;
+    b.reshape(&g, &xs)
 }
 
 /// Resize (2-D, nearest or linear): `Y = A_h X A_w^T` per (n, c) plane with constant

@@ -228,6 +228,23 @@ impl Builder {
         Ok(())
     }
 
+    /// Gives the node that writes `y` one more output (an optional output of its op, such as
+    /// MaxPool's Indices) of the given type, and returns the new output's name.
+    pub fn add_output(&mut self, y: &str, hint: &str, value: Value) -> Result<String> {
+        let name = self.fresh(hint);
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.outputs.first().map(String::as_str) == Some(y))
+            .ok_or_else(|| GraphError::Tensor {
+                tensor: y.into(),
+                reason: "no node writes it".into(),
+            })?;
+        node.outputs.push(name.clone());
+        self.values.insert(name.clone(), value);
+        Ok(name)
+    }
+
     /// Adds a one-output node and returns its output name.
     pub fn op(&mut self, op: &str, inputs: &[&str], attrs: Vec<AttributeProto>) -> Result<String> {
         let name = self.fresh(op);

@@ -720,8 +720,10 @@ pub fn infer(node: &Node, ins: &[Option<&Value>]) -> Result<Vec<Value>> {
             if node.int("ceil_mode", 0) != 0 {
                 return Err(err("ceil_mode=1 is not supported".into()));
             }
-            if node.outputs.len() > 1 {
-                return Err(err("the Indices output is not supported".into()));
+            if node.outputs.len() > 1 && (op != "MaxPool" || node.int("storage_order", 0) != 0) {
+                return Err(err(
+                    "only MaxPool's row-major Indices output is supported".into()
+                ));
             }
             let kernel: Vec<usize> = node
                 .ints("kernel_shape")
@@ -731,10 +733,24 @@ pub fn infer(node: &Node, ins: &[Option<&Value>]) -> Result<Vec<Value>> {
                 .collect();
             let win = Window::of(node, &x.shape[2..], kernel)?;
             let sp = win.output(node, &x.shape[2..])?;
-            vec![Value::new(
-                x.elem,
-                vec![x.shape[0], x.shape[1], sp[0], sp[1]],
-            )]
+            let shape = vec![x.shape[0], x.shape[1], sp[0], sp[1]];
+            let mut outs = vec![Value::new(x.elem, shape.clone())];
+            if node.outputs.len() > 1 {
+                outs.push(Value::new(Elem::I64, shape));
+            }
+            outs
+        }
+        "ScatterElements" => {
+            let (x, i, u) = (req(0)?, req(1)?, req(2)?);
+            let r = x.shape.len();
+            norm_axis(node.int("axis", 0), r).ok_or_else(|| err("axis out of range".into()))?;
+            if i.elem != Elem::I64 || i.shape != u.shape || i.shape.len() != r {
+                return Err(err(format!(
+                    "indices {:?} and updates {:?} must be int64 and f32 of one shape, of the data's rank {r}",
+                    i.shape, u.shape
+                )));
+            }
+            vec![same(x)]
         }
         "BatchNormalization" => {
             let x = req(0)?;
