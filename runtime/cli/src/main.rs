@@ -76,6 +76,10 @@ struct EngineArgs {
     /// Turn off ONNX Runtime's CPU memory arena (lower resident memory, slower allocation).
     #[arg(long, global = true)]
     no_arena: bool,
+    /// Turn on ONNX Runtime's memory pattern (one pre-planned block for all intermediate
+    /// tensors; off by default: it makes a train step hold every activation's slot at once).
+    #[arg(long, global = true)]
+    mem_pattern: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -444,6 +448,7 @@ fn engine(args: &EngineArgs) -> Result<Box<dyn Engine>> {
             GraphOpt::All => GraphOptimization::All,
         },
         no_cpu_arena: args.no_arena,
+        memory_pattern: args.mem_pattern,
     };
     let e = select_engine(pref, opts).context("selecting the engine")?;
     let why = match (args.engine, e.kind()) {

@@ -55,6 +55,11 @@ pub struct OrtOptions {
     /// Turn off the CPU provider's memory arena (ONNX Runtime's default keeps it on: faster
     /// steady-state allocation, but freed activations stay reserved by the process).
     pub no_cpu_arena: bool,
+    /// Turn on ONNX Runtime's memory pattern: after the first run, one block sized for every
+    /// intermediate tensor's planned slot. Off by default (ONNX Runtime's default is on):
+    /// on a train step the pattern keeps the whole activation plan reserved (MobileNetV2,
+    /// 8/8/8 UDA step: 2,571 MiB peak with it, 1,579 MiB without, at the same speed).
+    pub memory_pattern: bool,
 }
 
 /// ONNX Runtime as an [`Engine`].
@@ -185,6 +190,9 @@ impl OrtEngine {
         if let Some(n) = self.opts.intra_threads {
             b = b.with_intra_threads(n).map_err(|e| load_err(ort_msg(&e)))?;
         }
+        b = b
+            .with_memory_pattern(self.opts.memory_pattern)
+            .map_err(|e| load_err(ort_msg(&e)))?;
         // Per-op profiling (ONNX Runtime writes PREFIX_<date>.json when the session ends):
         // `FIELDTUNE_ORT_PROFILE=PREFIX`; scripts/ort_profile.py sums it by op type.
         if let Some(prefix) = std::env::var_os("FIELDTUNE_ORT_PROFILE") {

@@ -540,3 +540,36 @@ fn tract_on_a_thread_pool_matches_one_thread_and_uses_the_pool() {
     assert_eq!(got[0].1, want[0].1);
     assert!(used > 0, "tract's pool threads did no work (ticks {used})");
 }
+
+#[test]
+fn ort_arena_and_memory_pattern_settings_compute_the_same() {
+    // Memory settings change where tensors live, never what is computed: every combination
+    // gives the reference, on repeated runs (the memory pattern takes over from the second).
+    let mut rng = Rng::new(11);
+    for (no_cpu_arena, memory_pattern) in
+        [(false, false), (false, true), (true, false), (true, true)]
+    {
+        let e = select_engine(
+            EnginePreference::Ort,
+            OrtOptions {
+                intra_threads: Some(1),
+                no_cpu_arena,
+                memory_pattern,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let mut s = e.load(&gemm_relu_model(), "gemm").unwrap();
+        for batch in [3usize, 3, 5] {
+            let x = rng.tensor(&[batch, 4]);
+            let want = Tensor::f32(vec![batch, 3], gemm_relu_reference(&x)).unwrap();
+            let out = s.run(&[("x", &x)]).unwrap();
+            assert_close(
+                &out[0].1,
+                &want,
+                1e-5,
+                "arena off {no_cpu_arena}, pattern {memory_pattern}",
+            );
+        }
+    }
+}
