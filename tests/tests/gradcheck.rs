@@ -49,14 +49,16 @@ fn dims(seed: u64, lo: usize, hi: usize, n: usize) -> Vec<usize> {
 #[test]
 fn conv_pads_strides_dilations_groups() {
     // (groups, stride, dilation, pads[t,l,b,r], kernel)
-    let configs: [(usize, usize, usize, [i64; 4], usize); 7] = [
-        (1, 1, 1, [0, 0, 0, 0], 1), // pointwise (its own weight-gradient form)
+    let configs: [(usize, usize, usize, [i64; 4], usize); 9] = [
+        (1, 1, 1, [0, 0, 0, 0], 1), // pointwise (its own gradient forms)
         (1, 1, 1, [1, 1, 1, 1], 3),
         (1, 2, 1, [0, 1, 1, 0], 3),
         (1, 2, 2, [2, 2, 2, 2], 3),
         (2, 1, 1, [0, 0, 0, 0], 2),
         (3, 3, 1, [1, 0, 2, 1], 3),
-        (4, 1, 1, [1, 1, 1, 1], 3), // depthwise (channels = groups = 4)
+        (4, 1, 1, [1, 1, 1, 1], 3), // depthwise (channels = groups = 4): flipped-kernel dX
+        (4, 1, 1, [0, 2, 1, 0], 3), // depthwise, uneven pads
+        (4, 2, 1, [1, 1, 1, 1], 3), // depthwise, stride 2 (ConvTranspose dX)
     ];
     for (ci, &(g, s, d, pads, k)) in configs.iter().enumerate() {
         check(&format!("Conv config {ci}"), move |seed| {
@@ -64,8 +66,8 @@ fn conv_pads_strides_dilations_groups() {
             let dd = dims(seed + ci as u64, 5, 9, 3);
             let (n, hw) = (dd[0] % 3 + 1, dd[1] + 2);
             let cin = g * (dd[2] % 2 + 1);
-            let cin = if ci == 6 { 4 } else { cin };
-            let m = if ci == 6 { 4 } else { g * (dd[1] % 3 + 1) };
+            let cin = if ci >= 6 { 4 } else { cin };
+            let m = if ci >= 6 { 4 } else { g * (dd[1] % 3 + 1) };
             let x = uniform(&mut r, &[n, cin, hw, hw + 1], -1.0, 1.0);
             let w = uniform(&mut r, &[m, cin / g, k, k], -1.0, 1.0);
             let bias = uniform(&mut r, &[m], -1.0, 1.0);

@@ -683,7 +683,8 @@ fn window_attrs(win: &Window) -> Vec<crate::proto::AttributeProto> {
     ]
 }
 
-/// Conv: dX is a ConvTranspose of dY with the same weights; dW is a batched MatMul (1x1
+/// Conv: dX is a ConvTranspose of dY with the same weights (1x1: a MatMul by W^T; depthwise
+/// at stride 1: a depthwise Conv with the flipped kernel); dW is a batched MatMul (1x1
 /// and ungrouped: im2col columns), per-tap sums (depthwise) or a Conv of the regrouped
 /// input over the transposed output gradient (other groups); dB sums dY over batch and space.
 fn conv_rule(b: &mut Builder, n: &Node, dy: &str, out: &mut [Option<String>]) -> Result<()> {
@@ -691,19 +692,36 @@ fn conv_rule(b: &mut Builder, n: &Node, dy: &str, out: &mut [Option<String>]) ->
     let (xs, ws, ys) = (b.shape(&x)?, b.shape(&w)?, b.shape(dy)?);
     let group = n.int("group", 1).max(1) as usize;
     let win = Window::of(n, &xs[2..], ws[2..].to_vec())?;
-    let opad = output_padding(&win, &xs[2..], &ys[2..]);
-    let mut at = window_attrs(&win);
-    at.push(attr::int("group", group as i64));
-    at.push(attr::ints("output_padding", &opad));
-    at.push(attr::ints("kernel_shape", &vec_i64(&ws[2..])));
-    out[0] = Some(b.op("ConvTranspose", &[dy, &w], at)?);
-
     let (nb, cg, m) = (xs[0], ws[1], ws[0]);
-    let pointwise = group == 1
-        && ws[2] == 1
-        && ws[3] == 1
-        && win.strides.iter().all(|&s| s == 1)
-        && win.pads.iter().all(|&p| p == 0);
+    let unit_steps = win.strides.iter().chain(&win.dilations).all(|&s| s == 1);
+    let pointwise =
+        group == 1 && ws[2] == 1 && ws[3] == 1 && unit_steps && win.pads.iter().all(|&p| p == 0);
+    let depthwise_same = group == xs[1]
+        && m == group
+        && cg == 1
+        && unit_steps
+        && (0..4).all(|i| win.pads[i] < ws[2 + i % 2]);
+    out[0] = Some(if pointwise {
+        // dX[n] = W^T dY[n]: one broadcast MatMul (ConvTranspose adds a col2im pass).
+        let hw = xs[2] * xs[3];
+        let w2 = b.reshape(&w, &[m, cg])?;
+        let wt = b.op("Transpose", &[&w2], vec![attr::ints("perm", &[1, 0])])?;
+        let d3 = b.reshape(dy, &[nb, m, hw])?;
+        let g = b.op("MatMul", &[&wt, &d3], vec![])?;
+        b.reshape(&g, &xs)?
+    } else if depthwise_same {
+        // Stride 1: dX is the depthwise Conv of dY with the spatially flipped kernel and the
+        // complementary pads, which runs on the engines' fast depthwise kernels.
+        depthwise_input_grad_conv(b, dy, &w, &ws, &win)?
+    } else {
+        let opad = output_padding(&win, &xs[2..], &ys[2..]);
+        let mut at = window_attrs(&win);
+        at.push(attr::int("group", group as i64));
+        at.push(attr::ints("output_padding", &opad));
+        at.push(attr::ints("kernel_shape", &vec_i64(&ws[2..])));
+        b.op("ConvTranspose", &[dy, &w], at)?
+    });
+
     if pointwise {
         // 1x1 convolution: dW[m, c] = sum over batch and pixels of dY[n, m, p] * X[n, c, p],
         // one batched MatMul (a convolution with an image-sized kernel is a slow GEMV).
@@ -731,6 +749,39 @@ fn conv_rule(b: &mut Builder, n: &Node, dy: &str, out: &mut [Option<String>]) ->
         out[2] = Some(b.reduce("ReduceSum", dy, &[0, 2, 3], false)?);
     }
     Ok(())
+}
+
+/// Input gradient of a stride-1, dilation-1 depthwise convolution whose pads are smaller than
+/// its kernel: a depthwise Conv of dY with the kernel flipped in both spatial axes (one MatMul
+/// of the [C, kh*kw] weights by the reversal permutation) and pads `k - 1 - p` per side.
+fn depthwise_input_grad_conv(
+    b: &mut Builder,
+    dy: &str,
+    w: &str,
+    ws: &[usize],
+    win: &Window,
+) -> Result<String> {
+    let (c, kh, kw) = (ws[0], ws[2], ws[3]);
+    let kk = kh * kw;
+    let mut rev = vec![0f32; kk * kk];
+    for i in 0..kk {
+        rev[i * kk + (kk - 1 - i)] = 1.0;
+    }
+    let rev = b.constant(Tensor::f32(vec![kk, kk], rev).expect("sized"));
+    let w2 = b.reshape(w, &[c, kk])?;
+    let flipped = b.op("MatMul", &[&w2, &rev], vec![])?;
+    let flipped = b.reshape(&flipped, ws)?;
+    let p = &win.pads;
+    let pads = [kh - 1 - p[0], kw - 1 - p[1], kh - 1 - p[2], kw - 1 - p[3]];
+    b.op(
+        "Conv",
+        &[dy, &flipped],
+        vec![
+            attr::int("group", c as i64),
+            attr::ints("pads", &vec_i64(&pads)),
+            attr::ints("kernel_shape", &[kh as i64, kw as i64]),
+        ],
+    )
 }
 
 /// Weight gradient of a grouped convolution as one Conv of the regrouped input over the
