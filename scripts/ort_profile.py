@@ -1,7 +1,12 @@
 #!/usr/bin/env python3
-"""Sums an ONNX Runtime profile (FIELDTUNE_ORT_PROFILE=PREFIX fieldtune ...) by op type.
+"""Sums an ONNX Runtime or tract profile by op type.
 
+    FIELDTUNE_ORT_PROFILE=PREFIX fieldtune --engine ort ...    # PREFIX.<graph>_<date>.json
+    FIELDTUNE_TRACT_PROFILE=PREFIX fieldtune --engine tract ...  # PREFIX.<graph>.json
     python3 scripts/ort_profile.py PROFILE.json [--top 15]
+
+tract's profile names its optimized ops (OptMatMul, DepthWise, ...), not the ONNX ops, and
+holds one event per node with its total time and run count.
 
 Prints each op type's share of the kernel time, its total milliseconds, node-run count and
 mean microseconds per run.
@@ -24,7 +29,7 @@ def main():
         if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
             op = e.get("args", {}).get("op_name", "?")
             dur[op] += e["dur"]
-            runs[op] += 1
+            runs[op] += e.get("args", {}).get("runs", 1)
     total = sum(dur.values()) or 1
     print(f"{'op':24s} {'share':>6s} {'ms':>10s} {'runs':>7s} {'us/run':>9s}")
     for op, d in dur.most_common(a.top):

@@ -136,6 +136,7 @@ impl TractEngine {
             outputs,
             plans: Vec::new(),
             pool: self.pool.as_ref().map(|(_, e)| e.clone()),
+            profile: Profile::from_env(label),
         };
         // Fully static graphs (train steps) compile now, so errors show at load time.
         if session.inputs.iter().all(IoInfo::is_static)
@@ -184,6 +185,59 @@ pub struct TractSession {
     plans: Vec<(Vec<Vec<usize>>, TypedSimpleState)>,
     /// The engine's thread pool, if any.
     pool: Option<Executor>,
+    /// Per-node timing, when `FIELDTUNE_TRACT_PROFILE` is set.
+    profile: Option<Profile>,
+}
+
+/// Per-node run time of a session's plans (`FIELDTUNE_TRACT_PROFILE=PREFIX`), written when the
+/// session ends to `PREFIX.<label>.json` in the event format of ONNX Runtime's profiler (one
+/// event per node with its total time and run count), so `scripts/ort_profile.py` sums both.
+struct Profile {
+    path: std::path::PathBuf,
+    /// Node name -> (op name, total microseconds, runs).
+    nodes: HashMap<String, (String, f64, u64)>,
+}
+
+impl Profile {
+    fn from_env(label: &str) -> Option<Profile> {
+        let prefix = std::env::var_os("FIELDTUNE_TRACT_PROFILE")?;
+        let mut path = std::path::PathBuf::from(prefix).into_os_string();
+        path.push(format!(".{}.json", label.replace(['/', ' '], "_")));
+        Some(Profile {
+            path: path.into(),
+            nodes: HashMap::new(),
+        })
+    }
+
+    fn write(&self) -> std::io::Result<()> {
+        let mut names: Vec<&String> = self.nodes.keys().collect();
+        names.sort();
+        let events: Vec<String> = names
+            .iter()
+            .map(|n| {
+                let (op, us, runs) = &self.nodes[*n];
+                format!(
+                    r#"{{"cat":"Node","name":"{}_kernel_time","dur":{:.1},"args":{{"op_name":"{}","runs":{}}}}}"#,
+                    n.replace(['"', '\\'], "_"),
+                    us,
+                    op.replace(['"', '\\'], "_"),
+                    runs
+                )
+            })
+            .collect();
+        std::fs::write(&self.path, format!("[\n{}\n]\n", events.join(",\n")))
+    }
+}
+
+impl Drop for TractSession {
+    fn drop(&mut self) {
+        if let Some(p) = &self.profile {
+            match p.write() {
+                Ok(()) => tracing::info!("tract profile written to {}", p.path.display()),
+                Err(e) => tracing::warn!("tract profile {}: {e}", p.path.display()),
+            }
+        }
+    }
 }
 
 fn datum(dt: DType) -> DatumType {
@@ -252,7 +306,21 @@ impl TractSession {
         }
         let label = self.label.clone();
         let state = &mut self.plans.last_mut().expect("just pushed").1;
-        let outs = state.run(values).map_err(|e| EngineError::Run {
+        let outs = match &mut self.profile {
+            None => state.run(values),
+            Some(p) => state.run_plan_with_eval(values, |ctx, st, node, input| {
+                let t = std::time::Instant::now();
+                let r = tract_onnx::tract_core::plan::eval(ctx, st, node, input);
+                let e = p
+                    .nodes
+                    .entry(node.name.clone())
+                    .or_insert_with(|| (node.op().name().to_string(), 0.0, 0));
+                e.1 += t.elapsed().as_secs_f64() * 1e6;
+                e.2 += 1;
+                r
+            }),
+        }
+        .map_err(|e| EngineError::Run {
             model: label.clone(),
             engine: EngineKind::Tract,
             message: format!("{e:#}"),
