@@ -685,8 +685,8 @@ fn window_attrs(win: &Window) -> Vec<crate::proto::AttributeProto> {
 
 /// Conv: dX is a ConvTranspose of dY with the same weights (1x1: a MatMul by W^T; depthwise
 /// at stride 1: a depthwise Conv with the flipped kernel); dW is a batched MatMul (1x1
-/// and ungrouped: im2col columns), per-tap sums (depthwise) or a Conv of the regrouped
-/// input over the transposed output gradient (other groups); dB sums dY over batch and space.
+/// and ungrouped: im2col columns) or a Conv of the regrouped input over the transposed
+/// output gradient (grouped, depthwise included); dB sums dY over batch and space.
 fn conv_rule(b: &mut Builder, n: &Node, dy: &str, out: &mut [Option<String>]) -> Result<()> {
     let (x, w) = (n.inputs[0].clone(), n.inputs[1].clone());
     let (xs, ws, ys) = (b.shape(&x)?, b.shape(&w)?, b.shape(dy)?);
