@@ -11,11 +11,11 @@ use fieldtune_graph::encode_model;
 use fieldtune_graph::infer::Window;
 use fieldtune_graph::ir::Elem;
 use fieldtune_tensor::Tensor;
-use fieldtune_tests::{engines, rng, uniform};
+use fieldtune_tests::{engines, rel_l2, rng, uniform};
 
 /// Median milliseconds of `runs` runs (after one warm-up) of the graph `b` builds, per
 /// engine, and the first engine's output.
-fn time(b: Builder, feeds: &[(&str, Tensor)], runs: usize) -> (Vec<(String, f64)>, Vec<f32>) {
+fn time(b: Builder, feeds: &[(&str, Tensor)], runs: usize) -> (Vec<(String, f64)>, Tensor) {
     let bytes = encode_model(&b.finish("bench").to_model("bench"));
     let mut out = Vec::new();
     let mut first = None;
@@ -23,7 +23,7 @@ fn time(b: Builder, feeds: &[(&str, Tensor)], runs: usize) -> (Vec<(String, f64)
         let mut s = engine.load(&bytes, "bench").expect("load");
         let refs: Vec<(&str, &Tensor)> = feeds.iter().map(|(n, t)| (*n, t)).collect();
         let y = s.run(&refs).expect("run");
-        first.get_or_insert_with(|| y[0].1.as_f32().expect("f32").to_vec());
+        first.get_or_insert_with(|| y[0].1.clone());
         let mut ms: Vec<f64> = (0..runs)
             .map(|_| {
                 let t = Instant::now();
@@ -86,14 +86,10 @@ fn main() {
         }
         let label = format!("depthwise dW C={c} {hw}x{hw} stride {s}");
         let (conv, taps) = (&res[0].1, &res[1].1);
-        let scale = conv.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
-        let worst = conv
-            .iter()
-            .zip(taps)
-            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        let rel = rel_l2(taps, conv, 1e-6);
         assert!(
-            worst <= 1e-3 * scale,
-            "{label}: the forms differ by {worst} (scale {scale})"
+            rel <= 1e-3,
+            "{label}: the forms differ by {rel:.2e} (relative L2)"
         );
         show(&label, &res[0].0, &res[1].0);
     }
