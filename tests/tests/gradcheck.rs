@@ -49,9 +49,10 @@ fn dims(seed: u64, lo: usize, hi: usize, n: usize) -> Vec<usize> {
 #[test]
 fn conv_pads_strides_dilations_groups() {
     // (groups, stride, dilation, pads[t,l,b,r], kernel)
-    let configs: [(usize, usize, usize, [i64; 4], usize); 9] = [
+    let configs: [(usize, usize, usize, [i64; 4], usize); 10] = [
         (1, 1, 1, [0, 0, 0, 0], 1), // pointwise (its own gradient forms)
         (1, 1, 1, [1, 1, 1, 1], 3),
+        (1, 1, 1, [2, 0, 0, 1], 3), // uneven pads
         (1, 2, 1, [0, 1, 1, 0], 3),
         (1, 2, 2, [2, 2, 2, 2], 3),
         (2, 1, 1, [0, 0, 0, 0], 2),
@@ -66,8 +67,8 @@ fn conv_pads_strides_dilations_groups() {
             let dd = dims(seed + ci as u64, 5, 9, 3);
             let (n, hw) = (dd[0] % 3 + 1, dd[1] + 2);
             let cin = g * (dd[2] % 2 + 1);
-            let cin = if ci >= 6 { 4 } else { cin };
-            let m = if ci >= 6 { 4 } else { g * (dd[1] % 3 + 1) };
+            let cin = if ci >= 7 { 4 } else { cin };
+            let m = if ci >= 7 { 4 } else { g * (dd[1] % 3 + 1) };
             let x = uniform(&mut r, &[n, cin, hw, hw + 1], -1.0, 1.0);
             let w = uniform(&mut r, &[m, cin / g, k, k], -1.0, 1.0);
             let bias = uniform(&mut r, &[m], -1.0, 1.0);
