@@ -126,9 +126,9 @@ max_marginal_entropy_drop = 1000.0
             .spawn()
             .unwrap()
     };
-    // Time from start to the next commit, once from the source and once resuming from a
-    // checkpoint (measured here at about 1.7x the first: kill moments calibrated on the first
-    // alone ended before most resumed runs could commit).
+    // Time from start to the next commit, once from the source and three times resuming from a
+    // checkpoint (resumed runs vary: 0.6-1.7 s here on a loaded host; kill moments calibrated
+    // on one short resume ended before most resumed runs could commit).
     let time_to_next_commit = || {
         let before = last_good(&state).unwrap_or(0);
         let t = Instant::now();
@@ -146,10 +146,11 @@ max_marginal_entropy_drop = 1000.0
         took
     };
     let t_first = time_to_next_commit();
-    let t_resumed = time_to_next_commit();
-    let upper = (t_first.max(t_resumed).as_millis() as u64 * 3 / 2).max(1500);
+    let t_resumed = (0..3).map(|_| time_to_next_commit()).max().unwrap();
+    // Up to twice the slowest: about half the kills land after a commit could have happened.
+    let upper = (t_first.max(t_resumed).as_millis() as u64 * 2).max(1500);
     println!(
-        "first commit after {} ms, after a resume {} ms: kill moments in 50..{upper} ms",
+        "first commit after {} ms, after a resume at most {} ms: kill moments in 50..{upper} ms",
         t_first.as_millis(),
         t_resumed.as_millis()
     );

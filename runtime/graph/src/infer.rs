@@ -744,9 +744,9 @@ pub fn infer(node: &Node, ins: &[Option<&Value>]) -> Result<Vec<Value>> {
             let (x, i, u) = (req(0)?, req(1)?, req(2)?);
             let r = x.shape.len();
             norm_axis(node.int("axis", 0), r).ok_or_else(|| err("axis out of range".into()))?;
-            if i.elem != Elem::I64 || i.shape != u.shape || i.shape.len() != r {
+            if i.elem != Elem::I64 || u.elem != x.elem || i.shape != u.shape || i.shape.len() != r {
                 return Err(err(format!(
-                    "indices {:?} and updates {:?} must be int64 and f32 of one shape, of the data's rank {r}",
+                    "indices {:?} (int64) and updates {:?} (the data's type) must have one shape of the data's rank {r}",
                     i.shape, u.shape
                 )));
             }
