@@ -669,7 +669,7 @@ fn avgpool_rule(b: &mut Builder, n: &Node, dy: &str) -> Result<String> {
 fn output_padding(win: &Window, input: &[usize], out: &[usize]) -> Vec<i64> {
     (0..2)
         .map(|i| {
-            let base = win.strides[i] * (out[i] - 1) + (win.kernel[i] - 1) * win.dilations[i] + 1;
+            let base = win.strides[i] * (out[i] - 1) + win.extent(i);
             input[i] as i64 + win.pads[i] as i64 + win.pads[i + 2] as i64 - base as i64
         })
         .collect()
@@ -995,7 +995,7 @@ fn maxpool_rule(b: &mut Builder, n: &Node, dy: &str) -> Result<String> {
         .map(|&k| k as usize)
         .collect();
     let win = Window::of(n, &xs[2..], kernel)?;
-    let overlap = (0..2).any(|a| win.strides[a] < (win.kernel[a] - 1) * win.dilations[a] + 1);
+    let overlap = (0..2).any(|a| win.strides[a] < win.extent(a));
     let idx = match n.outputs.get(1).filter(|o| !o.is_empty()) {
         Some(i) => i.clone(),
         None => b.add_output(&y, "maxpool_indices", Value::new(Elem::I64, ys.clone()))?,

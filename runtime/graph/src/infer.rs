@@ -171,13 +171,18 @@ impl Window {
         })
     }
 
+    /// The span of input cells one window covers along spatial axis `i`: `(k - 1) * d + 1`.
+    pub fn extent(&self, i: usize) -> usize {
+        (self.kernel[i] - 1) * self.dilations[i] + 1
+    }
+
     /// Output spatial size (floor mode).
     pub fn output(&self, node: &Node, spatial: &[usize]) -> Result<Vec<usize>> {
         let n = spatial.len();
         (0..n)
             .map(|i| {
                 let padded = spatial[i] + self.pads[i] + self.pads[i + n];
-                let eff = (self.kernel[i] - 1) * self.dilations[i] + 1;
+                let eff = self.extent(i);
                 if padded < eff {
                     return Err(GraphError::node(
                         node,
@@ -698,8 +703,7 @@ pub fn infer(node: &Node, ins: &[Option<&Value>]) -> Result<Vec<Value>> {
                     .map(|i| {
                         let full = win.strides[i] * (x.shape[2 + i] - 1)
                             + op_pad[i] as usize
-                            + (win.kernel[i] - 1) * win.dilations[i]
-                            + 1;
+                            + win.extent(i);
                         full - win.pads[i] - win.pads[i + 2]
                     })
                     .collect();
