@@ -139,15 +139,19 @@ def fieldtune(binary, engine, name, steps, latency_runs, extra=(), env=None, tim
 
 
 def cpu_peak_gflops():
-    """2 FMA units x 8 f32 lanes x 2 flops per cycle per core (AVX2 + FMA) at the nominal clock."""
-    mhz = None
+    """Peak f32 GFLOP/s at the nominal clock: 2 FMA units x 2 flops x the vector width per cycle
+    per core (8 lanes with AVX2 + FMA, 16 with AVX-512; two 512-bit FMA units assumed, as on
+    server Xeons), and the instruction set it assumed."""
+    mhz, flags = None, set()
     with open("/proc/cpuinfo") as f:
         for line in f:
-            if line.startswith("cpu MHz"):
+            if line.startswith("cpu MHz") and mhz is None:
                 mhz = float(line.split(":")[1])
-                break
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":")[1].split())
+    isa, lanes = ("AVX-512", 16) if "avx512f" in flags else ("AVX2+FMA", 8) if "fma" in flags else ("SSE", 4)
     cores = os.cpu_count() or 1
-    return (cores * 32 * mhz / 1000.0) if mhz else None, mhz, cores
+    return (cores * 2 * 2 * lanes * mhz / 1000.0) if mhz else None, mhz, cores, isa
 
 
 def main():
@@ -163,7 +167,7 @@ def main():
     if a.torch_worker:
         torch_worker(a.torch_worker, a.steps, 3, a.latency_runs, a.device)
         return
-    peak, mhz, cores = cpu_peak_gflops()
+    peak, mhz, cores, isa = cpu_peak_gflops()
     results = {}
     for name in a.models.split(","):
         steps = a.steps if name == "mnist" else max(3, a.steps // 4)
@@ -191,11 +195,11 @@ def main():
                   f"{r['peak_rss_train_mib']:8.0f} {r['peak_rss_train_mib'] / t['peak_rss_train_mib']:7.2f} | "
                   f"{r['infer_b1_ms_median']:6.2f} {r['infer_b1_ms_p99']:6.2f} | {r['infer_images_per_s']:11.0f} "
                   f"{r['infer_images_per_s'] / t['infer_images_per_s']:7.2f}")
-    print(f"CPU: {cores} cores at {mhz} MHz, AVX2+FMA peak {peak:.0f} GFLOP/s (f32); "
+    print(f"CPU: {cores} cores at {mhz} MHz, {isa} peak {peak:.0f} GFLOP/s (f32); "
           f"PyTorch BLAS: {results[next(iter(results))]['torch']['blas_loaded']}")
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out, "w") as f:
-        json.dump({"script": "scripts/bench_speed.py", "cpu_mhz": mhz, "cores": cores, "peak_gflops": peak,
+        json.dump({"script": "scripts/bench_speed.py", "cpu_mhz": mhz, "cores": cores, "peak_gflops": peak, "isa": isa,
                    "python": platform.python_version(), "results": results}, f, indent=1)
         f.write("\n")
     print(f"wrote {a.out}")
