@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use fieldtune_engine::Engine;
-use fieldtune_graph::{compile_train_step, encode_model, inputs};
+use fieldtune_graph::{compile_train_step, inputs};
 use fieldtune_tensor::Tensor;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::error::Result;
 use crate::model_dir::ModelDir;
 use crate::recipe::AdaptConfig;
-use crate::trainer::train_spec;
+use crate::session::{train_spec, StepShape, TrainSession};
 
 /// What to time.
 #[derive(Clone, Debug)]
@@ -98,50 +98,45 @@ pub fn bench(
 ) -> Result<BenchReport> {
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let t0 = Instant::now();
-    let step = compile_train_step(&model.model, &train_spec(model, cfg))?;
-    let [c, h, w] = step.image;
-    let (bl, bu) = (cfg.batch_labeled, cfg.batch_unlabeled);
-    let images_per_step = bl + 2 * bu;
     let mut times = Vec::with_capacity(bc.steps);
     let mut execution_provider = String::new();
     let mut compile_and_load_ms = 0.0;
-    if !bc.skip_train {
-        let session = engine.load(&encode_model(&step.to_model()), "train-step")?;
+    let (bl, bu) = (cfg.batch_labeled, cfg.batch_unlabeled);
+    let images_per_step = bl + 2 * bu;
+    // Compiled even when only inference is timed: the report names the step's size.
+    let shape = if bc.skip_train {
+        StepShape::of(&compile_train_step(&model.model, &train_spec(model, cfg))?)
+    } else {
+        let mut session = TrainSession::compile(engine, model, cfg, "train-step")?;
         execution_provider = session.execution_provider().to_string();
-        let init = step.resident_init();
-        let mut resident = session.into_resident(init, step.loops())?;
         compile_and_load_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let [c, h, w] = session.shape().image;
         let xl = random(&mut rng, &[bl, c, h, w]);
         let yl = Tensor::i64(
             vec![bl],
             (0..bl)
-                .map(|_| rng.gen_range(0..step.classes as i64))
+                .map(|_| rng.gen_range(0..session.shape().classes as i64))
                 .collect(),
         )
         .expect("sized");
         let xw = random(&mut rng, &[bu, c, h, w]);
         let xs = random(&mut rng, &[bu, c, h, w]);
-        let lr = Tensor::scalar_f32(cfg.lr);
-        let fetch = ["loss"];
         for k in 0..bc.warmup + bc.steps {
-            let st = Tensor::scalar_f32((k + 1) as f32);
-            let mut feeds: Vec<(&str, &Tensor)> = vec![
-                (inputs::X_WEAK, &xw),
-                (inputs::X_STRONG, &xs),
-                (inputs::LR, &lr),
-                (inputs::STEP, &st),
-            ];
+            let mut feeds: Vec<(&str, &Tensor)> =
+                vec![(inputs::X_WEAK, &xw), (inputs::X_STRONG, &xs)];
             if bl > 0 {
                 feeds.push((inputs::X_LABELED, &xl));
                 feeds.push((inputs::Y_LABELED, &yl));
             }
             let ts = Instant::now();
-            resident.step(&feeds, &fetch)?;
+            session.step(&feeds, cfg.lr, k + 1)?;
             if k >= bc.warmup {
                 times.push(ts.elapsed().as_secs_f64() * 1e3);
             }
         }
-    }
+        session.shape().clone()
+    };
+    let [c, h, w] = shape.image;
     let peak_rss_train_mib = peak_rss_mib();
     // Without train steps the figures stay 0 (JSON has no NaN).
     let med = if times.is_empty() {
@@ -182,8 +177,8 @@ pub fn bench(
         batch_labeled: bl,
         batch_unlabeled: bu,
         images_per_step,
-        train_step_nodes: step.graph.nodes.len(),
-        train_step_gflop: step.flops as f64 / 1e9,
+        train_step_nodes: shape.nodes,
+        train_step_gflop: shape.flops as f64 / 1e9,
         compile_and_load_ms,
         train_step_ms_median: med,
         train_step_ms_p90: if times.is_empty() {
@@ -192,7 +187,7 @@ pub fn bench(
             quantile(&times, 0.9)
         },
         train_images_per_s: per_s(images_per_step as f64),
-        train_gflop_per_s: per_s(step.flops as f64 / 1e9),
+        train_gflop_per_s: per_s(shape.flops as f64 / 1e9),
         peak_rss_train_mib,
         infer_load_ms,
         infer_b1_ms_median: quantile(&lat, 0.5),

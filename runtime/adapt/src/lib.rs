@@ -1,5 +1,6 @@
-//! fieldtune's adaptation layer: recipes (presets + TOML overrides), the train loop over a
-//! compiled train step, evaluation, model folders and checksummed, atomically written
+//! fieldtune's adaptation layer: recipes (presets + TOML overrides), [`TrainSession`] (the one
+//! place a train step is compiled and made resident) and the loops around it (offline
+//! adaptation, test-time adaptation, benchmarks), evaluation, model folders and checksummed, atomically written
 //! checkpoints. Data flows frames -> adapt -> engine; the graph crate compiles train steps.
 
 pub mod batches;
@@ -10,6 +11,7 @@ pub mod eval;
 pub mod fsutil;
 pub mod model_dir;
 pub mod recipe;
+pub mod session;
 pub mod trainer;
 pub mod tta;
 
@@ -18,4 +20,5 @@ pub use error::{AdaptError, Result};
 pub use eval::{evaluate, predict, EvalReport};
 pub use model_dir::ModelDir;
 pub use recipe::{AdaptConfig, LrSchedule, RECIPES};
+pub use session::{train_spec, StepOutcome, StepShape, TrainSession};
 pub use trainer::{adapt, evaluate_params, AdaptData, AdaptOutcome, StepReport};

@@ -1,15 +1,11 @@
-//! The adaptation loop: compile the train step once, keep parameters and optimizer state
-//! resident in the session, and per step sample batches, augment them and run one step.
+//! The offline adaptation loop around a [`TrainSession`]: per step sample batches, augment
+//! them, run one step, and evaluate now and then.
 
 use std::collections::HashMap;
 use std::time::Instant;
 
-use fieldtune_engine::{Engine, ResidentSession};
+use fieldtune_engine::Engine;
 use fieldtune_frames::Image8;
-use fieldtune_graph::spec::{ROTATION_BIAS, ROTATION_WEIGHT};
-use fieldtune_graph::{
-    compile_train_step, encode_model, inputs, teacher_name, TrainSpec, TrainStep,
-};
 use fieldtune_tensor::Tensor;
 
 use crate::batches::{prefetch, Batch, BatchMaker};
@@ -17,6 +13,7 @@ use crate::error::{AdaptError, Result};
 use crate::eval::{evaluate, EvalReport};
 use crate::model_dir::ModelDir;
 use crate::recipe::AdaptConfig;
+use crate::session::{StepOutcome, TrainSession};
 
 /// The images adaptation learns from, and optionally a labeled set to score progress.
 pub struct AdaptData<'a> {
@@ -54,42 +51,6 @@ pub struct AdaptOutcome {
     pub seconds: f64,
 }
 
-/// The compile-time spec of a config for this model.
-pub fn train_spec(model: &ModelDir, cfg: &AdaptConfig) -> TrainSpec {
-    TrainSpec {
-        input: model.config.input.clone(),
-        output: model.config.output.clone(),
-        batch_labeled: cfg.batch_labeled,
-        batch_unlabeled: cfg.batch_unlabeled,
-        loss: cfg.loss.clone(),
-        optimizer: cfg.optimizer.clone(),
-        trainable: cfg.trainable.clone(),
-        batchnorm: cfg.batchnorm,
-        emit_gradients: false,
-        teacher: cfg.teacher,
-        dropout: cfg.dropout,
-        seed: cfg.seed,
-        cotta: cfg.cotta,
-        rotation: cfg.rotation.clone(),
-    }
-}
-
-/// The tensors of the adapted model, as (model name, resident name): the trained parameters
-/// (their mean-teacher copies when the recipe has a teacher) and the updated buffers. The
-/// rotation head is not part of the model and is dropped.
-fn model_tensors(step: &TrainStep, cfg: &AdaptConfig) -> Vec<(String, String)> {
-    let src = |n: &str| match cfg.teacher {
-        Some(_) => teacher_name(n),
-        None => n.to_string(),
-    };
-    step.params
-        .iter()
-        .filter(|(n, _)| n != ROTATION_WEIGHT && n != ROTATION_BIAS)
-        .map(|(n, _)| (n.clone(), src(n)))
-        .chain(step.buffers.iter().map(|(n, _)| (n.clone(), n.clone())))
-        .collect()
-}
-
 /// Evaluates `params` on labeled images with a fresh inference session.
 pub fn evaluate_params(
     engine: &dyn Engine,
@@ -115,52 +76,26 @@ pub fn adapt(
     cfg.validate()?;
     let t0 = Instant::now();
     let maker = BatchMaker::new(&model.config, cfg, data)?;
-    let step = compile_train_step(&model.model, &train_spec(model, cfg))?;
-    let bytes = encode_model(&step.to_model());
-    let session = engine.load(&bytes, "train-step")?;
-    let execution_provider = session.execution_provider().to_string();
-    let init = step.resident_init();
-    let mut resident: Box<dyn ResidentSession> = session.into_resident(init, step.loops())?;
+    let mut session = TrainSession::compile(engine, model, cfg, "train-step")?;
     tracing::info!(
-        nodes = step.graph.nodes.len(),
-        params = step.params.len(),
-        frozen = step.frozen.len(),
-        ep = %execution_provider,
+        nodes = session.shape().nodes,
+        params = session.params().len(),
+        ep = %session.execution_provider(),
         "compiled train step"
     );
 
-    let metric_names: Vec<&str> = step.metrics.iter().map(String::as_str).collect();
     let mut history = Vec::with_capacity(cfg.steps);
     prefetch(maker, cfg.steps, |batches| -> Result<()> {
         let mut ts = Instant::now();
         for batch in batches {
-            let Batch { step: k, mut feeds } = batch?;
-            feeds.push((
-                inputs::LR,
-                Tensor::scalar_f32(cfg.lr_schedule.at(cfg.lr, k, cfg.steps)),
-            ));
-            feeds.push((inputs::STEP, Tensor::scalar_f32(k as f32)));
+            let Batch { step: k, feeds } = batch?;
             let refs: Vec<(&str, &Tensor)> = feeds.iter().map(|(n, t)| (*n, t)).collect();
-            // A step whose loss terms are not all finite does not move the parameters.
-            let finite = |v: &[Tensor]| {
-                v.iter()
-                    .all(|t| t.as_f32().is_some_and(|x| x.iter().all(|x| x.is_finite())))
-            };
-            let (vals, moved) = resident.step_if(&refs, &metric_names, &finite)?;
-            let metrics: Vec<(String, f32)> = metric_names
-                .iter()
-                .map(|n| n.to_string())
-                .zip(
-                    vals.iter()
-                        .map(|t| t.as_f32().map(|v| v[0]).unwrap_or(f32::NAN)),
-                )
-                .collect();
-            if !moved {
-                let (term, value) = metrics
-                    .iter()
-                    .find(|(_, v)| !v.is_finite())
-                    .cloned()
-                    .unwrap_or_else(|| ("a metric".into(), f32::NAN));
+            let lr = cfg.lr_schedule.at(cfg.lr, k, cfg.steps);
+            let StepOutcome {
+                metrics,
+                non_finite,
+            } = session.step(&refs, lr, k)?;
+            if let Some((term, value)) = non_finite {
                 return Err(AdaptError::NonFinite {
                     step: k,
                     term,
@@ -171,14 +106,10 @@ pub fn adapt(
                 Some((imgs, labels))
                     if cfg.eval_every > 0 && (k % cfg.eval_every == 0) && k != cfg.steps =>
                 {
-                    let params = model_tensors(&step, cfg)
-                        .into_iter()
-                        .map(|(n, src)| Ok((n, resident.read_state(&src)?.expect("resident"))))
-                        .collect::<Result<HashMap<_, _>>>()?;
                     Some(evaluate_params(
                         engine,
                         model,
-                        &params,
+                        &session.model_weights()?,
                         imgs,
                         labels,
                         cfg.eval_batch,
@@ -198,19 +129,14 @@ pub fn adapt(
         }
         Ok(())
     })?;
+    let train_step_nodes = session.shape().nodes;
+    let execution_provider = session.execution_provider().to_string();
     // The adapted model: trained parameters and updated buffers (running statistics).
-    let mut all = resident.export_state()?;
-    let params: HashMap<String, Tensor> = model_tensors(&step, cfg)
-        .into_iter()
-        .map(|(n, src)| {
-            let t = all.remove(&src).expect("parameter is resident");
-            (n, t)
-        })
-        .collect();
+    let params = session.into_model_weights()?;
     Ok(AdaptOutcome {
         params,
         history,
-        train_step_nodes: step.graph.nodes.len(),
+        train_step_nodes,
         execution_provider,
         seconds: t0.elapsed().as_secs_f64(),
     })

@@ -20,15 +20,12 @@ use std::path::Path;
 use std::time::Instant;
 
 use fieldtune_augment::{augment_batch_par, Augment, AugmentConfig, RandAugment};
-use fieldtune_engine::{Engine, ResidentSession, Session};
+use fieldtune_engine::{Engine, Session};
 use fieldtune_frames::{to_tensor, Image8, ModelConfig};
 use fieldtune_graph::builder::Builder;
 use fieldtune_graph::compile::image_shape;
 use fieldtune_graph::ir::{Elem, Graph, TRAIN_OPSET};
-use fieldtune_graph::{
-    compile_train_step, encode_model, inputs, lower, teacher_name, BatchNormMode, MeanTeacher,
-    Trainable,
-};
+use fieldtune_graph::{encode_model, inputs, lower, BatchNormMode, MeanTeacher, Trainable};
 use fieldtune_tensor::{st, Tensor};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -40,7 +37,7 @@ use crate::error::{AdaptError, Result};
 use crate::fsutil::atomic_write;
 use crate::model_dir::ModelDir;
 use crate::recipe::{AdaptConfig, LrSchedule};
-use crate::trainer::train_spec;
+use crate::session::TrainSession;
 
 /// A test-time adaptation method.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -423,22 +420,12 @@ pub fn run(
                 });
             }
         }
-        let step = compile_train_step(&model.model, &train_spec(model, c))?;
-        let session = engine.load(&encode_model(&step.to_model()), "tta train-step")?;
-        let init = step.resident_init();
-        let resident: Box<dyn ResidentSession> =
-            session.into_resident(init.clone(), step.loops())?;
-        tracing::debug!(
-            method = method.name(),
-            nodes = step.graph.nodes.len(),
-            "compiled train step"
-        );
-        trainer = Some((step, resident, init));
+        trainer = Some(TrainSession::compile(engine, model, c, "tta train-step")?);
     }
     // The prediction graph: the weights that train are fed from the resident state.
     let fed: HashSet<String> = trainer
         .as_ref()
-        .map(|(s, _, _)| s.params.iter().map(|p| p.0.clone()).collect())
+        .map(|s| s.params().iter().cloned().collect())
         .unwrap_or_default();
     let mut predictor: Box<dyn Session> = if method == Method::Source {
         engine.load(&model.bytes, "tta predict (source)")?
@@ -450,11 +437,6 @@ pub fn run(
         )?
     };
     let execution_provider = predictor.execution_provider().to_string();
-    let metric_names: Vec<String> = trainer
-        .as_ref()
-        .map(|(s, _, _)| s.metrics.clone())
-        .unwrap_or_default();
-    let metric_refs: Vec<&str> = metric_names.iter().map(String::as_str).collect();
 
     let mut results = Vec::with_capacity(domains.len());
     let mut step_no = 0usize;
@@ -467,10 +449,8 @@ pub fn run(
             )));
         }
         if setting == Setting::Reset && di > 0 {
-            if let Some((_, resident, init)) = trainer.as_mut() {
-                for (name, t) in init.iter() {
-                    resident.set_state(name, t.clone())?;
-                }
+            if let Some(session) = trainer.as_mut() {
+                session.reset()?;
             }
             step_no = 0;
         }
@@ -519,19 +499,9 @@ pub fn run(
             }
             // 1. Predict with the current weights.
             let mut feeds: Vec<(String, Tensor)> = Vec::new();
-            if let Some((_, resident, _)) = &trainer {
+            if let Some(session) = &trainer {
                 for name in &fed {
-                    let src = match cfg.as_ref().and_then(|c| c.teacher) {
-                        Some(_) => teacher_name(name),
-                        None => name.clone(),
-                    };
-                    let t = resident
-                        .read_state(&src)?
-                        .ok_or_else(|| AdaptError::Mismatch {
-                            what: src.clone(),
-                            reason: "not resident in the train step".into(),
-                        })?;
-                    feeds.push((name.clone(), t));
+                    feeds.push((name.clone(), session.read(&session.model_source(name))?));
                 }
             }
             let mut refs: Vec<(&str, &Tensor)> = vec![(model.config.input.as_str(), &b.x_test)];
@@ -546,23 +516,12 @@ pub fn run(
             }
             count += pred.len();
             // 2. One train step on the same batch.
-            if let (Some((_, resident, _)), Some(c)) = (trainer.as_mut(), &cfg) {
+            if let (Some(session), Some(c)) = (trainer.as_mut(), &cfg) {
                 step_no += 1;
-                let mut f: Vec<(&str, &Tensor)> = b.feeds.iter().map(|(n, t)| (*n, t)).collect();
-                let lr = Tensor::scalar_f32(c.lr);
-                let st = Tensor::scalar_f32(step_no as f32);
-                f.push((inputs::LR, &lr));
-                f.push((inputs::STEP, &st));
-                let finite = |v: &[Tensor]| {
-                    v.iter()
-                        .all(|t| t.as_f32().is_some_and(|x| x.iter().all(|x| x.is_finite())))
-                };
-                let (vals, moved) = resident.step_if(&f, &metric_refs, &finite)?;
-                let loss = vals
-                    .first()
-                    .and_then(|t| t.as_f32().map(|v| v[0]))
-                    .unwrap_or(f32::NAN);
-                if !moved {
+                let f: Vec<(&str, &Tensor)> = b.feeds.iter().map(|(n, t)| (*n, t)).collect();
+                let outcome = session.step(&f, c.lr, step_no)?;
+                let loss = outcome.metrics.first().map_or(f32::NAN, |m| m.1);
+                if !outcome.moved() {
                     return Err(AdaptError::NonFinite {
                         step: step_no,
                         term: format!("a loss term (domain '{}')", domain.name),

@@ -520,7 +520,7 @@ fn run(cli: Cli) -> Result<()> {
             let cfg = recipe.resolve()?;
             let step = fieldtune_graph::compile_train_step(
                 &m.model,
-                &fieldtune_adapt::trainer::train_spec(&m, &cfg),
+                &fieldtune_adapt::train_spec(&m, &cfg),
             )?;
             let bytes = fieldtune_graph::encode_model(&step.to_model());
             fieldtune_adapt::fsutil::atomic_write(&out, &bytes)?;

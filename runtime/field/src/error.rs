@@ -40,8 +40,6 @@ pub enum FieldError {
     Frames(#[from] fieldtune_frames::FramesError),
     #[error("{0}")]
     Engine(#[from] fieldtune_engine::EngineError),
-    #[error("{0}")]
-    Graph(#[from] fieldtune_graph::GraphError),
 }
 
 pub type Result<T, E = FieldError> = std::result::Result<T, E>;

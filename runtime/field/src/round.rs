@@ -1,5 +1,5 @@
-//! One adaptation round on the round thread: the train step is compiled once per process and
-//! stays resident; each round loads the live weights and fresh optimizer state into it, runs
+//! One adaptation round on the round thread: the train step ([`TrainSession`]) is compiled once
+//! per process and stays resident; each round loads the live weights and fresh optimizer state into it, runs
 //! up to `steps` steps on replay frames + labeled anchors (batches from
 //! [`fieldtune_adapt::BatchMaker`], prepared one step ahead), and hands back the weights.
 //! Between steps it honours the budget: stop requests, the wall-clock cap, the duty cycle, the
@@ -9,11 +9,11 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use fieldtune_adapt::trainer::train_spec;
-use fieldtune_adapt::{prefetch, AdaptConfig, AdaptData, Batch, BatchMaker, ModelDir};
-use fieldtune_engine::{Engine, ResidentSession};
+use fieldtune_adapt::{
+    prefetch, AdaptConfig, AdaptData, Batch, BatchMaker, ModelDir, TrainSession,
+};
+use fieldtune_engine::Engine;
 use fieldtune_frames::Image8;
-use fieldtune_graph::{compile_train_step, encode_model, inputs};
 use fieldtune_tensor::Tensor;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -23,20 +23,13 @@ use crate::budget::{rss_bytes, Budget, Verdict};
 use crate::config::Poison;
 use crate::error::Result;
 
-/// The round thread's trainer.
+/// The round thread's trainer: a resident [`TrainSession`] plus the labeled anchors.
 pub struct Adapter {
     model: ModelDir,
     cfg: AdaptConfig,
-    resident: Box<dyn ResidentSession>,
-    /// Parameters and buffers: the tensors that make up a model's weights.
-    weights: Vec<String>,
-    optimizer_init: Vec<(String, Tensor)>,
-    metric_names: Vec<String>,
-    source: HashMap<String, Tensor>,
+    session: TrainSession,
     anchors: Vec<Image8>,
     labels: Vec<usize>,
-    execution_provider: String,
-    nodes: usize,
 }
 
 /// How a round ended early.
@@ -82,37 +75,20 @@ impl Adapter {
         labels: Vec<usize>,
     ) -> Result<Adapter> {
         cfg.validate()?;
-        let step = compile_train_step(&model.model, &train_spec(&model, &cfg))?;
-        let session = engine.load(&encode_model(&step.to_model()), "train-step")?;
-        let execution_provider = session.execution_provider().to_string();
-        let weights: Vec<String> = step
-            .params
-            .iter()
-            .chain(&step.buffers)
-            .map(|(n, _)| n.clone())
-            .collect();
-        let source: HashMap<String, Tensor> =
-            step.params.iter().chain(&step.buffers).cloned().collect();
-        let resident = session.into_resident(step.resident_init(), step.loops())?;
-        tracing::info!(nodes = step.graph.nodes.len(), params = step.params.len(), ep = %execution_provider, "round: compiled train step");
+        let session = TrainSession::compile(engine, &model, &cfg, "train-step")?;
+        tracing::info!(nodes = session.shape().nodes, params = session.params().len(), ep = %session.execution_provider(), "round: compiled train step");
         Ok(Adapter {
-            nodes: step.graph.nodes.len(),
-            metric_names: step.metrics.clone(),
-            optimizer_init: step.state.clone(),
             model,
             cfg,
-            resident,
-            weights,
-            source,
+            session,
             anchors,
             labels,
-            execution_provider,
         })
     }
 
     /// The model's own weights (what a reset goes back to).
     pub fn source_weights(&self) -> &HashMap<String, Tensor> {
-        &self.source
+        self.session.source_weights()
     }
 
     pub fn config(&self) -> &AdaptConfig {
@@ -128,10 +104,7 @@ impl Adapter {
     }
 
     pub fn describe(&self) -> String {
-        format!(
-            "{} train-step nodes on {}",
-            self.nodes, self.execution_provider
-        )
+        self.session.describe()
     }
 
     /// Runs one round from `base` on `unlabeled` frames; `round` (1-based) seeds it.
@@ -144,17 +117,8 @@ impl Adapter {
         ctl: &mut RoundControl<'_>,
     ) -> Result<RoundResult> {
         let t0 = Instant::now();
-        for name in &self.weights {
-            let t = base
-                .get(name)
-                .or_else(|| self.source.get(name))
-                .cloned()
-                .expect("weights cover the model");
-            self.resident.set_state(name, t)?;
-        }
-        for (name, t) in &self.optimizer_init {
-            self.resident.set_state(name, t.clone())?;
-        }
+        self.session.load_weights(base)?;
+        self.session.reset_optimizer()?;
         let mut cfg = self.cfg.clone();
         cfg.seed = cfg.seed.wrapping_add(round.wrapping_mul(0x9E37_79B9));
         let mut labels = self.labels.clone();
@@ -177,7 +141,7 @@ impl Adapter {
             eval: None,
         };
         let maker = BatchMaker::new(&self.model.config, &cfg, &data)?;
-        let metric_names: Vec<&str> = self.metric_names.iter().map(String::as_str).collect();
+        let metric_names = self.session.metric_names().to_vec();
         let mut sums = vec![0f64; metric_names.len()];
         let mut steps = 0usize;
         let mut non_finite = None;
@@ -187,7 +151,7 @@ impl Adapter {
         let rss0 = rss_bytes().unwrap_or(0);
         let mut rss_growth = 0u64;
         let cap = ctl.budget.round_cap();
-        let resident = &mut self.resident;
+        let session = &mut self.session;
         prefetch(maker, cfg.steps, |batches| -> Result<()> {
             let over_time = |t0: Instant| cap.is_some_and(|c| t0.elapsed() >= c);
             for batch in batches {
@@ -215,38 +179,24 @@ impl Adapter {
                         }
                     }
                 }
-                let Batch { step: k, mut feeds } = batch?;
+                let Batch { step: k, feeds } = batch?;
                 let ts = Instant::now();
                 let lr = if lr_poison {
                     f32::NAN
                 } else {
                     cfg.lr_schedule.at(cfg.lr, k, cfg.steps)
                 };
-                feeds.push((inputs::LR, Tensor::scalar_f32(lr)));
-                feeds.push((inputs::STEP, Tensor::scalar_f32(k as f32)));
                 let refs: Vec<(&str, &Tensor)> = feeds.iter().map(|(n, t)| (*n, t)).collect();
-                let finite = |v: &[Tensor]| {
-                    v.iter()
-                        .all(|t| t.as_f32().is_some_and(|x| x.iter().all(|x| x.is_finite())))
-                };
-                let (vals, moved) = resident.step_if(&refs, &metric_names, &finite)?;
+                let outcome = session.step(&refs, lr, k)?;
                 let step_time = ts.elapsed();
                 busy += step_time;
-                let vals: Vec<f32> = vals
-                    .iter()
-                    .map(|t| t.as_f32().map_or(f32::NAN, |v| v[0]))
-                    .collect();
-                if !moved {
-                    let (i, v) = vals
-                        .iter()
-                        .enumerate()
-                        .find(|(_, v)| !v.is_finite())
-                        .map_or((0, f32::NAN), |(i, v)| (i, *v));
-                    non_finite = Some((k, metric_names[i].to_string(), v));
+                if let Some((term, v)) = outcome.non_finite {
+                    non_finite = Some((k, term, v));
                     return Ok(());
                 }
-                for (s, v) in sums.iter_mut().zip(&vals) {
-                    *s += *v as f64;
+                let vals = outcome.metrics.iter().map(|m| m.1);
+                for (s, v) in sums.iter_mut().zip(vals) {
+                    *s += v as f64;
                 }
                 steps = k;
                 if let Some(now) = rss_bytes() {
@@ -263,16 +213,8 @@ impl Adapter {
             }
             Ok(())
         })?;
-        let mut weights = HashMap::with_capacity(self.weights.len());
-        for name in &self.weights {
-            let t = self
-                .resident
-                .read_state(name)?
-                .expect("weights are resident");
-            weights.insert(name.clone(), t);
-        }
         Ok(RoundResult {
-            weights,
+            weights: self.session.weights()?,
             steps,
             metrics: metric_names
                 .iter()
