@@ -36,7 +36,7 @@ impl GraphOptimization {
     }
 }
 
-/// Options of [`OrtEngine`].
+/// Options of [`OrtEngine`](crate::OrtEngine).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct OrtOptions {
     /// An explicit library (the CLI's `--ort-lib`): a file or a directory holding it.
