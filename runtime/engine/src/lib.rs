@@ -10,6 +10,11 @@
 //!   parameters and optimizer moments between steps: step k's outputs become step k+1's inputs.
 //! - [`doctor_report`] tells what is available on this machine.
 //!
+//! Tensors cross the seam as [`Tensor`]s, which hold `ndarray` arrays of the version `ort` and
+//! tract use: ONNX Runtime reads inputs in place and takes owned resident state without a copy;
+//! outputs are copied once out of the engine's buffers; tract copies each input into its own
+//! aligned tensors (see `ort_backend/values.rs` and `tract_backend.rs`).
+//!
 //! The engine knows nothing of losses, frames or boards.
 
 #![warn(missing_docs)]

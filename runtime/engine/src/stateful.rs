@@ -44,6 +44,11 @@ pub trait ResidentSession: Send {
 }
 
 /// Host-memory resident state around any [`Session`] (copies state in and out every step).
+///
+/// Each step lends the state tensors to [`Session::run`] (ONNX Runtime reads their arrays in
+/// place; tract copies each into a tensor of its own) and gets every output back as a new host
+/// tensor (one copy out of the engine). A looped output then moves into the state without a
+/// further copy; one that is also fetched, or fetched twice, is cloned.
 pub struct StatefulSession {
     session: Box<dyn Session>,
     state: HashMap<String, Tensor>,

@@ -10,8 +10,11 @@ use tract_linalg::multithread::{multithread_tract_scope, Executor};
 use tract_onnx::pb;
 use tract_onnx::prelude::{
     DatumType, Framework, InferenceFact, InferenceModel, InferenceModelExt, IntoRunnable,
-    IntoTValue, TValue, TVec, Tensor as TractTensor, TypedSimpleState,
+    IntoTValue, TValue, TVec, Tensor as TractTensor, TractResult, TypedSimpleState,
 };
+// tract's `tract_ndarray` is the crate the tensor currency uses (0.17): these array types are
+// the ones `fieldtune_tensor::Tensor` holds.
+use tract_onnx::prelude::tract_ndarray as ndarray;
 
 use crate::{
     catch_panic, onnx_elem_name, order_inputs, DType, Engine, EngineError, EngineKind, IoInfo,
@@ -297,12 +300,11 @@ impl TractSession {
 
         let mut values: TVec<TValue> = TVec::new();
         for t in &ordered {
-            let tt = match t.data() {
-                TensorData::F32(d) => TractTensor::from_shape(t.shape(), d),
-                TensorData::I64(d) => TractTensor::from_shape(t.shape(), d),
-            }
-            .map_err(|e| run_err(format!("{e:#}")))?;
-            values.push(tt.into_tvalue());
+            values.push(
+                to_tract(t)
+                    .map_err(|e| run_err(format!("{e:#}")))?
+                    .into_tvalue(),
+            );
         }
         let label = self.label.clone();
         let state = &mut self.plans.last_mut().expect("just pushed").1;
@@ -344,30 +346,37 @@ impl TractSession {
     }
 }
 
-/// Copies a tract value to a host [`Tensor`]: floats as f32, integers and bools as i64.
+/// One copy into a tract tensor. It stays: a tract plan takes owned values, the session
+/// borrows its inputs, and tract keeps every tensor in a buffer of its own aligned for its
+/// kernels (its `From<ArrayD<T>>` copies into one as well), so a borrowed array cannot be
+/// handed over in place.
+fn to_tract(t: &Tensor) -> TractResult<TractTensor> {
+    match t.data() {
+        TensorData::F32(a) => TractTensor::from_shape(a.shape(), slice(a)),
+        TensorData::I64(a) => TractTensor::from_shape(a.shape(), slice(a)),
+    }
+}
+
+fn slice<T>(a: &ndarray::ArrayD<T>) -> &[T] {
+    a.as_slice().expect("tensor arrays are in standard layout")
+}
+
+/// Copies a tract value to a host [`Tensor`]: floats as f32, integers and bools as i64. tract
+/// and fieldtune share ndarray 0.17, so the value is read through a `tract_ndarray` view and
+/// copied once into an owned array (tract's aligned buffer cannot become an `ndarray` buffer);
+/// other element types are cast first.
 fn to_tensor(model: &str, name: &str, v: &TractTensor) -> Result<Tensor, EngineError> {
     let err = |message: String| EngineError::Run {
         model: model.to_string(),
         engine: EngineKind::Tract,
         message: format!("output '{name}': {message}"),
     };
-    let shape = v.shape().to_vec();
     let dt = v.datum_type();
-    let data = if dt == DatumType::F32 {
-        let p = v.try_as_plain_ram().map_err(|e| err(format!("{e:#}")))?;
-        TensorData::F32(
-            p.as_slice::<f32>()
-                .map_err(|e| err(format!("{e:#}")))?
-                .to_vec(),
-        )
+    let t = if dt == DatumType::F32 {
+        Tensor::from(owned::<f32>(v).map_err(|e| err(format!("{e:#}")))?)
     } else if dt.is_float() {
         let c = v.cast_to::<f32>().map_err(|e| err(format!("{e:#}")))?;
-        let p = c.try_as_plain_ram().map_err(|e| err(format!("{e:#}")))?;
-        TensorData::F32(
-            p.as_slice::<f32>()
-                .map_err(|e| err(format!("{e:#}")))?
-                .to_vec(),
-        )
+        Tensor::from(owned::<f32>(&c).map_err(|e| err(format!("{e:#}")))?)
     } else {
         let c = v
             .cast_to::<i64>()
@@ -376,14 +385,14 @@ fn to_tensor(model: &str, name: &str, v: &TractTensor) -> Result<Tensor, EngineE
                 tensor: name.to_string(),
                 dtype: format!("{dt:?}"),
             })?;
-        let p = c.try_as_plain_ram().map_err(|e| err(format!("{e:#}")))?;
-        TensorData::I64(
-            p.as_slice::<i64>()
-                .map_err(|e| err(format!("{e:#}")))?
-                .to_vec(),
-        )
+        Tensor::from(owned::<i64>(&c).map_err(|e| err(format!("{e:#}")))?)
     };
-    Tensor::new(shape, data).map_err(|e| err(e.to_string()))
+    Ok(t)
+}
+
+/// An owned copy of a plain tract tensor as an `ndarray` array.
+fn owned<T: tract_onnx::prelude::Datum>(v: &TractTensor) -> TractResult<ndarray::ArrayD<T>> {
+    Ok(v.to_plain_array_view::<T>()?.to_owned())
 }
 
 impl Session for TractSession {

@@ -427,19 +427,19 @@ pub fn tensor_from_proto(t: &TensorProto) -> Result<Tensor> {
         }
     };
     let data = match DataType::try_from(t.data_type).ok() {
-        Some(DataType::Float) => TensorData::F32(match raw(4)? {
+        Some(DataType::Float) => TensorData::f32(match raw(4)? {
             Some(c) => c
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                 .collect(),
             None => t.float_data.clone(),
         }),
-        Some(DataType::Int64) => TensorData::I64(match raw(8)? {
+        Some(DataType::Int64) => TensorData::i64(match raw(8)? {
             Some(c) => c
                 .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
                 .collect(),
             None => t.int64_data.clone(),
         }),
-        Some(DataType::Int32) => TensorData::I64(match raw(4)? {
+        Some(DataType::Int32) => TensorData::i64(match raw(4)? {
             Some(c) => c
                 .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
                 .collect(),

@@ -62,12 +62,12 @@ pub fn from_bytes(bytes: &[u8]) -> Result<Named, StError> {
         let shape = view.shape().to_vec();
         let d = view.data();
         let data = match view.dtype() {
-            Dtype::F32 => TensorData::F32(
+            Dtype::F32 => TensorData::f32(
                 d.chunks_exact(4)
                     .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                     .collect(),
             ),
-            Dtype::I64 => TensorData::I64(
+            Dtype::I64 => TensorData::i64(
                 d.chunks_exact(8)
                     .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
                     .collect(),
