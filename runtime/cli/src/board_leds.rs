@@ -1,6 +1,6 @@
 //! Status LEDs for `fieldtune run` on a board whose profile (`[budget] board`) names GPIO
 //! lines: a thread drives boards/core's status indicator on the GPIO character device
-//! (build with `--features linux-gpio`) from the run's event kinds, 10 ticks per second.
+//! (build with `--features linux-gpio`) from the run's events, 10 ticks per second.
 
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
@@ -12,16 +12,16 @@ use fieldtune_board_core::status::{ONE_LED, TWO_LEDS};
 use fieldtune_board_core::{PatternTable, State, StatusIndicator};
 use fieldtune_board_linux::{LineSpec, OutputLine};
 use fieldtune_board_profile::Profile;
-use fieldtune_field::events::EventObserver;
+use fieldtune_field::events::{EventObserver, FieldEvent};
 
-/// The indicator state an event kind moves to, if any.
-pub fn state_for(kind: &str) -> Option<State> {
-    Some(match kind {
-        "started" | "resumed" => State::Inferring,
-        "round_started" => State::Adapting,
-        "committed" => State::Committed,
-        "rolled_back" | "reset_to_source" => State::RolledBack,
-        "stopped" => State::Idle,
+/// The indicator state an event moves to, if any.
+pub fn state_for(event: &FieldEvent) -> Option<State> {
+    Some(match event {
+        FieldEvent::Started(_) | FieldEvent::Resumed(_) => State::Inferring,
+        FieldEvent::RoundStarted(_) => State::Adapting,
+        FieldEvent::Committed(_) => State::Committed,
+        FieldEvent::RolledBack(_) | FieldEvent::ResetToSource(_) => State::RolledBack,
+        FieldEvent::Stopped(_) => State::Idle,
         _ => return None,
     })
 }
@@ -32,8 +32,8 @@ struct LedObserver {
 }
 
 impl EventObserver for LedObserver {
-    fn event(&self, kind: &str) {
-        if let Some(s) = state_for(kind) {
+    fn event(&self, event: &FieldEvent) {
+        if let Some(s) = state_for(event) {
             let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
             let _ = tx.send(s);
         }
@@ -101,15 +101,50 @@ fn drive<P: OutputPin, const N: usize>(pins: [P; N], table: PatternTable<N>, rx:
 mod tests {
     use super::*;
 
+    use fieldtune_field::events::{
+        Committed, ResetToSource, Resumed, RolledBack, RoundStarted, Started, Stats,
+    };
+    use fieldtune_field::trigger::Reason;
+    use fieldtune_field::RunSummary;
+
     #[test]
     fn run_events_map_to_indicator_states() {
-        assert_eq!(state_for("started"), Some(State::Inferring));
-        assert_eq!(state_for("round_started"), Some(State::Adapting));
-        assert_eq!(state_for("committed"), Some(State::Committed));
-        assert_eq!(state_for("rolled_back"), Some(State::RolledBack));
-        assert_eq!(state_for("reset_to_source"), Some(State::RolledBack));
-        assert_eq!(state_for("stopped"), Some(State::Idle));
-        assert_eq!(state_for("stats"), None);
+        let round_started = FieldEvent::RoundStarted(RoundStarted {
+            round: 1,
+            reason: Reason::Drift,
+            frame: 0,
+            train_frames: 0,
+            probe_frames: 0,
+            version: 0,
+            poison: None,
+        });
+        let at = |e: FieldEvent| state_for(&e);
+        assert_eq!(
+            at(FieldEvent::Started(Started::default())),
+            Some(State::Inferring)
+        );
+        assert_eq!(
+            at(FieldEvent::Resumed(Resumed::default())),
+            Some(State::Inferring)
+        );
+        assert_eq!(at(round_started), Some(State::Adapting));
+        assert_eq!(
+            at(FieldEvent::Committed(Committed::default())),
+            Some(State::Committed)
+        );
+        assert_eq!(
+            at(FieldEvent::RolledBack(RolledBack::default())),
+            Some(State::RolledBack)
+        );
+        assert_eq!(
+            at(FieldEvent::ResetToSource(ResetToSource::default())),
+            Some(State::RolledBack)
+        );
+        assert_eq!(
+            at(FieldEvent::Stopped(RunSummary::default())),
+            Some(State::Idle)
+        );
+        assert_eq!(at(FieldEvent::Stats(Stats::default())), None);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use fieldtune_field::events::EventObserver;
+use fieldtune_field::events::{EventObserver, FieldEvent};
 
 /// A socket that sends notify datagrams to one address.
 #[derive(Debug)]
@@ -102,14 +102,15 @@ pub fn chain(
 struct Both(Arc<dyn EventObserver>, Arc<dyn EventObserver>);
 
 impl EventObserver for Both {
-    fn event(&self, kind: &str) {
-        self.0.event(kind);
-        self.1.event(kind);
+    fn event(&self, event: &FieldEvent) {
+        self.0.event(event);
+        self.1.event(event);
     }
 }
 
+/// What the observer and its watchdog thread share.
 #[derive(Debug)]
-struct Shared {
+struct Notify {
     notifier: Notifier,
     /// When the inference loop last showed it is alive.
     beat: Mutex<Instant>,
@@ -119,7 +120,7 @@ struct Shared {
     warned: AtomicBool,
 }
 
-impl Shared {
+impl Notify {
     fn send(&self, state: &str) {
         if let Err(e) = self.notifier.send(state) {
             if !self.warned.swap(true, Ordering::Relaxed) {
@@ -140,7 +141,7 @@ impl Shared {
 /// unconditionally: start-up is bounded by the unit's TimeoutStartSec).
 #[derive(Debug)]
 pub struct SystemdObserver {
-    shared: Arc<Shared>,
+    notify: Arc<Notify>,
 }
 
 impl SystemdObserver {
@@ -149,7 +150,7 @@ impl SystemdObserver {
         watchdog: Option<Duration>,
         stats_every_s: f64,
     ) -> Result<SystemdObserver> {
-        let shared = Arc::new(Shared {
+        let notify = Arc::new(Notify {
             notifier,
             beat: Mutex::new(Instant::now()),
             wake: Condvar::new(),
@@ -170,17 +171,17 @@ impl SystemdObserver {
                 interval.as_secs_f64(),
                 interval.as_secs_f64() / 2.0
             );
-            let s = shared.clone();
+            let s = notify.clone();
             std::thread::Builder::new()
                 .name("sd-watchdog".into())
                 .spawn(move || ping(&s, interval))
                 .context("starting the systemd watchdog thread")?;
         }
-        Ok(SystemdObserver { shared })
+        Ok(SystemdObserver { notify })
     }
 }
 
-fn ping(s: &Shared, interval: Duration) {
+fn ping(s: &Notify, interval: Duration) {
     let half = interval / 2;
     let mut silent = false;
     let mut beat = s.beat.lock().unwrap_or_else(|p| p.into_inner());
@@ -208,21 +209,21 @@ fn ping(s: &Shared, interval: Duration) {
 }
 
 impl EventObserver for SystemdObserver {
-    fn event(&self, kind: &str) {
-        let s = &self.shared;
-        if matches!(kind, "started" | "stats") {
+    fn event(&self, event: &FieldEvent) {
+        let s = &self.notify;
+        if matches!(event, FieldEvent::Started(_) | FieldEvent::Stats(_)) {
             *s.beat.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
         }
-        match kind {
-            "started" => {
+        match event {
+            FieldEvent::Started(_) => {
                 s.ready.store(true, Ordering::Relaxed);
                 s.send("READY=1\nSTATUS=serving");
             }
-            "round_started" => s.send("STATUS=serving; adapting"),
-            "committed" => s.send("STATUS=serving; new weights committed"),
-            "rolled_back" => s.send("STATUS=serving; round rolled back"),
-            "reset_to_source" => s.send("STATUS=serving; reset to the source weights"),
-            "stopped" => {
+            FieldEvent::RoundStarted(_) => s.send("STATUS=serving; adapting"),
+            FieldEvent::Committed(_) => s.send("STATUS=serving; new weights committed"),
+            FieldEvent::RolledBack(_) => s.send("STATUS=serving; round rolled back"),
+            FieldEvent::ResetToSource(_) => s.send("STATUS=serving; reset to the source weights"),
+            FieldEvent::Stopped(_) => {
                 s.stop();
                 s.send("STOPPING=1\nSTATUS=stopped");
             }
@@ -233,13 +234,23 @@ impl EventObserver for SystemdObserver {
 
 impl Drop for SystemdObserver {
     fn drop(&mut self) {
-        self.shared.stop();
+        self.notify.stop();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fieldtune_field::events::{Started, Stats};
+    use fieldtune_field::RunSummary;
+
+    fn started() -> FieldEvent {
+        FieldEvent::Started(Started::default())
+    }
+
+    fn stats() -> FieldEvent {
+        FieldEvent::Stats(Stats::default())
+    }
 
     fn recv(sock: &UnixDatagram, wait: Duration) -> Option<String> {
         sock.set_read_timeout(Some(wait)).unwrap();
@@ -326,7 +337,7 @@ mod tests {
             recv(&server, Duration::from_secs(2)).as_deref(),
             Some("WATCHDOG=1")
         );
-        obs.event("started");
+        obs.event(&started());
         let mut got = Vec::new();
         while let Some(m) = recv(&server, Duration::from_millis(50)) {
             got.push(m);
@@ -339,7 +350,7 @@ mod tests {
         let t = Instant::now();
         let mut pings = 0;
         while t.elapsed() < Duration::from_secs(1) {
-            obs.event("stats");
+            obs.event(&stats());
             if let Some(m) = recv(&server, Duration::from_millis(50)) {
                 pings += usize::from(m == "WATCHDOG=1");
             }
@@ -350,12 +361,12 @@ mod tests {
         while recv(&server, Duration::from_millis(10)).is_some() {}
         assert_eq!(recv(&server, Duration::from_millis(600)), None);
         // A beat again feeds it again; stopping ends the pings.
-        obs.event("stats");
+        obs.event(&stats());
         assert_eq!(
             recv(&server, Duration::from_secs(1)).as_deref(),
             Some("WATCHDOG=1")
         );
-        obs.event("stopped");
+        obs.event(&FieldEvent::Stopped(RunSummary::default()));
         let mut rest = Vec::new();
         while let Some(m) = recv(&server, Duration::from_millis(400)) {
             rest.push(m);
@@ -371,14 +382,14 @@ mod tests {
         #[derive(Debug, Default)]
         struct Count(Mutex<usize>);
         impl EventObserver for Count {
-            fn event(&self, _: &str) {
+            fn event(&self, _: &FieldEvent) {
                 *self.0.lock().unwrap() += 1;
             }
         }
         let a = Arc::new(Count::default());
         let b = Arc::new(Count::default());
         let both = chain(Some(a.clone()), Some(b.clone())).unwrap();
-        both.event("stats");
+        both.event(&stats());
         assert_eq!((*a.0.lock().unwrap(), *b.0.lock().unwrap()), (1, 1));
         assert!(chain(None, None).is_none());
     }

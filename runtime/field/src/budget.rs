@@ -82,11 +82,15 @@ pub struct Budget {
 
 /// Why a round may not go on.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Verdict {
+pub enum BudgetVerdict {
     Go,
     /// Too hot: wait.
     Hot(f64),
 }
+
+/// The former name, still imported by `round.rs`; goes when that file imports `BudgetVerdict`.
+#[doc(hidden)]
+pub use BudgetVerdict as Verdict;
 
 impl Budget {
     pub fn new(cfg: BudgetConfig) -> Budget {
@@ -96,19 +100,19 @@ impl Budget {
 
     /// Temperature check. `paused` tells whether the round is already paused (then it
     /// resumes only below ceiling - hysteresis).
-    pub fn thermal(&self, paused: bool) -> Verdict {
+    pub fn thermal(&self, paused: bool) -> BudgetVerdict {
         if self.cfg.temperature_ceiling_c <= 0.0 {
-            return Verdict::Go;
+            return BudgetVerdict::Go;
         }
         match self.thermal.max_celsius() {
-            Some(t) if t > self.cfg.temperature_ceiling_c => Verdict::Hot(t),
+            Some(t) if t > self.cfg.temperature_ceiling_c => BudgetVerdict::Hot(t),
             Some(t)
                 if paused
                     && t > self.cfg.temperature_ceiling_c - self.cfg.temperature_hysteresis_c =>
             {
-                Verdict::Hot(t)
+                BudgetVerdict::Hot(t)
             }
-            _ => Verdict::Go,
+            _ => BudgetVerdict::Go,
         }
     }
 
@@ -177,16 +181,16 @@ mod tests {
             },
             thermal: Box::new(t.clone()),
         };
-        assert_eq!(b.thermal(false), Verdict::Hot(77.25));
+        assert_eq!(b.thermal(false), BudgetVerdict::Hot(77.25));
         std::fs::write(d.path().join("thermal_zone1/temp"), "72000").unwrap();
-        assert_eq!(b.thermal(false), Verdict::Go);
+        assert_eq!(b.thermal(false), BudgetVerdict::Go);
         assert_eq!(
             b.thermal(true),
-            Verdict::Hot(72.0),
+            BudgetVerdict::Hot(72.0),
             "paused rounds wait for the hysteresis"
         );
         std::fs::write(d.path().join("thermal_zone1/temp"), "69000").unwrap();
-        assert_eq!(b.thermal(true), Verdict::Go);
+        assert_eq!(b.thermal(true), BudgetVerdict::Go);
     }
 
     #[test]

@@ -1,7 +1,10 @@
-//! The event log: one JSON object per line, `{"t_ms": <unix ms>, "event": "<kind>", ...}`.
+//! The event log: one JSON object per line, `{"t_ms": <unix ms>, "event": "<kind>", ...}`, each
+//! line one [`FieldEvent`] (its variant names the kind, its fields are the line's other keys).
 //!
 //! Kinds: `started`, `stats`, `trigger`, `round_started`, `round_ended`, `committed`,
 //! `rolled_back`, `reset_to_source`, `paused`, `resumed`, `checkpoint_quarantined`, `stopped`.
+//! Keys are written in sorted order (serde_json's map) and numbers as serde_json prints them;
+//! a non-finite number is written `null`.
 //!
 //! Each line is written with one `write` call on a file opened for appending. fsync policy
 //! (`[events] fsync`): `rounds` (default) fsyncs after every event except `stats`, so what a
@@ -9,20 +12,273 @@
 //! leaves it to the OS. A line torn by a crash is closed with a newline when the log is
 //! opened again, and readers skip lines that do not parse (counting them).
 
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::config::Fsync;
 use crate::error::{io_err, FieldError, Result};
+use crate::gate::GateVerdict;
+use crate::nan::{f64_or_nan, map_f64_or_nan};
+use crate::runtime::summary::RunSummary;
 use crate::store::unix_ms;
+use crate::trigger::Reason;
 
-/// Sees the kind of every event as it is logged (e.g. to drive a board's status LEDs).
+/// One event of a run, as logged.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum FieldEvent {
+    /// Serving began (after resuming from the store).
+    Started(Started),
+    /// One stats window of the inference thread.
+    Stats(Stats),
+    /// A manual trigger that was not followed by a round.
+    Trigger(TriggerIgnored),
+    RoundStarted(RoundStarted),
+    RoundEnded(RoundEnded),
+    /// A round's weights passed the gate, were checkpointed and went live.
+    Committed(Committed),
+    /// A round's weights were discarded.
+    RolledBack(RolledBack),
+    /// Repeated failures: the source weights went live again.
+    ResetToSource(ResetToSource),
+    /// Above the temperature ceiling: rounds wait, or a running round pauses.
+    Paused(Paused),
+    /// Cooled below the ceiling: rounds may start.
+    Resumed(Resumed),
+    /// A checkpoint that did not verify was moved aside on start.
+    CheckpointQuarantined(CheckpointQuarantined),
+    /// The run ended; the run's summary.
+    Stopped(RunSummary),
+}
+
+impl FieldEvent {
+    /// The kind, as the log's `"event"` key spells it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FieldEvent::Started(_) => "started",
+            FieldEvent::Stats(_) => "stats",
+            FieldEvent::Trigger(_) => "trigger",
+            FieldEvent::RoundStarted(_) => "round_started",
+            FieldEvent::RoundEnded(_) => "round_ended",
+            FieldEvent::Committed(_) => "committed",
+            FieldEvent::RolledBack(_) => "rolled_back",
+            FieldEvent::ResetToSource(_) => "reset_to_source",
+            FieldEvent::Paused(_) => "paused",
+            FieldEvent::Resumed(_) => "resumed",
+            FieldEvent::CheckpointQuarantined(_) => "checkpoint_quarantined",
+            FieldEvent::Stopped(_) => "stopped",
+        }
+    }
+
+    /// The line as written to the log (newline included), stamped `t_ms`.
+    pub fn to_line(&self, t_ms: u64) -> String {
+        let mut obj = match serde_json::to_value(self) {
+            Ok(Value::Object(m)) => m,
+            _ => Map::new(),
+        };
+        obj.insert("t_ms".into(), t_ms.into());
+        let mut line = Value::Object(obj).to_string();
+        line.push('\n');
+        line
+    }
+}
+
+/// `started`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Started {
+    pub pid: u32,
+    pub model: String,
+    pub engine: String,
+    pub source: String,
+    pub resumed_version: u64,
+    pub resumed_kind: String,
+    pub resumed_round: u64,
+    pub anchors: String,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub rss_mb: f64,
+}
+
+/// `stats`: the last window of frames (`window_frames`) and the run so far.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    pub frames: u64,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub fps: f64,
+    pub window_frames: u64,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub latency_p50_ms: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub latency_p99_ms: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub latency_max_ms: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub entropy: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub confidence: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub ema_entropy: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub ema_confidence: f64,
+    /// Only when frames carry labels.
+    pub accuracy: Option<f64>,
+    pub version: u64,
+    pub round_active: bool,
+    pub capture_dropped: u64,
+    pub output_dropped: u64,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub rss_mb: f64,
+}
+
+/// `trigger`: why a manual trigger was ignored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TriggerIgnored {
+    pub reason: Reason,
+    pub ignored: String,
+}
+
+/// `round_started`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RoundStarted {
+    pub round: u64,
+    pub reason: Reason,
+    pub frame: u64,
+    pub train_frames: usize,
+    pub probe_frames: usize,
+    /// The live version the round starts from.
+    pub version: u64,
+    /// A deliberate fault (`[fault]`), as `Nan` or `LabelNoise`.
+    pub poison: Option<String>,
+}
+
+/// `round_ended`, in one of three shapes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RoundEnded {
+    /// The round's weights went to the gate.
+    Gated(GatedRound),
+    /// A stop request cut the round; nothing went to the gate.
+    Stopped(StoppedRound),
+    /// The round or its gate failed with an error.
+    Failed(FailedRound),
+}
+
+/// A round whose weights the gate judged.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GatedRound {
+    pub round: u64,
+    pub steps: usize,
+    /// Wall-clock seconds of the round, gate included.
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub seconds: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub train_seconds: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub busy_seconds: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub paused_seconds: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub rss_growth_mb: f64,
+    /// How the round ended early (`WallClock`, `Memory(bytes)`), if it did.
+    pub cut: Option<String>,
+    /// Mean of each train-step metric.
+    #[serde(deserialize_with = "map_f64_or_nan")]
+    pub metrics: BTreeMap<String, f64>,
+    pub mask_rate: Option<f64>,
+    pub gate: GateVerdict,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub probe_entropy_before: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub probe_entropy_after: f64,
+}
+
+/// A round cut by a stop request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoppedRound {
+    pub round: u64,
+    pub steps: usize,
+    /// Always `"stop"`.
+    pub cut: String,
+    #[serde(deserialize_with = "map_f64_or_nan")]
+    pub metrics: BTreeMap<String, f64>,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub seconds: f64,
+}
+
+/// A round that failed with an error (before the gate: `steps` is absent).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FailedRound {
+    pub round: u64,
+    pub error: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps: Option<usize>,
+}
+
+/// `committed`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Committed {
+    pub round: u64,
+    pub version: u64,
+    pub step: u64,
+    pub checkpoint: String,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub anchor_accuracy: f64,
+}
+
+/// `rolled_back`: the gate's reasons (then with `no_gain_only` and the live `version`), or
+/// the error that ended the round or its checkpoint.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RolledBack {
+    pub round: u64,
+    pub reasons: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub no_gain_only: Option<bool>,
+    pub failures_in_a_row: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+}
+
+/// `reset_to_source`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ResetToSource {
+    pub round: u64,
+    pub version: u64,
+    pub failures_in_a_row: u32,
+}
+
+/// `paused`: before a round (`round` null, with the `ceiling`) or during one.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Paused {
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub celsius: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ceiling: Option<f64>,
+    pub round: Option<u64>,
+}
+
+/// `resumed`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Resumed {
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub ceiling: f64,
+}
+
+/// `checkpoint_quarantined`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointQuarantined {
+    pub file: String,
+    pub moved_to: String,
+    pub reason: String,
+}
+
+/// Sees every event as it is logged (e.g. to drive a board's status LEDs).
 pub trait EventObserver: Send + Sync + std::fmt::Debug {
-    fn event(&self, kind: &str);
+    fn event(&self, event: &FieldEvent);
 }
 
 /// Appends events to a JSON-lines file.
@@ -62,7 +318,7 @@ impl EventLog {
         })
     }
 
-    /// Tells `observer` the kind of every event after it is written.
+    /// Tells `observer` every event after it is written.
     pub fn with_observer(mut self, observer: Option<Arc<dyn EventObserver>>) -> EventLog {
         self.observer = observer;
         self
@@ -72,24 +328,12 @@ impl EventLog {
         &self.path
     }
 
-    /// Writes one event; `fields` must be a JSON object (other values go under `"value"`).
-    /// A failing write is logged, never fatal: serving frames matters more.
-    pub fn emit(&self, event: &str, fields: Value) {
-        let mut obj = Map::new();
-        obj.insert("t_ms".into(), unix_ms().into());
-        obj.insert("event".into(), event.into());
-        match fields {
-            Value::Object(m) => obj.extend(m),
-            Value::Null => {}
-            v => {
-                obj.insert("value".into(), v);
-            }
-        }
-        let mut line = Value::Object(obj).to_string();
-        line.push('\n');
+    /// Writes one event. A failing write is logged, never fatal: serving frames matters more.
+    pub fn emit(&self, event: FieldEvent) {
+        let line = event.to_line(unix_ms());
         let sync = match self.fsync {
             Fsync::Every => true,
-            Fsync::Rounds => event != "stats",
+            Fsync::Rounds => !matches!(event, FieldEvent::Stats(_)),
             Fsync::Never => false,
         };
         let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
@@ -101,12 +345,12 @@ impl EventLog {
         }
         drop(f);
         if let Some(o) = &self.observer {
-            o.event(event);
+            o.event(&event);
         }
     }
 }
 
-/// One event read back.
+/// One event read back: its time, kind and other keys as written.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Event {
     pub t_ms: u64,
@@ -125,6 +369,13 @@ impl Event {
 
     pub fn str(&self, key: &str) -> Option<&str> {
         self.fields.get(key).and_then(Value::as_str)
+    }
+
+    /// The typed event; `None` for a kind or shape this version does not know.
+    pub fn typed(&self) -> Option<FieldEvent> {
+        let mut m = self.fields.clone();
+        m.insert("event".into(), self.event.clone().into());
+        serde_json::from_value(Value::Object(m)).ok()
     }
 }
 
@@ -183,8 +434,8 @@ mod tests {
     struct Seen(Mutex<Vec<String>>);
 
     impl EventObserver for Seen {
-        fn event(&self, kind: &str) {
-            self.0.lock().unwrap().push(kind.to_string());
+        fn event(&self, event: &FieldEvent) {
+            self.0.lock().unwrap().push(event.kind().to_string());
         }
     }
 
@@ -196,14 +447,28 @@ mod tests {
         let log = EventLog::open(&p, Fsync::Never)
             .unwrap()
             .with_observer(Some(seen.clone()));
-        for k in ["started", "round_started", "committed", "stopped"] {
-            log.emit(k, serde_json::json!({}));
-        }
+        log.emit(FieldEvent::Started(Started::default()));
+        log.emit(FieldEvent::RoundStarted(RoundStarted {
+            round: 1,
+            reason: Reason::Manual,
+            frame: 0,
+            train_frames: 0,
+            probe_frames: 0,
+            version: 0,
+            poison: None,
+        }));
+        log.emit(FieldEvent::Committed(Committed::default()));
+        log.emit(FieldEvent::Stopped(RunSummary::default()));
         assert_eq!(
             *seen.0.lock().unwrap(),
             ["started", "round_started", "committed", "stopped"]
         );
-        assert_eq!(std::fs::read_to_string(&p).unwrap().lines().count(), 4);
+        let text = std::fs::read_to_string(&p).unwrap();
+        let kinds: Vec<_> = text
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap()["event"].clone())
+            .collect();
+        assert_eq!(kinds, ["started", "round_started", "committed", "stopped"]);
     }
 
     #[test]
@@ -211,28 +476,54 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("sub/events.jsonl");
         let log = EventLog::open(&p, Fsync::Every).unwrap();
-        log.emit("started", serde_json::json!({"version": 3}));
+        log.emit(FieldEvent::Started(Started {
+            resumed_version: 3,
+            ..Started::default()
+        }));
         drop(log);
         // A crash in the middle of a line.
         let mut f = OpenOptions::new().append(true).open(&p).unwrap();
         f.write_all(b"{\"t_ms\": 5, \"event\": \"sta").unwrap();
         drop(f);
         let log = EventLog::open(&p, Fsync::Rounds).unwrap();
-        log.emit(
-            "committed",
-            serde_json::json!({"version": 4, "anchor_accuracy": 0.99}),
-        );
+        log.emit(FieldEvent::Committed(Committed {
+            version: 4,
+            anchor_accuracy: 0.99,
+            ..Committed::default()
+        }));
         let (ev, skipped) = read_events(&p).unwrap();
         assert_eq!(skipped, 1);
         assert_eq!(ev.len(), 2);
         assert_eq!(ev[0].event, "started");
         assert_eq!(ev[1].u64("version"), Some(4));
         assert_eq!(ev[1].f64("anchor_accuracy"), Some(0.99));
+        assert!(matches!(
+            ev[1].typed(),
+            Some(FieldEvent::Committed(Committed { version: 4, .. }))
+        ));
         std::fs::write(&p, "hello\n").unwrap();
         let e = read_events(&p).unwrap_err().to_string();
         assert!(
             e.contains("events.jsonl:1") && e.contains("not a fieldtune event log"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn non_finite_numbers_are_written_null_and_read_back_as_nan() {
+        let ev = FieldEvent::Paused(Paused {
+            celsius: f64::NAN,
+            ceiling: None,
+            round: Some(2),
+        });
+        let line = ev.to_line(7);
+        assert_eq!(
+            line,
+            "{\"celsius\":null,\"event\":\"paused\",\"round\":2,\"t_ms\":7}\n"
+        );
+        let back: FieldEvent = serde_json::from_str(line.trim()).unwrap();
+        assert!(
+            matches!(back, FieldEvent::Paused(Paused { celsius, round: Some(2), .. }) if celsius.is_nan())
         );
     }
 }

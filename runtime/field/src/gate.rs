@@ -11,10 +11,11 @@
 
 use fieldtune_engine::Session;
 use fieldtune_frames::{to_tensor, Image8, ModelConfig};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{ge, gt, GateConfig};
 use crate::error::{FieldError, Result};
+use crate::nan::f64_or_nan;
 use crate::stats::softmax_stats;
 
 /// What a model does on a set of frames.
@@ -111,20 +112,27 @@ pub struct GateInput {
 }
 
 /// The gate's verdict.
-#[derive(Clone, Debug, Serialize)]
-pub struct Verdict {
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GateVerdict {
     pub pass: bool,
     /// Each failed check, in words.
     pub reasons: Vec<String>,
     /// The only failed check is "the objective did not improve", and it rose by at most
     /// `no_gain_tolerance`: a converged model, not a harmful round.
     pub no_gain_only: bool,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub anchor_accuracy_before: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub anchor_accuracy_after: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub objective_before: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub objective_after: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub marginal_entropy_before: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub marginal_entropy_after: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub agreement: f64,
 }
 
@@ -141,7 +149,7 @@ pub fn agreement(a: &[usize], b: &[usize]) -> f64 {
 }
 
 /// Applies the checks of `cfg` to `input`.
-pub fn decide(cfg: &GateConfig, input: &GateInput) -> Verdict {
+pub fn decide(cfg: &GateConfig, input: &GateInput) -> GateVerdict {
     let mut reasons = Vec::new();
     if let Some((step, term, value)) = &input.non_finite_step {
         reasons.push(format!("non-finite {term} = {value} at step {step}"));
@@ -182,7 +190,7 @@ pub fn decide(cfg: &GateConfig, input: &GateInput) -> Verdict {
         ));
     }
     let no_gain_only = no_gain && reasons.len() == 1 && oa - ob <= cfg.no_gain_tolerance;
-    Verdict {
+    GateVerdict {
         pass: reasons.is_empty(),
         no_gain_only,
         reasons,

@@ -18,7 +18,7 @@ use gstreamer_video as gst_video;
 use gstreamer_video::prelude::*;
 
 use crate::error::{FieldError, Result};
-use crate::source::{FrameSource, Next, RawFrame};
+use crate::frame::{FrameSource, Next, RawFrame};
 
 /// A running GStreamer pipeline whose `appsink name=sink` hands out frames.
 pub struct GstSource {

@@ -10,18 +10,21 @@
 //!   temperature ceiling, wall-clock cap, priority.
 //! - [`round`]: the background trainer; [`gate`]: what new weights must show to go live;
 //!   [`store`]: atomic, checksummed checkpoints (source, last good, previous).
-//! - [`events`], [`metrics`], [`report`]: the JSON-lines event log, the Prometheus endpoint,
-//!   the PNG report.
-//! - [`runtime::run`] wires it all; [`config::RunConfig`] is its TOML file.
+//! - [`events`], [`metrics`], [`report`]: the JSON-lines event log of typed
+//!   [`events::FieldEvent`]s, the Prometheus endpoint, the PNG report.
+//! - [`runtime::run`] wires it all (threads, the inference loop, the round supervisor's
+//!   commit protocol); [`config::RunConfig`] is its TOML file.
 
 pub mod budget;
 pub mod config;
 pub mod error;
 pub mod events;
+mod frame;
 pub mod gate;
 #[cfg(feature = "gstreamer")]
 pub mod gst;
 pub mod metrics;
+mod nan;
 pub mod preprocess;
 pub mod queue;
 pub mod replay;

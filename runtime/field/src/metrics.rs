@@ -3,15 +3,37 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{io_err, Result};
-use crate::runtime::Shared;
+use crate::stats::StatsWindow;
 
-/// Renders the current figures in the Prometheus text format.
-pub fn render(shared: &Shared) -> String {
+/// The run's figures at one moment.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MetricsSnapshot {
+    pub frames: u64,
+    pub capture_dropped: u64,
+    pub output_dropped: u64,
+    pub rounds: u64,
+    pub commits: u64,
+    pub rollbacks: u64,
+    pub resets: u64,
+    pub version: u64,
+    pub round_active: bool,
+    /// The last complete stats window.
+    pub window: StatsWindow,
+}
+
+/// Where the endpoint reads the figures (the runtime's shared state).
+pub trait MetricsSource: Send + Sync {
+    fn snapshot(&self) -> MetricsSnapshot;
+    /// The endpoint's thread ends when this turns true.
+    fn stopped(&self) -> bool;
+}
+
+/// Renders `m` in the Prometheus text format.
+pub fn render(m: &MetricsSnapshot) -> String {
     let mut s = String::with_capacity(2048);
     let mut put = |name: &str, kind: &str, help: &str, value: f64| {
         s.push_str(&format!(
@@ -23,63 +45,61 @@ pub fn render(shared: &Shared) -> String {
             s.push_str(&format!("fieldtune_{name} NaN\n"));
         }
     };
-    let c = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as f64;
     put(
         "frames_total",
         "counter",
         "Frames classified.",
-        c(&shared.frames),
+        m.frames as f64,
     );
-    let (cap, out) = shared.queue_counts();
     put(
         "capture_dropped_total",
         "counter",
         "Frames dropped because the inference queue was full.",
-        cap.dropped as f64,
+        m.capture_dropped as f64,
     );
     put(
         "output_dropped_total",
         "counter",
         "Predictions dropped because the output queue was full.",
-        out.dropped as f64,
+        m.output_dropped as f64,
     );
     put(
         "rounds_total",
         "counter",
         "Adaptation rounds run.",
-        c(&shared.rounds),
+        m.rounds as f64,
     );
     put(
         "commits_total",
         "counter",
         "Rounds whose weights passed the gate and went live.",
-        c(&shared.commits),
+        m.commits as f64,
     );
     put(
         "rollbacks_total",
         "counter",
         "Rounds rejected by the gate.",
-        c(&shared.rollbacks),
+        m.rollbacks as f64,
     );
     put(
         "resets_total",
         "counter",
         "Resets to the source weights after repeated failures.",
-        c(&shared.resets),
+        m.resets as f64,
     );
     put(
         "model_version",
         "gauge",
         "Version of the live weights (0 = source).",
-        c(&shared.version),
+        m.version as f64,
     );
     put(
         "round_active",
         "gauge",
         "1 while a round runs.",
-        shared.round_active.load(Ordering::Relaxed) as u8 as f64,
+        m.round_active as u8 as f64,
     );
-    let w = shared.last_window();
+    let w = &m.window;
     let l = w.latency.summary();
     put(
         "inference_latency_p50_seconds",
@@ -126,14 +146,14 @@ pub fn render(shared: &Shared) -> String {
     s
 }
 
-fn answer(mut conn: TcpStream, shared: &Shared) {
+fn answer(mut conn: TcpStream, source: &dyn MetricsSource) {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
     let mut buf = [0u8; 1024];
     let n = conn.read(&mut buf).unwrap_or(0);
     let req = String::from_utf8_lossy(&buf[..n]);
     let path = req.split_whitespace().nth(1).unwrap_or("");
     let (status, body) = if req.starts_with("GET ") && (path == "/metrics" || path == "/") {
-        ("200 OK", render(shared))
+        ("200 OK", render(&source.snapshot()))
     } else {
         ("404 Not Found", "only GET /metrics\n".to_string())
     };
@@ -144,19 +164,22 @@ fn answer(mut conn: TcpStream, shared: &Shared) {
     );
 }
 
-/// Binds `addr` and serves until `shared.stop` is set. Returns the bound address.
-pub fn serve(addr: &str, shared: Arc<Shared>) -> Result<(SocketAddr, std::thread::JoinHandle<()>)> {
+/// Binds `addr` and serves until `source` says it stopped. Returns the bound address.
+pub fn serve(
+    addr: &str,
+    source: Arc<dyn MetricsSource>,
+) -> Result<(SocketAddr, std::thread::JoinHandle<()>)> {
     let listener = TcpListener::bind(addr).map_err(io_err(format!("metrics.listen {addr}")))?;
     let local = listener.local_addr().map_err(io_err(addr))?;
     listener.set_nonblocking(true).map_err(io_err(addr))?;
     let h = std::thread::Builder::new()
         .name("metrics".into())
         .spawn(move || {
-            while !shared.stop.load(Ordering::Relaxed) {
+            while !source.stopped() {
                 match listener.accept() {
                     Ok((conn, _)) => {
                         let _ = conn.set_nonblocking(false);
-                        answer(conn, &shared);
+                        answer(conn, source.as_ref());
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(50)),
                 }

@@ -14,7 +14,7 @@ use plotters::prelude::*;
 use plotters::style::{register_font, FontStyle};
 
 use crate::error::{FieldError, Result};
-use crate::events::{read_events, Event};
+use crate::events::{read_events, Event, FieldEvent, RoundEnded};
 
 /// Fonts tried after `--font` and `FIELDTUNE_FONT`.
 pub const FONT_CANDIDATES: &[&str] = &[
@@ -141,37 +141,37 @@ pub fn render(
     );
     let (mut commits, mut rollbacks, mut resets, mut starts) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // A number the log wrote as null (non-finite) reads as NaN and is not drawn.
+    let point = |series: &mut Series, t: f64, v: f64| {
+        if v.is_finite() {
+            series.push((t, v));
+        }
+    };
     for e in &events {
         let t = rel_s(e, t0);
-        match e.event.as_str() {
-            "stats" => {
+        match e.typed() {
+            Some(FieldEvent::Stats(st)) => {
                 s.stats += 1;
-                if let Some(a) = e.f64("accuracy") {
+                if let Some(a) = st.accuracy {
                     acc.push((t, a));
                 }
-                if let Some(v) = e.f64("entropy") {
-                    ent.push((t, v));
-                }
-                if let Some(v) = e.f64("ema_entropy") {
-                    ema.push((t, v));
-                }
-                if let Some(v) = e.f64("latency_p50_ms") {
-                    p50.push((t, v));
-                }
-                if let Some(v) = e.f64("latency_p99_ms") {
-                    p99.push((t, v));
-                }
+                point(&mut ent, t, st.entropy);
+                point(&mut ema, t, st.ema_entropy);
+                point(&mut p50, t, st.latency_p50_ms);
+                point(&mut p99, t, st.latency_p99_ms);
             }
-            "round_ended" => {
+            Some(FieldEvent::RoundEnded(r)) => {
                 s.rounds += 1;
-                if let Some(v) = e.f64("mask_rate") {
-                    mask.push((t, v));
+                if let RoundEnded::Gated(g) = r {
+                    if let Some(v) = g.mask_rate {
+                        mask.push((t, v));
+                    }
                 }
             }
-            "committed" => commits.push(t),
-            "rolled_back" => rollbacks.push(t),
-            "reset_to_source" => resets.push(t),
-            "started" => starts.push(t),
+            Some(FieldEvent::Committed(_)) => commits.push(t),
+            Some(FieldEvent::RolledBack(_)) => rollbacks.push(t),
+            Some(FieldEvent::ResetToSource(_)) => resets.push(t),
+            Some(FieldEvent::Started(_)) => starts.push(t),
             _ => {}
         }
     }

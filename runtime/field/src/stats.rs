@@ -1,7 +1,7 @@
 //! Fixed-size statistics the inference thread keeps without allocating: a log-bucketed
 //! latency histogram (2% wide buckets from 1 us to ~100 s) and per-window counters.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 const BUCKETS: usize = 940;
 const RATIO: f64 = 1.02;
@@ -29,7 +29,7 @@ impl Default for LatencyHist {
 }
 
 /// Percentiles of a histogram, in milliseconds.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct LatencySummary {
     pub count: u64,
     pub mean_ms: f64,
@@ -99,7 +99,7 @@ impl LatencyHist {
 
 /// What the inference thread measured over one stats window.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Window {
+pub struct StatsWindow {
     pub frames: u64,
     pub latency: LatencyHist,
     pub entropy_sum: f64,
@@ -113,7 +113,7 @@ pub struct Window {
     pub ema_confidence: f64,
 }
 
-impl Window {
+impl StatsWindow {
     pub fn mean_entropy(&self) -> f64 {
         if self.frames == 0 {
             0.0

@@ -5,12 +5,12 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::config::TriggerConfig;
+use crate::config::RoundTriggerConfig;
 
 /// Why a round started.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Reason {
     Frames,
@@ -60,7 +60,7 @@ pub struct DriftDetector {
 }
 
 impl DriftDetector {
-    pub fn new(cfg: &TriggerConfig) -> DriftDetector {
+    pub fn new(cfg: &RoundTriggerConfig) -> DriftDetector {
         DriftDetector {
             alpha: cfg.ema_alpha,
             baseline_frames: cfg.baseline_frames.max(1),
@@ -128,7 +128,7 @@ pub struct FrameTriggers {
 }
 
 impl FrameTriggers {
-    pub fn new(cfg: &TriggerConfig) -> FrameTriggers {
+    pub fn new(cfg: &RoundTriggerConfig) -> FrameTriggers {
         FrameTriggers {
             every: cfg.every_frames,
             since: 0,
@@ -186,7 +186,7 @@ pub struct Schedule {
 }
 
 impl Schedule {
-    pub fn new(cfg: &TriggerConfig, now: Instant) -> Schedule {
+    pub fn new(cfg: &RoundTriggerConfig, now: Instant) -> Schedule {
         Schedule {
             every: (cfg.every_seconds > 0.0).then(|| Duration::from_secs_f64(cfg.every_seconds)),
             last: now,
@@ -230,13 +230,13 @@ impl Schedule {
 mod tests {
     use super::*;
 
-    fn cfg() -> TriggerConfig {
-        TriggerConfig {
+    fn cfg() -> RoundTriggerConfig {
+        RoundTriggerConfig {
             ema_alpha: 0.1,
             baseline_frames: 50,
             entropy_rise: 0.1,
             confidence_drop: 0.05,
-            ..TriggerConfig::default()
+            ..RoundTriggerConfig::default()
         }
     }
 
@@ -262,10 +262,10 @@ mod tests {
 
     #[test]
     fn every_n_frames_counts_from_the_last_round() {
-        let mut t = FrameTriggers::new(&TriggerConfig {
+        let mut t = FrameTriggers::new(&RoundTriggerConfig {
             every_frames: 10,
             drift: false,
-            ..TriggerConfig::default()
+            ..RoundTriggerConfig::default()
         });
         let fired: Vec<usize> = (1..=35).filter(|_| t.observe(0.1, 0.9).is_some()).collect();
         assert_eq!(
@@ -284,10 +284,10 @@ mod tests {
     fn schedule_period_and_daily_times() {
         let t0 = Instant::now();
         let mut s = Schedule::new(
-            &TriggerConfig {
+            &RoundTriggerConfig {
                 every_seconds: 10.0,
                 daily_utc: vec!["02:30".into(), "23:59".into()],
-                ..TriggerConfig::default()
+                ..RoundTriggerConfig::default()
             },
             t0,
         );

@@ -8,11 +8,11 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use fieldtune_field::config::{Order, Resize, SourceConfig, TriggerConfig, WhenFull};
+use fieldtune_field::config::{Order, Resize, RoundTriggerConfig, SourceConfig, WhenFull};
 use fieldtune_field::preprocess::Preprocessor;
 use fieldtune_field::queue::SlotQueue;
 use fieldtune_field::replay::ReplayBuffer;
-use fieldtune_field::runtime::format_line;
+use fieldtune_field::runtime::{format_line, PredictionLine};
 use fieldtune_field::source::{FrameSource, ImageFolderSource, Next};
 use fieldtune_field::stats::{softmax_stats, LatencyHist};
 use fieldtune_field::trigger::FrameTriggers;
@@ -78,9 +78,9 @@ fn the_per_frame_path_does_not_allocate() {
     let mut input = Tensor::zeros_f32(vec![1, 1, 28, 28]);
     let mut replay = ReplayBuffer::new(model.input_shape(), 256, 0.5, 0);
     let mut hist = LatencyHist::default();
-    let mut triggers = FrameTriggers::new(&TriggerConfig {
+    let mut triggers = FrameTriggers::new(&RoundTriggerConfig {
         every_frames: 100,
-        ..TriggerConfig::default()
+        ..RoundTriggerConfig::default()
     });
     let classes: Vec<String> = model.classes.iter().map(|c| format!("\"{c}\"")).collect();
     let mut line = String::with_capacity(256);
@@ -121,13 +121,15 @@ fn the_per_frame_path_does_not_allocate() {
         output.release(p);
         format_line(
             &mut line,
-            p.frame,
-            1_700_000_000_000,
-            &classes[p.class],
-            p.class,
-            p.conf,
-            3,
-            Some(&classes[0]),
+            &PredictionLine {
+                frame: p.frame,
+                t_ms: 1_700_000_000_000,
+                class_json: &classes[p.class],
+                class_id: p.class,
+                confidence: p.conf,
+                version: 3,
+                label_json: Some(&classes[0]),
+            },
         );
     };
     for n in 0..400 {

@@ -1,0 +1,92 @@
+//! The documented starting config that `fieldtune run --print-config` prints without
+//! `--config`.
+
+/// A documented starting config (every section with its defaults), for `--print-config`
+/// without `--config`.
+pub const EXAMPLE: &str = r#"# fieldtune run config. Relative paths are relative to this file's folder.
+model = "models/mnist-cnn"          # model folder (model.onnx + model.toml)
+# anchors = "models/mnist-cnn/anchors"  # labeled source anchors; default <model>/anchors
+state_dir = "field-state"           # checkpoints, events.jsonl, summary.json
+
+[source]
+kind = "folder"                     # "folder" | "gstreamer"
+paths = ["data/opencv-digits"]      # folder: played one after the other
+order = "sorted"                    # "sorted" | "shuffled"
+seed = 0
+fps = 30.0                          # 0: as fast as the pipeline takes them
+loop = false
+limit = 0                           # per folder (0: all)
+preload = false                     # decode all images at start
+pipeline = ""                       # gstreamer: "... ! appsink name=sink"
+
+[input]
+resize = "stretch"                  # "stretch" | "center-crop"
+
+[pipeline]
+capture_queue = 4
+output_queue = 256
+when_full = "drop-oldest"           # "drop-oldest" | "block"
+max_frames = 0                      # 0: until the source ends or SIGINT/SIGTERM
+max_seconds = 0.0
+stats_every_s = 5.0
+
+[output]
+path = "-"                          # "-": stdout, "none", or a file
+labels = true
+
+[replay]
+capacity = 2048
+recent_fraction = 0.5
+probe_fraction = 0.25
+seed = 0
+
+[trigger]
+every_frames = 0
+drift = true
+ema_alpha = 0.01
+baseline_frames = 300
+entropy_rise = 0.05
+confidence_drop = 0.02
+every_seconds = 0.0
+daily_utc = []                      # e.g. ["02:30"]
+manual_signal = true                # SIGUSR1
+cooldown_frames = 300
+min_replay = 256
+
+[budget]
+board = ""                          # e.g. "jetson-orin-nano-8gb": fills the keys not set here
+adapt_memory_mb = 1024
+duty_cycle = 1.0
+temperature_ceiling_c = 85.0
+temperature_hysteresis_c = 5.0
+thermal_root = "/sys/class/thermal"
+round_seconds = 300.0
+nice = 10
+
+[adapt]                             # any key of `fieldtune adapt --print-config`
+recipe = "uda-im"
+steps = 100
+
+[gate]
+max_anchor_drop = 0.01
+min_objective_gain = 0.0
+min_agreement = 0.7
+max_marginal_entropy_drop = 0.2
+max_failures = 3
+no_gain_tolerance = 0.02
+
+[engine]
+inference_threads = 1
+train_threads = 1
+
+[events]
+# path = "field-state/events.jsonl"
+fsync = "rounds"                    # "every" | "rounds" | "never"
+
+[metrics]
+listen = ""                         # e.g. "127.0.0.1:9464"
+
+[fault]                             # deliberate faults (tests, demonstrations)
+nan_rounds = []                     # rounds whose learning rate is NaN
+label_noise_rounds = []             # rounds trained on permuted anchor labels
+"#;

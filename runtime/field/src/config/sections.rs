@@ -1,0 +1,385 @@
+//! The sections of [`RunConfig`](super::RunConfig): one type per TOML table, each with its
+//! defaults.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Where frames come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SourceKind {
+    /// Image folders played one after the other.
+    #[default]
+    Folder,
+    /// A GStreamer pipeline ending in `appsink name=sink` (feature `gstreamer`).
+    Gstreamer,
+}
+
+/// Play order of an image folder.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Order {
+    /// By path.
+    #[default]
+    Sorted,
+    /// A seeded permutation per folder (class folders would otherwise play class by class).
+    Shuffled,
+}
+
+/// `[source]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourceConfig {
+    /// `folder` or `gstreamer`.
+    pub kind: SourceKind,
+    /// folder: image folders (flat, or class folders whose names give labels used only for
+    /// scoring), played one after the other.
+    pub paths: Vec<PathBuf>,
+    /// folder: `sorted` or `shuffled`.
+    pub order: Order,
+    /// folder: seed of the shuffled order.
+    pub seed: u64,
+    /// folder: frames per second (0: as fast as the pipeline takes them).
+    pub fps: f64,
+    /// folder: start again after the last folder.
+    #[serde(rename = "loop")]
+    pub looping: bool,
+    /// folder: play at most this many images of each folder (0: all).
+    pub limit: usize,
+    /// folder: decode every image at start (no decoding, and no allocation, per frame;
+    /// memory grows with the folder).
+    pub preload: bool,
+    /// gstreamer: the pipeline, ending in `appsink name=sink` (caps are set by fieldtune:
+    /// GRAY8 or RGB, as the model needs).
+    pub pipeline: String,
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        SourceConfig {
+            kind: SourceKind::Folder,
+            paths: Vec::new(),
+            order: Order::Sorted,
+            seed: 0,
+            fps: 30.0,
+            looping: false,
+            limit: 0,
+            preload: false,
+            pipeline: String::new(),
+        }
+    }
+}
+
+/// How a frame of another size becomes the model's input size.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Resize {
+    /// Scale the whole frame to the model's size (aspect ratio not kept).
+    #[default]
+    Stretch,
+    /// Crop the largest centred region with the model's aspect ratio, then scale it.
+    CenterCrop,
+}
+
+/// `[input]`: frame to model input. Size, channels and normalisation come from model.toml.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InputConfig {
+    /// `stretch` or `center-crop`.
+    pub resize: Resize,
+}
+
+/// What capture does when the inference queue is full.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WhenFull {
+    /// Drop the oldest queued frame and count it (live cameras).
+    #[default]
+    DropOldest,
+    /// Wait for room (file playback where every frame must be seen).
+    Block,
+}
+
+/// `[pipeline]`: capture -> inference -> outputs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Frames queued between capture and inference.
+    pub capture_queue: usize,
+    /// Predictions queued between inference and the output writer.
+    pub output_queue: usize,
+    /// `drop-oldest` or `block`.
+    pub when_full: WhenFull,
+    /// Stop after this many frames (0: when the source ends or on SIGINT/SIGTERM).
+    pub max_frames: u64,
+    /// Stop after this many seconds (0: no limit).
+    pub max_seconds: f64,
+    /// Seconds between `stats` events (latency, entropy, accuracy, RSS).
+    pub stats_every_s: f64,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            capture_queue: 4,
+            output_queue: 256,
+            when_full: WhenFull::DropOldest,
+            max_frames: 0,
+            max_seconds: 0.0,
+            stats_every_s: 5.0,
+        }
+    }
+}
+
+/// `[output]`: one JSON line per frame.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputConfig {
+    /// `-` for stdout, `none` for no output, else a file (appended).
+    pub path: String,
+    /// Add `"label"` when the source knows the frame's class (scoring only).
+    pub labels: bool,
+}
+
+impl Default for OutputConfig {
+    fn default() -> Self {
+        OutputConfig {
+            path: "-".into(),
+            labels: true,
+        }
+    }
+}
+
+/// `[replay]`: unlabeled frames kept for rounds, as u8 at the model's input size.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplayConfig {
+    /// Frames held (reservoir + recent).
+    pub capacity: usize,
+    /// Share of the capacity that holds the most recent frames; the rest is a uniform
+    /// reservoir sample of every frame seen.
+    pub recent_fraction: f64,
+    /// Share of a round's snapshot held out from training to judge the unlabeled objective.
+    pub probe_fraction: f64,
+    /// Seed of the reservoir.
+    pub seed: u64,
+}
+
+impl Default for ReplayConfig {
+    fn default() -> Self {
+        ReplayConfig {
+            capacity: 2048,
+            recent_fraction: 0.5,
+            probe_fraction: 0.25,
+            seed: 0,
+        }
+    }
+}
+
+/// `[trigger]`: when a round starts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoundTriggerConfig {
+    /// A round every this many frames (0: off).
+    pub every_frames: u64,
+    /// A round when the EMAs of prediction entropy / confidence drift from the baseline
+    /// measured after the last commit.
+    pub drift: bool,
+    /// EMA weight of the newest frame.
+    pub ema_alpha: f64,
+    /// Frames averaged into the baseline after start and after each commit.
+    pub baseline_frames: u64,
+    /// Drift when EMA(entropy) - baseline entropy exceeds this (nats).
+    pub entropy_rise: f64,
+    /// Drift when baseline confidence - EMA(confidence) exceeds this.
+    pub confidence_drop: f64,
+    /// A round every this many seconds (0: off).
+    pub every_seconds: f64,
+    /// Rounds at these UTC times of day, "HH:MM".
+    pub daily_utc: Vec<String>,
+    /// A round on SIGUSR1 (`kill -USR1 <pid>`).
+    pub manual_signal: bool,
+    /// Frames that must pass between the end of a round and the next one.
+    pub cooldown_frames: u64,
+    /// Replay frames needed before a round may start.
+    pub min_replay: usize,
+}
+
+impl Default for RoundTriggerConfig {
+    fn default() -> Self {
+        RoundTriggerConfig {
+            every_frames: 0,
+            drift: true,
+            ema_alpha: 0.01,
+            baseline_frames: 300,
+            entropy_rise: 0.05,
+            confidence_drop: 0.02,
+            every_seconds: 0.0,
+            daily_utc: Vec::new(),
+            manual_signal: true,
+            cooldown_frames: 300,
+            min_replay: 256,
+        }
+    }
+}
+
+/// `[budget]`: what a round may use (a board profile's values).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BudgetConfig {
+    /// A board profile (a shipped name such as `jetson-orin-nano-8gb`, or a .toml file; see
+    /// `fieldtune doctor --board`): its adaptation memory budget, duty cycle and thermal ceiling
+    /// and resume temperature fill every key of this table that the file does not set.
+    /// Empty: none.
+    pub board: String,
+    /// Memory a round may add to the process RSS (MiB); a round that exceeds it stops and is
+    /// discarded. 0: no limit.
+    pub adapt_memory_mb: u64,
+    /// Largest share of wall time the round thread computes (0..1]; it sleeps in between.
+    pub duty_cycle: f64,
+    /// Rounds pause while the hottest thermal zone is above this (Celsius; 0: no ceiling).
+    pub temperature_ceiling_c: f64,
+    /// Paused rounds resume below `temperature_ceiling_c - temperature_hysteresis_c`.
+    pub temperature_hysteresis_c: f64,
+    /// Where the thermal zones are (`thermal_zone*/temp`, millidegrees).
+    pub thermal_root: PathBuf,
+    /// Wall-clock cap of one round (seconds, pauses included); the steps done so far go to
+    /// the gate. 0: no cap.
+    pub round_seconds: f64,
+    /// Nice value of the round thread (0..19): the scheduler favours inference.
+    pub nice: i32,
+}
+
+impl Default for BudgetConfig {
+    fn default() -> Self {
+        BudgetConfig {
+            board: String::new(),
+            adapt_memory_mb: 1024,
+            duty_cycle: 1.0,
+            temperature_ceiling_c: 85.0,
+            temperature_hysteresis_c: 5.0,
+            thermal_root: PathBuf::from("/sys/class/thermal"),
+            round_seconds: 300.0,
+            nice: 10,
+        }
+    }
+}
+
+/// `[gate]`: what a round's weights must show before they go live.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GateConfig {
+    /// Anchor accuracy may fall by at most this (fraction, 0.01 = 1 point).
+    pub max_anchor_drop: f64,
+    /// The unlabeled objective on the held-out probe (mean prediction entropy minus the
+    /// entropy of the mean prediction, lower is better) must fall by more than this.
+    pub min_objective_gain: f64,
+    /// Share of probe frames on which the new model agrees with the live one.
+    pub min_agreement: f64,
+    /// The entropy of the probe's mean prediction may fall by at most this (nats): guards
+    /// against collapse onto a few classes.
+    pub max_marginal_entropy_drop: f64,
+    /// Failed rounds in a row after which the live model is reset to the source weights.
+    pub max_failures: u32,
+    /// A round whose only failed check is the objective, and whose objective rose by at most
+    /// this, is "no gain" (a model that has converged on a steady scene): discarded, but not
+    /// counted toward `max_failures`. A larger rise counts. Negative: every failure counts.
+    pub no_gain_tolerance: f64,
+}
+
+impl Default for GateConfig {
+    fn default() -> Self {
+        GateConfig {
+            max_anchor_drop: 0.01,
+            min_objective_gain: 0.0,
+            min_agreement: 0.7,
+            max_marginal_entropy_drop: 0.2,
+            max_failures: 3,
+            no_gain_tolerance: 0.02,
+        }
+    }
+}
+
+/// `[engine]`: threads of the two engines (the engine itself is `--engine`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// Threads per operator of the inference session.
+    pub inference_threads: usize,
+    /// Threads per operator of the train step (`fieldtune --threads N run` overrides it).
+    pub train_threads: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            inference_threads: 1,
+            train_threads: 1,
+        }
+    }
+}
+
+/// When the event log is fsynced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fsync {
+    /// After every event.
+    Every,
+    /// After round, checkpoint and lifecycle events (stats events are only written).
+    #[default]
+    Rounds,
+    /// Never (the OS flushes).
+    Never,
+}
+
+/// `[events]`: the JSON-lines event log.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// The log file (appended). Default: `<state_dir>/events.jsonl`.
+    pub path: Option<PathBuf>,
+    /// `every`, `rounds` or `never`.
+    pub fsync: Fsync,
+}
+
+/// `[metrics]`: Prometheus text endpoint.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Loopback address to serve `GET /metrics` on, e.g. "127.0.0.1:9464" (empty: off).
+    pub listen: String,
+}
+
+/// Deliberate faults, for tests and demonstrations of the gate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Poison {
+    /// The round's learning rate is NaN: the train step turns the weights into NaN.
+    Nan,
+    /// The anchors' labels are permuted (every class relabeled as another) for the round.
+    LabelNoise,
+}
+
+/// `[fault]`: rounds (1-based, counted in this process) to poison.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FaultConfig {
+    /// Rounds whose learning rate is NaN.
+    pub nan_rounds: Vec<u64>,
+    /// Rounds that train on permuted anchor labels (every class relabeled as another).
+    pub label_noise_rounds: Vec<u64>,
+}
+
+impl FaultConfig {
+    /// The poison of round `n`, if any.
+    pub fn poison(&self, n: u64) -> Option<Poison> {
+        if self.nan_rounds.contains(&n) {
+            Some(Poison::Nan)
+        } else if self.label_noise_rounds.contains(&n) {
+            Some(Poison::LabelNoise)
+        } else {
+            None
+        }
+    }
+}

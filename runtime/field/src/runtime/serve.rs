@@ -1,0 +1,271 @@
+//! The inference loop, on the caller's thread: frames from the capture queue through the live
+//! session, predictions to the output queue, frames to the replay buffer, statistics to the
+//! monitor, trigger requests to the supervisor.
+//!
+//! Inference never waits for adaptation: new weights arrive through a [`Handover`] that the
+//! loop looks at with an atomic flag and takes with a `try_lock`, the replay buffer is fed only
+//! when its lock is free, and triggers and windows leave through an atomic and a `try_lock`.
+//! Everything about the live session (taking new weights, running it, retiring the old one)
+//! is in [`LiveSession`].
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Mutex};
+use std::time::{Duration, Instant};
+
+use fieldtune_engine::Session;
+use fieldtune_frames::{write_normalized, ModelConfig};
+use fieldtune_tensor::Tensor;
+
+use super::pipeline::{FrameSlot, Prediction};
+use super::state::RunState;
+use crate::budget::rss_bytes;
+use crate::config::RunConfig;
+use crate::error::{FieldError, Result};
+use crate::queue::SlotQueue;
+use crate::replay::ReplayBuffer;
+use crate::stats::{softmax_stats, LatencyHist, StatsWindow};
+use crate::trigger::FrameTriggers;
+
+/// Weights on their way to the inference loop (a session built, gated and checkpointed on
+/// the round thread).
+pub(crate) struct LiveModel {
+    pub session: Box<dyn Session>,
+    pub version: u64,
+}
+
+/// What the supervisor tells the inference loop, which never waits for it: new weights to
+/// swap in between two frames, and that a round started.
+#[derive(Default)]
+pub(crate) struct Handover {
+    has_model: AtomicBool,
+    model: Mutex<Option<LiveModel>>,
+    round_started: AtomicBool,
+}
+
+impl Handover {
+    /// Supervisor: offers new weights (replacing any not yet taken).
+    pub fn offer(&self, m: LiveModel) {
+        *self.model.lock().unwrap_or_else(|p| p.into_inner()) = Some(m);
+        self.has_model.store(true, Ordering::Release);
+    }
+
+    /// Supervisor: a round started (the frame triggers restart their count).
+    pub fn round_started(&self) {
+        self.round_started.store(true, Ordering::Relaxed);
+    }
+
+    /// The offered weights, if any and if the lock is free.
+    fn try_take(&self) -> Option<LiveModel> {
+        if !self.has_model.load(Ordering::Acquire) {
+            return None;
+        }
+        let m = self.model.try_lock().ok()?.take()?;
+        self.has_model.store(false, Ordering::Release);
+        Some(m)
+    }
+
+    fn take_round_started(&self) -> bool {
+        self.round_started.swap(false, Ordering::Relaxed)
+    }
+}
+
+/// The session that serves, its weights' version, and where replaced sessions go to be
+/// dropped (on the round thread, off the hot path).
+pub(crate) struct LiveSession {
+    session: Box<dyn Session>,
+    version: u64,
+    retire: mpsc::Sender<Box<dyn Session>>,
+}
+
+impl LiveSession {
+    pub fn new(
+        session: Box<dyn Session>,
+        version: u64,
+        retire: mpsc::Sender<Box<dyn Session>>,
+    ) -> LiveSession {
+        LiveSession {
+            session,
+            version,
+            retire,
+        }
+    }
+
+    /// Swaps in the weights `handover` offers, if any; true when new weights went live.
+    fn swap_if_offered(&mut self, handover: &Handover) -> bool {
+        let Some(m) = handover.try_take() else {
+            return false;
+        };
+        let old = std::mem::replace(&mut self.session, m.session);
+        self.version = m.version;
+        let _ = self.retire.send(old);
+        true
+    }
+
+    /// Runs the session on `input`: the output named `output`.
+    fn infer(&mut self, input_name: &str, input: &Tensor, output: &str) -> Result<Tensor> {
+        Ok(self
+            .session
+            .run_fetch(&[(input_name, input)], &[output])?
+            .remove(0))
+    }
+}
+
+/// What the inference loop counted over the whole run.
+#[derive(Default)]
+pub(crate) struct Totals {
+    pub idle: LatencyHist,
+    pub during: LatencyHist,
+    pub labeled: u64,
+    pub correct: u64,
+    pub errors: u64,
+    pub rss_peak: u64,
+}
+
+/// The inference loop's surroundings: the queues it joins, the replay buffer it feeds, and
+/// the state and hand-over it shares with the other threads.
+pub(crate) struct InferenceLoop<'a> {
+    pub cfg: &'a RunConfig,
+    pub model: &'a ModelConfig,
+    pub capture: &'a SlotQueue<FrameSlot>,
+    pub output: &'a SlotQueue<Prediction>,
+    pub replay: &'a Mutex<ReplayBuffer>,
+    pub state: &'a RunState,
+    pub handover: &'a Handover,
+}
+
+impl InferenceLoop<'_> {
+    /// Serves until the capture queue is drained, `max_frames` is reached or the run stops
+    /// (the caller stops the other threads, after letting a running round finish).
+    pub fn run(&self, mut live: LiveSession) -> Result<Totals> {
+        let (cfg, mcfg, state) = (self.cfg, self.model, self.state);
+        let mut totals = Totals::default();
+        let mut input = Tensor::zeros_f32(vec![
+            1,
+            mcfg.channels as usize,
+            mcfg.height as usize,
+            mcfg.width as usize,
+        ]);
+        let k = mcfg.classes.len();
+        let mut triggers = FrameTriggers::new(&cfg.trigger);
+        let mut window = StatsWindow {
+            version: live.version,
+            ..StatsWindow::default()
+        };
+        let every = Duration::from_secs_f64(cfg.pipeline.stats_every_s);
+        let mut window_start = Instant::now();
+        let mut consecutive_errors = 0u32;
+        let mut replay_skipped = 0u64;
+        let max_frames = cfg.pipeline.max_frames;
+        loop {
+            if live.swap_if_offered(self.handover) {
+                // New weights (adapted or reset): a new drift baseline.
+                triggers.committed();
+            }
+            if self.handover.take_round_started() {
+                triggers.round_started();
+            }
+            if state.stopped() {
+                break;
+            }
+            let Some(slot) = self.capture.pop(Duration::from_millis(100)) else {
+                if self.capture.is_drained() {
+                    break;
+                }
+                continue;
+            };
+            let during_round = state.round_active.load(Ordering::Relaxed);
+            let t = Instant::now();
+            let res =
+                write_normalized(&slot.image, mcfg, 0, input.as_f32_mut().expect("f32 input"))
+                    .map_err(FieldError::from)
+                    .and_then(|_| live.infer(&mcfg.input, &input, &mcfg.output));
+            let us = t.elapsed().as_secs_f64() * 1e6;
+            let logits = match res {
+                Ok(v) => v,
+                Err(e) => {
+                    totals.errors += 1;
+                    consecutive_errors += 1;
+                    tracing::error!("frame {}: inference failed: {e}", slot.id);
+                    self.capture.release(slot);
+                    if consecutive_errors >= 100 {
+                        state.request_stop();
+                        return Err(e);
+                    }
+                    continue;
+                }
+            };
+            consecutive_errors = 0;
+            if during_round {
+                totals.during.record_us(us);
+            } else {
+                totals.idle.record_us(us);
+            }
+            window.latency.record_us(us);
+            window.round_active |= during_round;
+            let stats = logits
+                .as_f32()
+                .filter(|v| v.len() == k)
+                .and_then(softmax_stats);
+            let (class, conf, entropy) = stats.unwrap_or((0, f64::NAN, f64::NAN));
+            window.frames += 1;
+            if stats.is_some() {
+                window.entropy_sum += entropy;
+                window.confidence_sum += conf;
+            }
+            if let Some(l) = slot.label {
+                window.labeled += 1;
+                totals.labeled += 1;
+                if l == class {
+                    window.correct += 1;
+                    totals.correct += 1;
+                }
+            }
+            // The replay buffer is never waited for: a busy lock (a round taking its
+            // snapshot) skips this frame.
+            match self.replay.try_lock() {
+                Ok(mut r) => r.push(&slot.image),
+                Err(_) => replay_skipped += 1,
+            }
+            if let Some(reason) = triggers.observe(entropy, conf) {
+                state.request_round(reason);
+            }
+            if let Some((h, c)) = triggers.drift().and_then(|d| d.ema()) {
+                window.ema_entropy = h;
+                window.ema_confidence = c;
+            }
+            if let Some(_free) = self.output.acquire() {
+                self.output.push(Prediction {
+                    frame: slot.id,
+                    t_ms: slot.t_ms,
+                    class,
+                    confidence: conf as f32,
+                    version: live.version,
+                    label: slot.label,
+                });
+            }
+            self.capture.release(slot);
+            let n = state.frames.fetch_add(1, Ordering::Relaxed) + 1;
+            if window_start.elapsed() >= every {
+                window.version = live.version;
+                if state.offer_window(window) {
+                    window = StatsWindow {
+                        version: live.version,
+                        ..StatsWindow::default()
+                    };
+                    window_start = Instant::now();
+                    totals.rss_peak = totals.rss_peak.max(rss_bytes().unwrap_or(0));
+                }
+            }
+            if max_frames > 0 && n >= max_frames {
+                tracing::info!("max_frames reached");
+                break;
+            }
+        }
+        if replay_skipped > 0 {
+            tracing::debug!(
+                "{replay_skipped} frames skipped the replay buffer while a round read it"
+            );
+        }
+        Ok(totals)
+    }
+}

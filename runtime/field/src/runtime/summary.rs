@@ -1,0 +1,105 @@
+//! [`RunSummary`]: what a run did, written to `<state_dir>/summary.json`, logged as the
+//! `stopped` event and printed as a table at exit.
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::nan::f64_or_nan;
+use crate::stats::LatencySummary;
+
+/// What a run did; also written to `<state_dir>/summary.json`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub engine: String,
+    pub source: String,
+    /// Seconds of serving (setup excluded).
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub seconds: f64,
+    pub frames: u64,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub fps: f64,
+    pub capture_dropped: u64,
+    pub output_dropped: u64,
+    pub rounds: u64,
+    pub commits: u64,
+    pub rollbacks: u64,
+    pub resets: u64,
+    pub resumed_version: u64,
+    pub final_version: u64,
+    /// Inference latency on frames while no round ran.
+    pub latency_idle: LatencySummary,
+    /// Inference latency on frames while a round ran.
+    pub latency_during_rounds: LatencySummary,
+    /// p99 during rounds / p99 idle.
+    pub p99_ratio: Option<f64>,
+    /// Live accuracy over labeled frames, if any.
+    pub accuracy: Option<f64>,
+    pub labeled_frames: u64,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub rss_start_mb: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub rss_peak_mb: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub rss_end_mb: f64,
+    pub inference_errors: u64,
+}
+
+impl RunSummary {
+    /// A text table for people.
+    pub fn table(&self) -> String {
+        let l = |s: &LatencySummary| {
+            format!(
+                "{:>8} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
+                s.count, s.p50_ms, s.p90_ms, s.p99_ms, s.max_ms
+            )
+        };
+        let mut t = String::new();
+        let _ = writeln!(
+            t,
+            "frames {} in {:.1} s ({:.1} fps), dropped: capture {}, output {}",
+            self.frames, self.seconds, self.fps, self.capture_dropped, self.output_dropped
+        );
+        let _ = writeln!(
+            t,
+            "rounds {}: committed {}, rolled back {}, resets to source {}; model version {} -> {}",
+            self.rounds,
+            self.commits,
+            self.rollbacks,
+            self.resets,
+            self.resumed_version,
+            self.final_version
+        );
+        if let Some(a) = self.accuracy {
+            let _ = writeln!(
+                t,
+                "live accuracy {:.4} over {} labeled frames",
+                a, self.labeled_frames
+            );
+        }
+        let _ = writeln!(
+            t,
+            "inference latency (ms)    frames       p50       p90       p99       max"
+        );
+        let _ = writeln!(t, "  idle                  {}", l(&self.latency_idle));
+        let _ = writeln!(
+            t,
+            "  during rounds         {}",
+            l(&self.latency_during_rounds)
+        );
+        if let Some(r) = self.p99_ratio {
+            let _ = writeln!(t, "  p99 during rounds / idle: {r:.2}");
+        }
+        let _ = write!(
+            t,
+            "RSS MiB: start {:.1}, peak {:.1}, end {:.1}",
+            self.rss_start_mb, self.rss_peak_mb, self.rss_end_mb
+        );
+        t
+    }
+}
+
+/// Bytes in MiB.
+pub(crate) fn mib(b: u64) -> f64 {
+    b as f64 / (1u64 << 20) as f64
+}

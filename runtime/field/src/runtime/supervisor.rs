@@ -1,0 +1,583 @@
+//! The round thread's [`RoundSupervisor`]: the commit protocol. A trigger (manual, schedule,
+//! or a request of the inference loop) passes the cooldown, replay and temperature checks;
+//! the round trains on a replay snapshot; the gate judges its weights against the live ones
+//! on held-out probe frames and the anchors; a pass is checkpointed, then handed to the
+//! inference loop; a failure is rolled back, and `max_failures` in a row reset the live model
+//! to the source weights.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use fieldtune_adapt::{checkpoint, AdaptConfig, ModelDir};
+use fieldtune_engine::{Engine, Session};
+use fieldtune_frames::Image8;
+use fieldtune_tensor::Tensor;
+use serde_json::json;
+
+use super::options::RunOptions;
+use super::serve::{Handover, LiveModel};
+use super::state::RunState;
+use super::summary::mib;
+use crate::budget::{lower_thread_priority, Budget, BudgetVerdict};
+use crate::config::RunConfig;
+use crate::error::Result;
+use crate::events::{
+    CheckpointQuarantined, Committed, EventLog, FailedRound, FieldEvent, GatedRound, Paused,
+    ResetToSource, Resumed, RolledBack, RoundEnded, RoundStarted, StoppedRound, TriggerIgnored,
+};
+use crate::gate::{decide, probe, GateInput, GateVerdict};
+use crate::replay::ReplayBuffer;
+use crate::round::{all_finite, Adapter, Cut, RoundControl, RoundResult};
+use crate::store::{unix_ms, CheckpointMeta, Store};
+use crate::trigger::{Reason, Schedule};
+
+/// Accuracy of `classes` against `labels`.
+fn accuracy(classes: &[usize], labels: &[usize]) -> f64 {
+    if labels.is_empty() {
+        return 0.0;
+    }
+    classes.iter().zip(labels).filter(|(c, l)| c == l).count() as f64 / labels.len() as f64
+}
+
+/// Anchor accuracy of `session`.
+fn anchor_accuracy(session: &mut dyn Session, adapter: &Adapter) -> Result<f64> {
+    let (images, labels) = adapter.anchors();
+    let stats = probe(session, &adapter.model().config, images, 250)?;
+    Ok(accuracy(&stats.classes, labels))
+}
+
+/// What the round thread starts from. [`SupervisorSetup::start`], on that thread, lowers its
+/// priority, compiles the train step, opens the checkpoint store and loads the weights to
+/// serve.
+pub(crate) struct SupervisorSetup {
+    pub cfg: RunConfig,
+    pub opts: RunOptions,
+    pub state: Arc<RunState>,
+    pub handover: Arc<Handover>,
+    pub events: Arc<EventLog>,
+    pub replay: Arc<Mutex<ReplayBuffer>>,
+    pub infer_engine: Arc<dyn Engine>,
+    pub model: ModelDir,
+    pub adapt: AdaptConfig,
+    /// Labeled anchors: images and class ids.
+    pub anchors: (Vec<Image8>, Vec<usize>),
+    /// Sessions the inference loop replaced, dropped here.
+    pub retired: mpsc::Receiver<Box<dyn Session>>,
+}
+
+/// The live weights as the supervisor knows them.
+struct Live {
+    weights: HashMap<String, Tensor>,
+    meta: CheckpointMeta,
+    /// A session of the live weights for the gate's comparisons (the inference loop has its
+    /// own).
+    reference: Box<dyn Session>,
+    anchor_accuracy: f64,
+}
+
+/// A candidate that the gate judged.
+struct Judged {
+    verdict: GateVerdict,
+    input: GateInput,
+    session: Box<dyn Session>,
+    bytes: Vec<u8>,
+}
+
+/// One round's numbers in this process and over the state folder's history.
+#[derive(Clone, Copy)]
+struct RoundNo {
+    /// 1-based in this process (what `[fault]` counts).
+    here: u64,
+    /// Counted on from the resumed checkpoint's round (what events and checkpoints show).
+    total: u64,
+}
+
+/// Runs the rounds of a run and owns what they change: the train step, the checkpoint store
+/// and the live weights.
+pub(crate) struct RoundSupervisor {
+    cfg: RunConfig,
+    state: Arc<RunState>,
+    handover: Arc<Handover>,
+    events: Arc<EventLog>,
+    replay: Arc<Mutex<ReplayBuffer>>,
+    infer_engine: Arc<dyn Engine>,
+    retired: mpsc::Receiver<Box<dyn Session>>,
+    adapter: Adapter,
+    store: Store,
+    budget: Budget,
+    live: Live,
+    /// Failed rounds in a row.
+    failures: u32,
+    /// Rounds run in this process.
+    rounds: u64,
+    /// The resumed checkpoint's round.
+    base_round: u64,
+    /// Whether the temperature ceiling holds rounds back (a `paused` event was logged).
+    hot: bool,
+    last_round_end_frame: u64,
+    last_skip_log: Instant,
+}
+
+impl SupervisorSetup {
+    /// Builds the supervisor; also returns the session to serve first and its checkpoint.
+    pub fn start(self) -> Result<(RoundSupervisor, Box<dyn Session>, CheckpointMeta)> {
+        let SupervisorSetup {
+            cfg,
+            opts,
+            state,
+            handover,
+            events,
+            replay,
+            infer_engine,
+            model,
+            adapt,
+            anchors,
+            retired,
+        } = self;
+        if !lower_thread_priority(cfg.budget.nice) {
+            tracing::warn!(
+                "could not lower the round thread's priority (nice {})",
+                cfg.budget.nice
+            );
+        }
+        let train_engine = opts.engine(cfg.engine.train_threads)?;
+        let adapter = Adapter::new(
+            train_engine.as_ref(),
+            model.clone(),
+            adapt,
+            anchors.0,
+            anchors.1,
+        )?;
+        let model_sha = checkpoint::sha256_hex(&model.bytes);
+        let (store, resumed, report) =
+            Store::open(&cfg.state_dir, &model_sha, adapter.source_weights())?;
+        for (from, to, why) in &report.quarantined {
+            events.emit(FieldEvent::CheckpointQuarantined(CheckpointQuarantined {
+                file: from.display().to_string(),
+                moved_to: to.display().to_string(),
+                reason: why.clone(),
+            }));
+        }
+        let bytes = model.with_params(&resumed.params)?;
+        let live_session = infer_engine.load(&bytes, "model.onnx (live)")?;
+        let mut reference = infer_engine.load(&bytes, "model.onnx (gate reference)")?;
+        let anchor_accuracy = anchor_accuracy(reference.as_mut(), &adapter)?;
+        tracing::info!(
+            "resumed from {} (version {}, {}); anchor accuracy {:.4}; {}",
+            resumed.path.display(),
+            resumed.meta.version,
+            resumed.meta.kind,
+            anchor_accuracy,
+            adapter.describe()
+        );
+        let budget = Budget::new(cfg.budget.clone());
+        let supervisor = RoundSupervisor {
+            base_round: resumed.meta.round,
+            live: Live {
+                weights: resumed.params,
+                meta: resumed.meta.clone(),
+                reference,
+                anchor_accuracy,
+            },
+            cfg,
+            state,
+            handover,
+            events,
+            replay,
+            infer_engine,
+            retired,
+            adapter,
+            store,
+            budget,
+            failures: 0,
+            rounds: 0,
+            hot: false,
+            last_round_end_frame: 0,
+            last_skip_log: Instant::now() - Duration::from_secs(60),
+        };
+        Ok((supervisor, live_session, resumed.meta))
+    }
+}
+
+impl RoundSupervisor {
+    /// Waits for triggers and runs rounds until the run stops.
+    pub fn run(mut self) -> Result<()> {
+        tracing::info!("budget: {}", self.budget.thermal.describe());
+        let mut schedule = Schedule::new(&self.cfg.trigger, Instant::now());
+        while !self.state.stopped() {
+            std::thread::sleep(Duration::from_millis(20));
+            for s in self.retired.try_iter() {
+                drop(s);
+            }
+            let reason = if self.state.manual.swap(false, Ordering::Relaxed) {
+                Some(Reason::Manual)
+            } else if schedule.due(Instant::now(), SystemTime::now()) {
+                Some(Reason::Schedule)
+            } else {
+                self.state.take_request()
+            };
+            let Some(reason) = reason else { continue };
+            if let Some(why) = self.held_back(reason) {
+                if self.last_skip_log.elapsed() > Duration::from_secs(10)
+                    || reason == Reason::Manual
+                {
+                    tracing::debug!("{} trigger ignored: {why}", reason.as_str());
+                    self.last_skip_log = Instant::now();
+                }
+                if reason == Reason::Manual {
+                    self.events.emit(FieldEvent::Trigger(TriggerIgnored {
+                        reason,
+                        ignored: why.into(),
+                    }));
+                }
+                continue;
+            }
+            self.rounds += 1;
+            let no = RoundNo {
+                here: self.rounds,
+                total: self.base_round + self.rounds,
+            };
+            self.round(reason, no)?;
+            self.last_round_end_frame = self.state.frames.load(Ordering::Relaxed);
+            self.state.clear_request();
+        }
+        Ok(())
+    }
+
+    /// Why a trigger does not start a round now, if it does not: the cooldown, too few replay
+    /// frames, or the temperature ceiling (logging `paused` and `resumed` as it changes).
+    fn held_back(&mut self, reason: Reason) -> Option<&'static str> {
+        let frames = self.state.frames.load(Ordering::Relaxed);
+        let replay_len = self.replay.lock().map(|r| r.len()).unwrap_or(0);
+        let ceiling = self.cfg.budget.temperature_ceiling_c;
+        if reason != Reason::Manual
+            && self.rounds > 0
+            && frames < self.last_round_end_frame + self.cfg.trigger.cooldown_frames
+        {
+            Some("cooldown")
+        } else if replay_len < self.cfg.trigger.min_replay {
+            Some("too few replay frames")
+        } else if let BudgetVerdict::Hot(t) = self.budget.thermal(self.hot) {
+            if !self.hot {
+                tracing::warn!("{t:.1} C is above the temperature ceiling: rounds wait");
+                self.events.emit(FieldEvent::Paused(Paused {
+                    celsius: t,
+                    ceiling: Some(ceiling),
+                    round: None,
+                }));
+                self.hot = true;
+            }
+            Some("above the temperature ceiling")
+        } else {
+            if self.hot {
+                tracing::info!("cooled below the ceiling: rounds may start");
+                self.events.emit(FieldEvent::Resumed(Resumed { ceiling }));
+                self.hot = false;
+            }
+            None
+        }
+    }
+
+    /// One round: snapshot -> train -> gate -> commit or roll back.
+    fn round(&mut self, reason: Reason, no: RoundNo) -> Result<()> {
+        let t0 = Instant::now();
+        let round_total = no.total;
+        self.state.round_active.store(true, Ordering::Relaxed);
+        self.handover.round_started();
+        self.state.rounds.fetch_add(1, Ordering::Relaxed);
+        let snapshot = self
+            .replay
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .snapshot();
+        // Every k-th frame is held out as the probe that judges the unlabeled objective.
+        let k = (1.0 / self.cfg.replay.probe_fraction).round().max(2.0) as usize;
+        let (mut train, mut probe_set) = (Vec::new(), Vec::new());
+        for (i, f) in snapshot.into_iter().enumerate() {
+            if i % k == k - 1 {
+                probe_set.push(f);
+            } else {
+                train.push(f);
+            }
+        }
+        let poison = self.cfg.fault.poison(no.here);
+        self.events.emit(FieldEvent::RoundStarted(RoundStarted {
+            round: round_total,
+            reason,
+            frame: self.state.frames.load(Ordering::Relaxed),
+            train_frames: train.len(),
+            probe_frames: probe_set.len(),
+            version: self.live.meta.version,
+            poison: poison.map(|p| format!("{p:?}")),
+        }));
+        tracing::info!(
+            "round {round_total} ({}): {} replay frames + {} probe",
+            reason.as_str(),
+            train.len(),
+            probe_set.len()
+        );
+        let events = &self.events;
+        let mut on_pause = |t: f64| {
+            tracing::warn!("round {round_total} paused: {t:.1} C is above the ceiling");
+            events.emit(FieldEvent::Paused(Paused {
+                celsius: t,
+                ceiling: None,
+                round: Some(round_total),
+            }));
+        };
+        let mut ctl = RoundControl {
+            budget: &self.budget,
+            stop: &self.state.stop,
+            on_pause: &mut on_pause,
+        };
+        let result = self
+            .adapter
+            .run_round(&self.live.weights, &train, no.here, poison, &mut ctl);
+        let result = match result {
+            Ok(r) => r,
+            Err(e) => return self.fail(round_total, None, &e),
+        };
+        let metrics = result.metrics.iter().cloned().collect();
+        if result.cut == Some(Cut::Stop) {
+            self.state.round_active.store(false, Ordering::Relaxed);
+            self.events
+                .emit(FieldEvent::RoundEnded(RoundEnded::Stopped(StoppedRound {
+                    round: round_total,
+                    steps: result.steps,
+                    cut: "stop".into(),
+                    metrics,
+                    seconds: result.seconds,
+                })));
+            return Ok(());
+        }
+        let judged = self.gate(&result, &probe_set);
+        self.state.round_active.store(false, Ordering::Relaxed);
+        let judged = match judged {
+            Ok(j) => j,
+            Err(e) => return self.fail(round_total, Some(result.steps), &e),
+        };
+        self.events
+            .emit(FieldEvent::RoundEnded(RoundEnded::Gated(GatedRound {
+                round: round_total,
+                steps: result.steps,
+                seconds: t0.elapsed().as_secs_f64(),
+                train_seconds: result.seconds,
+                busy_seconds: result.busy_seconds,
+                paused_seconds: result.paused_seconds,
+                rss_growth_mb: mib(result.rss_growth),
+                cut: result.cut.as_ref().map(|c| format!("{c:?}")),
+                mask_rate: result
+                    .metrics
+                    .iter()
+                    .find(|(n, _)| n == "mask_rate")
+                    .map(|m| m.1),
+                metrics,
+                gate: judged.verdict.clone(),
+                probe_entropy_before: judged.input.before.mean_entropy,
+                probe_entropy_after: judged.input.after.mean_entropy,
+            })));
+        if judged.verdict.pass {
+            self.commit(round_total, result, judged)
+        } else {
+            drop(judged.session);
+            self.rollback(round_total, &judged.verdict)
+        }
+    }
+
+    /// The gate, off the hot path: the candidate's session is built here and, if it passes,
+    /// becomes the live one.
+    fn gate(&mut self, result: &RoundResult, probe_set: &[Image8]) -> Result<Judged> {
+        let weights_finite = all_finite(&result.weights);
+        let bytes = self.adapter.model().with_params(&result.weights)?;
+        let mut session = self.infer_engine.load(&bytes, "model.onnx (candidate)")?;
+        let mcfg = &self.adapter.model().config;
+        let (a_imgs, a_labels) = self.adapter.anchors();
+        let cand_anchor = probe(session.as_mut(), mcfg, a_imgs, 250)?;
+        let before = probe(self.live.reference.as_mut(), mcfg, probe_set, 250)?;
+        let after = probe(session.as_mut(), mcfg, probe_set, 250)?;
+        let input = GateInput {
+            anchor_accuracy_before: self.live.anchor_accuracy,
+            anchor_accuracy_after: accuracy(&cand_anchor.classes, a_labels),
+            before,
+            after,
+            non_finite_step: result.non_finite.clone(),
+            weights_finite,
+            anchor_outputs_finite: cand_anchor.finite,
+        };
+        Ok(Judged {
+            verdict: decide(&self.cfg.gate, &input),
+            input,
+            session,
+            bytes,
+        })
+    }
+
+    /// A passed round: checkpoint first (the live model is always one a restart comes back
+    /// to), then hand the candidate's session to the inference loop.
+    fn commit(&mut self, round_total: u64, result: RoundResult, judged: Judged) -> Result<()> {
+        let Judged {
+            verdict,
+            session,
+            bytes,
+            ..
+        } = judged;
+        let gate_json = serde_json::to_value(&verdict).unwrap_or_default();
+        let train: serde_json::Map<String, serde_json::Value> = result
+            .metrics
+            .iter()
+            .map(|(n, v)| (n.clone(), json!(v)))
+            .collect();
+        let meta = CheckpointMeta {
+            version: self.live.meta.version + 1,
+            round: round_total,
+            step: self.live.meta.step + result.steps as u64,
+            kind: "adapted".into(),
+            model_sha256: self.live.meta.model_sha256.clone(),
+            metrics: json!({"gate": gate_json, "train": train}),
+            unix_ms: unix_ms(),
+        };
+        let path = match self.store.commit(&result.weights, &meta) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(
+                    "round {round_total}: checkpoint not written ({e}); the live model stays"
+                );
+                self.state.rollbacks.fetch_add(1, Ordering::Relaxed);
+                self.failures += 1;
+                self.events.emit(FieldEvent::RolledBack(RolledBack {
+                    round: round_total,
+                    reasons: vec![format!("checkpoint: {e}")],
+                    no_gain_only: None,
+                    failures_in_a_row: self.failures,
+                    version: None,
+                }));
+                return Ok(());
+            }
+        };
+        let reference = self
+            .infer_engine
+            .load(&bytes, "model.onnx (gate reference)")?;
+        self.swap(session, meta.version);
+        self.state.commits.fetch_add(1, Ordering::Relaxed);
+        self.failures = 0;
+        tracing::info!(
+            "round {round_total} committed: version {}, anchor accuracy {:.4} -> {:.4}, objective {:.4} -> {:.4}",
+            meta.version, verdict.anchor_accuracy_before, verdict.anchor_accuracy_after, verdict.objective_before, verdict.objective_after
+        );
+        self.events.emit(FieldEvent::Committed(Committed {
+            round: round_total,
+            version: meta.version,
+            step: meta.step,
+            checkpoint: path.display().to_string(),
+            anchor_accuracy: verdict.anchor_accuracy_after,
+        }));
+        self.live = Live {
+            weights: result.weights,
+            meta,
+            reference,
+            anchor_accuracy: verdict.anchor_accuracy_after,
+        };
+        Ok(())
+    }
+
+    /// Hands `session` (weights of `version`, already checkpointed) to the inference loop.
+    fn swap(&self, session: Box<dyn Session>, version: u64) {
+        self.handover.offer(LiveModel { session, version });
+        self.state.version.store(version, Ordering::Relaxed);
+    }
+
+    /// A round the gate refused: discarded; it counts toward the reset unless the only
+    /// failed check was a small lack of gain.
+    fn rollback(&mut self, round_total: u64, verdict: &GateVerdict) -> Result<()> {
+        self.state.rollbacks.fetch_add(1, Ordering::Relaxed);
+        if !verdict.no_gain_only {
+            self.failures += 1;
+        }
+        tracing::warn!(
+            "round {round_total} rolled back: {}",
+            verdict.reasons.join("; ")
+        );
+        self.events.emit(FieldEvent::RolledBack(RolledBack {
+            round: round_total,
+            reasons: verdict.reasons.clone(),
+            no_gain_only: Some(verdict.no_gain_only),
+            failures_in_a_row: self.failures,
+            version: Some(self.live.meta.version),
+        }));
+        self.reset_if_failing(round_total)
+    }
+
+    /// A round that ended in an error: reported, rolled back, counted as a failure.
+    fn fail(
+        &mut self,
+        round_total: u64,
+        steps: Option<usize>,
+        e: &dyn std::fmt::Display,
+    ) -> Result<()> {
+        self.state.round_active.store(false, Ordering::Relaxed);
+        tracing::error!("round {round_total} failed: {e}");
+        self.events
+            .emit(FieldEvent::RoundEnded(RoundEnded::Failed(FailedRound {
+                round: round_total,
+                error: e.to_string(),
+                steps,
+            })));
+        self.state.rollbacks.fetch_add(1, Ordering::Relaxed);
+        self.failures += 1;
+        self.events.emit(FieldEvent::RolledBack(RolledBack {
+            round: round_total,
+            reasons: vec![e.to_string()],
+            no_gain_only: None,
+            failures_in_a_row: self.failures,
+            version: None,
+        }));
+        self.reset_if_failing(round_total)
+    }
+
+    /// After `max_failures` failed rounds in a row, the live model goes back to the source
+    /// weights (checkpointed as a new version of kind `reset`).
+    fn reset_if_failing(&mut self, round_total: u64) -> Result<()> {
+        if self.failures < self.cfg.gate.max_failures {
+            return Ok(());
+        }
+        let weights = self.adapter.source_weights().clone();
+        let meta = CheckpointMeta {
+            version: self.live.meta.version + 1,
+            round: round_total,
+            step: 0,
+            kind: "reset".into(),
+            model_sha256: self.live.meta.model_sha256.clone(),
+            metrics: json!({"failures_in_a_row": self.failures}),
+            unix_ms: unix_ms(),
+        };
+        let bytes = self.adapter.model().with_params(&weights)?;
+        let session = self.infer_engine.load(&bytes, "model.onnx (source)")?;
+        let mut reference = self
+            .infer_engine
+            .load(&bytes, "model.onnx (gate reference)")?;
+        let anchor_accuracy = anchor_accuracy(reference.as_mut(), &self.adapter)?;
+        self.store.commit(&weights, &meta)?;
+        self.swap(session, meta.version);
+        self.state.resets.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            "{} failed rounds in a row: reset to the source weights (version {})",
+            self.failures,
+            meta.version
+        );
+        self.events.emit(FieldEvent::ResetToSource(ResetToSource {
+            round: round_total,
+            version: meta.version,
+            failures_in_a_row: self.failures,
+        }));
+        self.failures = 0;
+        self.live = Live {
+            weights,
+            meta,
+            reference,
+            anchor_accuracy,
+        };
+        Ok(())
+    }
+}
