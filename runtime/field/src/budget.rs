@@ -88,10 +88,6 @@ pub enum BudgetVerdict {
     Hot(f64),
 }
 
-/// The former name, still imported by `round.rs`; goes when that file imports `BudgetVerdict`.
-#[doc(hidden)]
-pub use BudgetVerdict as Verdict;
-
 impl Budget {
     pub fn new(cfg: BudgetConfig) -> Budget {
         let thermal = Box::new(SysfsThermal::new(cfg.thermal_root.clone()));

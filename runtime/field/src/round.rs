@@ -19,12 +19,12 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::budget::{rss_bytes, Budget, Verdict};
+use crate::budget::{rss_bytes, Budget, BudgetVerdict};
 use crate::config::Poison;
 use crate::error::Result;
 
 /// The round thread's trainer: a resident [`TrainSession`] plus the labeled anchors.
-pub struct Adapter {
+pub struct RoundTrainer {
     model: ModelDir,
     cfg: AdaptConfig,
     session: TrainSession,
@@ -65,7 +65,7 @@ pub struct RoundControl<'a> {
     pub on_pause: &'a mut dyn FnMut(f64),
 }
 
-impl Adapter {
+impl RoundTrainer {
     /// Compiles the train step for `model` and `cfg` on `engine` and keeps it resident.
     pub fn new(
         engine: &dyn Engine,
@@ -73,11 +73,11 @@ impl Adapter {
         cfg: AdaptConfig,
         anchors: Vec<Image8>,
         labels: Vec<usize>,
-    ) -> Result<Adapter> {
+    ) -> Result<RoundTrainer> {
         cfg.validate()?;
         let session = TrainSession::compile(engine, &model, &cfg, "train-step")?;
         tracing::info!(nodes = session.shape().nodes, params = session.params().len(), ep = %session.execution_provider(), "round: compiled train step");
-        Ok(Adapter {
+        Ok(RoundTrainer {
             model,
             cfg,
             session,
@@ -167,8 +167,8 @@ impl Adapter {
                         return Ok(());
                     }
                     match ctl.budget.thermal(hot) {
-                        Verdict::Go => break,
-                        Verdict::Hot(t) => {
+                        BudgetVerdict::Go => break,
+                        BudgetVerdict::Hot(t) => {
                             if !hot {
                                 (ctl.on_pause)(t);
                                 hot = true;

@@ -29,7 +29,7 @@ use crate::events::{
 };
 use crate::gate::{decide, probe, GateInput, GateVerdict};
 use crate::replay::ReplayBuffer;
-use crate::round::{all_finite, Adapter, Cut, RoundControl, RoundResult};
+use crate::round::{all_finite, Cut, RoundControl, RoundResult, RoundTrainer};
 use crate::store::{unix_ms, CheckpointMeta, Store};
 use crate::trigger::{Reason, Schedule};
 
@@ -42,9 +42,9 @@ fn accuracy(classes: &[usize], labels: &[usize]) -> f64 {
 }
 
 /// Anchor accuracy of `session`.
-fn anchor_accuracy(session: &mut dyn Session, adapter: &Adapter) -> Result<f64> {
-    let (images, labels) = adapter.anchors();
-    let stats = probe(session, &adapter.model().config, images, 250)?;
+fn anchor_accuracy(session: &mut dyn Session, trainer: &RoundTrainer) -> Result<f64> {
+    let (images, labels) = trainer.anchors();
+    let stats = probe(session, &trainer.model().config, images, 250)?;
     Ok(accuracy(&stats.classes, labels))
 }
 
@@ -104,7 +104,7 @@ pub(crate) struct RoundSupervisor {
     replay: Arc<Mutex<ReplayBuffer>>,
     infer_engine: Arc<dyn Engine>,
     retired: mpsc::Receiver<Box<dyn Session>>,
-    adapter: Adapter,
+    trainer: RoundTrainer,
     store: Store,
     budget: Budget,
     live: Live,
@@ -143,7 +143,7 @@ impl SupervisorSetup {
             );
         }
         let train_engine = opts.engine(cfg.engine.train_threads)?;
-        let adapter = Adapter::new(
+        let trainer = RoundTrainer::new(
             train_engine.as_ref(),
             model.clone(),
             adapt,
@@ -152,7 +152,7 @@ impl SupervisorSetup {
         )?;
         let model_sha = checkpoint::sha256_hex(&model.bytes);
         let (store, resumed, report) =
-            Store::open(&cfg.state_dir, &model_sha, adapter.source_weights())?;
+            Store::open(&cfg.state_dir, &model_sha, trainer.source_weights())?;
         for (from, to, why) in &report.quarantined {
             events.emit(FieldEvent::CheckpointQuarantined(CheckpointQuarantined {
                 file: from.display().to_string(),
@@ -163,14 +163,14 @@ impl SupervisorSetup {
         let bytes = model.with_params(&resumed.params)?;
         let live_session = infer_engine.load(&bytes, "model.onnx (live)")?;
         let mut reference = infer_engine.load(&bytes, "model.onnx (gate reference)")?;
-        let anchor_accuracy = anchor_accuracy(reference.as_mut(), &adapter)?;
+        let anchor_accuracy = anchor_accuracy(reference.as_mut(), &trainer)?;
         tracing::info!(
             "resumed from {} (version {}, {}); anchor accuracy {:.4}; {}",
             resumed.path.display(),
             resumed.meta.version,
             resumed.meta.kind,
             anchor_accuracy,
-            adapter.describe()
+            trainer.describe()
         );
         let budget = Budget::new(cfg.budget.clone());
         let supervisor = RoundSupervisor {
@@ -188,7 +188,7 @@ impl SupervisorSetup {
             replay,
             infer_engine,
             retired,
-            adapter,
+            trainer,
             store,
             budget,
             failures: 0,
@@ -333,7 +333,7 @@ impl RoundSupervisor {
             on_pause: &mut on_pause,
         };
         let result = self
-            .adapter
+            .trainer
             .run_round(&self.live.weights, &train, no.here, poison, &mut ctl);
         let result = match result {
             Ok(r) => r,
@@ -390,10 +390,10 @@ impl RoundSupervisor {
     /// becomes the live one.
     fn gate(&mut self, result: &RoundResult, probe_set: &[Image8]) -> Result<Judged> {
         let weights_finite = all_finite(&result.weights);
-        let bytes = self.adapter.model().with_params(&result.weights)?;
+        let bytes = self.trainer.model().with_params(&result.weights)?;
         let mut session = self.infer_engine.load(&bytes, "model.onnx (candidate)")?;
-        let mcfg = &self.adapter.model().config;
-        let (a_imgs, a_labels) = self.adapter.anchors();
+        let mcfg = &self.trainer.model().config;
+        let (a_imgs, a_labels) = self.trainer.anchors();
         let cand_anchor = probe(session.as_mut(), mcfg, a_imgs, 250)?;
         let before = probe(self.live.reference.as_mut(), mcfg, probe_set, 250)?;
         let after = probe(session.as_mut(), mcfg, probe_set, 250)?;
@@ -542,7 +542,7 @@ impl RoundSupervisor {
         if self.failures < self.cfg.gate.max_failures {
             return Ok(());
         }
-        let weights = self.adapter.source_weights().clone();
+        let weights = self.trainer.source_weights().clone();
         let meta = CheckpointMeta {
             version: self.live.meta.version + 1,
             round: round_total,
@@ -552,12 +552,12 @@ impl RoundSupervisor {
             metrics: json!({"failures_in_a_row": self.failures}),
             unix_ms: unix_ms(),
         };
-        let bytes = self.adapter.model().with_params(&weights)?;
+        let bytes = self.trainer.model().with_params(&weights)?;
         let session = self.infer_engine.load(&bytes, "model.onnx (source)")?;
         let mut reference = self
             .infer_engine
             .load(&bytes, "model.onnx (gate reference)")?;
-        let anchor_accuracy = anchor_accuracy(reference.as_mut(), &self.adapter)?;
+        let anchor_accuracy = anchor_accuracy(reference.as_mut(), &self.trainer)?;
         self.store.commit(&weights, &meta)?;
         self.swap(session, meta.version);
         self.state.resets.fetch_add(1, Ordering::Relaxed);
