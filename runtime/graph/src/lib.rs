@@ -6,6 +6,7 @@ pub mod autodiff;
 pub mod builder;
 pub mod compile;
 pub mod error;
+mod forward;
 pub mod infer;
 pub mod ir;
 pub mod loss;

@@ -303,6 +303,24 @@ pub fn teacher_name(param: &str) -> String {
     format!("teacher.{param}")
 }
 
+/// Names of the train step's batch and hyper-parameter inputs.
+pub mod inputs {
+    pub const X_LABELED: &str = "x_labeled";
+    pub const Y_LABELED: &str = "y_labeled";
+    pub const X_WEAK: &str = "x_weak";
+    pub const X_STRONG: &str = "x_strong";
+    /// CoTTA's augmented views of the unlabeled batch for the teacher, [N * Bu, C, H, W]
+    /// (view-major).
+    pub const X_TEACHER_AUG: &str = "x_teacher_aug";
+    pub const LR: &str = "lr";
+    pub const STEP: &str = "step";
+}
+
+/// Output name of a looped tensor's next value.
+pub fn next_name(name: &str) -> String {
+    format!("new.{name}")
+}
+
 /// Everything `compile_train_step` needs besides the model.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
