@@ -112,7 +112,10 @@ mod tests {
         assert_eq!(g.inputs[0].dims, [4, 2, 3, 3].map(Dim::Fixed));
         // The running statistics are not read with batch statistics.
         assert!(g.initializers.iter().all(|(n, _)| !fed.contains(n)));
-        assert!(g.nodes.iter().all(|n| !n.inputs.iter().any(|i| i == "bn.mean")));
+        assert!(g
+            .nodes
+            .iter()
+            .all(|n| !n.inputs.iter().any(|i| i == "bn.mean")));
         assert_eq!(g.outputs[0].dims, [4, 18].map(Dim::Fixed));
     }
 
