@@ -2,10 +2,10 @@
 //! graph in standard ai.onnx ops (forward in training mode, the loss, reverse-mode
 //! gradients, the optimizer update).
 //!
-//! Graph inputs: `x_labeled` [Bl,C,H,W], `y_labeled` [Bl] (i64), `x_weak` and `x_strong`
-//! [Bu,C,H,W], `lr` and `step` (f32 scalars; `step` counts from 1), the trainable
-//! parameters under their model names, and the optimizer state. Graph outputs: `loss`, the
-//! loss terms and metrics, `grad_norm`, then `new.<param>` for each parameter and
+//! Graph inputs: `x_labeled` `[Bl, C, H, W]`, `y_labeled` `[Bl]` (i64), `x_weak` and
+//! `x_strong` `[Bu, C, H, W]`, `lr` and `step` (f32 scalars; `step` counts from 1), the
+//! trainable parameters under their model names, and the optimizer state. Graph outputs:
+//! `loss`, the loss terms and metrics, `grad_norm`, then `new.<param>` for each parameter and
 //! `new.<state>` for each optimizer state tensor.
 
 use std::collections::{HashMap, HashSet};

@@ -10,7 +10,7 @@ use crate::ir::{Dim, Elem, Graph, Node};
 use crate::lower::{BatchNormMode, RunningUpdate};
 use crate::random;
 
-/// Image shape [C,H,W] of the model input `name`; the batch dim may be symbolic.
+/// Image shape `[C, H, W]` of the model input `name`; the batch dim may be symbolic.
 pub fn image_shape(g: &Graph, name: &str) -> Result<[usize; 3]> {
     let io = g
         .inputs

@@ -271,7 +271,7 @@ impl Default for Cotta {
 /// Rotation prediction as a self-supervised pretext task (test-time training, Sun et al.
 /// 2020): the unlabeled weak view is rotated by 0, 90, 180 and 270 degrees inside the graph
 /// (square images only), passed through the model up to `feature`, and a linear head
-/// `rotation.weight` [4, D], `rotation.bias` [4] predicts the rotation; the loss is the
+/// `rotation.weight` `[4, D]`, `rotation.bias` `[4]` predicts the rotation; the loss is the
 /// cross-entropy over the 4 rotation classes. The head always trains (the trainable selection
 /// applies to the model's parameters); it is initialised like PyTorch's `nn.Linear` from
 /// `TrainSpec::seed` and is not part of the adapted inference model (dropped on export).

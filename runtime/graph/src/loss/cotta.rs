@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use fieldtune_tensor::Tensor;
 
-use super::{log_softmax, mean_all, LossTerms};
+use super::blocks::{log_softmax, mean_all, LossTerms};
 use crate::builder::Builder;
 use crate::error::{GraphError, Result};
 use crate::forward::Forward;

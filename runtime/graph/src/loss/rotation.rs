@@ -4,7 +4,7 @@
 
 use fieldtune_tensor::Tensor;
 
-use super::{cross_entropy, LossTerms};
+use super::blocks::{cross_entropy, LossTerms};
 use crate::builder::Builder;
 use crate::error::{GraphError, Result};
 use crate::forward::Forward;

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use fieldtune_tensor::Tensor;
 
-use super::Loops;
+use super::blocks::Loops;
 use crate::builder::Builder;
 use crate::error::Result;
 use crate::forward::Forward;

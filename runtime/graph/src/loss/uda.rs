@@ -4,7 +4,7 @@
 
 use fieldtune_tensor::Tensor;
 
-use super::{log_softmax, mean_all, sum_all, LossTerms};
+use super::blocks::{log_softmax, mean_all, sum_all, LossTerms};
 use crate::builder::Builder;
 use crate::error::Result;
 use crate::ir::attr;
