@@ -1,16 +1,19 @@
 //! fieldtune's graph compiler: ONNX IR load/save, static shape inference, reverse-mode
-//! autodiff that emits standard ai.onnx ops, loss and optimizer blocks, and
-//! [`compile_train_step`]. It knows nothing of engines, frames or boards.
+//! autodiff that emits standard ai.onnx ops, the objectives (`loss/`) and optimizer blocks,
+//! [`compile_train_step`] and the test-time inference graph [`predict_graph`]. It knows
+//! nothing of engines, frames or boards.
 
 pub mod autodiff;
 pub mod builder;
 pub mod compile;
 pub mod error;
+mod forward;
 pub mod infer;
 pub mod ir;
 pub mod loss;
 pub mod lower;
 pub mod optim;
+pub mod predict;
 pub mod proto;
 pub mod random;
 pub mod spec;
@@ -18,6 +21,7 @@ pub mod spec;
 pub use compile::{compile_inference, compile_train_step, inputs, next_name, TrainStep};
 pub use error::{GraphError, Result};
 pub use ir::{decode_model, encode_model, load_model, with_initializers, Graph};
+pub use predict::predict_graph;
 pub use spec::{
     teacher_name, BatchNormMode, Cotta, MeanTeacher, Optimizer, Rotation, TrainSpec, Trainable,
     Tsa, UdaLoss,

@@ -271,7 +271,7 @@ impl Default for Cotta {
 /// Rotation prediction as a self-supervised pretext task (test-time training, Sun et al.
 /// 2020): the unlabeled weak view is rotated by 0, 90, 180 and 270 degrees inside the graph
 /// (square images only), passed through the model up to `feature`, and a linear head
-/// `rotation.weight` [4, D], `rotation.bias` [4] predicts the rotation; the loss is the
+/// `rotation.weight` `[4, D]`, `rotation.bias` `[4]` predicts the rotation; the loss is the
 /// cross-entropy over the 4 rotation classes. The head always trains (the trainable selection
 /// applies to the model's parameters); it is initialised like PyTorch's `nn.Linear` from
 /// `TrainSpec::seed` and is not part of the adapted inference model (dropped on export).
@@ -301,6 +301,24 @@ pub const ROTATION_BIAS: &str = "rotation.bias";
 /// Name of the teacher copy of a parameter.
 pub fn teacher_name(param: &str) -> String {
     format!("teacher.{param}")
+}
+
+/// Names of the train step's batch and hyper-parameter inputs.
+pub mod inputs {
+    pub const X_LABELED: &str = "x_labeled";
+    pub const Y_LABELED: &str = "y_labeled";
+    pub const X_WEAK: &str = "x_weak";
+    pub const X_STRONG: &str = "x_strong";
+    /// CoTTA's augmented views of the unlabeled batch for the teacher, [N * Bu, C, H, W]
+    /// (view-major).
+    pub const X_TEACHER_AUG: &str = "x_teacher_aug";
+    pub const LR: &str = "lr";
+    pub const STEP: &str = "step";
+}
+
+/// Output name of a looped tensor's next value.
+pub fn next_name(name: &str) -> String {
+    format!("new.{name}")
 }
 
 /// Everything `compile_train_step` needs besides the model.

@@ -1,20 +1,14 @@
-//! Loss blocks: the UDA objective (TSA cross-entropy, masked sharpened KL consistency) and
-//! the information-maximisation terms, written as forward ONNX ops so that autodiff
-//! differentiates them like the model.
+//! The UDA objective, the base of every train step: TSA cross-entropy on the labeled batch,
+//! masked sharpened KL consistency between the weak and strong views, FixMatch pseudo-labels
+//! and the information-maximisation terms on the weak view.
 
 use fieldtune_tensor::Tensor;
 
+use super::blocks::{log_softmax, mean_all, sum_all, LossTerms};
 use crate::builder::Builder;
 use crate::error::Result;
 use crate::ir::attr;
 use crate::spec::{Tsa, UdaLoss};
-
-/// Names of the scalar terms a UDA loss block produces.
-pub struct LossTerms {
-    pub total: String,
-    /// (output name, tensor) pairs reported as metrics.
-    pub metrics: Vec<(&'static str, String)>,
-}
 
 /// Logits of the three views, already split. `weak_target` carries no gradient;
 /// `weak_grad` is the same prediction with gradients (present when entropy terms are on).
@@ -25,30 +19,6 @@ pub struct UdaInputs<'a> {
     pub strong: &'a str,
     pub step: &'a str,
     pub classes: usize,
-}
-
-fn mean_all(b: &mut Builder, x: &str) -> Result<String> {
-    let r = b.shape(x)?.len() as i64;
-    b.reduce("ReduceMean", x, &(0..r).collect::<Vec<_>>(), false)
-}
-
-fn sum_all(b: &mut Builder, x: &str) -> Result<String> {
-    let r = b.shape(x)?.len() as i64;
-    b.reduce("ReduceSum", x, &(0..r).collect::<Vec<_>>(), false)
-}
-
-/// Log-softmax over axis 1 written out (x - max - log sum exp(x - max)). Engines' fused
-/// LogSoftmax may compute log(softmax), which is -inf once a logit trails the maximum by
-/// more than ~87 (tract does); this form stays finite. The max is a constant shift, so it
-/// carries no gradient.
-pub fn log_softmax(b: &mut Builder, x: &str) -> Result<String> {
-    let m = b.reduce("ReduceMax", x, &[1], true)?;
-    let m = b.stop_gradient(&m)?;
-    let z = b.op("Sub", &[x, &m], vec![])?;
-    let e = b.op("Exp", &[&z], vec![])?;
-    let s = b.reduce("ReduceSum", &e, &[1], true)?;
-    let l = b.op("Log", &[&s], vec![])?;
-    b.op("Sub", &[&z, &l], vec![])
 }
 
 /// Per-row entropy -sum p log p of a [B, K] logits tensor.
@@ -225,64 +195,4 @@ fn tsa_keep(
     let over = b.op("Greater", &[&pc, &thr], vec![])?;
     let over = b.op("Cast", &[&over], vec![attr::int("to", 1)])?;
     Ok(Some(b.op("Sub", &[&one, &over], vec![])?))
-}
-
-/// Mean cross-entropy of `[B, K]` logits against integer `labels` ([B], int64), with the
-/// block's stable log-softmax; also the accuracy (argmax == label), without gradients.
-pub fn cross_entropy(b: &mut Builder, logits: &str, labels: &str) -> Result<(String, String)> {
-    let k = b.shape(logits)?[1];
-    let lp = log_softmax(b, logits)?;
-    let one = b.ints(&[1]);
-    let lab = b.op("Unsqueeze", &[labels, &one], vec![])?;
-    let range = b.constant(Tensor::i64(vec![1, k], (0..k as i64).collect()).expect("sized"));
-    let hot = b.op("Equal", &[&lab, &range], vec![])?;
-    let hot = b.op("Cast", &[&hot], vec![attr::int("to", 1)])?;
-    let picked = b.op("Mul", &[&hot, &lp], vec![])?;
-    let picked = b.reduce("ReduceSum", &picked, &[1], false)?;
-    let ce = b.op("Neg", &[&picked], vec![])?;
-    let ce = mean_all(b, &ce)?;
-    let ng = b.stop_gradient(logits)?;
-    let am = b.op(
-        "ArgMax",
-        &[&ng],
-        vec![attr::int("axis", 1), attr::int("keepdims", 0)],
-    )?;
-    let right = b.op("Equal", &[&am, labels], vec![])?;
-    let right = b.op("Cast", &[&right], vec![attr::int("to", 1)])?;
-    let acc = mean_all(b, &right)?;
-    Ok((ce, acc))
-}
-
-/// CoTTA's loss: the soft cross-entropy `mean_i -sum_k target_ik log p_student(x_strong)_ik`
-/// against the teacher target (the weak-view softmax of `weak_target`, or, where its
-/// confidence is below `threshold`, the mean softmax over the `views` augmented views in
-/// `aug_logits`, [views * B, K] view-major). Returns (loss, fraction of examples whose
-/// target is the augmentation average).
-pub fn cotta(
-    b: &mut Builder,
-    weak_target: &str,
-    aug_logits: &str,
-    strong: &str,
-    views: usize,
-    threshold: f32,
-) -> Result<(String, String)> {
-    let s = b.shape(weak_target)?;
-    let (bu, k) = (s[0], s[1]);
-    let pw = b.op("Softmax", &[weak_target], vec![attr::int("axis", 1)])?;
-    let conf = b.reduce("ReduceMax", &pw, &[1], true)?;
-    let pa = b.op("Softmax", &[aug_logits], vec![attr::int("axis", 1)])?;
-    let pa = b.reshape(&pa, &[views, bu, k])?;
-    let pa = b.reduce("ReduceMean", &pa, &[0], false)?;
-    let thr = b.scalar(threshold);
-    let low = b.op("Less", &[&conf, &thr], vec![])?;
-    let target = b.op("Where", &[&low, &pa, &pw], vec![])?;
-    let target = b.stop_gradient(&target)?;
-    let lps = log_softmax(b, strong)?;
-    let t = b.op("Mul", &[&target, &lps], vec![])?;
-    let t = b.reduce("ReduceSum", &t, &[1], false)?;
-    let t = b.op("Neg", &[&t], vec![])?;
-    let loss = mean_all(b, &t)?;
-    let lf = b.op("Cast", &[&low], vec![attr::int("to", 1)])?;
-    let rate = mean_all(b, &lf)?;
-    Ok((loss, rate))
 }

@@ -1,0 +1,28 @@
+//! The train step's objectives, written as forward ONNX ops so that autodiff differentiates
+//! them like the model. One file per objective:
+//! - [`uda`]: the base objective of every step (TSA cross-entropy on the labeled batch,
+//!   masked sharpened KL consistency, FixMatch pseudo-labels, information maximisation);
+//! - `teacher`: the mean teacher (weak-view targets from an EMA copy of the parameters);
+//! - `cotta`: CoTTA's augmentation-averaged targets and stochastic restore;
+//! - `rotation`: the rotation-prediction pretext task and its head.
+//!
+//! Shared pieces (stable log-softmax, cross-entropy, the accumulators) are in `blocks`.
+//!
+//! The seam: each optional objective is a struct built from its spec section, with a method
+//! per phase of the train step that it takes part in (declare inputs, add loss terms into
+//! [`LossTerms`], rewrite parameter updates into `Loops`); `compile_train_step` calls them
+//! in a fixed order, which fixes the emitted graph.
+
+mod blocks;
+mod cotta;
+mod rotation;
+mod teacher;
+mod uda;
+
+pub(crate) use blocks::Loops;
+pub use blocks::{cross_entropy, log_softmax, LossTerms};
+pub use cotta::cotta;
+pub(crate) use cotta::CottaStep;
+pub(crate) use rotation::rotation_terms;
+pub(crate) use teacher::TeacherStep;
+pub use uda::{uda, UdaInputs, DIVERSITY_EPS};
