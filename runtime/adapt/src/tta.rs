@@ -22,10 +22,7 @@ use std::time::Instant;
 use fieldtune_augment::{augment_batch_par, Augment, AugmentConfig, RandAugment};
 use fieldtune_engine::{Engine, Session};
 use fieldtune_frames::{to_tensor, Image8, ModelConfig};
-use fieldtune_graph::builder::Builder;
-use fieldtune_graph::compile::image_shape;
-use fieldtune_graph::ir::{Elem, Graph, TRAIN_OPSET};
-use fieldtune_graph::{encode_model, inputs, lower, BatchNormMode, MeanTeacher, Trainable};
+use fieldtune_graph::{encode_model, inputs, predict_graph, BatchNormMode, MeanTeacher, Trainable};
 use fieldtune_tensor::{st, Tensor};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -202,38 +199,6 @@ pub struct TtaRun {
     pub execution_provider: String,
     /// The train-step settings (trained methods).
     pub settings: Option<AdaptConfig>,
-}
-
-/// The inference graph of `model` at a static batch, with BatchNormalization normalising by
-/// the statistics of the batch (when `batch_stats`) and the initializers named in `fed` as
-/// graph inputs, so the current weights of a resident train step can be fed in.
-pub fn predict_graph(
-    model: &ModelDir,
-    batch: usize,
-    batch_stats: bool,
-    fed: &HashSet<String>,
-) -> Result<Graph> {
-    let g = Graph::from_model(&model.model)?;
-    let input = &model.config.input;
-    let [c, h, w] = image_shape(&g, input)?;
-    let mut b = Builder::new(g.opset.max(TRAIN_OPSET));
-    b.input(input, Elem::F32, &[batch, c, h, w])?;
-    for (name, t) in &g.initializers {
-        if fed.contains(name) {
-            b.input(name, Elem::F32, t.shape())?;
-        } else {
-            b.initializer(name, t.clone())?;
-        }
-    }
-    for n in &g.nodes {
-        if batch_stats && n.op == "BatchNormalization" {
-            lower::batch_norm(&mut b, n, BatchNormMode::Train)?;
-        } else {
-            b.add(n.clone())?;
-        }
-    }
-    b.output(&model.config.output)?;
-    Ok(b.finish("fieldtune_tta_predict"))
 }
 
 /// The seeded order in which a domain's images arrive.
@@ -430,7 +395,14 @@ pub fn run(
     let mut predictor: Box<dyn Session> = if method == Method::Source {
         engine.load(&model.bytes, "tta predict (source)")?
     } else {
-        let g = predict_graph(model, opts.batch, true, &fed)?;
+        let g = predict_graph(
+            &model.model,
+            &model.config.input,
+            &model.config.output,
+            opts.batch,
+            true,
+            &fed,
+        )?;
         engine.load(
             &encode_model(&g.to_model("fieldtune tta")),
             "tta predict (batch statistics)",
