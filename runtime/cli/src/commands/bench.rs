@@ -6,7 +6,8 @@ use anyhow::Result;
 use clap::Args;
 use fieldtune_adapt::bench::{bench, BenchConfig};
 
-use super::{engine, open_model, EngineArgs, NormArgs, RecipeArgs};
+use super::{engine, open_model};
+use crate::args::{EngineArgs, NormArgs, RecipeArgs};
 
 pub const BENCH_ABOUT: &str = "Time one model on one engine: the compiled train step of the recipe \
 (parameters and optimizer state resident, fixed random batches; images per step = labeled + weak + \

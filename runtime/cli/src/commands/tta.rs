@@ -9,7 +9,8 @@ use clap::Args;
 use fieldtune_adapt::tta::{self, Domain, Method, Setting, TtaOptions, TtaRun};
 use fieldtune_adapt::AdaptConfig;
 
-use super::{engine, load_labeled, open_model, EngineArgs, NormArgs};
+use super::{engine, load_labeled, open_model};
+use crate::args::{EngineArgs, NormArgs};
 
 /// The 15 standard ImageNet-C corruptions, in the usual order.
 pub const CORRUPTIONS: [&str; 15] = [
