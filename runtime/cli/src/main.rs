@@ -79,17 +79,17 @@ fn main() -> ExitCode {
     }
 }
 
-/// The error and its causes on one line, skipping causes whose text the line already holds
-/// (the library errors name their source in their own message).
+/// The error and its causes on one line, each once. The library errors that wrap another
+/// crate's error are transparent; the ones that wrap an I/O error end their own message with
+/// it, so a cause the line already ends with is not repeated.
 fn one_line(e: &anyhow::Error) -> String {
-    let mut msg = e.to_string();
-    for cause in e.chain().skip(1) {
-        let c = cause.to_string();
-        if !msg.contains(&c) {
-            msg = format!("{msg}: {c}");
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1).map(ToString::to_string) {
+        if !line.ends_with(&cause) {
+            line = format!("{line}: {cause}");
         }
     }
-    msg.replace('\n', " ")
+    line.replace('\n', " ")
 }
 
 fn init_logging(verbose: u8) {
@@ -123,5 +123,26 @@ fn run(cli: Cli) -> Result<()> {
         Command::Report(a) => field_cmd::report(a),
         Command::Bench(a) => commands::bench::run(a, engine),
         Command::Tta(a) => commands::tta::run(a, engine),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn each_cause_is_printed_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "gone");
+        let frames = fieldtune_frames::FramesError::Io {
+            path: "a/b.png".into(),
+            source: io,
+        };
+        let e = anyhow::Error::new(fieldtune_adapt::AdaptError::Frames(frames))
+            .context("loading the eval set from a");
+        // The adapt error is transparent: context, the frames error, the I/O error.
+        assert_eq!(e.chain().count(), 3);
+        assert_eq!(one_line(&e), "loading the eval set from a: a/b.png: gone");
+        let e = anyhow::anyhow!("step 3").context("adapting");
+        assert_eq!(one_line(&e), "adapting: step 3");
     }
 }
