@@ -1,6 +1,6 @@
 //! BatchNorm backbones (ccexam's USPS CNN, a ResNet-style network, torchvision's MobileNetV2
 //! at 224x224): the gradients of one compiled UDA train step, on ONNX Runtime and on tract,
-//! against PyTorch autograd (scripts/torch_reference_grad.py) on the same batch, for every
+//! against PyTorch autograd (scripts/reference/torch_reference_grad.py) on the same batch, for every
 //! parameter, in the all-parameters, BatchNorm-affine-only and head-only modes, with
 //! BatchNorm in train mode (batch statistics; running statistics checked too) and frozen.
 //!
@@ -9,7 +9,7 @@
 //! worst error of PyTorch's own float32 autograd on the same batch (MobileNetV2 at batch
 //! 2/2/2: PyTorch float32 is up to 3.8e-3 off the float64 gradient in its first layers).
 //!
-//! The models come from scripts/prepare_backbones.py (.ci/run runs it; MobileNetV2's 14 MB
+//! The models come from scripts/data/prepare_backbones.py (.ci/run runs it; MobileNetV2's 14 MB
 //! export is not committed).
 
 use std::collections::{BTreeMap, HashMap};
@@ -40,7 +40,7 @@ fn model_path(name: &str) -> std::path::PathBuf {
     let p = repo_root().join("models").join(name).join("model.onnx");
     assert!(
         p.exists(),
-        "{} is missing: run /usr/bin/python3 scripts/prepare_backbones.py",
+        "{} is missing: run /usr/bin/python3 scripts/data/prepare_backbones.py",
         p.display()
     );
     p
@@ -84,7 +84,7 @@ fn reference(
     std::fs::write(&cp, st::to_bytes(&case, &meta)).unwrap();
     let py = reference_python();
     let mut cmd = std::process::Command::new(&py);
-    cmd.arg(repo_root().join("scripts/torch_reference_grad.py"))
+    cmd.arg(repo_root().join("scripts/reference/torch_reference_grad.py"))
         .arg(model)
         .arg(&cp)
         .arg(&rp);

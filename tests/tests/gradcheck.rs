@@ -594,7 +594,7 @@ fn resize_nearest_and_bilinear() {
     }
 }
 
-/// The forward of PyTorch-exported F.interpolate graphs (scripts/torch_resize_reference.py)
+/// The forward of PyTorch-exported F.interpolate graphs (scripts/reference/torch_resize_reference.py)
 /// on both engines against PyTorch's output.
 #[test]
 fn resize_forward_matches_pytorch() {
@@ -603,7 +603,7 @@ fn resize_forward_matches_pytorch() {
     let dir = std::env::temp_dir().join(format!("fieldtune-resize-{}", std::process::id()));
     let py = reference_python();
     let out = std::process::Command::new(&py)
-        .arg(repo_root().join("scripts/torch_resize_reference.py"))
+        .arg(repo_root().join("scripts/reference/torch_resize_reference.py"))
         .arg(&dir)
         .output()
         .unwrap_or_else(|e| panic!("cannot run {py} (install python3-torch python3-onnx): {e}"));

@@ -1,6 +1,6 @@
 //! The whole MNIST CNN with the UDA loss: parameters after 3 optimizer steps of fieldtune's
 //! compiled train step, on ONNX Runtime and on tract, against PyTorch autograd + torch.optim
-//! (scripts/torch_reference_step.py, Debian's python3-torch) on the same batches.
+//! (scripts/reference/torch_reference_step.py, Debian's python3-torch) on the same batches.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -92,7 +92,7 @@ fn parity_on(spec: TrainSpec, label: &str, engines: Vec<Box<dyn fieldtune_engine
     std::fs::write(dir.join("case.safetensors"), st::to_bytes(&case, &meta)).unwrap();
     let py = reference_python();
     let out = std::process::Command::new(&py)
-        .arg(root.join("scripts/torch_reference_step.py"))
+        .arg(root.join("scripts/reference/torch_reference_step.py"))
         .arg(&model_path)
         .arg(dir.join("case.safetensors"))
         .arg(dir.join("ref.safetensors"))

@@ -2,7 +2,7 @@
 //!
 //! Runs where the machine allows: a kernel with gpio-sim and configfs, root, and the
 //! `linux-gpio` feature (`cargo test -p fieldtune-board-linux --features linux-gpio -- --nocapture`).
-//! Elsewhere it prints why it did not run and passes. `scripts/gpio-sim-qemu.sh` runs it in QEMU on
+//! Elsewhere it prints why it did not run and passes. `scripts/ci/gpio-sim-qemu.sh` runs it in QEMU on
 //! a kernel built with gpio-sim; boards/README.md records where it last ran.
 
 use std::fs;

@@ -16,13 +16,13 @@ pub enum AdaptError {
     Checkpoint { path: PathBuf, reason: String },
     #[error("{path}: {reason}")]
     Config { path: PathBuf, reason: String },
-    #[error("{0}")]
+    #[error(transparent)]
     Frames(#[from] fieldtune_frames::FramesError),
-    #[error("{0}")]
+    #[error(transparent)]
     Graph(#[from] fieldtune_graph::GraphError),
-    #[error("{0}")]
+    #[error(transparent)]
     Engine(#[from] fieldtune_engine::EngineError),
-    #[error("{0}")]
+    #[error(transparent)]
     Augment(#[from] fieldtune_augment::AugmentError),
     #[error("step {step}: {term} is {value}; the parameters from before this step are kept and nothing is written")]
     NonFinite {

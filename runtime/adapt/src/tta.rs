@@ -13,7 +13,7 @@
 //!
 //! Each step's batch is a pure function of (seed, domain index, step), the same for `reset`
 //! and `continual`, and can be written to disk ([`TtaOptions::dump`]) to feed a reference
-//! trainer the very same batches (scripts/torch_tta.py).
+//! trainer the very same batches (scripts/reference/torch_tta.py).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;

@@ -194,7 +194,7 @@ pub struct TractSession {
 
 /// Per-node run time of a session's plans (`FIELDTUNE_TRACT_PROFILE=PREFIX`), written when the
 /// session ends to `PREFIX.<label>.json` in the event format of ONNX Runtime's profiler (one
-/// event per node with its total time and run count), so `scripts/ort_profile.py` sums both.
+/// event per node with its total time and run count), so `scripts/bench/ort_profile.py` sums both.
 struct Profile {
     path: std::path::PathBuf,
     /// Node name -> (op name, total microseconds, runs).

@@ -34,11 +34,11 @@ pub enum FieldError {
     /// A report that could not be drawn.
     #[error("report {}: {reason}", path.display())]
     Report { path: PathBuf, reason: String },
-    #[error("{0}")]
+    #[error(transparent)]
     Adapt(#[from] fieldtune_adapt::AdaptError),
-    #[error("{0}")]
+    #[error(transparent)]
     Frames(#[from] fieldtune_frames::FramesError),
-    #[error("{0}")]
+    #[error(transparent)]
     Engine(#[from] fieldtune_engine::EngineError),
 }
 

@@ -47,7 +47,7 @@ impl OrtSession {
             .with_memory_pattern(opts.memory_pattern)
             .map_err(|e| load_err(ort_msg(&e)))?;
         // Per-op profiling (ONNX Runtime writes PREFIX_<date>.json when the session ends):
-        // `FIELDTUNE_ORT_PROFILE=PREFIX`; scripts/ort_profile.py sums it by op type.
+        // `FIELDTUNE_ORT_PROFILE=PREFIX`; scripts/bench/ort_profile.py sums it by op type.
         if let Some(prefix) = std::env::var_os("FIELDTUNE_ORT_PROFILE") {
             b = b
                 .with_profiling(

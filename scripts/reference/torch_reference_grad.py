@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """PyTorch reference gradients of one UDA train step on an ONNX model, BatchNorm included.
 
-    /usr/bin/python3 scripts/torch_reference_grad.py MODEL.onnx CASE.safetensors OUT.safetensors
+    /usr/bin/python3 scripts/reference/torch_reference_grad.py MODEL.onnx CASE.safetensors OUT.safetensors
 
 CASE holds the trainable parameters under their ONNX names and one step's batches
 (`x_labeled`, `y_labeled`, `x_weak`, `x_strong`); its metadata holds `spec` (fieldtune's
@@ -22,7 +22,7 @@ import sys
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # scripts/: the reference package
 from reference import st  # noqa: E402
 from reference.onnx_torch import OnnxModule  # noqa: E402
 from reference.uda import uda_loss  # noqa: E402

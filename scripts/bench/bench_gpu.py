@@ -9,14 +9,14 @@ ONNX Runtime places nodes a provider cannot run on the next one silently.
 
     scripts/install-ort.sh --gpu --prefix .ort-gpu     # or a Jetson wheel's onnxruntime/capi
     cargo build --release
-    python3 scripts/prepare_backbones.py --only mobilenetv2
-    python3 scripts/bench_gpu.py [--ort-lib .ort-gpu/lib] [--models mobilenetv2,mnist]
-        [--steps 20] [--trt-cache .cache/trt] [--out scripts/results/bench_gpu.json]
+    python3 scripts/data/prepare_backbones.py --only mobilenetv2
+    python3 scripts/bench/bench_gpu.py [--ort-lib .ort-gpu/lib] [--models mobilenetv2,mnist]
+        [--steps 20] [--trt-cache .cache/trt] [--out scripts/bench/results/bench_gpu.json]
 
 Needs: an NVIDIA GPU with its driver, ONNX Runtime with the CUDA (and TensorRT) providers
 (PyPI onnxruntime-gpu 1.31 needs CUDA 13 + cuDNN 9, TensorRT 10), and for the PyTorch column a
 CUDA build of torch (Debian's python3-torch is CPU-only: the column then says so).
-Batches and recipe as scripts/bench_speed.py (MNIST CNN 32/64/64, MobileNetV2 8/8/8 with
+Batches and recipe as scripts/bench/bench_speed.py (MNIST CNN 32/64/64, MobileNetV2 8/8/8 with
 BatchNorm in train mode, textbook UDA loss, AdamW). Prints a table and writes JSON.
 """
 import argparse
@@ -30,7 +30,7 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 import bench_speed  # noqa: E402  (same models, recipe and PyTorch worker)
 
@@ -88,7 +88,7 @@ def main():
     ap.add_argument("--device", type=int, default=0)
     ap.add_argument("--trt-cache", default=os.path.join(ROOT, ".cache/trt"))
     ap.add_argument("--timeout", type=int, default=150, help="seconds per fieldtune process")
-    ap.add_argument("--out", default=os.path.join(ROOT, "scripts/results/bench_gpu.json"))
+    ap.add_argument("--out", default=os.path.join(ROOT, "scripts/bench/results/bench_gpu.json"))
     a = ap.parse_args()
     t_start = time.time()
     gpu = gpu_name()
@@ -161,7 +161,7 @@ def main():
     print(f"total {elapsed:.0f} s")
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out, "w") as f:
-        json.dump({"script": "scripts/bench_gpu.py", "gpu": gpu, "elapsed_s": elapsed, "results": results},
+        json.dump({"script": "scripts/bench/bench_gpu.py", "gpu": gpu, "elapsed_s": elapsed, "results": results},
                   f, indent=1)
         f.write("\n")
     print(f"wrote {a.out}")

@@ -3,7 +3,7 @@
 
     FIELDTUNE_ORT_PROFILE=PREFIX fieldtune --engine ort ...    # PREFIX.<graph>_<date>.json
     FIELDTUNE_TRACT_PROFILE=PREFIX fieldtune --engine tract ...  # PREFIX.<graph>.json
-    python3 scripts/ort_profile.py PROFILE.json [--top 15]
+    python3 scripts/bench/ort_profile.py PROFILE.json [--top 15]
 
 tract's profile names its optimized ops (OptMatMul, DepthWise, ...), not the ONNX ops, and
 holds one event per node with its total time and run count.

@@ -9,7 +9,8 @@ use clap::Args;
 use fieldtune_adapt::tta::{self, Domain, Method, Setting, TtaOptions, TtaRun};
 use fieldtune_adapt::AdaptConfig;
 
-use super::{engine, load_labeled, open_model, EngineArgs, NormArgs};
+use super::{engine, load_labeled, open_model};
+use crate::args::{EngineArgs, NormArgs};
 
 /// The 15 standard ImageNet-C corruptions, in the usual order.
 pub const CORRUPTIONS: [&str; 15] = [
@@ -46,7 +47,7 @@ Settings (--settings): reset (each domain starts from the source weights and a f
 continual (no reset; errors compound, collapse shows).\n\n\
 Data: --data DIR holds one labeled image folder per domain (DIR/<domain>/<class>/*.png); --domains \
 lists them in order, or --severity N takes the 15 standard corruptions <name>-N (as written by \
-scripts/corrupt_fmnist.py).";
+scripts/data/corrupt_fmnist.py).";
 
 #[derive(Args)]
 pub struct TtaArgs {
@@ -91,7 +92,7 @@ pub struct TtaArgs {
     #[arg(long, value_name = "METHOD", value_parser = parse_method)]
     print_config: Option<Method>,
     /// Write every step's batch to DIR/<method>/seed-<S>/<NN>-<domain>/step-<K>.safetensors
-    /// (x_test, y_test and the train-step inputs) plus settings.json, for scripts/torch_tta.py.
+    /// (x_test, y_test and the train-step inputs) plus settings.json, for scripts/reference/torch_tta.py.
     #[arg(long, value_name = "DIR")]
     dump_batches: Option<PathBuf>,
     /// Write all results as JSON.

@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
 """Accuracy benchmark of `fieldtune adapt` on the shipped data: MNIST CNN -> OpenCV digits.
 
-    python3 scripts/bench_adapt.py [--engines ort,tract] [--recipes uda-im,uda] [--seeds 0,1,2]
-        [--steps N] [--out scripts/results/fieldtune_adapt.json]
+    python3 scripts/bench/bench_adapt.py [--engines ort,tract] [--recipes uda-im,uda] [--seeds 0,1,2]
+        [--steps N] [--out scripts/bench/results/fieldtune_adapt.json]
 
 Runs the release binary (build it first: cargo build --release) once per engine x recipe x seed
 with the 1,000 MNIST anchors labeled and the 5,000 OpenCV digits unlabeled, scores the adapted
 model on all 5,000 OpenCV digits, prints a table (mean +- sample std over seeds) and writes JSON.
-The PyTorch reference of the same recipes is scripts/torch_adapt.py.
+The PyTorch reference of the same recipes is scripts/reference/torch_adapt.py.
 """
 import argparse
 import json
@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def main():
@@ -28,7 +28,7 @@ def main():
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--steps", type=int, default=None, help="override the recipes' step counts")
     ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/fieldtune"))
-    ap.add_argument("--out", default=os.path.join(ROOT, "scripts/results/fieldtune_adapt.json"))
+    ap.add_argument("--out", default=os.path.join(ROOT, "scripts/bench/results/fieldtune_adapt.json"))
     a = ap.parse_args()
     runs = []
     for engine in a.engines.split(","):

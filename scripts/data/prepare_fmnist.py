@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Fashion-MNIST BatchNorm CNN for the corruption benchmark (docs/BENCHMARKS.md, section 5).
 
-    /usr/bin/python3 scripts/prepare_fmnist.py [--epochs 2] [--seed 0] [--threads 2]
+    /usr/bin/python3 scripts/data/prepare_fmnist.py [--epochs 2] [--seed 0] [--threads 2]
 
 Reads Fashion-MNIST from Debian's `dataset-fashion-mnist`
 (/usr/share/datasets/fashion-mnist/*-ubyte.gz; `apt-get install dataset-fashion-mnist`), trains a
@@ -12,7 +12,7 @@ writes:
 - models/fmnist-cnn/anchors/<class>/<index>.png: the labeled anchor set, the first 10 training
   images of each class (100 PNGs), for the labeled terms of UDA and FixMatch.
 
-The corrupted test sets come from scripts/corrupt_fmnist.py (it needs corrupt-tta, which needs
+The corrupted test sets come from scripts/data/corrupt_fmnist.py (it needs corrupt-tta, which needs
 numpy 2: run it in its own venv, see data/fmnist-c/DATA.md).
 """
 import argparse
@@ -28,8 +28,9 @@ import torch.nn as nn
 from PIL import Image
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
+SCRIPTS = os.path.dirname(HERE)
+ROOT = os.path.dirname(SCRIPTS)
+sys.path.insert(0, SCRIPTS)  # the reference package
 from reference.onnx_torch import OnnxModule  # noqa: E402
 
 SRC = "/usr/share/datasets/fashion-mnist"
@@ -140,7 +141,7 @@ def main():
     assert err < 1e-4, f"ONNX graph (torch ops) differs from the module by {err:.2e}"
     ops = sorted({n.op_type for n in ref.graph.node})
     with open(os.path.join(OUT, "model.toml"), "w") as f:
-        f.write("# fieldtune model description (fmnist-cnn; written by scripts/prepare_fmnist.py)\n")
+        f.write("# fieldtune model description (fmnist-cnn; written by scripts/data/prepare_fmnist.py)\n")
         f.write('input = "input"\noutput = "logits"\nchannels = 1\nheight = 28\nwidth = 28\n')
         f.write(f"mean = [{mean}]\nstd = [{std}]\n")
         f.write("classes = [" + ", ".join(f'"{c}"' for c in CLASSES) + "]\n")
@@ -163,7 +164,7 @@ def main():
   {2 * (16 + 48 + 96)} running statistics. ONNX ops: {", ".join(ops)}.
 - Input: grayscale 28x28, `x = (pixel / 255 - {mean}) / {std}` (the training set's pixel mean and
   standard deviation). Classes (folder names): {", ".join(CLASSES)}.
-- Training: `/usr/bin/python3 scripts/prepare_fmnist.py --epochs {args.epochs} --seed {args.seed}`
+- Training: `/usr/bin/python3 scripts/data/prepare_fmnist.py --epochs {args.epochs} --seed {args.seed}`
   (Debian python3-torch {torch.__version__}, CPU, {args.threads} threads): Adam, one-cycle lr peak 3e-3,
   batch 128, {args.epochs} epochs over the 60,000 training images, random horizontal flips; took
   {time.time() - t0:.0f} s.
@@ -178,7 +179,7 @@ def main():
 - License: the weights are a work of this project (MIT OR Apache-2.0), trained on Fashion-MNIST (MIT,
   Copyright (c) 2017 Zalando SE); the anchor PNGs are Fashion-MNIST images (MIT).
 - Used for: the Fashion-MNIST-C test-time adaptation benchmark (`fieldtune tta`,
-  scripts/bench_fmnist_c.sh, docs/BENCHMARKS.md section 5).
+  scripts/bench/bench_fmnist_c.sh, docs/BENCHMARKS.md section 5).
 """)
     print(f"wrote {OUT} (model.onnx, model.toml, MODEL.md, anchors/)")
 

@@ -2,7 +2,7 @@
 """PyTorch reference for fieldtune's train step: runs K optimizer steps of the UDA objective
 on an ONNX model with torch autograd and torch.optim, from the inputs fieldtune wrote.
 
-    /usr/bin/python3 scripts/torch_reference_step.py MODEL.onnx CASE.safetensors OUT.safetensors
+    /usr/bin/python3 scripts/reference/torch_reference_step.py MODEL.onnx CASE.safetensors OUT.safetensors
 
 CASE holds the initial parameters under their ONNX names (and the rotation head's
 `rotation.weight` / `rotation.bias` when the spec has one), and per step k (1-based) the
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # scripts/: the reference package
 from reference import rng, st  # noqa: E402
 from reference.onnx_torch import OnnxModule  # noqa: E402
 from reference.uda import uda_loss  # noqa: E402

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """PyTorch reference for fieldtune's adaptation recipes (MNIST CNN -> OpenCV digits).
 
-    /usr/bin/python3 scripts/torch_adapt.py [--recipes source,uda,uda-im,tent] [--seeds 0,1,2]
+    /usr/bin/python3 scripts/reference/torch_adapt.py [--recipes source,uda,uda-im,tent] [--seeds 0,1,2]
         [--steps 300] [--threads 2] [--out results.json]
 
 Independent of fieldtune's Rust code: the model runs through `reference.onnx_torch.OnnxModule`
@@ -53,8 +53,9 @@ import torch
 from PIL import Image, ImageEnhance, ImageOps
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
+SCRIPTS = os.path.dirname(HERE)
+ROOT = os.path.dirname(SCRIPTS)
+sys.path.insert(0, SCRIPTS)  # the reference package
 from reference.onnx_torch import OnnxModule  # noqa: E402
 from reference import st  # noqa: E402
 from reference.uda import uda_loss  # noqa: E402
@@ -467,7 +468,7 @@ def main():
     cfg_show = torch.__config__.show()
     blas_info = [p.split("=", 1)[1] for p in cfg_show.replace(",", " ").split() if p.startswith("BLAS_INFO=")]
     doc = {
-        "script": "scripts/torch_adapt.py",
+        "script": "scripts/reference/torch_adapt.py",
         "model": "models/mnist-cnn/model.onnx",
         "anchors": "models/mnist-cnn/anchors (1,000)",
         "target": "data/opencv-digits (5,000; held-out = the 4,000 whose index is not an anchor's)",

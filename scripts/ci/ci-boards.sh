@@ -6,7 +6,7 @@
 # (its board_leds tests) is linted by .ci/run and tested by scripts/test.sh, in the workspace's
 # one feature set, so that it does not cost a second build of the whole runtime here.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 export CARGO_TERM_COLOR=never
 
 target=thumbv7em-none-eabihf

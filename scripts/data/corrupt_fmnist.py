@@ -2,7 +2,7 @@
 """Fashion-MNIST-C: the 15 standard ImageNet-C corruptions of a fixed Fashion-MNIST test subset.
 
     python3 -m venv .venv-fmnist-c && .venv-fmnist-c/bin/pip install corrupt-tta==0.1.7
-    .venv-fmnist-c/bin/python scripts/corrupt_fmnist.py [--count 1024] [--severities 3,5]
+    .venv-fmnist-c/bin/python scripts/data/corrupt_fmnist.py [--count 1024] [--severities 3,5]
 
 (corrupt-tta pulls numpy 2, scikit-image and opencv: keep it out of the system Python, whose
 Debian torch needs numpy 1.) Reads the test set from Debian's `dataset-fashion-mnist` and
@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+ROOT = os.path.dirname(os.path.dirname(HERE))
 SRC = "/usr/share/datasets/fashion-mnist"
 OUT = os.path.join(ROOT, "data", "fmnist-c")
 CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat",

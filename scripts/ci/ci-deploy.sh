@@ -5,9 +5,9 @@
 # then the same on ONNX Runtime from the aarch64 PyPI wheel) and prints how long each step took;
 # builds the .deb for amd64 and tests it for real on this machine (install, a bounded run of the
 # unit's ExecStart as the service user, upgrade keeping state and conffile edits, remove, purge:
-# scripts/test-deb.sh); builds the arm64 .deb from the zigbuild binary and checks its contents.
+# scripts/ci/test-deb.sh); builds the arm64 .deb from the zigbuild binary and checks its contents.
 #
-# Usage: scripts/ci-deploy.sh [STEP...]   steps: tools cross qemu deb-amd64 deb-arm64 (default: all)
+# Usage: scripts/ci/ci-deploy.sh [STEP...]   steps: tools cross qemu deb-amd64 deb-arm64 (default: all)
 #
 # Needs (installed by .ci/run): qemu-user-static, libc6-arm64-cross, libgcc-s1-arm64-cross,
 # libstdc++6-arm64-cross, binutils-aarch64-linux-gnu; root for the package test. Tools from the
@@ -21,7 +21,7 @@
 # with zig for glibc 2.31 so one package runs on Ubuntu 20.04 (JetPack 5) and newer. Target dir:
 # $CARGO_TARGET_DIR, default $FIELDTUNE_PKG_CACHE/deploy-target (kept between CI runs).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 repo="$(pwd)"
 export CARGO_TERM_COLOR=never
 
@@ -194,7 +194,7 @@ deb_amd64_step() {
     local t0
     [[ -x "${CARGO_TARGET_DIR}/${x86}/${profile}/fieldtune" ]] || build "${x86}" >/dev/null
     t0=$(now)
-    bash scripts/test-deb.sh "${out}"
+    bash scripts/ci/test-deb.sh "${out}"
     timing "amd64 package test" "$(since "$t0")"
 }
 

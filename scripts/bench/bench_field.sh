@@ -3,10 +3,10 @@
 # configs/field-bench.toml (OpenCV digits at 30 FPS, a round every 10 s) for --seconds
 # (default 600: the 10-minute soak). Reports inference latency while rounds run vs idle
 # (p50/p99 and the p99 ratio) and RSS over time (after a 60 s warm-up: first, max, last,
-# slope), prints a table and writes scripts/results/bench_field.json.
-#   bash scripts/bench_field.sh [--seconds N] [--engine auto|ort|tract] [--no-build]
+# slope), prints a table and writes scripts/bench/results/bench_field.json.
+#   bash scripts/bench/bench_field.sh [--seconds N] [--engine auto|ort|tract] [--no-build]
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 seconds=600
 engine=auto
 build=1
@@ -37,7 +37,7 @@ slope = sum((t - mx) * (r - my) for t, r in warm) / den * 60
 rounds = [e for e in ev if e["event"] == "round_ended"]
 li, ld = s["latency_idle"], s["latency_during_rounds"]
 out = {
-    "command": f"bash scripts/bench_field.sh --seconds {int(seconds)} --engine {engine}",
+    "command": f"bash scripts/bench/bench_field.sh --seconds {int(seconds)} --engine {engine}",
     "engine": s["engine"], "seconds": s["seconds"], "frames": s["frames"], "fps": s["fps"],
     "capture_dropped": s["capture_dropped"], "rounds": s["rounds"], "commits": s["commits"],
     "rollbacks": s["rollbacks"],
@@ -46,7 +46,7 @@ out = {
     "rss_mb": {"after_warmup": warm[0][1], "max": max(r for _, r in warm), "last": warm[-1][1],
                "slope_mb_per_min": slope, "samples": len(rss)},
 }
-json.dump(out, open("scripts/results/bench_field.json", "w"), indent=2)
+json.dump(out, open("scripts/bench/results/bench_field.json", "w"), indent=2)
 print(f"engine: {s['engine']}")
 print(f"{s['frames']} frames in {s['seconds']:.0f} s ({s['fps']:.1f} fps), {s['capture_dropped']} dropped; "
       f"{s['rounds']} rounds ({s['commits']} committed, {s['rollbacks']} rolled back), {out['round_seconds_mean']:.1f} s each")
@@ -56,5 +56,5 @@ for name, l in (("idle", li), ("during rounds", ld)):
 print(f"p99 during rounds / idle: {s['p99_ratio']:.2f}")
 r = out["rss_mb"]
 print(f"RSS MiB after 60 s {r['after_warmup']:.1f}, max {r['max']:.1f}, last {r['last']:.1f}, slope {r['slope_mb_per_min']:+.2f} MiB/min ({r['samples']} samples)")
-print("wrote scripts/results/bench_field.json")
+print("wrote scripts/bench/results/bench_field.json")
 PY

@@ -1,19 +1,19 @@
 #!/usr/bin/env bash
 # Fashion-MNIST-C test-time adaptation benchmark (docs/BENCHMARKS.md section 5): fieldtune
-# (`fieldtune tta`, ONNX Runtime by default) and its PyTorch reference (scripts/torch_tta.py)
+# (`fieldtune tta`, ONNX Runtime by default) and its PyTorch reference (scripts/reference/torch_tta.py)
 # on the very same batches, every method, severities 3 and 5, reset and continual, 3 seeds.
 #
-#   bash scripts/bench_fmnist_c.sh [--seeds 0,1,2] [--severities 3,5] [--engine ort|tract]
+#   bash scripts/bench/bench_fmnist_c.sh [--seeds 0,1,2] [--severities 3,5] [--engine ort|tract]
 #                                  [--methods source,bn,tent,uda,fixmatch,teacher] [--limit 512]
 #
 # Needs: target/release/fieldtune (cargo build --release), models/fmnist-cnn
-# (scripts/prepare_fmnist.py), data/fmnist-c (scripts/corrupt_fmnist.py, see its DATA.md),
-# Debian's python3-torch for the reference. Writes scripts/results/fmnist_c.json (both sides,
+# (scripts/data/prepare_fmnist.py), data/fmnist-c (scripts/data/corrupt_fmnist.py, see its DATA.md),
+# Debian's python3-torch for the reference. Writes scripts/bench/results/fmnist_c.json (both sides,
 # per run and per domain) and prints the table. The dumped batches (~170 MB per method and
 # seed) live in a temporary folder, deleted once the reference has read them. --limit: images per
 # domain, evenly spread over the 1,024 of data/fmnist-c (512: 8 batches of 64 per domain).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 seeds=0,1,2
 severities=3,5
 engine=ort
@@ -35,7 +35,7 @@ bin=target/release/fieldtune
 work=${FMNIST_C_WORK:-$(mktemp -d)}
 mkdir -p "$work"
 [ -n "${FMNIST_C_WORK:-}" ] || trap 'rm -rf "$work"' EXIT
-mkdir -p scripts/results
+mkdir -p scripts/bench/results
 # fieldtune for one (seed, severity) while the reference replays the previous one (one thread each).
 ref_pid=
 for seed in ${seeds//,/ }; do
@@ -45,7 +45,7 @@ for seed in ${seeds//,/ }; do
             --severity "$sev" --limit "$limit" --methods "$methods" --seeds "$seed" --batch 64 \
             --dump-batches "$work/b-s$sev-$seed" --out "$work/fieldtune-s$sev-$seed.json" | sed -n 4,11p
         [ -z "$ref_pid" ] || wait "$ref_pid"
-        ( /usr/bin/python3 scripts/torch_tta.py --batches "$work/b-s$sev-$seed" --methods "$methods" \
+        ( /usr/bin/python3 scripts/reference/torch_tta.py --batches "$work/b-s$sev-$seed" --methods "$methods" \
             --seeds "$seed" --threads 1 --out "$work/torch-s$sev-$seed.json" > "$work/torch-s$sev-$seed.log" \
             && rm -rf "$work/b-s$sev-$seed" ) &
         ref_pid=$!
@@ -86,6 +86,6 @@ for m in methods:
 out["table"] = rows
 worst = max(abs(r["diff"]) for r in rows)
 print(f"largest |fieldtune - PyTorch|: {worst:.2f} points")
-json.dump(out, open("scripts/results/fmnist_c.json", "w"), indent=1)
-print("wrote scripts/results/fmnist_c.json")
+json.dump(out, open("scripts/bench/results/fmnist_c.json", "w"), indent=1)
+print("wrote scripts/bench/results/fmnist_c.json")
 EOF

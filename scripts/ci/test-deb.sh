@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Tests the amd64 fieldtune .deb for real on this machine (root; systemd need not run): builds
-# it with cargo-deb from the x86_64 `dist` binary (scripts/ci-deploy.sh builds that binary),
+# it with cargo-deb from the x86_64 `dist` binary (scripts/ci/ci-deploy.sh builds that binary),
 # installs it, checks the user, folders and conffile, `systemd-analyze verify`s the unit, runs
 # the unit's ExecStart as the service user with the unit's working directory, environment
 # (NOTIFY_SOCKET with a listener that must see READY=1, WATCHDOG=1 and STOPPING=1) and no new
@@ -9,10 +9,10 @@
 # a local conffile edit kept); `dpkg -r` keeps state and config; `dpkg -P` removes them and
 # the user. Any mismatch fails. Cleans up on exit, so it can run again.
 #
-# Usage: scripts/test-deb.sh [OUT_DIR]   (default out/deploy; packages are written there)
+# Usage: scripts/ci/test-deb.sh [OUT_DIR]   (default out/deploy; packages are written there)
 # Refuses to touch an existing fieldtune install unless CI=true or FIELDTUNE_DEB_TEST_FORCE=1.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 out="${1:-out/deploy}"
 mkdir -p "${out}"
 out="$(cd "${out}" && pwd)"
@@ -28,7 +28,7 @@ since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 [[ "$(id -u)" == 0 ]] || fail "run as root (dpkg -i, a system user)"
 [[ "$(dpkg --print-architecture)" == amd64 ]] || fail "this test installs the amd64 package"
 bin="${CARGO_TARGET_DIR}/${triple}/${profile}/fieldtune"
-[[ -x "${bin}" ]] || fail "${bin} missing: bash scripts/ci-deploy.sh tools cross"
+[[ -x "${bin}" ]] || fail "${bin} missing: bash scripts/ci/ci-deploy.sh tools cross"
 
 purge() {
     if dpkg-query -W -f='${Status}' fieldtune 2>/dev/null | grep -q 'installed\|config-files'; then

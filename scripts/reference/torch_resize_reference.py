@@ -1,6 +1,6 @@
 """PyTorch reference for Resize: exports F.interpolate cases with Debian's torch 1.13 and
 writes each model with its expected output, for tests/tests/gradcheck.rs
-(`resize_forward_matches_pytorch`). Usage: /usr/bin/python3 scripts/torch_resize_reference.py DIR
+(`resize_forward_matches_pytorch`). Usage: /usr/bin/python3 scripts/reference/torch_resize_reference.py DIR
 Writes DIR/<case>.onnx and DIR/<case>.json ({"input": [...], "shape": [...], "output": [...],
 "output_shape": [...]})."""
 import json

@@ -3,8 +3,8 @@
 fieldtune on tract, and PyTorch (Debian's python3-torch; the BLAS it really loaded is
 reported), each in its own process, on the same models and the same UDA recipe.
 
-    /usr/bin/python3 scripts/bench_speed.py [--models mnist,mobilenetv2] [--bin target/release/fieldtune]
-        [--steps 20] [--out scripts/results/bench_speed.json]
+    /usr/bin/python3 scripts/bench/bench_speed.py [--models mnist,mobilenetv2] [--bin target/release/fieldtune]
+        [--steps 20] [--out scripts/bench/results/bench_speed.json]
 
 Per model: the UDA train step (textbook loss: CE with TSA on the labeled batch + masked,
 sharpened KL consistency; the weak view's forward pass without gradients; AdamW), images per
@@ -13,7 +13,7 @@ throughput at batch 64 (MobileNetV2: 8); the peak resident memory of each proces
 train steps. Batches: MNIST CNN 32 labeled / 64 weak / 64 strong; MobileNetV2 224x224 8/8/8
 with BatchNorm in train mode. Inputs are fixed random tensors (speed does not depend on them).
 Prints a table with the ratios to PyTorch and writes JSON. Build the binary first
-(cargo build --release) and make MobileNetV2 (scripts/prepare_backbones.py).
+(cargo build --release) and make MobileNetV2 (scripts/data/prepare_backbones.py).
 """
 import argparse
 import io
@@ -26,7 +26,8 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+SCRIPTS = os.path.dirname(HERE)
+ROOT = os.path.dirname(SCRIPTS)
 
 MODELS = {
     "mnist": {"dir": "models/mnist-cnn", "bl": 32, "bu": 64, "infer_batch": 64, "norm": []},
@@ -44,7 +45,7 @@ def torch_worker(name, steps, warmup, latency_runs, device="cpu"):
     cuda); prints one JSON line."""
     import numpy as np
     import torch
-    sys.path.insert(0, HERE)
+    sys.path[:0] = [os.path.join(SCRIPTS, "data"), SCRIPTS]
     import fetch_packages as fp
     from reference.uda import uda_loss
 
@@ -160,7 +161,7 @@ def main():
     ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/fieldtune"))
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--latency-runs", type=int, default=100)
-    ap.add_argument("--out", default=os.path.join(ROOT, "scripts/results/bench_speed.json"))
+    ap.add_argument("--out", default=os.path.join(ROOT, "scripts/bench/results/bench_speed.json"))
     ap.add_argument("--torch-worker", help=argparse.SUPPRESS)
     ap.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -199,7 +200,7 @@ def main():
           f"PyTorch BLAS: {results[next(iter(results))]['torch']['blas_loaded']}")
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out, "w") as f:
-        json.dump({"script": "scripts/bench_speed.py", "cpu_mhz": mhz, "cores": cores, "peak_gflops": peak, "isa": isa,
+        json.dump({"script": "scripts/bench/bench_speed.py", "cpu_mhz": mhz, "cores": cores, "peak_gflops": peak, "isa": isa,
                    "python": platform.python_version(), "results": results}, f, indent=1)
         f.write("\n")
     print(f"wrote {a.out}")

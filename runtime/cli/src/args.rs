@@ -1,0 +1,238 @@
+//! Argument groups that several commands share: the engine settings (global), input
+//! normalisation for a bare .onnx, and the recipe settings with their resolution into an
+//! [`AdaptConfig`].
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, ValueEnum};
+use fieldtune_adapt::{AdaptConfig, RECIPES};
+use fieldtune_graph::{BatchNormMode, MeanTeacher, Trainable, UdaLoss};
+
+#[derive(Args)]
+pub(crate) struct EngineArgs {
+    /// Which engine runs the graphs: ONNX Runtime when its library is found, else tract (auto).
+    #[arg(long, global = true, value_enum, default_value_t = EngineChoice::Auto)]
+    pub(crate) engine: EngineChoice,
+    /// ONNX Runtime library (libonnxruntime.so or its folder). Otherwise: ORT_DYLIB_PATH,
+    /// .ort/lib (scripts/install-ort.sh), Python's onnxruntime package, the system.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub(crate) ort_lib: Option<PathBuf>,
+    /// Threads per operator: ONNX Runtime's intra-op threads, or the size of tract's thread pool
+    /// for matrix products and large elementwise ops (default: one per core).
+    #[arg(long, global = true, value_name = "N")]
+    pub(crate) threads: Option<usize>,
+    /// ONNX Runtime execution providers in priority order: cpu, cuda[:N], tensorrt[:N]
+    /// (e.g. `tensorrt,cuda`). Each must register or the command fails; nodes a provider
+    /// cannot run go to the next one. Run `fieldtune doctor` to see what the library has.
+    /// (`fieldtune run` takes these settings from its config's [engine] section.)
+    #[arg(long, global = true, value_name = "CHAIN", default_value = "cpu")]
+    pub(crate) ep: String,
+    /// Folder for TensorRT's engine and timing caches (the first run builds engines, which
+    /// takes minutes on a Jetson; later runs load them).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub(crate) trt_cache: Option<PathBuf>,
+    /// ONNX Runtime graph optimization level.
+    #[arg(long, global = true, value_enum, default_value_t = GraphOpt::All)]
+    pub(crate) graph_opt: GraphOpt,
+    /// Turn off ONNX Runtime's CPU memory arena (lower resident memory, slower allocation).
+    #[arg(long, global = true)]
+    pub(crate) no_arena: bool,
+    /// Turn on ONNX Runtime's memory pattern (one pre-planned block for all intermediate
+    /// tensors; off by default: it makes a train step hold every activation's slot at once).
+    #[arg(long, global = true)]
+    pub(crate) mem_pattern: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum GraphOpt {
+    Disable,
+    Basic,
+    Extended,
+    All,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum EngineChoice {
+    Auto,
+    Ort,
+    Tract,
+}
+
+#[derive(Args)]
+pub(crate) struct RecipeArgs {
+    /// Named starting point for the settings.
+    #[arg(long, default_value = "uda-im", value_parser = recipe_names())]
+    recipe: String,
+    /// TOML file overriding any setting (its own `recipe` key wins over --recipe).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Optimizer steps.
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Seed for sampling and augmentation.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Learning rate.
+    #[arg(long)]
+    lr: Option<f32>,
+    /// Labeled anchors per step.
+    #[arg(long)]
+    batch_labeled: Option<usize>,
+    /// Unlabeled frames per step.
+    #[arg(long)]
+    batch_unlabeled: Option<usize>,
+    /// Batch size in one number: N unlabeled frames and N/2 labeled anchors per step (when the
+    /// recipe uses anchors). --batch-labeled / --batch-unlabeled win over it.
+    #[arg(long, value_name = "N")]
+    batch: Option<usize>,
+    /// What trains: all, bn (BatchNorm scale and bias, TENT-style), head (the last block),
+    /// last:K (the last K blocks; a block is a parameter name up to its first numeric part,
+    /// e.g. features.17), or comma-separated name globs (e.g. 'fc*,*.bias').
+    #[arg(long, value_name = "SELECTION", value_parser = parse_trainable)]
+    train: Option<Trainable>,
+    /// The unlabeled objective, replacing the recipe's loss terms: uda (masked, sharpened KL
+    /// consistency + anchor CE), tent (prediction entropy only; no anchors), fixmatch (hard
+    /// pseudo-labels above 0.95 on the strong view + anchor CE), teacher (uda with targets
+    /// from a mean teacher, EMA 0.999, updated inside the train step; the teacher is the
+    /// adapted model), cotta (CoTTA: mean teacher, EMA 0.999, whose targets are averaged over
+    /// 4 mildly augmented views where its confidence is below 0.9, soft cross-entropy on the
+    /// unaugmented frames, stochastic restore of 1% of the weights to the source model per
+    /// step; no anchors), rotation (test-time training: predict the rotation, 0/90/180/270
+    /// degrees, of each frame with a linear head on the classifier's input; square images;
+    /// no anchors; the head is not saved).
+    #[arg(long, value_enum)]
+    objective: Option<Objective>,
+    /// BatchNorm while adapting: train (batch statistics, running statistics updated) or
+    /// frozen (running statistics).
+    #[arg(long, value_enum)]
+    batchnorm: Option<BnArg>,
+}
+
+/// Input normalisation for a bare .onnx model (or to override model.toml's).
+#[derive(Args, Clone, Debug, Default)]
+pub(crate) struct NormArgs {
+    /// Per-channel mean subtracted after scaling pixels to 0..1 (one value, or one per
+    /// channel, comma-separated). Default for a bare .onnx: none (0).
+    #[arg(long, value_delimiter = ',', requires = "std")]
+    mean: Option<Vec<f32>>,
+    /// Per-channel standard deviation divided by (default for a bare .onnx: none, 1).
+    #[arg(long, value_delimiter = ',', requires = "mean")]
+    std: Option<Vec<f32>>,
+}
+
+impl NormArgs {
+    pub(crate) fn pair(&self) -> Option<(Vec<f32>, Vec<f32>)> {
+        self.mean.clone().zip(self.std.clone())
+    }
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Objective {
+    Uda,
+    Tent,
+    Fixmatch,
+    Teacher,
+    Cotta,
+    Rotation,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum BnArg {
+    Train,
+    Frozen,
+}
+
+fn parse_trainable(s: &str) -> std::result::Result<Trainable, String> {
+    Trainable::parse(s)
+}
+
+fn recipe_names() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(RECIPES.iter().map(|r| r.0))
+}
+
+impl RecipeArgs {
+    pub(crate) fn resolve(&self) -> Result<AdaptConfig> {
+        let mut cfg = match &self.config {
+            Some(p) => AdaptConfig::load(p)?,
+            None => AdaptConfig::preset(&self.recipe)?,
+        };
+        if let Some(v) = self.steps {
+            cfg.steps = v;
+        }
+        if let Some(v) = self.seed {
+            cfg.seed = v;
+        }
+        if let Some(v) = self.lr {
+            cfg.lr = v;
+        }
+        if let Some(o) = self.objective {
+            let ce = if matches!(o, Objective::Tent | Objective::Cotta | Objective::Rotation) {
+                0.0
+            } else {
+                1.0
+            };
+            let consistency = matches!(o, Objective::Uda | Objective::Teacher);
+            cfg.loss = UdaLoss {
+                ce_weight: ce,
+                consistency_weight: if consistency { 1.0 } else { 0.0 },
+                entropy_weight: match o {
+                    Objective::Tent => 1.0,
+                    Objective::Uda | Objective::Teacher => cfg.loss.entropy_weight,
+                    Objective::Fixmatch | Objective::Cotta | Objective::Rotation => 0.0,
+                },
+                diversity_weight: if consistency {
+                    cfg.loss.diversity_weight
+                } else {
+                    0.0
+                },
+                pseudo_label_weight: if matches!(o, Objective::Fixmatch) {
+                    1.0
+                } else {
+                    0.0
+                },
+                ..cfg.loss.clone()
+            };
+            if ce == 0.0 {
+                cfg.batch_labeled = 0;
+            }
+            cfg.teacher = matches!(o, Objective::Teacher | Objective::Cotta)
+                .then_some(MeanTeacher { ema: 0.999 });
+            cfg.cotta = match o {
+                Objective::Cotta => Some(cfg.cotta.unwrap_or_default()),
+                _ => None,
+            };
+            if matches!(o, Objective::Cotta) {
+                // CoTTA's student sees the frames themselves.
+                cfg.strong = fieldtune_adapt::recipe::AugmentConfig::Identity;
+            }
+            cfg.rotation = match o {
+                Objective::Rotation => Some(cfg.rotation.clone().unwrap_or_default()),
+                _ => None,
+            };
+        }
+        if let Some(n) = self.batch {
+            cfg.batch_unlabeled = n;
+            if cfg.batch_labeled > 0 {
+                cfg.batch_labeled = (n / 2).max(1);
+            }
+        }
+        if let Some(v) = self.batch_labeled {
+            cfg.batch_labeled = v;
+        }
+        if let Some(v) = self.batch_unlabeled {
+            cfg.batch_unlabeled = v;
+        }
+        if let Some(t) = &self.train {
+            cfg.trainable = t.clone();
+        }
+        if let Some(b) = self.batchnorm {
+            cfg.batchnorm = match b {
+                BnArg::Train => BatchNormMode::Train,
+                BnArg::Frozen => BatchNormMode::Frozen,
+            };
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}

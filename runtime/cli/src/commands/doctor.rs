@@ -1,0 +1,46 @@
+//! `fieldtune doctor`: which engines and execution providers are present; with --board, how
+//! this machine compares with a board profile.
+
+use anyhow::Result;
+use clap::Args;
+use fieldtune_board_profile::{check_engines, check_host, Level, Profile};
+use fieldtune_engine::doctor_report;
+
+use crate::args::EngineArgs;
+
+#[derive(Args)]
+pub struct DoctorArgs {
+    /// Board profile: a shipped name (jetson-orin-nano-8gb, jetson-orin-nx-16gb,
+    /// jetson-agx-orin-64gb, jetson-xavier-nx, x86-cpu, raspberry-pi-5) or a .toml file.
+    #[arg(long, value_name = "NAME|PATH")]
+    board: Option<String>,
+}
+
+pub fn run(a: DoctorArgs, engine_args: &EngineArgs) -> Result<()> {
+    // A bad profile fails before anything is printed.
+    let profile = a.board.as_deref().map(Profile::load).transpose()?;
+    let report = doctor_report(engine_args.ort_lib.as_deref());
+    println!("{report}");
+    if let Some(profile) = profile {
+        let b = &profile.board;
+        println!("board {}: {}", b.name, b.description);
+        let mut findings = check_host(&profile);
+        findings.extend(check_engines(
+            &profile,
+            report.ort.is_ok(),
+            &report.execution_providers,
+        ));
+        for f in &findings {
+            println!("  {f}");
+        }
+        let differ = findings
+            .iter()
+            .filter(|f| f.level == Level::Differs)
+            .count();
+        println!(
+            "  {differ} of {} checks differ from the profile",
+            findings.len()
+        );
+    }
+    Ok(())
+}
