@@ -1,11 +1,10 @@
 //! The `fieldtune` command: wires the crates together; no logic of its own beyond
 //! arguments, progress and printing. This file holds the clap tree and the dispatch; each
-//! command is a module of `commands/` (`fieldtune run` and `report` are in `field_cmd`).
+//! command is a module of `commands/`.
 
 mod args;
 mod board_leds;
 mod commands;
-mod field_cmd;
 mod sd_notify;
 
 use std::process::ExitCode;
@@ -13,7 +12,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use args::{EngineArgs, EngineChoice};
+use args::EngineArgs;
 
 #[derive(Parser)]
 #[command(
@@ -53,11 +52,11 @@ enum Command {
     /// Adapt the shipped MNIST CNN to OpenCV digits and report accuracy before and after.
     Demo(commands::demo::DemoArgs),
     /// Serve a model on a frame stream and adapt it in the background (gated, checkpointed).
-    #[command(long_about = field_cmd::RUN_ABOUT, after_help = field_cmd::RUN_AFTER)]
-    Run(field_cmd::RunArgs),
+    #[command(long_about = commands::run::RUN_ABOUT, after_help = commands::run::RUN_AFTER)]
+    Run(commands::run::RunArgs),
     /// Draw a run's event log as a PNG (accuracy, entropy, mask rate, latency; commits and
     /// rollbacks marked).
-    Report(field_cmd::ReportArgs),
+    Report(commands::report::ReportArgs),
     /// Time the train step and inference of a model on one engine, with peak memory.
     #[command(long_about = commands::bench::BENCH_ABOUT)]
     Bench(commands::bench::BenchArgs),
@@ -119,8 +118,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Compile(a) => commands::compile::run(a),
         Command::Doctor(a) => commands::doctor::run(a, engine),
         Command::Demo(a) => commands::demo::run(a, engine),
-        Command::Run(a) => field_cmd::run(a, engine),
-        Command::Report(a) => field_cmd::report(a),
+        Command::Run(a) => commands::run::run(a, engine),
+        Command::Report(a) => commands::report::run(a),
         Command::Bench(a) => commands::bench::run(a, engine),
         Command::Tta(a) => commands::tta::run(a, engine),
     }

@@ -28,10 +28,8 @@ pub struct CompileArgs {
 pub fn run(a: CompileArgs) -> Result<()> {
     let m = open_model(&a.model, &a.norm)?;
     let cfg = a.recipe.resolve()?;
-    let step = fieldtune_graph::compile_train_step(
-        &m.model,
-        &fieldtune_adapt::train_spec(&m, &cfg),
-    )?;
+    let step =
+        fieldtune_graph::compile_train_step(&m.model, &fieldtune_adapt::train_spec(&m, &cfg))?;
     let bytes = fieldtune_graph::encode_model(&step.to_model());
     fieldtune_adapt::fsutil::atomic_write(&a.out, &bytes)?;
     println!("wrote {} ({} bytes)", a.out.display(), bytes.len());

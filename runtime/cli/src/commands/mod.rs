@@ -7,6 +7,8 @@ pub mod compile;
 pub mod demo;
 pub mod doctor;
 pub mod eval;
+pub mod report;
+pub mod run;
 pub mod tta;
 
 use std::collections::HashMap;

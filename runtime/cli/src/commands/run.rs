@@ -1,5 +1,4 @@
-//! `fieldtune run` and `fieldtune report`: arguments and printing; the work is in
-//! fieldtune-field.
+//! `fieldtune run`: arguments and printing; the work is in fieldtune-field.
 
 use std::path::{Path, PathBuf};
 
@@ -9,7 +8,7 @@ use fieldtune_engine::EnginePreference;
 use fieldtune_field::config::EXAMPLE;
 use fieldtune_field::{RunConfig, RunOptions};
 
-use super::{EngineArgs, EngineChoice};
+use crate::args::{EngineArgs, EngineChoice};
 
 pub const RUN_ABOUT: &str = "Serve a classifier on a stream of frames and adapt it in the background.\n\n\
 Frames come from image folders or a GStreamer pipeline (video file, Jetson CSI camera, V4L2 camera), \
@@ -52,24 +51,6 @@ pub struct RunArgs {
     /// Verify the checkpoints in the config's state folder and exit.
     #[arg(long)]
     check_state: bool,
-}
-
-#[derive(Args)]
-pub struct ReportArgs {
-    /// The event log of a run (<state_dir>/events.jsonl).
-    #[arg(long, value_name = "FILE")]
-    events: PathBuf,
-    /// The PNG to write.
-    #[arg(long, value_name = "FILE", default_value = "report.png")]
-    out: PathBuf,
-    /// A TrueType font for the labels (default: DejaVu Sans from fonts-dejavu-core, or
-    /// FIELDTUNE_FONT).
-    #[arg(long, value_name = "FILE")]
-    font: Option<PathBuf>,
-    #[arg(long, default_value_t = 1400)]
-    width: u32,
-    #[arg(long, default_value_t = 1200)]
-    height: u32,
 }
 
 fn preference(e: &EngineArgs) -> EnginePreference {
@@ -146,35 +127,6 @@ fn check_state(dir: &Path) -> Result<()> {
     }
     for (name, version) in found {
         println!("{}: ok (version {version})", dir.join(name).display());
-    }
-    Ok(())
-}
-
-pub fn report(args: ReportArgs) -> Result<()> {
-    let s = fieldtune_field::report::render(
-        &args.events,
-        &args.out,
-        args.font.as_deref(),
-        args.width,
-        args.height,
-    )?;
-    println!(
-        "wrote {} from {} events ({} starts, {} rounds: {} committed, {} rolled back, {} resets{})",
-        args.out.display(),
-        s.events,
-        s.starts,
-        s.rounds,
-        s.commits,
-        s.rollbacks,
-        s.resets,
-        if s.skipped_lines > 0 {
-            format!("; {} torn lines skipped", s.skipped_lines)
-        } else {
-            String::new()
-        }
-    );
-    if let (Some(a), Some(b)) = (s.first_accuracy, s.last_accuracy) {
-        println!("live accuracy: first window {a:.4}, last window {b:.4}");
     }
     Ok(())
 }
