@@ -7,30 +7,9 @@ use std::collections::{HashMap, HashSet};
 use fieldtune_tensor::Tensor;
 
 use crate::error::{GraphError, Result};
-use crate::infer::{infer, Value};
+use crate::infer::{folds, infer, Value};
 use crate::ir::{attr, Elem, Graph, Io, Node};
 use crate::proto::AttributeProto;
-
-/// Ops whose constant results are computed at compile time.
-const FOLDABLE: &[&str] = &[
-    "Constant",
-    "Shape",
-    "Size",
-    "Gather",
-    "Unsqueeze",
-    "Squeeze",
-    "Concat",
-    "Slice",
-    "Cast",
-    "Reshape",
-    "Flatten",
-    "Identity",
-    "ConstantOfShape",
-    "Add",
-    "Sub",
-    "Mul",
-    "Div",
-];
 
 /// A vector-Jacobian product given for a whole subgraph, used instead of differentiating its
 /// nodes one by one (fewer and cheaper gradient ops).
@@ -210,9 +189,7 @@ impl Builder {
                 self.claim(o)?;
             }
         }
-        let fold = FOLDABLE.contains(&node.op.as_str())
-            && node.outputs.len() == 1
-            && outs[0].konst.is_some();
+        let fold = folds(&node.op) && node.outputs.len() == 1 && outs[0].konst.is_some();
         if fold {
             let t = outs[0].konst.clone().expect("checked");
             self.inits.push((node.outputs[0].clone(), t));

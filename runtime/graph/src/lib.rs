@@ -10,6 +10,7 @@ pub mod infer;
 pub mod ir;
 pub mod loss;
 pub mod lower;
+pub mod ops;
 pub mod optim;
 pub mod proto;
 pub mod random;
