@@ -347,6 +347,118 @@ fn concat_slice_transpose_where() {
 }
 
 #[test]
+fn unsqueeze_squeeze_expand_pad() {
+    check("Unsqueeze/Squeeze/Expand/Pad", |seed| {
+        let mut r = rng(seed);
+        let d = dims(seed, 2, 5, 2);
+        let x = uniform(&mut r, &[d[0], 1, d[1]], -1.0, 1.0);
+        let build = move |b: &mut Builder, n: &[String]| {
+            let ax = b.ints(&[1]);
+            let sq = b.op("Squeeze", &[&n[0], &ax], vec![])?;
+            let ax0 = b.ints(&[0]);
+            let un = b.op("Unsqueeze", &[&sq, &ax0], vec![])?;
+            let shape = b.ints(&[3, d[0] as i64, d[1] as i64]);
+            let ex = b.op("Expand", &[&un, &shape], vec![])?;
+            let pads = b.ints(&[0, 1, 2, 1, 0, 1]);
+            let y = b.op("Pad", &[&ex, &pads], vec![])?;
+            b.op("Mul", &[&y, &y], vec![])
+        };
+        (vec![("x".into(), x)], 1e-2, Box::new(build))
+    });
+}
+
+#[test]
+fn sum_cast_and_inference_dropout() {
+    check("Sum/Cast/Dropout", |seed| {
+        let mut r = rng(seed);
+        let d = dims(seed, 2, 5, 2);
+        let a = uniform(&mut r, &[d[0], d[1]], -1.0, 1.0);
+        let c = uniform(&mut r, &[d[1]], -1.0, 1.0);
+        let e = uniform(&mut r, &[d[0], 1], -1.0, 1.0);
+        let build = |b: &mut Builder, n: &[String]| {
+            let s = b.op("Sum", &[&n[0], &n[1], &n[2]], vec![])?;
+            let f = b.op("Cast", &[&s], vec![attr::int("to", 1)])?;
+            let y = b.op("Dropout", &[&f], vec![])?;
+            b.op("Mul", &[&y, &n[0]], vec![])
+        };
+        (
+            vec![("a".into(), a), ("c".into(), c), ("e".into(), e)],
+            1e-2,
+            Box::new(build),
+        )
+    });
+}
+
+/// The ops whose gradient rules the cases in this file check by finite differences. The
+/// next test compares it with the op table: a new rule needs a case here.
+const COVERED: &[&str] = &[
+    "Add",
+    "AveragePool",
+    "Cast",
+    "Clip",
+    "Concat",
+    "Conv",
+    "Div",
+    "Dropout",
+    "Exp",
+    "Expand",
+    "Flatten",
+    "Gemm",
+    "GlobalAveragePool",
+    "HardSigmoid",
+    "HardSwish",
+    "Identity",
+    "LeakyRelu",
+    "Log",
+    "LogSoftmax",
+    "MatMul",
+    "MaxPool",
+    "Mul",
+    "Neg",
+    "Pad",
+    "ReduceMean",
+    "ReduceSum",
+    "Relu",
+    "Reshape",
+    "Resize",
+    "Sigmoid",
+    "Slice",
+    "Softmax",
+    "Split",
+    "Sqrt",
+    "Squeeze",
+    "Sub",
+    "Sum",
+    "Tanh",
+    "Transpose",
+    "Unsqueeze",
+    "Where",
+];
+
+#[test]
+fn every_differentiable_op_has_a_finite_difference_case() {
+    let table = fieldtune_graph::ops::differentiable();
+    let missing: Vec<&str> = table
+        .iter()
+        .copied()
+        .filter(|op| !COVERED.contains(op))
+        .collect();
+    let stale: Vec<&str> = COVERED
+        .iter()
+        .copied()
+        .filter(|op| !table.contains(op))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "ops with a gradient rule but no finite-difference case in gradcheck.rs: {missing:?}"
+    );
+    assert!(
+        stale.is_empty(),
+        "COVERED lists ops without a gradient rule in the op table: {stale:?}"
+    );
+}
+
+#[test]
 fn unsupported_op_on_the_gradient_path_is_refused_by_name() {
     let mut b = Builder::new(17);
     let x = b
