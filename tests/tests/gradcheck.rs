@@ -389,6 +389,40 @@ fn sum_cast_and_inference_dropout() {
     });
 }
 
+/// Gather along each axis with fed 2-D indices that repeat and count from the end (their
+/// gradients add up), and with constant indices.
+#[test]
+fn gather_repeated_and_negative_indices() {
+    for axis in [0i64, 1, -1] {
+        check(&format!("Gather axis {axis}"), move |seed| {
+            let mut r = rng(seed + 90);
+            let d = dims(seed, 3, 5, 3);
+            let x = uniform(&mut r, &d, -1.0, 1.0);
+            let len = d[if axis < 0 { 2 } else { axis as usize }] as i64;
+            let idx = Tensor::i64(vec![2, 3], vec![0, len - 1, -1, 1, 0, -len]).expect("sized");
+            let build = move |b: &mut Builder, n: &[String]| {
+                b.op("Gather", &[&n[0], &n[1]], vec![attr::int("axis", axis)])
+            };
+            (
+                vec![("x".into(), x), ("i".into(), idx)],
+                1e-2,
+                Box::new(build),
+            )
+        });
+    }
+    check("Gather constant indices", |seed| {
+        let mut r = rng(seed + 91);
+        let d = dims(seed, 3, 5, 2);
+        let x = uniform(&mut r, &d, -1.0, 1.0);
+        let build = |b: &mut Builder, n: &[String]| {
+            let i = b.constant(Tensor::i64(vec![4], vec![2, 0, 2, 1]).expect("sized"));
+            let g = b.op("Gather", &[&n[0], &i], vec![attr::int("axis", 1)])?;
+            b.op("Mul", &[&g, &g], vec![])
+        };
+        (vec![("x".into(), x)], 1e-2, Box::new(build))
+    });
+}
+
 /// The ops whose gradient rules the cases in this file check by finite differences. The
 /// next test compares it with the op table: a new rule needs a case here.
 const COVERED: &[&str] = &[

@@ -6,7 +6,7 @@ use crate::builder::Builder;
 use crate::error::{GraphError, Result};
 use crate::ir::{attr, Elem, Node};
 
-use super::entry::{def, dy, only, req, rule, rule_all, Grad, Grads, OpDef};
+use super::entry::{def, dy, only, req, rule, rule_all, vec_i64, Grad, Grads, OpDef};
 use super::value::{norm_axis, Value};
 
 pub const OPS: &[OpDef] = &[
@@ -14,7 +14,7 @@ pub const OPS: &[OpDef] = &[
     def("Split", split, false, rule(split_back)),
     def("Slice", slice, true, rule(slice_back)),
     def("Pad", pad, false, rule(pad_back)),
-    def("Gather", gather, true, Grad::NoRule),
+    def("Gather", gather, true, rule(gather_back)),
     def("ScatterElements", scatter_elements, false, Grad::NoRule),
 ];
 
@@ -345,4 +345,46 @@ fn pad_back(b: &mut Builder, n: &Node, gy: &[Option<String>]) -> Grads {
     let axes: Vec<i64> = (0..r as i64).collect();
     let (s, e, a) = (b.ints(&starts), b.ints(&ends), b.ints(&axes));
     Ok(only(n, b.op("Slice", &[&dy, &s, &e, &a], vec![])?))
+}
+
+/// Gather: the output's gradient scattered back to the rows it was gathered from, summed
+/// where an index repeats (ScatterElements with reduction add, opset 16+, into zeros). The
+/// indices are flattened to one axis, wrapped when they may be negative, and broadcast over
+/// the other axes of the data.
+fn gather_back(b: &mut Builder, n: &Node, gy: &[Option<String>]) -> Grads {
+    let dy = dy(n, gy)?;
+    let (x, idx) = (&n.inputs[0], &n.inputs[1]);
+    let xs = b.shape(x)?;
+    let axis = axis_of(n, xs.len())?;
+    let k: usize = b.shape(idx)?.iter().product();
+    let mut us = xs.clone();
+    us[axis] = k;
+    let upd = b.reshape(&dy, &us)?;
+    let mut is = vec![1; xs.len()];
+    is[axis] = k;
+    let mut i = b.reshape(idx, &is)?;
+    let known_nonneg = b
+        .value(idx)
+        .and_then(Value::ints)
+        .is_some_and(|v| v.iter().all(|&j| j >= 0));
+    if !known_nonneg {
+        let (zero, len) = (b.ints(&[0]), b.ints(&[xs[axis] as i64]));
+        let neg = b.op("Less", &[&i, &zero], vec![])?;
+        let wrapped = b.op("Add", &[&i, &len], vec![])?;
+        i = b.op("Where", &[&neg, &wrapped, &i], vec![])?;
+    }
+    let ushape = b.ints(&vec_i64(&us));
+    let i = b.op("Expand", &[&i, &ushape], vec![])?;
+    let zero = b.scalar(0.0);
+    let xshape = b.ints(&vec_i64(&xs));
+    let zeros = b.op("Expand", &[&zero, &xshape], vec![])?;
+    let g = b.op(
+        "ScatterElements",
+        &[&zeros, &i, &upd],
+        vec![
+            attr::int("axis", axis as i64),
+            attr::string("reduction", "add"),
+        ],
+    )?;
+    Ok(only(n, g))
 }
