@@ -423,6 +423,56 @@ fn gather_repeated_and_negative_indices() {
     });
 }
 
+#[test]
+fn reduce_max_and_min() {
+    for op in ["ReduceMax", "ReduceMin"] {
+        for (axes, keep) in [(vec![1i64], false), (vec![0, 2], true), (vec![-1], true)] {
+            check(
+                &format!("{op} axes {axes:?} keepdims={keep}"),
+                move |seed| {
+                    let mut r = rng(seed + 95);
+                    let d = dims(seed, 2, 5, 3);
+                    // Distinct values 20/n apart: the extreme never ties within a perturbation.
+                    let x = distinct(&mut r, &d, 20.0);
+                    let axes = axes.clone();
+                    let build =
+                        move |b: &mut Builder, n: &[String]| b.reduce(op, &n[0], &axes, keep);
+                    (vec![("x".into(), x)], 5e-3, Box::new(build))
+                },
+            );
+        }
+    }
+}
+
+/// Tied extremes (where finite differences say nothing): the gradient is split evenly
+/// between them, as PyTorch's `amax`/`amin` do, on both engines.
+#[test]
+fn reduce_max_ties_split_the_gradient() {
+    // Rows [3, 1, 3, 3], [2, 5, 0, 5]: the max of row 0 ties three times, of row 1 twice.
+    let x = Tensor::f32(vec![2, 4], vec![3., 1., 3., 3., 2., 5., 0., 5.]).expect("sized");
+    let third = 1.0 / 3.0;
+    let want = [third, 0., third, third, 0., 0.5, 0., 0.5];
+    for engine in engines() {
+        let mut b = Builder::new(17);
+        let xn = b.input("x", Elem::F32, x.shape()).expect("input");
+        let y = b.reduce("ReduceMax", &xn, &[1], false).expect("max");
+        let loss = b.reduce("ReduceSum", &y, &[0], false).expect("sum");
+        let g = backward(&mut b, &loss, &["x".to_string()]).expect("backward")["x"]
+            .clone()
+            .expect("gradient");
+        b.output_as(&g, "grad").expect("out");
+        let bytes = encode_model(&b.finish("ties").to_model("ties"));
+        let mut s = engine.load(&bytes, "ties").expect("load");
+        let out = s.run(&[("x", &x)]).expect("run");
+        let got = out[0].1.as_f32().expect("f32");
+        assert!(
+            got.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-6),
+            "{:?}: {got:?}",
+            engine.kind()
+        );
+    }
+}
+
 /// The ops whose gradient rules the cases in this file check by finite differences. The
 /// next test compares it with the op table: a new rule needs a case here.
 const COVERED: &[&str] = &[
@@ -437,6 +487,7 @@ const COVERED: &[&str] = &[
     "Exp",
     "Expand",
     "Flatten",
+    "Gather",
     "Gemm",
     "GlobalAveragePool",
     "HardSigmoid",
@@ -450,7 +501,9 @@ const COVERED: &[&str] = &[
     "Mul",
     "Neg",
     "Pad",
+    "ReduceMax",
     "ReduceMean",
+    "ReduceMin",
     "ReduceSum",
     "Relu",
     "Reshape",

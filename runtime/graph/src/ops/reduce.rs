@@ -10,8 +10,8 @@ use super::value::{norm_axis, Value};
 pub const OPS: &[OpDef] = &[
     def("ReduceSum", reduce, false, rule(sum_mean_back)),
     def("ReduceMean", reduce, false, rule(sum_mean_back)),
-    def("ReduceMax", reduce, false, Grad::NoRule),
-    def("ReduceMin", reduce, false, Grad::NoRule),
+    def("ReduceMax", reduce, false, rule(extreme_back)),
+    def("ReduceMin", reduce, false, rule(extreme_back)),
     def("ArgMax", reduce, false, Grad::Never),
     def("ArgMin", reduce, false, Grad::Never),
 ];
@@ -105,4 +105,22 @@ fn sum_mean_back(b: &mut Builder, n: &Node, gy: &[Option<String>]) -> Grads {
             b.op("Expand", &[&g, &shape], vec![])?
         },
     ))
+}
+
+/// ReduceMax, ReduceMin: the output's gradient goes to the input cells equal to the extreme,
+/// split evenly where several tie, as PyTorch's `amax`/`amin` (and full `max()`/`min()`)
+/// do; `max(dim)` would give it all to the index it returns.
+fn extreme_back(b: &mut Builder, n: &Node, gy: &[Option<String>]) -> Grads {
+    let dy = dy(n, gy)?;
+    let (x, y) = (&n.inputs[0], &n.outputs[0]);
+    let xs = b.shape(x)?;
+    let (axes, kept) = kept_shape(b, n, &xs)?;
+    let yk = b.reshape(y, &kept)?;
+    let hit = b.op("Equal", &[x, &yk], vec![])?;
+    let (one, zero) = (b.scalar(1.0), b.scalar(0.0));
+    let mask = b.op("Where", &[&hit, &one, &zero], vec![])?;
+    let count = b.reduce("ReduceSum", &mask, &vec_i64(&axes), true)?;
+    let g = b.reshape(&dy, &kept)?;
+    let share = b.op("Div", &[&g, &count], vec![])?;
+    Ok(only(n, b.op("Mul", &[&mask, &share], vec![])?))
 }
