@@ -53,6 +53,15 @@ pub(crate) trait NodeName {
     fn op_name(&self) -> &str;
 }
 
+impl<T: NodeName + ?Sized> NodeName for &T {
+    fn node_name(&self) -> &str {
+        (**self).node_name()
+    }
+    fn op_name(&self) -> &str {
+        (**self).op_name()
+    }
+}
+
 impl GraphError {
     pub(crate) fn node(node: &impl NodeName, reason: impl Into<String>) -> Self {
         GraphError::Node {
