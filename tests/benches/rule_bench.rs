@@ -8,7 +8,7 @@ use std::time::Instant;
 use fieldtune_graph::autodiff::{depthwise_weight_grad_taps, grouped_weight_grad_conv};
 use fieldtune_graph::builder::Builder;
 use fieldtune_graph::encode_model;
-use fieldtune_graph::infer::Window;
+use fieldtune_graph::infer::ConvWindow;
 use fieldtune_graph::ir::Elem;
 use fieldtune_tensor::Tensor;
 use fieldtune_tests::{engines, rel_l2, rng, uniform};
@@ -64,7 +64,7 @@ fn main() {
         let mut r = rng(c as u64);
         let x = uniform(&mut r, &[nb, c, hw, hw], -1.0, 1.0);
         let dy = uniform(&mut r, &[nb, c, o, o], -1.0, 1.0);
-        let win = Window {
+        let win = ConvWindow {
             kernel: vec![3, 3],
             strides: vec![s, s],
             dilations: vec![1, 1],

@@ -347,6 +347,205 @@ fn concat_slice_transpose_where() {
 }
 
 #[test]
+fn unsqueeze_squeeze_expand_pad() {
+    check("Unsqueeze/Squeeze/Expand/Pad", |seed| {
+        let mut r = rng(seed);
+        let d = dims(seed, 2, 5, 2);
+        let x = uniform(&mut r, &[d[0], 1, d[1]], -1.0, 1.0);
+        let build = move |b: &mut Builder, n: &[String]| {
+            let ax = b.ints(&[1]);
+            let sq = b.op("Squeeze", &[&n[0], &ax], vec![])?;
+            let ax0 = b.ints(&[0]);
+            let un = b.op("Unsqueeze", &[&sq, &ax0], vec![])?;
+            let shape = b.ints(&[3, d[0] as i64, d[1] as i64]);
+            let ex = b.op("Expand", &[&un, &shape], vec![])?;
+            let pads = b.ints(&[0, 1, 2, 1, 0, 1]);
+            let y = b.op("Pad", &[&ex, &pads], vec![])?;
+            b.op("Mul", &[&y, &y], vec![])
+        };
+        (vec![("x".into(), x)], 1e-2, Box::new(build))
+    });
+}
+
+#[test]
+fn sum_cast_and_inference_dropout() {
+    check("Sum/Cast/Dropout", |seed| {
+        let mut r = rng(seed);
+        let d = dims(seed, 2, 5, 2);
+        let a = uniform(&mut r, &[d[0], d[1]], -1.0, 1.0);
+        let c = uniform(&mut r, &[d[1]], -1.0, 1.0);
+        let e = uniform(&mut r, &[d[0], 1], -1.0, 1.0);
+        let build = |b: &mut Builder, n: &[String]| {
+            let s = b.op("Sum", &[&n[0], &n[1], &n[2]], vec![])?;
+            let f = b.op("Cast", &[&s], vec![attr::int("to", 1)])?;
+            let y = b.op("Dropout", &[&f], vec![])?;
+            b.op("Mul", &[&y, &n[0]], vec![])
+        };
+        (
+            vec![("a".into(), a), ("c".into(), c), ("e".into(), e)],
+            1e-2,
+            Box::new(build),
+        )
+    });
+}
+
+/// Gather along each axis with fed 2-D indices that repeat and count from the end (their
+/// gradients add up), and with constant indices.
+#[test]
+fn gather_repeated_and_negative_indices() {
+    for axis in [0i64, 1, -1] {
+        check(&format!("Gather axis {axis}"), move |seed| {
+            let mut r = rng(seed + 90);
+            let d = dims(seed, 3, 5, 3);
+            let x = uniform(&mut r, &d, -1.0, 1.0);
+            let len = d[if axis < 0 { 2 } else { axis as usize }] as i64;
+            let idx = Tensor::i64(vec![2, 3], vec![0, len - 1, -1, 1, 0, -len]).expect("sized");
+            let build = move |b: &mut Builder, n: &[String]| {
+                b.op("Gather", &[&n[0], &n[1]], vec![attr::int("axis", axis)])
+            };
+            (
+                vec![("x".into(), x), ("i".into(), idx)],
+                1e-2,
+                Box::new(build),
+            )
+        });
+    }
+    check("Gather constant indices", |seed| {
+        let mut r = rng(seed + 91);
+        let d = dims(seed, 3, 5, 2);
+        let x = uniform(&mut r, &d, -1.0, 1.0);
+        let build = |b: &mut Builder, n: &[String]| {
+            let i = b.constant(Tensor::i64(vec![4], vec![2, 0, 2, 1]).expect("sized"));
+            let g = b.op("Gather", &[&n[0], &i], vec![attr::int("axis", 1)])?;
+            b.op("Mul", &[&g, &g], vec![])
+        };
+        (vec![("x".into(), x)], 1e-2, Box::new(build))
+    });
+}
+
+#[test]
+fn reduce_max_and_min() {
+    for op in ["ReduceMax", "ReduceMin"] {
+        for (axes, keep) in [(vec![1i64], false), (vec![0, 2], true), (vec![-1], true)] {
+            check(
+                &format!("{op} axes {axes:?} keepdims={keep}"),
+                move |seed| {
+                    let mut r = rng(seed + 95);
+                    let d = dims(seed, 2, 5, 3);
+                    // Distinct values 20/n apart: the extreme never ties within a perturbation.
+                    let x = distinct(&mut r, &d, 20.0);
+                    let axes = axes.clone();
+                    let build =
+                        move |b: &mut Builder, n: &[String]| b.reduce(op, &n[0], &axes, keep);
+                    (vec![("x".into(), x)], 5e-3, Box::new(build))
+                },
+            );
+        }
+    }
+}
+
+/// Tied extremes (where finite differences say nothing): the gradient is split evenly
+/// between them, as PyTorch's `amax`/`amin` do, on both engines.
+#[test]
+fn reduce_max_ties_split_the_gradient() {
+    // Rows [3, 1, 3, 3], [2, 5, 0, 5]: the max of row 0 ties three times, of row 1 twice.
+    let x = Tensor::f32(vec![2, 4], vec![3., 1., 3., 3., 2., 5., 0., 5.]).expect("sized");
+    let third = 1.0 / 3.0;
+    let want = [third, 0., third, third, 0., 0.5, 0., 0.5];
+    for engine in engines() {
+        let mut b = Builder::new(17);
+        let xn = b.input("x", Elem::F32, x.shape()).expect("input");
+        let y = b.reduce("ReduceMax", &xn, &[1], false).expect("max");
+        let loss = b.reduce("ReduceSum", &y, &[0], false).expect("sum");
+        let g = backward(&mut b, &loss, &["x".to_string()]).expect("backward")["x"]
+            .clone()
+            .expect("gradient");
+        b.output_as(&g, "grad").expect("out");
+        let bytes = encode_model(&b.finish("ties").to_model("ties"));
+        let mut s = engine.load(&bytes, "ties").expect("load");
+        let out = s.run(&[("x", &x)]).expect("run");
+        let got = out[0].1.as_f32().expect("f32");
+        assert!(
+            got.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-6),
+            "{:?}: {got:?}",
+            engine.kind()
+        );
+    }
+}
+
+/// The ops whose gradient rules the cases in this file check by finite differences. The
+/// next test compares it with the op table: a new rule needs a case here.
+const COVERED: &[&str] = &[
+    "Add",
+    "AveragePool",
+    "Cast",
+    "Clip",
+    "Concat",
+    "Conv",
+    "Div",
+    "Dropout",
+    "Exp",
+    "Expand",
+    "Flatten",
+    "Gather",
+    "Gemm",
+    "GlobalAveragePool",
+    "HardSigmoid",
+    "HardSwish",
+    "Identity",
+    "LeakyRelu",
+    "Log",
+    "LogSoftmax",
+    "MatMul",
+    "MaxPool",
+    "Mul",
+    "Neg",
+    "Pad",
+    "ReduceMax",
+    "ReduceMean",
+    "ReduceMin",
+    "ReduceSum",
+    "Relu",
+    "Reshape",
+    "Resize",
+    "Sigmoid",
+    "Slice",
+    "Softmax",
+    "Split",
+    "Sqrt",
+    "Squeeze",
+    "Sub",
+    "Sum",
+    "Tanh",
+    "Transpose",
+    "Unsqueeze",
+    "Where",
+];
+
+#[test]
+fn every_differentiable_op_has_a_finite_difference_case() {
+    let table = fieldtune_graph::ops::differentiable();
+    let missing: Vec<&str> = table
+        .iter()
+        .copied()
+        .filter(|op| !COVERED.contains(op))
+        .collect();
+    let stale: Vec<&str> = COVERED
+        .iter()
+        .copied()
+        .filter(|op| !table.contains(op))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "ops with a gradient rule but no finite-difference case in gradcheck.rs: {missing:?}"
+    );
+    assert!(
+        stale.is_empty(),
+        "COVERED lists ops without a gradient rule in the op table: {stale:?}"
+    );
+}
+
+#[test]
 fn unsupported_op_on_the_gradient_path_is_refused_by_name() {
     let mut b = Builder::new(17);
     let x = b

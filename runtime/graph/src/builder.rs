@@ -7,30 +7,9 @@ use std::collections::{HashMap, HashSet};
 use fieldtune_tensor::Tensor;
 
 use crate::error::{GraphError, Result};
-use crate::infer::{infer, Value};
+use crate::infer::{folds, infer, Value};
 use crate::ir::{attr, Elem, Graph, Io, Node};
 use crate::proto::AttributeProto;
-
-/// Ops whose constant results are computed at compile time.
-const FOLDABLE: &[&str] = &[
-    "Constant",
-    "Shape",
-    "Size",
-    "Gather",
-    "Unsqueeze",
-    "Squeeze",
-    "Concat",
-    "Slice",
-    "Cast",
-    "Reshape",
-    "Flatten",
-    "Identity",
-    "ConstantOfShape",
-    "Add",
-    "Sub",
-    "Mul",
-    "Div",
-];
 
 /// A vector-Jacobian product given for a whole subgraph, used instead of differentiating its
 /// nodes one by one (fewer and cheaper gradient ops).
@@ -210,9 +189,7 @@ impl Builder {
                 self.claim(o)?;
             }
         }
-        let fold = FOLDABLE.contains(&node.op.as_str())
-            && node.outputs.len() == 1
-            && outs[0].konst.is_some();
+        let fold = folds(&node.op) && node.outputs.len() == 1 && outs[0].konst.is_some();
         if fold {
             let t = outs[0].konst.clone().expect("checked");
             self.inits.push((node.outputs[0].clone(), t));
@@ -381,5 +358,67 @@ impl Builder {
             outputs,
             initializers,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_exporter_shape_chain_folds_to_a_constant_reshape() {
+        let mut b = Builder::new(17);
+        let x = b.input("x", Elem::F32, &[8, 4, 3, 3]).unwrap();
+        let shape = b.op("Shape", &[&x], vec![]).unwrap();
+        let zero = b.constant(fieldtune_tensor::Tensor::i64(vec![], vec![0]).unwrap());
+        let n = b
+            .op("Gather", &[&shape, &zero], vec![attr::int("axis", 0)])
+            .unwrap();
+        let ax = b.ints(&[0]);
+        let n1 = b.op("Unsqueeze", &[&n, &ax], vec![]).unwrap();
+        let m1 = b.ints(&[-1]);
+        let target = b
+            .op("Concat", &[&n1, &m1], vec![attr::int("axis", 0)])
+            .unwrap();
+        let y = b.op("Reshape", &[&x, &target], vec![]).unwrap();
+        assert_eq!(b.shape(&y).unwrap(), vec![8, 36]);
+        assert_eq!(b.value(&target).unwrap().ints(), Some(&[8i64, -1][..]));
+        b.output(&y).unwrap();
+        let g = b.finish("t");
+        let ops: Vec<&str> = g.nodes.iter().map(|n| n.op.as_str()).collect();
+        assert_eq!(ops, ["Reshape"], "the shape chain folds away");
+    }
+
+    #[test]
+    fn conv_and_pool_shapes_resolve_auto_pad() {
+        let mut b = Builder::new(17);
+        let x = b.input("x", Elem::F32, &[1, 3, 11, 11]).unwrap();
+        let w = b.input("w", Elem::F32, &[8, 3, 3, 3]).unwrap();
+        let y = b
+            .op(
+                "Conv",
+                &[&x, &w],
+                vec![
+                    attr::string("auto_pad", "SAME_UPPER"),
+                    attr::ints("strides", &[2, 2]),
+                ],
+            )
+            .unwrap();
+        assert_eq!(b.shape(&y).unwrap(), vec![1, 8, 6, 6]);
+        let p = b
+            .op(
+                "MaxPool",
+                &[&y],
+                vec![
+                    attr::ints("kernel_shape", &[3, 3]),
+                    attr::ints("strides", &[2, 2]),
+                    attr::ints("pads", &[1, 1, 1, 1]),
+                ],
+            )
+            .unwrap();
+        assert_eq!(b.shape(&p).unwrap(), vec![1, 8, 3, 3]);
+        let w2 = b.input("w2", Elem::F32, &[8, 2, 3, 3]).unwrap();
+        let err = b.op("Conv", &[&x, &w2], vec![]).unwrap_err().to_string();
+        assert!(err.contains("Conv") && err.contains("group"), "{err}");
     }
 }

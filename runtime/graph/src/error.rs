@@ -47,11 +47,26 @@ pub enum GraphError {
     Spec(String),
 }
 
+/// What an error about a node names: the node and its op.
+pub(crate) trait NodeName {
+    fn node_name(&self) -> &str;
+    fn op_name(&self) -> &str;
+}
+
+impl<T: NodeName + ?Sized> NodeName for &T {
+    fn node_name(&self) -> &str {
+        (**self).node_name()
+    }
+    fn op_name(&self) -> &str {
+        (**self).op_name()
+    }
+}
+
 impl GraphError {
-    pub(crate) fn node(node: &crate::ir::Node, reason: impl Into<String>) -> Self {
+    pub(crate) fn node(node: &impl NodeName, reason: impl Into<String>) -> Self {
         GraphError::Node {
-            node: node.name.clone(),
-            op: node.op.clone(),
+            node: node.node_name().to_string(),
+            op: node.op_name().to_string(),
             reason: reason.into(),
         }
     }

@@ -77,6 +77,15 @@ pub struct Node {
     pub attrs: Vec<AttributeProto>,
 }
 
+impl crate::error::NodeName for Node {
+    fn node_name(&self) -> &str {
+        &self.name
+    }
+    fn op_name(&self) -> &str {
+        &self.op
+    }
+}
+
 impl Node {
     /// Integer attribute, or `default`.
     pub fn int(&self, name: &str, default: i64) -> i64 {

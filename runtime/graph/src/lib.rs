@@ -12,6 +12,7 @@ pub mod infer;
 pub mod ir;
 pub mod loss;
 pub mod lower;
+pub mod ops;
 pub mod optim;
 pub mod predict;
 pub mod proto;

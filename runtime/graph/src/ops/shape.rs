@@ -1,0 +1,260 @@
+//! Constants, shape queries and layout ops: Constant, Shape, Size, ConstantOfShape, Reshape,
+//! Flatten, Unsqueeze, Squeeze, Transpose, Expand.
+
+use fieldtune_tensor::{Tensor, TensorData};
+
+use crate::builder::Builder;
+use crate::error::{GraphError, Result};
+use crate::ir::{attr, tensor_from_proto, Node};
+
+use super::entry::{def, dy, only, req, rule, unbroadcast, Grad, Grads, OpDef};
+use super::value::{broadcast, norm_axis, reshaped, Value, FOLD_LIMIT};
+
+pub const OPS: &[OpDef] = &[
+    def("Constant", constant, true, Grad::Never),
+    def("Shape", shape, true, Grad::Never),
+    def("Size", size, true, Grad::Never),
+    def("ConstantOfShape", constant_of_shape, true, Grad::Never),
+    def("Reshape", reshape, true, rule(reshape_back)),
+    def("Flatten", flatten, true, rule(reshape_back)),
+    def("Unsqueeze", unsqueeze_squeeze, true, rule(reshape_back)),
+    def("Squeeze", unsqueeze_squeeze, true, rule(reshape_back)),
+    def("Transpose", transpose, false, rule(transpose_back)),
+    def("Expand", expand, false, rule(expand_back)),
+];
+
+fn constant(node: &Node, _: &[Option<&Value>]) -> Result<Vec<Value>> {
+    let err = |r: String| GraphError::node(node, r);
+    let t = if let Some(a) = node.attr("value") {
+        let tp =
+            a.t.as_ref()
+                .ok_or_else(|| err("value attribute holds no tensor".into()))?;
+        tensor_from_proto(tp)?
+    } else if let Some(a) = node.attr("value_float") {
+        Tensor::scalar_f32(a.f)
+    } else if let Some(a) = node.attr("value_floats") {
+        Tensor::f32(vec![a.floats.len()], a.floats.clone()).map_err(|e| err(e.to_string()))?
+    } else if let Some(a) = node.attr("value_int") {
+        Tensor::i64(vec![], vec![a.i]).map_err(|e| err(e.to_string()))?
+    } else if let Some(a) = node.attr("value_ints") {
+        Tensor::i64(vec![a.ints.len()], a.ints.clone()).map_err(|e| err(e.to_string()))?
+    } else {
+        return Err(err("no supported value attribute".into()));
+    };
+    Ok(vec![Value::konst(t)])
+}
+
+fn shape(node: &Node, ins: &[Option<&Value>]) -> Result<Vec<Value>> {
+    let x = req(node, ins, 0)?;
+    let r = x.shape.len() as i64;
+    let clamp = |v: i64| (if v < 0 { v + r } else { v }).clamp(0, r) as usize;
+    let s = clamp(node.int("start", 0));
+    let e = clamp(node.int("end", r));
+    let dims: Vec<i64> = x.shape[s..e.max(s)].iter().map(|&d| d as i64).collect();
+    Ok(vec![Value::konst(
+        Tensor::i64(vec![dims.len()], dims).expect("1-D"),
+    )])
+}
+
+fn size(node: &Node, ins: &[Option<&Value>]) -> Result<Vec<Value>> {
+    Ok(vec![Value::konst(
+        Tensor::i64(vec![], vec![req(node, ins, 0)?.numel() as i64]).expect("scalar"),
+    )])
+}
+
+fn constant_of_shape(node: &Node, ins: &[Option<&Value>]) -> Result<Vec<Value>> {
+    let err = |r: String| GraphError::node(node, r);
+    let shape: Vec<usize> = req(node, ins, 0)?
+        .ints()
+        .ok_or_else(|| err("shape input must be a constant".into()))?
+        .iter()
+        .map(|&d| d as usize)
+        .collect();
+    let val = match node.attr("value").and_then(|a| a.t.as_ref()) {
+        Some(tp) => tensor_from_proto(tp)?,
+        None => Tensor::f32(vec![1], vec![0.0]).expect("1 elem"),
+    };
+    let n: usize = shape.iter().product();
+    let k = match val.data() {
+        TensorData::F32(v) => {
+            Tensor::f32(shape.clone(), vec![v.first().copied().unwrap_or(0.0); n])
+        }
+        TensorData::I64(v) => Tensor::i64(shape.clone(), vec![v.first().copied().unwrap_or(0); n]),
+    }
+    .map_err(|e| err(e.to_string()))?;
+    let mut v = Value::konst(k);
+    if n > FOLD_LIMIT {
+        v.konst = None;
+    }
+    Ok(vec![v])
+}
+
+/// Resolves an ONNX Reshape target (0 copies a dim unless allowzero, -1 infers one).
+pub fn reshape_target(from: &[usize], spec: &[i64], allowzero: bool) -> Option<Vec<usize>> {
+    let total: usize = from.iter().product();
+    let mut out = Vec::with_capacity(spec.len());
+    let mut infer = None;
+    for (i, &s) in spec.iter().enumerate() {
+        match s {
+            -1 if infer.is_none() => {
+                infer = Some(i);
+                out.push(1);
+            }
+            0 if !allowzero => out.push(*from.get(i)?),
+            s if s >= 0 => out.push(s as usize),
+            _ => return None,
+        }
+    }
+    if let Some(i) = infer {
+        let rest: usize = out
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, &d)| d)
+            .product();
+        if rest == 0 || !total.is_multiple_of(rest) {
+            return None;
+        }
+        out[i] = total / rest;
+    }
+    (out.iter().product::<usize>() == total).then_some(out)
+}
+
+fn reshape(node: &Node, ins: &[Option<&Value>]) -> Result<Vec<Value>> {
+    let x = req(node, ins, 0)?;
+    let spec = req(node, ins, 1)?.ints().ok_or_else(|| GraphError::node(node, "target shape must be known at compile time (fieldtune folds Shape chains for a static batch)"))?;
+    let shape = reshape_target(&x.shape, spec, node.int("allowzero", 0) != 0).ok_or_else(|| {
+        GraphError::node(node, format!("cannot reshape {:?} to {:?}", x.shape, spec))
+    })?;
+    Ok(vec![reshaped(x, shape)])
+}
+
+fn flatten(node: &Node, ins: &[Option<&Value>]) -> Result<Vec<Value>> {
+    let x = req(node, ins, 0)?;
+    let axis = node.int("axis", 1);
+    let r = x.shape.len();
+    let a = if axis < 0 { axis + r as i64 } else { axis };
+    if !(0..=r as i64).contains(&a) {
+        return Err(GraphError::node(
+            node,
+            format!("axis {axis} out of range for rank {r}"),
+        ));
+    }
+    let a = a as usize;
+    let shape = vec![x.shape[..a].iter().product(), x.shape[a..].iter().product()];
+    Ok(vec![reshaped(x, shape)])
+}
+
+fn unsqueeze_squeeze(node: &Node, ins: &[Option<&Value>]) -> Result<Vec<Value>> {
+    let err = |r: String| GraphError::node(node, r);
+    let x = req(node, ins, 0)?;
+    let axes: Option<Vec<i64>> = match ins.get(1).copied().flatten() {
+        Some(a) => Some(
+            a.ints()
+                .ok_or_else(|| err("axes must be a constant".into()))?
+                .to_vec(),
+        ),
+        None => node.ints("axes"),
+    };
+    let shape = if node.op == "Unsqueeze" {
+        let axes = axes.ok_or_else(|| err("axes are required".into()))?;
+        let r = x.shape.len() + axes.len();
+        let mut ax: Vec<usize> = axes
+            .iter()
+            .map(|&a| norm_axis(a, r).ok_or_else(|| err(format!("axis {a} out of range"))))
+            .collect::<Result<_>>()?;
+        ax.sort_unstable();
+        let mut s = x.shape.clone();
+        for a in ax {
+            s.insert(a, 1);
+        }
+        s
+    } else {
+        let r = x.shape.len();
+        match axes {
+            Some(axes) => {
+                let ax: Vec<usize> = axes
+                    .iter()
+                    .map(|&a| norm_axis(a, r).ok_or_else(|| err(format!("axis {a} out of range"))))
+                    .collect::<Result<_>>()?;
+                if ax.iter().any(|&a| x.shape[a] != 1) {
+                    return Err(err(format!(
+                        "cannot squeeze axes {axes:?} of {:?}",
+                        x.shape
+                    )));
+                }
+                x.shape
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| !ax.contains(i))
+                    .map(|(_, &d)| d)
+                    .collect()
+            }
+            None => x.shape.iter().copied().filter(|&d| d != 1).collect(),
+        }
+    };
+    Ok(vec![reshaped(x, shape)])
+}
+
+fn transpose(node: &Node, ins: &[Option<&Value>]) -> Result<Vec<Value>> {
+    let x = req(node, ins, 0)?;
+    let r = x.shape.len();
+    let perm: Vec<usize> = match node.ints("perm") {
+        Some(p) => p.iter().map(|&a| a as usize).collect(),
+        None => (0..r).rev().collect(),
+    };
+    let mut sorted = perm.clone();
+    sorted.sort_unstable();
+    if sorted != (0..r).collect::<Vec<_>>() {
+        return Err(GraphError::node(
+            node,
+            format!("perm {perm:?} is not a permutation of rank {r}"),
+        ));
+    }
+    Ok(vec![Value::new(
+        x.elem,
+        perm.iter().map(|&p| x.shape[p]).collect(),
+    )])
+}
+
+fn expand(node: &Node, ins: &[Option<&Value>]) -> Result<Vec<Value>> {
+    let x = req(node, ins, 0)?;
+    let s: Vec<usize> = req(node, ins, 1)?
+        .ints()
+        .ok_or_else(|| GraphError::node(node, "shape must be a constant"))?
+        .iter()
+        .map(|&d| d as usize)
+        .collect();
+    let shape = broadcast(&x.shape, &s)
+        .ok_or_else(|| GraphError::node(node, format!("cannot expand {:?} to {:?}", x.shape, s)))?;
+    Ok(vec![Value::new(x.elem, shape)])
+}
+
+/// Flatten, Reshape, Unsqueeze, Squeeze: the gradient takes the input's shape back.
+fn reshape_back(b: &mut Builder, n: &Node, gy: &[Option<String>]) -> Grads {
+    let dy = dy(n, gy)?;
+    let xs = b.shape(&n.inputs[0])?;
+    Ok(only(n, b.reshape(&dy, &xs)?))
+}
+
+fn transpose_back(b: &mut Builder, n: &Node, gy: &[Option<String>]) -> Grads {
+    let dy = dy(n, gy)?;
+    let xs = b.shape(&n.inputs[0])?;
+    let perm: Vec<i64> = n
+        .ints("perm")
+        .unwrap_or_else(|| (0..xs.len() as i64).rev().collect());
+    let mut inv = vec![0i64; perm.len()];
+    for (i, &p) in perm.iter().enumerate() {
+        inv[p as usize] = i as i64;
+    }
+    Ok(only(
+        n,
+        b.op("Transpose", &[&dy], vec![attr::ints("perm", &inv)])?,
+    ))
+}
+
+fn expand_back(b: &mut Builder, n: &Node, gy: &[Option<String>]) -> Grads {
+    let dy = dy(n, gy)?;
+    let xs = b.shape(&n.inputs[0])?;
+    Ok(only(n, unbroadcast(b, &dy, &xs)?))
+}
