@@ -18,7 +18,14 @@ use rand_chacha::ChaCha8Rng;
 use crate::error::{AdaptError, Result};
 use crate::fsutil::atomic_write;
 use crate::recipe::AdaptConfig;
-use crate::trainer::AdaptData;
+
+/// The images adaptation learns from, and optionally a labeled set to score progress.
+pub struct AdaptData<'a> {
+    pub labeled: &'a [Image8],
+    pub labels: &'a [usize],
+    pub unlabeled: &'a [Image8],
+    pub eval: Option<(&'a [Image8], &'a [usize])>,
+}
 
 /// One step's input tensors, named as the train step's inputs (`x_labeled`, `y_labeled`,
 /// `x_weak`, `x_strong`, and CoTTA's `x_teacher_aug`; the labeled pair only when the recipe

@@ -8,20 +8,12 @@ use fieldtune_engine::Engine;
 use fieldtune_frames::Image8;
 use fieldtune_tensor::Tensor;
 
-use crate::batches::{prefetch, Batch, BatchMaker};
+use crate::batches::{prefetch, AdaptData, Batch, BatchMaker};
 use crate::error::{AdaptError, Result};
 use crate::eval::{evaluate, EvalReport};
 use crate::model_dir::ModelDir;
 use crate::recipe::AdaptConfig;
 use crate::session::{StepOutcome, TrainSession};
-
-/// The images adaptation learns from, and optionally a labeled set to score progress.
-pub struct AdaptData<'a> {
-    pub labeled: &'a [Image8],
-    pub labels: &'a [usize],
-    pub unlabeled: &'a [Image8],
-    pub eval: Option<(&'a [Image8], &'a [usize])>,
-}
 
 /// What one step reported.
 #[derive(Clone, Debug)]
