@@ -56,10 +56,14 @@ pub fn log_softmax(b: &mut Builder, x: &str) -> Result<String> {
     b.op("Sub", &[&z, &l], vec![])
 }
 
-/// Mean cross-entropy of `[B, K]` logits against integer `labels` (`[B]`, int64), with the
-/// block's stable log-softmax; also the accuracy (argmax == label), without gradients.
-pub fn cross_entropy(b: &mut Builder, logits: &str, labels: &str) -> Result<(String, String)> {
-    let k = b.shape(logits)?[1];
+/// Cross-entropy `[B]` of each row of `[B, K]` logits against integer `labels` (`[B]`, int64),
+/// with the block's stable log-softmax.
+pub fn per_example_cross_entropy(
+    b: &mut Builder,
+    logits: &str,
+    labels: &str,
+    k: usize,
+) -> Result<String> {
     let lp = log_softmax(b, logits)?;
     let one = b.ints(&[1]);
     let lab = b.op("Unsqueeze", &[labels, &one], vec![])?;
@@ -68,7 +72,14 @@ pub fn cross_entropy(b: &mut Builder, logits: &str, labels: &str) -> Result<(Str
     let hot = b.op("Cast", &[&hot], vec![attr::int("to", 1)])?;
     let picked = b.op("Mul", &[&hot, &lp], vec![])?;
     let picked = b.reduce("ReduceSum", &picked, &[1], false)?;
-    let ce = b.op("Neg", &[&picked], vec![])?;
+    b.op("Neg", &[&picked], vec![])
+}
+
+/// Mean cross-entropy of `[B, K]` logits against integer `labels` (`[B]`, int64), with the
+/// block's stable log-softmax; also the accuracy (argmax == label), without gradients.
+pub fn cross_entropy(b: &mut Builder, logits: &str, labels: &str) -> Result<(String, String)> {
+    let k = b.shape(logits)?[1];
+    let ce = per_example_cross_entropy(b, logits, labels, k)?;
     let ce = mean_all(b, &ce)?;
     let ng = b.stop_gradient(logits)?;
     let am = b.op(

@@ -2,9 +2,7 @@
 //! masked sharpened KL consistency between the weak and strong views, FixMatch pseudo-labels
 //! and the information-maximisation terms on the weak view.
 
-use fieldtune_tensor::Tensor;
-
-use super::blocks::{log_softmax, mean_all, sum_all, LossTerms};
+use super::blocks::{log_softmax, mean_all, per_example_cross_entropy, sum_all, LossTerms};
 use crate::builder::Builder;
 use crate::error::Result;
 use crate::ir::attr;
@@ -53,15 +51,7 @@ pub fn uda(b: &mut Builder, cfg: &UdaLoss, x: &UdaInputs<'_>) -> Result<LossTerm
     let k = x.classes;
 
     if let Some((logits, labels)) = x.labeled {
-        let lp = log_softmax(b, logits)?;
-        let one = b.ints(&[1]);
-        let lab = b.op("Unsqueeze", &[labels, &one], vec![])?;
-        let range = b.constant(Tensor::i64(vec![1, k], (0..k as i64).collect()).expect("sized"));
-        let hot = b.op("Equal", &[&lab, &range], vec![])?;
-        let hot = b.op("Cast", &[&hot], vec![attr::int("to", 1)])?;
-        let picked = b.op("Mul", &[&hot, &lp], vec![])?;
-        let picked = b.reduce("ReduceSum", &picked, &[1], false)?;
-        let ce = b.op("Neg", &[&picked], vec![])?;
+        let ce = per_example_cross_entropy(b, logits, labels, k)?;
         let keep = tsa_keep(b, cfg, &ce, x.step, k)?;
         let (ce_loss, keep_rate) = match keep {
             None => (mean_all(b, &ce)?, b.scalar(1.0)),
