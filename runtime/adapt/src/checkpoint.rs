@@ -40,9 +40,14 @@ pub fn save(
     tensors: &BTreeMap<String, Tensor>,
     metadata: &HashMap<String, String>,
 ) -> Result<()> {
+    atomic_write(path, &to_bytes(tensors, metadata))
+}
+
+/// The bytes of a checkpoint file: safetensors with `metadata` and the checksum.
+pub fn to_bytes(tensors: &BTreeMap<String, Tensor>, metadata: &HashMap<String, String>) -> Vec<u8> {
     let mut meta = metadata.clone();
     meta.insert(CHECKSUM_KEY.into(), tensors_sha256(tensors));
-    atomic_write(path, &st::to_bytes(tensors, &meta))
+    st::to_bytes(tensors, &meta)
 }
 
 /// Reads and verifies a checkpoint.

@@ -80,6 +80,7 @@ pub fn run(args: RunArgs, engine: &EngineArgs) -> Result<()> {
     if let Some(n) = engine.threads {
         cfg.engine.train_threads = n.max(1);
     }
+    cfg.check_outputs(&path)?;
     if args.print_config {
         print!("{}", cfg.to_toml(&path)?);
         return Ok(());
