@@ -281,3 +281,61 @@ fn run_configs_with_huge_sizes_or_outputs_on_the_model_are_refused_by_key() {
     );
     assert_eq!(snapshot(&m), before, "the model is byte-identical");
 }
+
+#[test]
+fn check_state_checks_checkpoints_against_the_model() {
+    use fieldtune_field::store::{CheckpointMeta, Store};
+    use fieldtune_tensor::Tensor;
+    use std::collections::HashMap;
+    let model = root().join("models/mnist-cnn");
+    let sha =
+        fieldtune_adapt::checkpoint::sha256_hex(&std::fs::read(model.join("model.onnx")).unwrap());
+    let bias = |n: usize, v: f32| {
+        HashMap::from([(
+            "features.0.bias".to_string(),
+            Tensor::f32(vec![n], vec![v; n]).unwrap(),
+        )])
+    };
+    for (what, source, commit, needle) in [
+        ("wrong shape", bias(33, 0.0), None, "features.0.bias"),
+        (
+            "NaN weights",
+            bias(32, 0.0),
+            Some(bias(32, f32::NAN)),
+            "NaN",
+        ),
+    ] {
+        let d = tempfile::tempdir().unwrap();
+        let state = d.path().join("state");
+        let (st, _, _) = Store::open(&state, &sha, &source).unwrap();
+        if let Some(p) = commit {
+            let meta = CheckpointMeta {
+                version: 1,
+                round: 1,
+                step: 1,
+                kind: "adapted".into(),
+                model_sha256: sha.clone(),
+                metrics: serde_json::Value::Null,
+                unix_ms: 1,
+            };
+            st.commit(&p, &meta).unwrap();
+        }
+        drop(st);
+        let cfg = d.path().join("run.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "model = \"{}\"\nstate_dir = \"state\"\n[source]\npaths = [\"frames\"]\n",
+                s(&model)
+            ),
+        )
+        .unwrap();
+        let o = fieldtune(&["run", "--config", s(&cfg), "--check-state"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{what}: --check-state said ok");
+        assert!(
+            err.contains(needle) && err.contains("safetensors"),
+            "{what}: {err}"
+        );
+    }
+}
