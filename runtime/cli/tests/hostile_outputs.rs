@@ -339,3 +339,29 @@ fn check_state_checks_checkpoints_against_the_model() {
         );
     }
 }
+
+#[test]
+fn report_into_a_missing_folder_creates_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let events = root().join("runtime/field/tests/fixtures/events-v1.jsonl");
+    let out = d.path().join("no-such-dir/sub/x.png");
+    refused(
+        &["report", "--events", s(&events), "--out", s(&out)],
+        &["no-such-dir", "does not exist"],
+    );
+    assert!(!d.path().join("no-such-dir").exists(), "no folder created");
+    let copy = d.path().join("events.jsonl");
+    std::fs::copy(&events, &copy).unwrap();
+    refused(
+        &["report", "--events", s(&copy), "--out", s(&copy)],
+        &["would overwrite"],
+    );
+    assert_eq!(
+        std::fs::read(&copy).unwrap(),
+        std::fs::read(&events).unwrap()
+    );
+    refused(
+        &["report", "--events", s(&events), "--width", "1000000"],
+        &["--width"],
+    );
+}
