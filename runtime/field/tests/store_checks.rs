@@ -77,7 +77,8 @@ fn moved_aside(dir: &Path) -> usize {
 #[test]
 fn misfitting_checkpoints_are_moved_aside_and_previous_serves() {
     let f = |v: Vec<f32>, shape: Vec<usize>| Tensor::f32(shape, v).unwrap();
-    let cases: Vec<(&str, Vec<(&str, Tensor)>, &str)> = vec![
+    type Case<'a> = (&'a str, Vec<(&'a str, Tensor)>, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "wrong shape",
             vec![
