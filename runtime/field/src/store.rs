@@ -65,6 +65,13 @@ pub fn misfit(s: &Stored, want: &HashMap<String, Tensor>, exact: bool) -> Option
     None
 }
 
+/// The largest checkpoint file that can hold `params`: their bytes plus room for the header
+/// and metadata (16 MiB).
+pub fn size_limit(params: &HashMap<String, Tensor>) -> u64 {
+    let data: u64 = params.values().map(|t| 8 * t.len() as u64).sum();
+    data + (16 << 20)
+}
+
 /// Whether a state file is present: as a name, without following a link (a dangling link is
 /// present too, and is refused and moved aside when read).
 fn present(p: &Path) -> bool {
@@ -224,7 +231,15 @@ impl Store {
             }
         }
         // Reads `p` and checks it against this model; Err(reason) when it must be moved aside.
+        let limit = size_limit(source_params);
         let fits = |p: &Path| -> Result<std::result::Result<Stored, String>> {
+            let len = std::fs::symlink_metadata(p).map_or(0, |m| m.len());
+            if len > limit {
+                // Refused before it is read: a huge garbage file costs no memory.
+                return Ok(Err(format!(
+                    "is {len} bytes; a checkpoint of this model is at most {limit}"
+                )));
+            }
             match store.read(p) {
                 Ok(s) => {
                     store.check_model(&s)?;
@@ -404,11 +419,22 @@ pub fn verify_dir_for(
         if !present(&p) {
             continue;
         }
-        let s = store.read(&p)?;
         let bad = |reason: String| FieldError::State {
             path: p.clone(),
             reason,
         };
+        if let Some((_, inits)) = model {
+            let (len, limit) = (
+                std::fs::symlink_metadata(&p).map_or(0, |m| m.len()),
+                size_limit(inits),
+            );
+            if len > limit {
+                return Err(bad(format!(
+                    "is {len} bytes; a checkpoint of this model is at most {limit}"
+                )));
+            }
+        }
+        let s = store.read(&p)?;
         if let Some((sha, inits)) = model {
             if s.meta.model_sha256 != sha {
                 return Err(bad(format!(

@@ -218,3 +218,29 @@ fn links_and_fifos_in_the_state_folder_are_moved_aside_not_followed() {
         "{e}"
     );
 }
+
+#[test]
+fn a_huge_garbage_checkpoint_is_refused_by_its_size_before_it_is_read() {
+    let d = state();
+    let last = d.path().join(LAST_GOOD);
+    // A sparse 3 GiB file: reading it would need gigabytes of memory.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&last)
+        .unwrap();
+    f.set_len(3 << 30).unwrap();
+    drop(f);
+    let e = verify_dir_for(d.path(), Some(("abc", &params(0.0))))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("bytes") && e.contains(LAST_GOOD), "{e}");
+    let (_, got, rep) = Store::open(d.path(), "abc", &params(0.0)).unwrap();
+    assert_eq!(got.meta.version, 1);
+    assert!(
+        rep.quarantined[0].2.contains("at most"),
+        "{:?}",
+        rep.quarantined
+    );
+    assert_eq!(moved_aside(d.path()), 1, "kept, not deleted");
+}
