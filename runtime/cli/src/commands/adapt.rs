@@ -17,7 +17,9 @@ use crate::args::{EngineArgs, NormArgs, RecipeArgs};
 
 pub const ADAPT_ABOUT: &str = "Adapt a model to unlabeled frames of a new domain, anchored by a few labeled \
 examples of the source domain. Writes --out/model.onnx (the adapted weights as initializers), \
---out/model.toml, --out/checkpoint.safetensors and --out/adapt.json (settings, loss history, accuracy).\n\n\
+--out/model.toml, --out/checkpoint.safetensors and --out/adapt.json (settings, loss history, accuracy). \
+The folder is replaced whole (old or new, never a mix); it may not be the model's folder, hold \
+the inputs, or hold other files.\n\n\
 Recipes (--recipe):\n  uda-im  UDA, identity weak view, mild RandAugment, + information maximisation + anchor CE, 600 steps (default)\n  \
 uda     textbook UDA: 2 px shifted weak view, TSA\n  tent    entropy minimisation, no anchors\n  \
 fixmatch hard pseudo-labels (confidence > 0.95) for the strong view + anchor CE\n  \
