@@ -40,9 +40,14 @@ pub fn save(
     tensors: &BTreeMap<String, Tensor>,
     metadata: &HashMap<String, String>,
 ) -> Result<()> {
+    atomic_write(path, &to_bytes(tensors, metadata))
+}
+
+/// The bytes of a checkpoint file: safetensors with `metadata` and the checksum.
+pub fn to_bytes(tensors: &BTreeMap<String, Tensor>, metadata: &HashMap<String, String>) -> Vec<u8> {
     let mut meta = metadata.clone();
     meta.insert(CHECKSUM_KEY.into(), tensors_sha256(tensors));
-    atomic_write(path, &st::to_bytes(tensors, &meta))
+    st::to_bytes(tensors, &meta)
 }
 
 /// Reads and verifies a checkpoint.
@@ -51,10 +56,7 @@ pub fn load(path: &Path) -> Result<st::Named> {
         path: path.to_path_buf(),
         reason,
     };
-    let bytes = std::fs::read(path).map_err(|source| AdaptError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let bytes = read_regular(path)?;
     let (tensors, meta) =
         st::from_bytes(&bytes).map_err(|e| bad(format!("{e} (truncated or corrupt?)")))?;
     let want = meta.get(CHECKSUM_KEY).ok_or_else(|| {
@@ -69,6 +71,44 @@ pub fn load(path: &Path) -> Result<st::Named> {
         )));
     }
     Ok((tensors, meta))
+}
+
+/// Reads a file that must be a regular file, without following a symbolic link
+/// (`O_NOFOLLOW`) and without blocking on a FIFO or device (`O_NONBLOCK`, then refused).
+pub fn read_regular(path: &Path) -> Result<Vec<u8>> {
+    use rustix::fs::{fstat, open, FileType, Mode, OFlags};
+    use std::io::Read;
+    let io = |source: std::io::Error| AdaptError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let bad = |reason: &str| AdaptError::Checkpoint {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    };
+    let fd = match open(
+        path,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::LOOP) => {
+            return Err(bad(
+                "is a symbolic link; state files are not read through links",
+            ))
+        }
+        Err(e) => return Err(io(e.into())),
+    };
+    let st = fstat(&fd).map_err(|e| io(e.into()))?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        return Err(bad(
+            "is not a regular file (a FIFO, device or folder); refused",
+        ));
+    }
+    let mut f = std::fs::File::from(fd);
+    let mut bytes = Vec::with_capacity(usize::try_from(st.st_size).unwrap_or(0));
+    f.read_to_end(&mut bytes).map_err(io)?;
+    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -108,5 +148,33 @@ mod tests {
         );
         std::fs::write(&p, &b[..n - 3]).unwrap();
         assert!(load(&p).unwrap_err().to_string().contains("c.safetensors"));
+    }
+
+    #[test]
+    fn links_and_fifos_are_refused_without_blocking() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("c.safetensors");
+        save(&p, &sample(), &HashMap::new()).unwrap();
+        let link = d.path().join("link.safetensors");
+        std::os::unix::fs::symlink(&p, &link).unwrap();
+        let e = load(&link).unwrap_err().to_string();
+        assert!(
+            e.contains("link.safetensors") && e.contains("symbolic link"),
+            "{e}"
+        );
+        let fifo = d.path().join("fifo.safetensors");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let e = load(&fifo).unwrap_err().to_string();
+        assert!(
+            e.contains("fifo.safetensors") && e.contains("regular"),
+            "{e}"
+        );
     }
 }

@@ -30,6 +30,8 @@ pub enum AdaptError {
         term: String,
         value: f32,
     },
+    #[error("{output} would overwrite the input {input}; write the output somewhere else")]
+    WouldOverwrite { output: PathBuf, input: PathBuf },
     #[error("{what} does not fit the model: {reason}")]
     Mismatch { what: String, reason: String },
 }

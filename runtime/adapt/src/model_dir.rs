@@ -13,11 +13,12 @@ use fieldtune_tensor::Tensor;
 
 use crate::checkpoint;
 use crate::error::{AdaptError, Result};
-use crate::fsutil::atomic_write;
+use crate::fsutil::{refuse_overwrite, replace_dir};
 
 /// File names inside a model folder.
 pub const MODEL_ONNX: &str = "model.onnx";
 pub const CHECKPOINT: &str = "checkpoint.safetensors";
+pub const MODEL_TOML: &str = "model.toml";
 
 /// A loaded and cross-checked model folder.
 #[derive(Clone, Debug)]
@@ -225,20 +226,18 @@ impl ModelDir {
     }
 
     /// Writes an adapted model folder to `out`: model.onnx with the new initializers,
-    /// model.toml, and checkpoint.safetensors with `metadata`. Each file is written
-    /// atomically; the checkpoint is written last.
+    /// model.toml, checkpoint.safetensors with `metadata`, and `extra` files (name, bytes).
+    /// The folder is replaced whole ([`replace_dir`]): a kill leaves the old folder or the
+    /// new one. `out` may not be this model's own folder, nor hold it.
     pub fn write_adapted(
         &self,
         out: &Path,
         params: &HashMap<String, Tensor>,
         metadata: &HashMap<String, String>,
+        extra: &[(&str, &[u8])],
     ) -> Result<()> {
+        refuse_overwrite(out, &[&self.dir])?;
         let bytes = self.with_params(params)?;
-        atomic_write(&out.join(MODEL_ONNX), &bytes)?;
-        atomic_write(
-            &model_toml_path(out),
-            self.config.to_toml_string().as_bytes(),
-        )?;
         let mut meta = metadata.clone();
         meta.insert(
             "source_model_sha256".into(),
@@ -247,6 +246,14 @@ impl ModelDir {
         meta.insert("model_sha256".into(), checkpoint::sha256_hex(&bytes));
         let tensors: BTreeMap<String, Tensor> =
             params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        checkpoint::save(&out.join(CHECKPOINT), &tensors, &meta)
+        let toml = self.config.to_toml_string();
+        let ckpt = checkpoint::to_bytes(&tensors, &meta);
+        let mut files: Vec<(&str, &[u8])> = vec![
+            (MODEL_ONNX, &bytes),
+            (MODEL_TOML, toml.as_bytes()),
+            (CHECKPOINT, &ckpt),
+        ];
+        files.extend_from_slice(extra);
+        replace_dir(out, &files)
     }
 }

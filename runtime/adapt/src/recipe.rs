@@ -11,6 +11,20 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{AdaptError, Result};
 
+/// Upper bounds of the size-like settings, checked by [`AdaptConfig::validate`] (and by the
+/// command line's numbers); docs/RELIABILITY.md lists them. They refuse values that could only
+/// be typing mistakes before they size an allocation or a thread pool.
+pub mod bounds {
+    /// `steps`.
+    pub const MAX_STEPS: usize = 10_000_000;
+    /// `batch_labeled`, `batch_unlabeled`, `eval_batch`, `fieldtune tta --batch`.
+    pub const MAX_BATCH: usize = 4096;
+    /// `augment_threads`.
+    pub const MAX_AUGMENT_THREADS: usize = 64;
+    /// `cotta.views`.
+    pub const MAX_VIEWS: usize = 64;
+}
+
 /// Recipes fieldtune knows by name.
 pub const RECIPES: &[(&str, &str)] = &[
     (
@@ -305,22 +319,31 @@ impl AdaptConfig {
             path: "settings".into(),
             reason: format!("`{key}`: {reason}"),
         };
-        if self.steps == 0 {
-            return Err(bad("steps", "must be at least 1"));
-        }
+        use bounds::*;
+        let range = |key: &str, v: usize, lo: usize, hi: usize| {
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(bad(key, &format!("is {v}; must be {lo}..={hi}")))
+            }
+        };
+        range("steps", self.steps, 1, MAX_STEPS)?;
+        range("batch_unlabeled", self.batch_unlabeled, 1, MAX_BATCH)?;
+        range("batch_labeled", self.batch_labeled, 0, MAX_BATCH)?;
+        range("eval_batch", self.eval_batch, 1, MAX_BATCH)?;
+        range(
+            "augment_threads",
+            self.augment_threads,
+            1,
+            MAX_AUGMENT_THREADS,
+        )?;
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return Err(bad("lr", "must be a positive number"));
-        }
-        if self.batch_unlabeled == 0 {
-            return Err(bad("batch_unlabeled", "must be at least 1"));
         }
         if let Some(t) = self.teacher {
             if !(t.ema > 0.0 && t.ema < 1.0) {
                 return Err(bad("teacher.ema", "must be between 0 and 1 (exclusive)"));
             }
-        }
-        if !(1..=64).contains(&self.augment_threads) {
-            return Err(bad("augment_threads", "must be 1..=64"));
         }
         if self.loss.ce_weight != 0.0 && self.batch_labeled == 0 {
             return Err(bad("batch_labeled", "is 0 but loss.ce_weight is not"));
@@ -329,9 +352,7 @@ impl AdaptConfig {
             return Err(bad("loss.sharpen_temperature", "must be positive"));
         }
         if let Some(c) = &self.cotta {
-            if c.views == 0 {
-                return Err(bad("cotta.views", "must be at least 1"));
-            }
+            range("cotta.views", c.views, 1, MAX_VIEWS)?;
             if !(0.0..1.0).contains(&c.restore) {
                 return Err(bad("cotta.restore", "must be in [0, 1)"));
             }
@@ -416,6 +437,30 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("unknown recipe"), "{e}");
+    }
+
+    #[test]
+    fn size_settings_beyond_their_bound_name_the_key() {
+        for (key, value) in [
+            ("steps", "100000000"),
+            ("batch_unlabeled", "100000000"),
+            ("batch_labeled", "100000000"),
+            ("eval_batch", "0"),
+            ("augment_threads", "100000"),
+        ] {
+            let text = format!("recipe = \"uda-im\"\n{key} = {value}\n");
+            let e = AdaptConfig::from_toml(&text, Path::new("r.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key) && e.contains("r.toml"), "{key}: {e}");
+        }
+        let mut c = AdaptConfig::preset("cotta").unwrap();
+        c.cotta.as_mut().unwrap().views = 1 << 40;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("cotta.views"));
     }
 
     #[test]

@@ -9,6 +9,20 @@ use clap::{Args, ValueEnum};
 use fieldtune_adapt::{AdaptConfig, RECIPES};
 use fieldtune_graph::{BatchNormMode, MeanTeacher, Trainable, UdaLoss};
 
+/// Upper bound of `--threads` (and of the run config's thread counts).
+pub(crate) const MAX_THREADS: usize = fieldtune_field::config::bounds::MAX_THREADS;
+
+/// `--threads`: 1..=[`MAX_THREADS`], checked when parsed.
+fn threads_parser() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..=MAX_THREADS as u64)
+}
+
+/// A batch size: 1..=`fieldtune_adapt::recipe::bounds::MAX_BATCH`, checked when parsed.
+pub(crate) fn batch_parser() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new()
+        .range(1..=fieldtune_adapt::recipe::bounds::MAX_BATCH as u64)
+}
+
 #[derive(Args)]
 pub(crate) struct EngineArgs {
     /// Which engine runs the graphs: ONNX Runtime when its library is found, else tract (auto).
@@ -20,7 +34,7 @@ pub(crate) struct EngineArgs {
     pub(crate) ort_lib: Option<PathBuf>,
     /// Threads per operator: ONNX Runtime's intra-op threads, or the size of tract's thread pool
     /// for matrix products and large elementwise ops (default: one per core).
-    #[arg(long, global = true, value_name = "N")]
+    #[arg(long, global = true, value_name = "N", value_parser = threads_parser())]
     pub(crate) threads: Option<usize>,
     /// ONNX Runtime execution providers in priority order: cpu, cuda[:N], tensorrt[:N]
     /// (e.g. `tensorrt,cuda`). Each must register or the command fails; nodes a provider
@@ -84,7 +98,7 @@ pub(crate) struct RecipeArgs {
     batch_unlabeled: Option<usize>,
     /// Batch size in one number: N unlabeled frames and N/2 labeled anchors per step (when the
     /// recipe uses anchors). --batch-labeled / --batch-unlabeled win over it.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = batch_parser())]
     batch: Option<usize>,
     /// What trains: all, bn (BatchNorm scale and bias, TENT-style), head (the last block),
     /// last:K (the last K blocks; a block is a parameter name up to its first numeric part,

@@ -3,12 +3,15 @@
 //! - `source.safetensors`: the model's own weights, written once; never replaced.
 //! - `last-good.safetensors`: the weights that passed the gate last (or the source after a
 //!   reset); replaced only by an atomic rename of a complete, fsynced file.
-//! - `previous.safetensors`: a hard link to the last-good file before the latest commit.
+//! - `previous.safetensors`: a separate, complete copy of the last-good file before the
+//!   latest commit (never a hard link: one damaged inode must not take out both).
 //!
 //! Each is a fieldtune checkpoint (safetensors, SHA-256 of the tensors in the metadata,
-//! verified on load). On start the store resumes from the newest file that verifies:
-//! last-good, then previous, then source. A file that does not verify is moved aside
-//! (renamed `*.corrupt-<unix time>`), never deleted.
+//! verified on load). On start the store resumes from the newest file that verifies and fits
+//! the model (the same tensor names, shapes and dtypes as the model's parameters, every value
+//! finite, counters in range): last-good, then previous, then source. A file that does not is
+//! moved aside (renamed `*.corrupt-<unix time>`), never deleted. State files are read without
+//! following symbolic links, and anything but a regular file is refused.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -22,6 +25,58 @@ use crate::error::{io_err, FieldError, Result};
 pub const SOURCE: &str = "source.safetensors";
 pub const LAST_GOOD: &str = "last-good.safetensors";
 pub const PREVIOUS: &str = "previous.safetensors";
+
+/// Largest version, round and step a checkpoint may carry (2^53): far above any real run,
+/// far enough below `u64::MAX` that adding one never wraps.
+pub const MAX_COUNTER: u64 = 1 << 53;
+
+/// Why `s` does not fit `want` (the model's parameters): a missing or extra tensor, another
+/// shape or dtype, or a value that is not finite. With `exact` false, tensors of `want` that
+/// `s` lacks are allowed (`want` is every initializer of the model).
+pub fn misfit(s: &Stored, want: &HashMap<String, Tensor>, exact: bool) -> Option<String> {
+    let mut names: Vec<&String> = s.params.keys().collect();
+    names.sort();
+    for n in names {
+        let t = &s.params[n];
+        let Some(w) = want.get(n) else {
+            return Some(format!("holds tensor `{n}`, which the model does not have"));
+        };
+        if t.shape() != w.shape() || t.dtype() != w.dtype() {
+            return Some(format!(
+                "tensor `{n}` is {:?} {:?}; the model's is {:?} {:?}",
+                t.dtype(),
+                t.shape(),
+                w.dtype(),
+                w.shape()
+            ));
+        }
+        if t.as_f32().is_some_and(|v| v.iter().any(|x| !x.is_finite())) {
+            return Some(format!("tensor `{n}` holds NaN or infinite values"));
+        }
+    }
+    if exact {
+        let mut missing: Vec<&String> =
+            want.keys().filter(|k| !s.params.contains_key(*k)).collect();
+        missing.sort();
+        if let Some(n) = missing.first() {
+            return Some(format!("lacks tensor `{n}` of the model"));
+        }
+    }
+    None
+}
+
+/// The largest checkpoint file that can hold `params`: their bytes plus room for the header
+/// and metadata (16 MiB).
+pub fn size_limit(params: &HashMap<String, Tensor>) -> u64 {
+    let data: u64 = params.values().map(|t| 8 * t.len() as u64).sum();
+    data + (16 << 20)
+}
+
+/// Whether a state file is present: as a name, without following a link (a dangling link is
+/// present too, and is refused and moved aside when read).
+fn present(p: &Path) -> bool {
+    std::fs::symlink_metadata(p).is_ok()
+}
 
 /// Metadata of a stored set of weights.
 #[derive(Clone, Debug, PartialEq)]
@@ -67,10 +122,20 @@ impl CheckpointMeta {
                 reason: format!("metadata `{k}` is not a number"),
             })
         };
+        let counter = |k: &str| -> Result<u64> {
+            let v = num(k)?;
+            if v > MAX_COUNTER {
+                return Err(FieldError::State {
+                    path: path.into(),
+                    reason: format!("metadata `{k}` is {v}, above {MAX_COUNTER}; corrupt"),
+                });
+            }
+            Ok(v)
+        };
         Ok(CheckpointMeta {
-            version: num("fieldtune.version")?,
-            round: num("round")?,
-            step: num("step")?,
+            version: counter("fieldtune.version")?,
+            round: counter("round")?,
+            step: counter("step")?,
             kind: get("kind")?,
             model_sha256: get("source_model_sha256")?,
             metrics: serde_json::from_str(&get("metrics")?).unwrap_or(serde_json::Value::Null),
@@ -137,6 +202,17 @@ impl Store {
         source_params: &HashMap<String, Tensor>,
     ) -> Result<(Store, Stored, OpenReport)> {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        if std::fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(FieldError::State {
+                path: dir.into(),
+                reason: format!(
+                    "state_dir is a symbolic link (to {}); give the folder itself",
+                    std::fs::read_link(dir)
+                        .map(|t| t.display().to_string())
+                        .unwrap_or_else(|_| "?".into())
+                ),
+            });
+        }
         let store = Store {
             dir: dir.to_path_buf(),
             model_sha256: model_sha256.to_string(),
@@ -154,19 +230,35 @@ impl Store {
                 report.removed_temporaries.push(p);
             }
         }
+        // Reads `p` and checks it against this model; Err(reason) when it must be moved aside.
+        let limit = size_limit(source_params);
+        let fits = |p: &Path| -> Result<std::result::Result<Stored, String>> {
+            let len = std::fs::symlink_metadata(p).map_or(0, |m| m.len());
+            if len > limit {
+                // Refused before it is read: a huge garbage file costs no memory.
+                return Ok(Err(format!(
+                    "is {len} bytes; a checkpoint of this model is at most {limit}"
+                )));
+            }
+            match store.read(p) {
+                Ok(s) => {
+                    store.check_model(&s)?;
+                    Ok(match misfit(&s, source_params, true) {
+                        None => Ok(s),
+                        Some(why) => Err(why),
+                    })
+                }
+                Err(e) => Ok(Err(e.to_string())),
+            }
+        };
         // The source checkpoint: verify it belongs to this model, or write it.
         let src = dir.join(SOURCE);
-        if src.exists() {
-            match store.read(&src) {
-                Ok(s) => store.check_model(&s)?,
-                Err(e) => {
-                    report
-                        .quarantined
-                        .push(store.quarantine(&src, e.to_string())?);
-                }
+        if present(&src) {
+            if let Err(why) = fits(&src)? {
+                report.quarantined.push(store.quarantine(&src, why)?);
             }
         }
-        if !src.exists() {
+        if !present(&src) {
             store.write(
                 &src,
                 source_params,
@@ -181,35 +273,38 @@ impl Store {
                 },
             )?;
         }
+        store.separate_previous()?;
         for name in [LAST_GOOD, PREVIOUS, SOURCE] {
             let p = dir.join(name);
-            if !p.exists() {
+            if !present(&p) {
                 continue;
             }
-            match store.read(&p) {
-                Ok(s) => {
-                    store.check_model(&s)?;
-                    if let Some(bad) = s
-                        .params
-                        .keys()
-                        .find(|k| !source_params.contains_key(*k))
-                        .or_else(|| source_params.keys().find(|k| !s.params.contains_key(*k)))
-                    {
-                        return Err(FieldError::State {
-                            path: p,
-                            reason: format!(
-                                "tensor `{bad}` does not match the model's trainable parameters"
-                            ),
-                        });
-                    }
-                    return Ok((store, s, report));
-                }
-                Err(e) => report
-                    .quarantined
-                    .push(store.quarantine(&p, e.to_string())?),
+            match fits(&p)? {
+                Ok(s) => return Ok((store, s, report)),
+                Err(why) => report.quarantined.push(store.quarantine(&p, why)?),
             }
         }
-        unreachable!("the source checkpoint was just verified or written")
+        Err(FieldError::State {
+            path: src,
+            reason: "the source checkpoint just written does not read back".into(),
+        })
+    }
+
+    /// Makes `previous` a separate copy where it shares last-good's inode (what a kill
+    /// between link and rename left in older versions).
+    fn separate_previous(&self) -> Result<()> {
+        let (last, prev) = (self.dir.join(LAST_GOOD), self.dir.join(PREVIOUS));
+        use std::os::unix::fs::MetadataExt;
+        if let (Ok(a), Ok(b)) = (
+            std::fs::symlink_metadata(&last),
+            std::fs::symlink_metadata(&prev),
+        ) {
+            if a.is_file() && a.dev() == b.dev() && a.ino() == b.ino() {
+                let bytes = checkpoint::read_regular(&last)?;
+                fieldtune_adapt::fsutil::atomic_write(&prev, &bytes)?;
+            }
+        }
+        Ok(())
     }
 
     fn check_model(&self, s: &Stored) -> Result<()> {
@@ -226,7 +321,13 @@ impl Store {
     }
 
     fn quarantine(&self, p: &Path, why: String) -> Result<(PathBuf, PathBuf, String)> {
-        let to = p.with_extension(format!("safetensors.corrupt-{}", unix_ms() / 1000));
+        let stamp = unix_ms() / 1000;
+        let mut to = p.with_extension(format!("safetensors.corrupt-{stamp}"));
+        let mut n = 1;
+        while present(&to) {
+            to = p.with_extension(format!("safetensors.corrupt-{stamp}-{n}"));
+            n += 1;
+        }
         std::fs::rename(p, &to).map_err(io_err(p))?;
         tracing::error!("{}: {why}; moved to {}", p.display(), to.display());
         Ok((p.to_path_buf(), to, why))
@@ -255,31 +356,25 @@ impl Store {
         Ok(())
     }
 
-    /// Makes `params` the last good weights: the current last-good becomes `previous`
-    /// (hard link), then the new file replaces last-good by an atomic rename. A crash at
-    /// any point leaves a last-good file that verifies.
+    /// Makes `params` the last good weights: a copy of the current last-good (when it
+    /// verifies) becomes `previous` (its own file, written and renamed atomically), then the
+    /// new file replaces last-good by an atomic rename. A crash at any point leaves a
+    /// last-good file that verifies, and `previous` never shares its inode.
     pub fn commit(
         &self,
         params: &HashMap<String, Tensor>,
         meta: &CheckpointMeta,
     ) -> Result<PathBuf> {
         let last = self.dir.join(LAST_GOOD);
-        if last.exists() {
-            let tmp = self
-                .dir
-                .join(format!(".{PREVIOUS}.tmp-{}", std::process::id()));
-            let _ = std::fs::remove_file(&tmp);
-            std::fs::hard_link(&last, &tmp).map_err(io_err(&tmp))?;
+        if present(&last) {
             let prev = self.dir.join(PREVIOUS);
-            std::fs::rename(&tmp, &prev).map_err(io_err(&prev))?;
-            // A kill between the rename above and the write below leaves `previous` and
-            // `last-good` as one inode; renaming a link onto another link of the same file
-            // then does nothing and leaves the temporary behind (POSIX rename), so drop it.
-            match std::fs::remove_file(&tmp) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(io_err(&tmp)(e));
-                }
-                _ => {}
+            match checkpoint::load(&last).and_then(|_| checkpoint::read_regular(&last)) {
+                Ok(bytes) => fieldtune_adapt::fsutil::atomic_write(&prev, &bytes)?,
+                Err(_) => tracing::warn!(
+                    "{} does not read back; {} keeps its older copy",
+                    last.display(),
+                    prev.display()
+                ),
             }
         }
         self.write(&last, params, meta)?;
@@ -302,16 +397,69 @@ impl Store {
     }
 }
 
-/// Checks a state folder without changing it: every checkpoint present verifies. Returns
-/// (file name, version) of each; used by crash tests and `fieldtune run --check-state`.
+/// Checks a state folder without changing it: every checkpoint present verifies (checksum,
+/// counters, finite values) and holds the same tensors (names, shapes, dtypes) as
+/// `source.safetensors`. Returns (file name, version) of each; used by crash tests.
 pub fn verify_dir(dir: &Path) -> Result<Vec<(String, u64)>> {
+    verify_dir_for(dir, None)
+}
+
+/// [`verify_dir`], and with `model` (its model.onnx SHA-256 and its initializers) also that
+/// every checkpoint belongs to that model and each tensor matches the model's initializer of
+/// that name: the checks a start makes. `fieldtune run --check-state` uses it.
+pub fn verify_dir_for(
+    dir: &Path,
+    model: Option<(&str, &HashMap<String, Tensor>)>,
+) -> Result<Vec<(String, u64)>> {
     let store = Store::inspect(dir);
     let mut out = Vec::new();
+    let mut source: Option<HashMap<String, Tensor>> = None;
     for name in [SOURCE, LAST_GOOD, PREVIOUS] {
         let p = dir.join(name);
-        if p.exists() {
-            out.push((name.to_string(), store.read(&p)?.meta.version));
+        if !present(&p) {
+            continue;
         }
+        let bad = |reason: String| FieldError::State {
+            path: p.clone(),
+            reason,
+        };
+        if let Some((_, inits)) = model {
+            let (len, limit) = (
+                std::fs::symlink_metadata(&p).map_or(0, |m| m.len()),
+                size_limit(inits),
+            );
+            if len > limit {
+                return Err(bad(format!(
+                    "is {len} bytes; a checkpoint of this model is at most {limit}"
+                )));
+            }
+        }
+        let s = store.read(&p)?;
+        if let Some((sha, inits)) = model {
+            if s.meta.model_sha256 != sha {
+                return Err(bad(format!(
+                    "belongs to another model (model.onnx sha256 {}, this one is {sha})",
+                    s.meta.model_sha256
+                )));
+            }
+            if let Some(why) = misfit(&s, inits, false) {
+                return Err(bad(why));
+            }
+        }
+        match &source {
+            Some(src) => {
+                if let Some(why) = misfit(&s, src, true) {
+                    return Err(bad(format!("{why} (compared with {SOURCE})")));
+                }
+            }
+            None => {
+                if let Some(why) = misfit(&s, &s.params, true) {
+                    return Err(bad(why));
+                }
+                source = Some(s.params.clone());
+            }
+        }
+        out.push((name.to_string(), s.meta.version));
     }
     Ok(out)
 }

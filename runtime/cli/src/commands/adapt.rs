@@ -17,7 +17,9 @@ use crate::args::{EngineArgs, NormArgs, RecipeArgs};
 
 pub const ADAPT_ABOUT: &str = "Adapt a model to unlabeled frames of a new domain, anchored by a few labeled \
 examples of the source domain. Writes --out/model.onnx (the adapted weights as initializers), \
---out/model.toml, --out/checkpoint.safetensors and --out/adapt.json (settings, loss history, accuracy).\n\n\
+--out/model.toml, --out/checkpoint.safetensors and --out/adapt.json (settings, loss history, accuracy). \
+The folder is replaced whole (old or new, never a mix); it may not be the model's folder, hold \
+the inputs, or hold other files.\n\n\
 Recipes (--recipe):\n  uda-im  UDA, identity weak view, mild RandAugment, + information maximisation + anchor CE, 600 steps (default)\n  \
 uda     textbook UDA: 2 px shifted weak view, TSA\n  tent    entropy minimisation, no anchors\n  \
 fixmatch hard pseudo-labels (confidence > 0.95) for the strong view + anchor CE\n  \
@@ -107,6 +109,12 @@ pub(crate) fn run_adapt(
         out,
         dump_batches,
     } = paths;
+    // The folder is replaced whole: it may not be, or hold, anything this run reads.
+    let inputs: Vec<&Path> = [Some(m.dir.as_path()), labeled, Some(unlabeled), eval]
+        .into_iter()
+        .flatten()
+        .collect();
+    fieldtune_adapt::fsutil::refuse_overwrite(out, &inputs)?;
     let (lab_imgs, labels) = match labeled {
         Some(d) => load_labeled(d, m)
             .with_context(|| format!("loading labeled anchors from {}", d.display()))?,
@@ -217,7 +225,6 @@ pub(crate) fn run_adapt(
         ("seed".to_string(), cfg.seed.to_string()),
         ("engine".to_string(), e.describe()),
     ]);
-    m.write_adapted(out, &outcome.params, &meta)?;
     let summary = serde_json::json!({
         "settings": serde_json::to_value(cfg)?,
         "engine": e.describe(),
@@ -233,9 +240,12 @@ pub(crate) fn run_adapt(
             serde_json::Value::Object(o)
         }).collect::<Vec<_>>(),
     });
-    fieldtune_adapt::fsutil::atomic_write(
-        &out.join("adapt.json"),
-        serde_json::to_string_pretty(&summary)?.as_bytes(),
+    let summary = serde_json::to_string_pretty(&summary)?;
+    m.write_adapted(
+        out,
+        &outcome.params,
+        &meta,
+        &[("adapt.json", summary.as_bytes())],
     )?;
     println!(
         "wrote {} (model.onnx, model.toml, checkpoint.safetensors, adapt.json)",

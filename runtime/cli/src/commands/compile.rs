@@ -28,6 +28,8 @@ pub struct CompileArgs {
 pub fn run(a: CompileArgs) -> Result<()> {
     let m = open_model(&a.model, &a.norm)?;
     let cfg = a.recipe.resolve()?;
+    let (onnx, toml) = (a.model.join("model.onnx"), a.model.join("model.toml"));
+    fieldtune_adapt::fsutil::refuse_overwrite(&a.out, &[&a.model, &onnx, &toml, &m.dir])?;
     let step =
         fieldtune_graph::compile_train_step(&m.model, &fieldtune_adapt::train_spec(&m, &cfg))?;
     let bytes = fieldtune_graph::encode_model(&step.to_model());

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::Args;
 
 #[derive(Args)]
@@ -17,13 +17,31 @@ pub struct ReportArgs {
     /// FIELDTUNE_FONT).
     #[arg(long, value_name = "FILE")]
     font: Option<PathBuf>,
-    #[arg(long, default_value_t = 1400)]
+    /// Image width in pixels (200..=8192).
+    #[arg(long, default_value_t = 1400, value_parser = clap::value_parser!(u32).range(200..=8192))]
     width: u32,
-    #[arg(long, default_value_t = 1200)]
+    /// Image height in pixels (200..=8192).
+    #[arg(long, default_value_t = 1200, value_parser = clap::value_parser!(u32).range(200..=8192))]
     height: u32,
 }
 
 pub fn run(args: ReportArgs) -> Result<()> {
+    // The PNG goes into an existing folder: a mistyped path creates nothing.
+    let parent = args
+        .out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    if !parent.is_dir() {
+        bail!(
+            "--out {}: the folder {} does not exist (create it first)",
+            args.out.display(),
+            parent.display()
+        );
+    }
+    let mut inputs = vec![args.events.as_path()];
+    inputs.extend(args.font.as_deref());
+    fieldtune_adapt::fsutil::refuse_overwrite(&args.out, &inputs)?;
     let s = fieldtune_field::report::render(
         &args.events,
         &args.out,

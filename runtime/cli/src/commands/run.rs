@@ -1,6 +1,6 @@
 //! `fieldtune run`: arguments and printing; the work is in fieldtune-field.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -80,12 +80,13 @@ pub fn run(args: RunArgs, engine: &EngineArgs) -> Result<()> {
     if let Some(n) = engine.threads {
         cfg.engine.train_threads = n.max(1);
     }
+    cfg.check_outputs(&path)?;
     if args.print_config {
         print!("{}", cfg.to_toml(&path)?);
         return Ok(());
     }
     if args.check_state {
-        return check_state(&cfg.state_dir);
+        return check_state(&cfg);
     }
     // Status LEDs when the board profile names GPIO lines; a board without them (or a line
     // that cannot be opened) only costs the LEDs, never the run.
@@ -120,8 +121,19 @@ pub fn run(args: RunArgs, engine: &EngineArgs) -> Result<()> {
     Ok(())
 }
 
-fn check_state(dir: &Path) -> Result<()> {
-    let found = fieldtune_field::store::verify_dir(dir)?;
+/// Verifies the state folder's checkpoints as a start would: checksums, counters, finite
+/// values, and each tensor against the model's initializer of that name.
+fn check_state(cfg: &RunConfig) -> Result<()> {
+    let dir = &cfg.state_dir;
+    let m = fieldtune_adapt::ModelDir::open(&cfg.model)?;
+    let sha = fieldtune_adapt::checkpoint::sha256_hex(&m.bytes);
+    let mut inits = std::collections::HashMap::new();
+    if let Some(g) = &m.model.graph {
+        for t in &g.initializer {
+            inits.insert(t.name.clone(), fieldtune_graph::ir::tensor_from_proto(t)?);
+        }
+    }
+    let found = fieldtune_field::store::verify_dir_for(dir, Some((&sha, &inits)))?;
     if found.is_empty() {
         println!("{}: no checkpoints yet", dir.display());
     }

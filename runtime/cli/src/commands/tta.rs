@@ -82,7 +82,7 @@ pub struct TtaArgs {
     #[arg(long, value_delimiter = ',', default_value = "0")]
     seeds: Vec<u64>,
     /// Images per test batch (and per train step).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = crate::args::batch_parser())]
     batch: usize,
     /// Override a method's settings with a TOML file (repeatable): METHOD=FILE. The file is a
     /// full settings file as `--print-config METHOD` writes it, or a part of one.

@@ -15,6 +15,7 @@ mod validate;
 
 pub use example::EXAMPLE;
 pub use sections::*;
+pub use validate::bounds;
 
 /// The whole run configuration.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -76,6 +77,7 @@ impl RunConfig {
         let mut cfg = Self::from_toml(&text, path)?;
         let base = path.parent().unwrap_or(Path::new(""));
         cfg.resolve_paths(base);
+        cfg.check_outputs(path)?;
         Ok(cfg)
     }
 

@@ -5,6 +5,17 @@ use std::path::Path;
 use super::{ge, gt, RunConfig, SourceKind};
 use crate::error::{FieldError, Result};
 
+/// Upper bounds of the run config's size-like keys, checked when the config is read (before
+/// they size a queue, the replay buffer or a thread pool); docs/RELIABILITY.md lists them.
+pub mod bounds {
+    /// `pipeline.capture_queue`, `pipeline.output_queue` (frames).
+    pub const MAX_QUEUE: usize = 1024;
+    /// `replay.capacity` (frames; each is held at the model's input size).
+    pub const MAX_REPLAY: usize = 65_536;
+    /// `engine.inference_threads`, `engine.train_threads`.
+    pub const MAX_THREADS: usize = 256;
+}
+
 impl RunConfig {
     /// Checks ranges; errors name the file and key.
     pub fn validate(&self, path: &Path) -> Result<()> {
@@ -33,20 +44,40 @@ impl RunConfig {
         if !(self.source.fps.is_finite() && self.source.fps >= 0.0) {
             return bad("source.fps", "must be >= 0 (0: as fast as possible)");
         }
-        if self.pipeline.capture_queue == 0 {
-            return bad("pipeline.capture_queue", "must be at least 1");
-        }
-        if self.pipeline.output_queue == 0 {
-            return bad("pipeline.output_queue", "must be at least 1");
-        }
+        use bounds::*;
+        let range = |key: &str, v: usize, lo: usize, hi: usize| {
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                bad(key, &format!("is {v}; must be {lo}..={hi}"))
+            }
+        };
+        range(
+            "pipeline.capture_queue",
+            self.pipeline.capture_queue,
+            1,
+            MAX_QUEUE,
+        )?;
+        range(
+            "pipeline.output_queue",
+            self.pipeline.output_queue,
+            1,
+            MAX_QUEUE,
+        )?;
+        range("replay.capacity", self.replay.capacity, 8, MAX_REPLAY)?;
+        let e = &self.engine;
+        range(
+            "engine.inference_threads",
+            e.inference_threads,
+            1,
+            MAX_THREADS,
+        )?;
+        range("engine.train_threads", e.train_threads, 1, MAX_THREADS)?;
         if !gt(self.pipeline.stats_every_s, 0.0) {
             return bad("pipeline.stats_every_s", "must be > 0");
         }
         if !ge(self.pipeline.max_seconds, 0.0) {
             return bad("pipeline.max_seconds", "must be >= 0");
-        }
-        if self.replay.capacity < 8 {
-            return bad("replay.capacity", "must be at least 8");
         }
         if !(0.0..=1.0).contains(&self.replay.recent_fraction) {
             return bad("replay.recent_fraction", "must be in 0..=1");
@@ -98,9 +129,6 @@ impl RunConfig {
         if g.max_failures == 0 {
             return bad("gate.max_failures", "must be at least 1");
         }
-        if self.engine.inference_threads == 0 || self.engine.train_threads == 0 {
-            return bad("engine", "thread counts must be at least 1");
-        }
         if !self.metrics.listen.is_empty() {
             match self.metrics.listen.parse::<std::net::SocketAddr>() {
                 Ok(a) if a.ip().is_loopback() => {}
@@ -115,5 +143,109 @@ impl RunConfig {
         }
         self.adapt_config(path)?;
         Ok(())
+    }
+}
+
+impl RunConfig {
+    /// Refuses an `[output] path` or `[events] path` that would write over one of the run's
+    /// inputs (the model, its files, the anchors, the frame folders, the config file) or
+    /// state files, by path or by inode. Call after paths are resolved and overrides applied.
+    pub fn check_outputs(&self, config_path: &Path) -> Result<()> {
+        let state = |n: &str| self.state_dir.join(n);
+        let mut inputs: Vec<std::path::PathBuf> = vec![
+            config_path.to_path_buf(),
+            self.model.clone(),
+            self.model.join("model.onnx"),
+            self.model.join("model.toml"),
+            self.anchors_dir(),
+            state(crate::store::SOURCE),
+            state(crate::store::LAST_GOOD),
+            state(crate::store::PREVIOUS),
+            state("summary.json"),
+        ];
+        inputs.extend(self.source.paths.iter().cloned());
+        let events = self.events_path();
+        let refs: Vec<&Path> = inputs.iter().map(|p| p.as_path()).collect();
+        let fail = |key: &str, e: fieldtune_adapt::AdaptError| FieldError::Config {
+            path: config_path.into(),
+            key: Some(key.into()),
+            reason: e.to_string(),
+        };
+        fieldtune_adapt::fsutil::refuse_overwrite(&events, &refs)
+            .map_err(|e| fail("events.path", e))?;
+        if !matches!(self.output.path.as_str(), "-" | "none" | "") {
+            let mut with_events = refs.clone();
+            with_events.push(&events);
+            fieldtune_adapt::fsutil::refuse_overwrite(Path::new(&self.output.path), &with_events)
+                .map_err(|e| fail("output.path", e))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_keys_beyond_their_bound_are_refused_naming_the_key() {
+        let head = "model = \"m\"\n[source]\npaths = [\"d\"]\n";
+        for (table, key, value) in [
+            ("pipeline", "capture_queue", "4611686018427387904"),
+            ("pipeline", "output_queue", "4611686018427387904"),
+            ("replay", "capacity", "4611686018427387904"),
+            ("replay", "capacity", "100000000"),
+            ("engine", "train_threads", "100000"),
+            ("engine", "inference_threads", "0"),
+        ] {
+            let text = format!("{head}[{table}]\n{key} = {value}\n");
+            let e = RunConfig::from_toml(&text, Path::new("run.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!("{table}.{key}")) && e.contains("run.toml"),
+                "{table}.{key} = {value}: {e}"
+            );
+        }
+        let ok = format!("{head}[replay]\ncapacity = {}\n", bounds::MAX_REPLAY);
+        RunConfig::from_toml(&ok, Path::new("run.toml")).expect("the bound itself is allowed");
+    }
+
+    #[test]
+    fn outputs_on_the_model_config_or_state_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let model = d.path().join("m");
+        std::fs::create_dir(&model).unwrap();
+        std::fs::write(model.join("model.onnx"), b"onnx").unwrap();
+        std::fs::hard_link(model.join("model.onnx"), d.path().join("link.onnx")).unwrap();
+        let cfg_path = d.path().join("run.toml");
+        for (table, target) in [
+            ("output", "m/model.onnx"),
+            ("output", "link.onnx"),
+            ("output", "run.toml"),
+            ("output", "field-state/last-good.safetensors"),
+            ("output", "field-state/events.jsonl"),
+            ("events", "m/model.onnx"),
+        ] {
+            std::fs::write(
+                &cfg_path,
+                format!(
+                    "model = \"m\"\n[source]\npaths = [\"d\"]\n[{table}]\npath = \"{target}\"\n"
+                ),
+            )
+            .unwrap();
+            let e = RunConfig::load(&cfg_path).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("{table}.path")) && e.contains("would overwrite"),
+                "{table}.path = {target}: {e}"
+            );
+        }
+        assert_eq!(std::fs::read(model.join("model.onnx")).unwrap(), b"onnx");
+        std::fs::write(
+            &cfg_path,
+            "model = \"m\"\n[source]\npaths = [\"d\"]\n[output]\npath = \"preds.jsonl\"\n",
+        )
+        .unwrap();
+        RunConfig::load(&cfg_path).expect("an output of its own is fine");
     }
 }
