@@ -2,12 +2,17 @@
 # Install the ONNX Runtime shared library from PyPI into a project-local directory.
 #
 # Usage: scripts/install-ort.sh [--gpu] [--prefix DIR] [--version X.Y.Z] [--arch ARCH]
+#    e.g. scripts/install-ort.sh --version 1.19.2 --prefix .ort/oldest   (a second library
+#         beside .ort/lib, for tests against an older ONNX Runtime: ORT_DYLIB_PATH=...)
 #
 #   --gpu          install onnxruntime-gpu (CUDA 13 / cuDNN 9, TensorRT 10 for the TRT EP)
 #                  and its execution-provider libraries (libonnxruntime_providers_*.so)
 #   --prefix DIR   install into DIR/lib (default: <repo>/.ort, which is git-ignored; for a foreign
 #                  --arch the default is <repo>/.ort/<arch>, so the host's library stays usable)
-#   --version V    ONNX Runtime version (default: 1.31.1)
+#   --dir DIR      the same as --prefix DIR
+#   --version V    ONNX Runtime version (default: 1.31.1). fieldtune loads 1.17 and newer,
+#                  but PyPI's wheels ship libonnxruntime.so only from 1.19.0 on (1.17/1.18
+#                  wheels hold just the Python module): older versions are refused here
 #   --arch ARCH    x86_64 or aarch64 (default: this machine's, from uname -m); use aarch64 on an
 #                  x86_64 host to prepare a library for a Jetson or for qemu-aarch64 tests
 #
@@ -24,7 +29,7 @@ repo_root="$(cd "${script_dir}/.." && pwd)"
 prefix=""
 arch="$(uname -m)"
 
-usage() { sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -32,6 +37,9 @@ while [[ $# -gt 0 ]]; do
         --prefix) [[ $# -ge 2 ]] || { echo "error: --prefix needs a directory" >&2; exit 2; }
                   prefix="$2"; shift 2 ;;
         --prefix=*) prefix="${1#--prefix=}"; shift ;;
+        --dir) [[ $# -ge 2 ]] || { echo "error: --dir needs a directory" >&2; exit 2; }
+               prefix="$2"; shift 2 ;;
+        --dir=*) prefix="${1#--dir=}"; shift ;;
         --version) [[ $# -ge 2 ]] || { echo "error: --version needs a value" >&2; exit 2; }
                    version="$2"; shift 2 ;;
         --version=*) version="${1#--version=}"; shift ;;
@@ -117,8 +125,10 @@ with zipfile.ZipFile(wheel) as z:
                 shutil.copyfileobj(src, dst)
             os.chmod(target, 0o755)
             n += 1
-if n == 0:
-    sys.exit("error: no ONNX Runtime libraries found in " + os.path.basename(wheel))
+if not any(f.startswith("libonnxruntime.so") for f in os.listdir(dest)):
+    sys.exit("error: " + os.path.basename(wheel) + " holds no libonnxruntime.so (PyPI wheels ship"
+             " the C library from ONNX Runtime 1.19.0 on; use a release archive or a source build"
+             " with --build_shared_lib for an older version, then --ort-lib or ORT_DYLIB_PATH)")
 PY
 
 # Replace the previous install atomically-enough: stage, then move libraries into place.

@@ -258,7 +258,19 @@ fn try_load(
 }
 
 fn load_one(path: &Path) -> Result<ort::environment::Environment, String> {
-    let builder = ort::init_from(path).map_err(|e| e.to_string())?;
+    let builder = ort::init_from(path).map_err(|e| {
+        let message = e.to_string();
+        // ort's check of the library's GetVersionString against the compiled API level.
+        if message.contains("expected version >=") {
+            let min = crate::ORT_MIN_VERSION;
+            format!(
+                "{message} (fieldtune loads ONNX Runtime {}.{} and newer; docs/JETSON.md lists the Jetson builds)",
+                min.major, min.minor
+            )
+        } else {
+            message
+        }
+    })?;
     builder
         .with_name("fieldtune")
         .with_telemetry(false)

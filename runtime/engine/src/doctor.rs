@@ -4,6 +4,7 @@ use std::fmt;
 use std::path::Path;
 
 use crate::discovery::{self, OrtAttempt, OrtLocation, OrtRuntimeInfo};
+use crate::ort_version::{ort_lacks, OrtFeature, OrtVersion, ORT_MIN_VERSION, ORT_OLDEST_TESTED};
 use crate::TRACT_VERSION;
 
 /// CPU architecture and the SIMD features the engines use.
@@ -70,6 +71,13 @@ pub struct DoctorReport {
     pub ort: Result<OrtRuntimeInfo, String>,
     /// Execution providers of the loaded ONNX Runtime (empty when none loaded).
     pub execution_providers: Vec<String>,
+    /// The oldest ONNX Runtime this build loads.
+    pub ort_min_version: OrtVersion,
+    /// The oldest ONNX Runtime CI runs the engine tests on.
+    pub ort_oldest_tested: OrtVersion,
+    /// Features fieldtune can use that the loaded library is too old for (empty when none
+    /// loaded).
+    pub ort_lacks: Vec<OrtFeature>,
     /// tract's version (always available).
     pub tract_version: &'static str,
     /// CPU architecture and features.
@@ -107,18 +115,21 @@ pub fn doctor_report(ort_lib: Option<&Path>) -> DoctorReport {
             });
         }
     }
-    let (ort, execution_providers) = match loaded {
+    let (ort, execution_providers, lacks) = match loaded {
         Ok(rt) => {
             let eps = crate::ort_backend::available_providers(&rt);
-            (Ok(rt.info.clone()), eps)
+            (Ok(rt.info.clone()), eps, ort_lacks(&rt.info.version))
         }
-        Err(e) => (Err(e.to_string()), Vec::new()),
+        Err(e) => (Err(e.to_string()), Vec::new(), Vec::new()),
     };
     DoctorReport {
         searched: search.searched,
         candidates,
         ort,
         execution_providers,
+        ort_min_version: ORT_MIN_VERSION,
+        ort_oldest_tested: ORT_OLDEST_TESTED,
+        ort_lacks: lacks,
         tract_version: TRACT_VERSION,
         cpu: CpuFeatures::detect(),
     }
@@ -135,6 +146,22 @@ impl fmt::Display for DoctorReport {
                 info.location.source
             )?,
             Err(e) => writeln!(f, "ONNX Runtime: not available: {e}")?,
+        }
+        writeln!(
+            f,
+            "  supported: ONNX Runtime >= {}.{} (C API level {}); CI tests {} and newer",
+            self.ort_min_version.major,
+            self.ort_min_version.minor,
+            self.ort_min_version.minor,
+            self.ort_oldest_tested
+        )?;
+        if let Ok(info) = &self.ort {
+            if self.ort_lacks.is_empty() {
+                writeln!(f, "  {} has every feature fieldtune uses", info.version)?;
+            }
+            for feat in &self.ort_lacks {
+                writeln!(f, "  {} lacks: {feat}", info.version)?;
+            }
         }
         writeln!(f, "  searched: {}", self.searched.join("; "))?;
         if self.candidates.is_empty() {

@@ -55,6 +55,20 @@ pub enum EngineError {
         requested: PathBuf,
     },
 
+    /// A feature was asked for that the loaded ONNX Runtime is too old to have
+    /// ([`crate::OrtFeature`]).
+    #[error("{feature} need ONNX Runtime >= {needs}; the library at {} is {found}", path.display())]
+    OrtTooOld {
+        /// What was asked for.
+        feature: &'static str,
+        /// The first version that has it.
+        needs: String,
+        /// The loaded library's version.
+        found: String,
+        /// The loaded library.
+        path: PathBuf,
+    },
+
     /// An execution provider was requested but is not compiled into the loaded ONNX Runtime,
     /// or failed to register for a model (missing CUDA/cuDNN/TensorRT libraries, bad device).
     #[error("execution provider {provider} unavailable{}: {message}", model.as_deref().map(|m| format!(" for model '{m}'")).unwrap_or_default())]

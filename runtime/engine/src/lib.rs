@@ -29,6 +29,7 @@ pub mod discovery;
 mod doctor;
 mod error;
 mod ort_backend;
+mod ort_version;
 mod stateful;
 mod tract_backend;
 
@@ -36,6 +37,7 @@ pub use discovery::{search_ort, OrtAttempt, OrtLocation, OrtRuntimeInfo, OrtSear
 pub use doctor::{doctor_report, CandidateStatus, CpuFeatures, DoctorReport};
 pub use error::EngineError;
 pub use ort_backend::{GraphOptimization, OrtEngine, OrtOptions, OrtSession};
+pub use ort_version::{ort_lacks, OrtFeature, OrtVersion, ORT_MIN_VERSION, ORT_OLDEST_TESTED};
 pub use stateful::{ResidentSession, StatefulSession};
 pub use tract_backend::{TractEngine, TractSession, TRACT_VERSION};
 

@@ -28,6 +28,27 @@ fn explicit_failure_is_an_error_then_discovery_still_works_then_library_is_fixed
         Err(EngineError::OrtLoad { .. })
     ));
 
+    // A library older than the build's minimum is refused, naming its version and the
+    // minimum (a stand-in built with cc: `OrtGetApiBase` whose version string is 1.16.3).
+    let old = old_ort_stand_in("1.16.3");
+    match OrtEngine::new(OrtOptions {
+        lib: Some(old.clone()),
+        ..Default::default()
+    }) {
+        Err(EngineError::OrtLoad { path, message }) => {
+            assert_eq!(path, old);
+            assert!(message.contains("1.16.3"), "{message}");
+            let min = fieldtune_engine::ORT_MIN_VERSION;
+            assert!(
+                message.contains(&format!("{}.{} and newer", min.major, min.minor)),
+                "{message}"
+            );
+        }
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(e) => panic!("loaded {e:?} as ONNX Runtime"),
+    }
+    std::fs::remove_dir_all(old.parent().unwrap()).unwrap();
+
     // Normal discovery (no explicit path) then finds the project-local install.
     let search = search_ort(None);
     assert!(
@@ -69,6 +90,38 @@ fn explicit_failure_is_an_error_then_discovery_still_works_then_library_is_fixed
         "{:?}",
         r.err()
     );
+}
+
+/// Builds a shared library that exports `OrtGetApiBase` reporting `version` (nothing else of
+/// ONNX Runtime: a too-old library must be refused before any other call).
+fn old_ort_stand_in(version: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("ft-old-ort-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = dir.join("old.c");
+    std::fs::write(
+        &src,
+        format!(
+            "typedef struct {{ const void *(*get_api)(unsigned); const char *(*version)(void); }} Base;\n\
+             static const void *get_api(unsigned v) {{ (void)v; return 0; }}\n\
+             static const char *version(void) {{ return \"{version}\"; }}\n\
+             static const Base base = {{ get_api, version }};\n\
+             const Base *OrtGetApiBase(void) {{ return &base; }}\n"
+        ),
+    )
+    .unwrap();
+    let lib = dir.join(format!("libonnxruntime.so.{version}"));
+    let out = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&lib)
+        .arg(&src)
+        .output()
+        .expect("cc (the C compiler cargo links with) not found");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    lib
 }
 
 #[test]

@@ -475,6 +475,44 @@ fn doctor_reports_ort_tract_and_cpu() {
     assert!(text.contains("ONNX Runtime: ") && text.contains("tract: ") && text.contains("CPU: "));
 }
 
+/// The loaded library is at least the build's minimum, doctor says what it lacks, and a
+/// feature it lacks is a named error. `FIELDTUNE_EXPECT_ORT_VERSION` (set by CI's
+/// oldest-library step) pins which library must have been loaded.
+#[test]
+fn loaded_library_meets_the_minimum_and_features_are_gated() {
+    use fieldtune_engine::{OrtFeature, OrtVersion, ORT_MIN_VERSION};
+    let r = doctor_report(None);
+    let info = r.ort.as_ref().expect("ONNX Runtime not found");
+    if let Ok(want) = std::env::var("FIELDTUNE_EXPECT_ORT_VERSION") {
+        assert_eq!(info.version, want, "loaded {}", info.location);
+    }
+    let v = OrtVersion::parse(&info.version).expect("version string");
+    assert!(v >= ORT_MIN_VERSION, "{v} < {ORT_MIN_VERSION}");
+    assert_eq!(r.ort_min_version, ORT_MIN_VERSION);
+    let text = r.to_string();
+    let min = format!(
+        "supported: ONNX Runtime >= {}.{}",
+        ORT_MIN_VERSION.major, ORT_MIN_VERSION.minor
+    );
+    assert!(text.contains(&min), "{text}");
+    for f in OrtFeature::ALL {
+        let has = f.available_in(v);
+        assert_eq!(info.supports(f), has);
+        assert_eq!(r.ort_lacks.contains(&f), !has);
+        assert_eq!(text.contains(&format!("lacks: {f}")), !has, "{text}");
+        match info.require(f) {
+            Ok(()) => assert!(has),
+            Err(e) => {
+                assert!(!has);
+                assert!(matches!(e, EngineError::OrtTooOld { .. }));
+                let msg = e.to_string();
+                assert!(msg.contains(&f.min_version().to_string()), "{msg}");
+                assert!(msg.contains(&info.version), "{msg}");
+            }
+        }
+    }
+}
+
 #[test]
 fn tract_caches_plans_per_shape() {
     use fieldtune_engine::TractSession;

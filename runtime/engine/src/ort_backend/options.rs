@@ -58,23 +58,16 @@ pub struct OrtOptions {
     pub memory_pattern: bool,
 }
 
-/// Execution providers compiled into the loaded ONNX Runtime, as far as fieldtune can ask:
-/// CPU, CUDA and TensorRT through `GetAvailableProviders`, plus the providers of the
-/// devices ONNX Runtime discovered.
-pub(crate) fn available_providers(rt: &OrtRuntime) -> Vec<String> {
+/// Execution providers compiled into the loaded ONNX Runtime that fieldtune can use: CPU,
+/// CUDA and TensorRT, through `GetAvailableProviders` (in every supported version; the
+/// device enumeration of ONNX Runtime 1.22+ is not used, so that older libraries load).
+pub(crate) fn available_providers(_rt: &OrtRuntime) -> Vec<String> {
     let mut out = vec!["CPUExecutionProvider".to_string()];
     if ep::CUDA::is_available().unwrap_or(false) {
         out.push("CUDAExecutionProvider".to_string());
     }
     if ep::TensorRT::is_available().unwrap_or(false) {
         out.push("TensorrtExecutionProvider".to_string());
-    }
-    for dev in rt.env.devices() {
-        if let Ok(name) = dev.ep() {
-            if !out.iter().any(|n| n == name) {
-                out.push(name.to_string());
-            }
-        }
     }
     out
 }
