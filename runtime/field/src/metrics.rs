@@ -21,6 +21,12 @@ pub struct MetricsSnapshot {
     pub resets: u64,
     pub version: u64,
     pub round_active: bool,
+    /// Frames answered by the primary inference engine.
+    pub frames_primary: u64,
+    /// Frames answered by the fallback engine.
+    pub frames_fallback: u64,
+    /// Whether the fallback serves now.
+    pub on_fallback: bool,
     /// The last complete stats window.
     pub window: StatsWindow,
 }
@@ -98,6 +104,24 @@ pub fn render(m: &MetricsSnapshot) -> String {
         "gauge",
         "1 while a round runs.",
         m.round_active as u8 as f64,
+    );
+    put(
+        "frames_primary_total",
+        "counter",
+        "Frames answered by the primary inference engine ([engine] inference).",
+        m.frames_primary as f64,
+    );
+    put(
+        "frames_fallback_total",
+        "counter",
+        "Frames answered by the fallback engine ([engine] fallback).",
+        m.frames_fallback as f64,
+    );
+    put(
+        "serving_fallback",
+        "gauge",
+        "1 while the fallback engine serves.",
+        m.on_fallback as u8 as f64,
     );
     let w = &m.window;
     let l = w.latency.summary();

@@ -11,21 +11,23 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use fieldtune_adapt::{checkpoint, AdaptConfig, ModelDir};
-use fieldtune_engine::{Engine, Session};
+use fieldtune_engine::{Engine, EngineError, EngineKind, Session};
 use fieldtune_frames::Image8;
 use fieldtune_tensor::Tensor;
 use serde_json::json;
 
+use super::fault::InferenceFaults;
+use super::live::{Handover, LiveModel};
 use super::options::RunOptions;
-use super::serve::{Handover, LiveModel};
 use super::state::RunState;
 use super::summary::mib;
 use crate::budget::{lower_thread_priority, Budget, BudgetVerdict};
-use crate::config::RunConfig;
-use crate::error::Result;
+use crate::config::{EnginePlan, RunConfig};
+use crate::error::{FieldError, Result};
 use crate::events::{
-    CheckpointQuarantined, Committed, EventLog, FailedRound, FieldEvent, GatedRound, Paused,
-    ResetToSource, Resumed, RolledBack, RoundEnded, RoundStarted, StoppedRound, TriggerIgnored,
+    CheckpointQuarantined, Committed, EngineFallback, EventLog, FailedRound, FieldEvent,
+    GatedRound, Paused, ResetToSource, Resumed, RolledBack, RoundEnded, RoundStarted, StoppedRound,
+    TriggerIgnored,
 };
 use crate::gate::{decide, probe, GateInput, GateVerdict};
 use crate::replay::ReplayBuffer;
@@ -48,6 +50,24 @@ fn anchor_accuracy(session: &mut dyn Session, trainer: &RoundTrainer) -> Result<
     Ok(accuracy(&stats.classes, labels))
 }
 
+/// Loads the primary inference session; with a GPU provider in the plan, a session that
+/// did not get one is an error, not a silent move to the CPU.
+fn load_primary(engine: &dyn Engine, plan: &EnginePlan, bytes: &[u8]) -> Result<Box<dyn Session>> {
+    let s = engine.load(bytes, "model.onnx (live)")?;
+    let got = s.execution_provider();
+    if engine.kind() == EngineKind::Ort && plan.inference.wants_gpu() && got.starts_with("CPU") {
+        return Err(FieldError::Engine(EngineError::ExecutionProvider {
+            provider: got.to_string(),
+            model: Some(s.label().to_string()),
+            message: format!(
+                "the plan asks for {} but the session got {got}",
+                plan.inference
+            ),
+        }));
+    }
+    Ok(s)
+}
+
 /// What the round thread starts from. [`SupervisorSetup::start`], on that thread, lowers its
 /// priority, compiles the train step, opens the checkpoint store and loads the weights to
 /// serve.
@@ -65,6 +85,37 @@ pub(crate) struct SupervisorSetup {
     pub anchors: (Vec<Image8>, Vec<usize>),
     /// Sessions the inference loop replaced, dropped here.
     pub retired: mpsc::Receiver<Box<dyn Session>>,
+    pub serving: Serving,
+}
+
+/// How the sessions handed to the inference loop are built beside the primary: the
+/// fallback engine's session of the same weights, and the fault wrapper of `[fault]`.
+pub(crate) struct Serving {
+    pub plan: EnginePlan,
+    pub fallback_engine: Option<Arc<dyn Engine>>,
+    pub faults: Option<InferenceFaults>,
+}
+
+impl Serving {
+    /// The sessions to serve the weights in `bytes` (the primary already built).
+    fn live_model(&self, session: Box<dyn Session>, bytes: &[u8], version: u64) -> LiveModel {
+        let fallback = self.fallback_engine.as_ref().and_then(|e| {
+            e.load(bytes, "model.onnx (live, fallback)")
+                .map_err(|err| {
+                    tracing::error!("version {version}: no fallback session: {err}");
+                })
+                .ok()
+        });
+        let session = match &self.faults {
+            Some(f) => f.wrap(session),
+            None => session,
+        };
+        LiveModel {
+            session,
+            fallback,
+            version,
+        }
+    }
 }
 
 /// The live weights as the supervisor knows them.
@@ -104,6 +155,7 @@ pub(crate) struct RoundSupervisor {
     replay: Arc<Mutex<ReplayBuffer>>,
     infer_engine: Arc<dyn Engine>,
     retired: mpsc::Receiver<Box<dyn Session>>,
+    serving: Serving,
     trainer: RoundTrainer,
     store: Store,
     budget: Budget,
@@ -122,7 +174,7 @@ pub(crate) struct RoundSupervisor {
 
 impl SupervisorSetup {
     /// Builds the supervisor; also returns the session to serve first and its checkpoint.
-    pub fn start(self) -> Result<(RoundSupervisor, Box<dyn Session>, CheckpointMeta)> {
+    pub fn start(self) -> Result<(RoundSupervisor, LiveModel, CheckpointMeta)> {
         let SupervisorSetup {
             cfg,
             opts,
@@ -135,14 +187,33 @@ impl SupervisorSetup {
             adapt,
             anchors,
             retired,
+            mut serving,
         } = self;
+        let mut infer_engine = infer_engine;
         if !lower_thread_priority(cfg.budget.nice) {
             tracing::warn!(
                 "could not lower the round thread's priority (nice {})",
                 cfg.budget.nice
             );
         }
-        let train_engine = opts.engine(cfg.engine.train_threads)?;
+        let train_engine = opts
+            .resolve(
+                &serving.plan.train,
+                &cfg.budget.board,
+                serving.plan.trt_cache.as_deref(),
+                cfg.engine.train_threads,
+            )
+            .map_err(|e| FieldError::Config {
+                path: opts.config_path.clone(),
+                key: Some("engine.train".into()),
+                reason: format!("{}: {e}", serving.plan.train),
+            })?;
+        tracing::info!(
+            "train engine: {} ({})",
+            train_engine.engine.describe(),
+            train_engine.why
+        );
+        let train_engine = train_engine.engine;
         let trainer = RoundTrainer::new(
             train_engine.as_ref(),
             model.clone(),
@@ -161,7 +232,26 @@ impl SupervisorSetup {
             }));
         }
         let bytes = model.with_params(&resumed.params)?;
-        let live_session = infer_engine.load(&bytes, "model.onnx (live)")?;
+        let live_session = match load_primary(infer_engine.as_ref(), &serving.plan, &bytes) {
+            Ok(s) => s,
+            Err(e) => match serving.fallback_engine.take() {
+                Some(fb) => {
+                    tracing::warn!("the inference engine cannot serve ({e}); serving on tract");
+                    events.emit(FieldEvent::EngineFallback(EngineFallback {
+                        role: "inference".into(),
+                        from: serving.plan.inference.to_string(),
+                        to: fb.describe(),
+                        reason: e.to_string(),
+                        frame: None,
+                        round: None,
+                    }));
+                    infer_engine = fb;
+                    serving.faults = None;
+                    infer_engine.load(&bytes, "model.onnx (live)")?
+                }
+                None => return Err(e),
+            },
+        };
         let mut reference = infer_engine.load(&bytes, "model.onnx (gate reference)")?;
         let anchor_accuracy = anchor_accuracy(reference.as_mut(), &trainer)?;
         tracing::info!(
@@ -188,6 +278,7 @@ impl SupervisorSetup {
             replay,
             infer_engine,
             retired,
+            serving,
             trainer,
             store,
             budget,
@@ -197,11 +288,19 @@ impl SupervisorSetup {
             last_round_end_frame: 0,
             last_skip_log: Instant::now() - Duration::from_secs(60),
         };
-        Ok((supervisor, live_session, resumed.meta))
+        let live = supervisor
+            .serving
+            .live_model(live_session, &bytes, resumed.meta.version);
+        Ok((supervisor, live, resumed.meta))
     }
 }
 
 impl RoundSupervisor {
+    /// The engine the primary inference sessions come from.
+    pub fn engine_desc(&self) -> String {
+        self.infer_engine.describe()
+    }
+
     /// Waits for triggers and runs rounds until the run stops.
     pub fn run(mut self) -> Result<()> {
         tracing::info!("budget: {}", self.budget.thermal.describe());
@@ -459,7 +558,7 @@ impl RoundSupervisor {
         let reference = self
             .infer_engine
             .load(&bytes, "model.onnx (gate reference)")?;
-        self.swap(session, meta.version);
+        self.swap(session, &bytes, meta.version);
         self.state.commits.fetch_add(1, Ordering::Relaxed);
         self.failures = 0;
         tracing::info!(
@@ -483,8 +582,10 @@ impl RoundSupervisor {
     }
 
     /// Hands `session` (weights of `version`, already checkpointed) to the inference loop.
-    fn swap(&self, session: Box<dyn Session>, version: u64) {
-        self.handover.offer(LiveModel { session, version });
+    /// With a fallback engine, its session of the same weights goes along.
+    fn swap(&self, session: Box<dyn Session>, bytes: &[u8], version: u64) {
+        self.handover
+            .offer(self.serving.live_model(session, bytes, version));
         self.state.version.store(version, Ordering::Relaxed);
     }
 
@@ -559,7 +660,7 @@ impl RoundSupervisor {
             .load(&bytes, "model.onnx (gate reference)")?;
         let anchor_accuracy = anchor_accuracy(reference.as_mut(), &self.trainer)?;
         self.store.commit(&weights, &meta)?;
-        self.swap(session, meta.version);
+        self.swap(session, &bytes, meta.version);
         self.state.resets.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
             "{} failed rounds in a row: reset to the source weights (version {})",
