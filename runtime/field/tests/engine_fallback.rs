@@ -306,3 +306,78 @@ fn a_missing_provider_fails_at_start_or_starts_on_tract_as_the_config_says() {
         .unwrap();
     assert!(first_fb < first_started);
 }
+
+#[test]
+fn a_failed_train_step_rolls_back_and_the_next_round_trains_on_the_train_fallback() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = format!(
+        r#"{HEAD}
+[source]
+paths = ["@ROOT/data/opencv-digits"]
+order = "shuffled"
+seed = 2
+fps = 300.0
+limit = 1000
+loop = true
+preload = true
+[trigger]
+drift = false
+manual_signal = false
+every_frames = 300
+min_replay = 256
+cooldown_frames = 0
+[adapt]
+steps = 3
+[engine]
+inference = "ort:cpu"
+train = "ort:cpu"
+train_fallback = "tract"
+[fault]
+train_error_rounds = [1]
+"#
+    );
+    let (cfg, path) = config(&text, tmp.path());
+    // The stream loops until a second round ended (or a bound passes).
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (stop, log) = (stop.clone(), cfg.events_path());
+        std::thread::spawn(move || {
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_secs(300) {
+                std::thread::sleep(Duration::from_millis(200));
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                if text.matches("\"event\":\"round_ended\"").count() >= 2 {
+                    break;
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+        })
+    };
+    fieldtune_field::run(&cfg, &options(&path), Some(stop)).expect("run");
+    watcher.join().unwrap();
+    let ev = events(&cfg);
+    let ended = kinds(&ev, "round_ended");
+    assert!(ended.len() >= 2, "{ended:?}");
+    let err = ended[0].str("error").expect("round 1 failed with an error");
+    assert!(err.contains("injected fault in round 1"), "{err}");
+    let rolled = kinds(&ev, "rolled_back");
+    assert!(rolled[0].fields["reasons"][0]
+        .as_str()
+        .unwrap()
+        .contains("injected fault"));
+    assert_eq!(rolled[0].u64("round"), Some(1));
+    let fb = kinds(&ev, "engine_fallback");
+    assert_eq!(fb.len(), 1, "{fb:?}");
+    assert_eq!(fb[0].str("role"), Some("train"));
+    assert_eq!(
+        (fb[0].str("from"), fb[0].str("to")),
+        (Some("ort:cpu"), Some("tract"))
+    );
+    assert_eq!(fb[0].u64("round"), Some(1));
+    // Round 2 trained (on tract) and reached the gate.
+    assert!(ended[1].str("error").is_none(), "{:?}", ended[1]);
+    assert!(ended[1].fields.contains_key("gate"), "{:?}", ended[1]);
+    // Serving never stopped: the live model stayed the source's through the failure.
+    let lines = predictions(&tmp.path().join("predictions.jsonl"));
+    answered_once(&lines, lines.len() as u64);
+}

@@ -14,6 +14,7 @@ mod live;
 mod monitor;
 mod options;
 mod pipeline;
+mod roles;
 mod serve;
 mod state;
 pub mod summary;
@@ -44,10 +45,11 @@ use crate::store::CheckpointMeta;
 use fault::{FrameClock, InferenceFaults};
 use live::{Engines, Handover, LiveModel, LiveSession};
 use pipeline::{capture_thread, open_output, output_thread, FrameSlot, Prediction};
+use roles::Serving;
 use serve::InferenceLoop;
 use state::RunState;
 use summary::mib;
-use supervisor::{Serving, SupervisorSetup};
+use supervisor::SupervisorSetup;
 
 fn load_anchors(dir: &Path, model: &ModelConfig) -> Result<(Vec<Image8>, Vec<usize>)> {
     let ds = Dataset::labeled(dir, &model.classes)?;
@@ -161,14 +163,16 @@ fn plan_serving(
                 },
             ));
         }
-        Err(e) => return Err(FieldError::Config {
-            path: path.clone(),
-            key: Some("engine.inference".into()),
-            reason: format!(
+        Err(e) => {
+            return Err(FieldError::Config {
+                path: path.clone(),
+                key: Some("engine.inference".into()),
+                reason: format!(
                 "{} cannot start: {e} (set engine.fallback = \"tract\" to serve on tract instead)",
                 plan.inference
             ),
-        }),
+            })
+        }
     };
     let fallback_engine =
         (plan.fallback_tract && primary.kind() != fieldtune_engine::EngineKind::Tract).then(tract);

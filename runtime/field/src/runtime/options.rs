@@ -123,6 +123,12 @@ fn auto_for_board(
     let name = &profile.board.name;
     let order = &profile.engine.order;
     let tract_ok = order.contains(&BoardEngine::Tract);
+    let wanted: Vec<String> = profile
+        .engine
+        .execution_providers
+        .iter()
+        .map(|p| p.name().to_string())
+        .collect();
     if pref != EnginePreference::Ort && order.first() == Some(&BoardEngine::Tract) {
         return Ok(ResolvedEngine {
             engine: Box::new(TractEngine::with_threads(threads)),
@@ -134,18 +140,15 @@ fn auto_for_board(
         Err(e) if tract_ok && pref != EnginePreference::Ort => {
             return Ok(ResolvedEngine {
                 engine: Box::new(TractEngine::with_threads(threads)),
-                why: format!("auto: board {name}; ONNX Runtime unusable ({e}), tract"),
+                why: format!(
+                    "auto: board {name} asks for ort with [{}]; ONNX Runtime unusable ({e}); tract",
+                    wanted.join(", ")
+                ),
             })
         }
         Err(e) => return Err(e.into()),
     };
     let have = probe.available_providers();
-    let wanted: Vec<String> = profile
-        .engine
-        .execution_providers
-        .iter()
-        .map(|p| p.name().to_string())
-        .collect();
     let mut chain: Vec<ExecutionProvider> = Vec::new();
     for p in &profile.engine.execution_providers {
         if !have.iter().any(|h| h == p.ort_name()) {

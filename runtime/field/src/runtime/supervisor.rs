@@ -11,18 +11,19 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use fieldtune_adapt::{checkpoint, AdaptConfig, ModelDir};
-use fieldtune_engine::{Engine, EngineError, EngineKind, Session};
+use fieldtune_engine::{Engine, Session};
 use fieldtune_frames::Image8;
 use fieldtune_tensor::Tensor;
 use serde_json::json;
 
-use super::fault::InferenceFaults;
+use super::fault::TrainFaults;
 use super::live::{Handover, LiveModel};
 use super::options::RunOptions;
+use super::roles::{load_primary, Serving, Training};
 use super::state::RunState;
 use super::summary::mib;
 use crate::budget::{lower_thread_priority, Budget, BudgetVerdict};
-use crate::config::{EnginePlan, RunConfig};
+use crate::config::RunConfig;
 use crate::error::{FieldError, Result};
 use crate::events::{
     CheckpointQuarantined, Committed, EngineFallback, EventLog, FailedRound, FieldEvent,
@@ -50,24 +51,6 @@ fn anchor_accuracy(session: &mut dyn Session, trainer: &RoundTrainer) -> Result<
     Ok(accuracy(&stats.classes, labels))
 }
 
-/// Loads the primary inference session; with a GPU provider in the plan, a session that
-/// did not get one is an error, not a silent move to the CPU.
-fn load_primary(engine: &dyn Engine, plan: &EnginePlan, bytes: &[u8]) -> Result<Box<dyn Session>> {
-    let s = engine.load(bytes, "model.onnx (live)")?;
-    let got = s.execution_provider();
-    if engine.kind() == EngineKind::Ort && plan.inference.wants_gpu() && got.starts_with("CPU") {
-        return Err(FieldError::Engine(EngineError::ExecutionProvider {
-            provider: got.to_string(),
-            model: Some(s.label().to_string()),
-            message: format!(
-                "the plan asks for {} but the session got {got}",
-                plan.inference
-            ),
-        }));
-    }
-    Ok(s)
-}
-
 /// What the round thread starts from. [`SupervisorSetup::start`], on that thread, lowers its
 /// priority, compiles the train step, opens the checkpoint store and loads the weights to
 /// serve.
@@ -86,36 +69,6 @@ pub(crate) struct SupervisorSetup {
     /// Sessions the inference loop replaced, dropped here.
     pub retired: mpsc::Receiver<Box<dyn Session>>,
     pub serving: Serving,
-}
-
-/// How the sessions handed to the inference loop are built beside the primary: the
-/// fallback engine's session of the same weights, and the fault wrapper of `[fault]`.
-pub(crate) struct Serving {
-    pub plan: EnginePlan,
-    pub fallback_engine: Option<Arc<dyn Engine>>,
-    pub faults: Option<InferenceFaults>,
-}
-
-impl Serving {
-    /// The sessions to serve the weights in `bytes` (the primary already built).
-    fn live_model(&self, session: Box<dyn Session>, bytes: &[u8], version: u64) -> LiveModel {
-        let fallback = self.fallback_engine.as_ref().and_then(|e| {
-            e.load(bytes, "model.onnx (live, fallback)")
-                .map_err(|err| {
-                    tracing::error!("version {version}: no fallback session: {err}");
-                })
-                .ok()
-        });
-        let session = match &self.faults {
-            Some(f) => f.wrap(session),
-            None => session,
-        };
-        LiveModel {
-            session,
-            fallback,
-            version,
-        }
-    }
 }
 
 /// The live weights as the supervisor knows them.
@@ -156,6 +109,7 @@ pub(crate) struct RoundSupervisor {
     infer_engine: Arc<dyn Engine>,
     retired: mpsc::Receiver<Box<dyn Session>>,
     serving: Serving,
+    training: Training,
     trainer: RoundTrainer,
     store: Store,
     budget: Budget,
@@ -214,7 +168,13 @@ impl SupervisorSetup {
             train_engine.why
         );
         let train_engine = train_engine.engine;
-        let trainer = RoundTrainer::new(
+        let training = Training {
+            faults: TrainFaults::new(&cfg.fault),
+            opts: opts.clone(),
+            spec: serving.plan.train.to_string(),
+            switched: false,
+        };
+        let trainer = training.trainer(
             train_engine.as_ref(),
             model.clone(),
             adapt,
@@ -279,6 +239,7 @@ impl SupervisorSetup {
             infer_engine,
             retired,
             serving,
+            training,
             trainer,
             store,
             budget,
@@ -431,12 +392,18 @@ impl RoundSupervisor {
             stop: &self.state.stop,
             on_pause: &mut on_pause,
         };
+        if let Some(f) = &self.training.faults {
+            f.set_round(no.here);
+        }
         let result = self
             .trainer
             .run_round(&self.live.weights, &train, no.here, poison, &mut ctl);
         let result = match result {
             Ok(r) => r,
-            Err(e) => return self.fail(round_total, None, &e),
+            Err(e) => {
+                self.fail(round_total, None, &e)?;
+                return self.train_fallback(round_total, &e);
+            }
         };
         let metrics = result.metrics.iter().cloned().collect();
         if result.cut == Some(Cut::Stop) {
@@ -635,6 +602,46 @@ impl RoundSupervisor {
             version: None,
         }));
         self.reset_if_failing(round_total)
+    }
+
+    /// After a failed train step: the next rounds train on `train_fallback`, if set (once).
+    fn train_fallback(&mut self, round_total: u64, e: &dyn std::fmt::Display) -> Result<()> {
+        let Some(spec) = self.serving.plan.train_fallback.clone() else {
+            return Ok(());
+        };
+        if self.training.switched {
+            return Ok(());
+        }
+        let r = self.training.opts.resolve(
+            &spec,
+            &self.cfg.budget.board,
+            self.serving.plan.trt_cache.as_deref(),
+            self.cfg.engine.train_threads,
+        )?;
+        let (anchors, labels) = self.trainer.anchors();
+        let trainer = self.training.trainer(
+            r.engine.as_ref(),
+            self.trainer.model().clone(),
+            self.trainer.config().clone(),
+            anchors.to_vec(),
+            labels.to_vec(),
+        )?;
+        tracing::warn!(
+            "round {round_total}: the train step failed; the next rounds train on {spec} ({})",
+            r.engine.describe()
+        );
+        self.events.emit(FieldEvent::EngineFallback(EngineFallback {
+            role: "train".into(),
+            from: self.training.spec.clone(),
+            to: spec.to_string(),
+            reason: e.to_string(),
+            frame: None,
+            round: Some(round_total),
+        }));
+        self.trainer = trainer;
+        self.training.spec = spec.to_string();
+        self.training.switched = true;
+        Ok(())
     }
 
     /// After `max_failures` failed rounds in a row, the live model goes back to the source
