@@ -381,3 +381,24 @@ train_error_rounds = [1]
     let lines = predictions(&tmp.path().join("predictions.jsonl"));
     answered_once(&lines, lines.len() as u64);
 }
+
+#[test]
+fn missed_deadlines_in_a_row_move_serving_to_the_fallback() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cfg, path) = small_stream(
+        "[engine]\ninference = \"ort:cpu\"\nfallback = \"tract\"\nretry_s = 0.001\ninference_deadline_ms = 20.0\ndeadline_misses = 3\n[fault]\ninference_stalls = [[10, 14]]\ninference_stall_ms = 80\n",
+        tmp.path(),
+    );
+    let summary = fieldtune_field::run(&cfg, &options(&path), None).expect("run");
+    let lines = predictions(&tmp.path().join("predictions.jsonl"));
+    answered_once(&lines, 40);
+    let ev = events(&cfg);
+    let fb = kinds(&ev, "engine_fallback");
+    assert!(!fb.is_empty());
+    let reason = fb[0].str("reason").unwrap();
+    assert!(reason.contains("deadline"), "{reason}");
+    // Frames 10, 11, 12 were late (answered by the primary); the fallback takes frame 13.
+    assert_eq!(fb[0].u64("frame"), Some(13), "{:?}", fb[0]);
+    assert!(!kinds(&ev, "engine_restored").is_empty());
+    assert!(summary.frames_by_engine.keys().any(|k| k.contains("tract")));
+}

@@ -45,7 +45,7 @@ impl EngineSpec {
                     .iter()
                     .position(|p| matches!(p, ExecutionProvider::Cuda { .. }));
                 if let Some(t) = trt {
-                    if !cuda.is_some_and(|c| c > t) {
+                    if cuda.is_none_or(|c| c <= t) {
                         return Err(format!(
                             "'{other}': tensorrt needs cuda after it (\"ort:tensorrt,cuda\"): ONNX Runtime's TensorRT provider needs the CUDA provider for the nodes TensorRT does not take"
                         ));

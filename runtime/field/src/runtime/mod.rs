@@ -130,7 +130,7 @@ fn plan_serving(
     let threads = cfg.engine.inference_threads;
     let tract =
         || -> Arc<dyn Engine> { Arc::new(fieldtune_engine::TractEngine::with_threads(threads)) };
-    let primary: Arc<dyn Engine> = match opts.resolve(
+    let (primary, primary_name): (Arc<dyn Engine>, String) = match opts.resolve(
         &plan.inference,
         &cfg.budget.board,
         plan.trt_cache.as_deref(),
@@ -138,7 +138,7 @@ fn plan_serving(
     ) {
         Ok(r) => {
             tracing::info!("inference engine: {} ({})", r.engine.describe(), r.why);
-            Arc::from(r.engine)
+            (Arc::from(r.engine), r.spec.to_string())
         }
         Err(e) if plan.fallback_tract => {
             let to = tract();
@@ -149,7 +149,7 @@ fn plan_serving(
             events.emit(FieldEvent::EngineFallback(EngineFallback {
                 role: "inference".into(),
                 from: plan.inference.to_string(),
-                to: to.describe(),
+                to: "tract".into(),
                 reason: e.to_string(),
                 frame: None,
                 round: None,
@@ -158,6 +158,7 @@ fn plan_serving(
                 to,
                 Serving {
                     plan,
+                    primary_name: "tract".into(),
                     fallback_engine: None,
                     faults: None,
                 },
@@ -180,6 +181,7 @@ fn plan_serving(
         primary,
         Serving {
             plan,
+            primary_name,
             fallback_engine,
             faults: None,
         },
@@ -225,11 +227,6 @@ pub fn run(
         faults: InferenceFaults::new(&cfg.fault, clock.clone()),
         ..serving
     };
-    let fallback_desc = serving
-        .fallback_engine
-        .as_ref()
-        .map(|e| e.describe())
-        .unwrap_or_default();
     let engine_plan = serving.plan.clone();
     let replay = Arc::new(Mutex::new(ReplayBuffer::new(
         mcfg.input_shape(),
@@ -242,7 +239,8 @@ pub fn run(
 
     // The round thread sets itself up (lower priority first: threads it starts inherit it),
     // opens the store and hands back the live session to start from.
-    let (ready_tx, ready_rx) = mpsc::channel::<Result<(LiveModel, CheckpointMeta, String)>>();
+    let (ready_tx, ready_rx) =
+        mpsc::channel::<Result<(LiveModel, CheckpointMeta, String, String)>>();
     let setup = SupervisorSetup {
         cfg: cfg.clone(),
         opts: opts.clone(),
@@ -263,14 +261,14 @@ pub fn run(
             Ok(())
         }
         Ok((supervisor, live, meta)) => {
-            let serving_engine = supervisor.engine_desc();
-            if ready_tx.send(Ok((live, meta, serving_engine))).is_err() {
+            let (desc, name) = supervisor.engine_desc();
+            if ready_tx.send(Ok((live, meta, desc, name))).is_err() {
                 return Ok(());
             }
             supervisor.run()
         }
     })?;
-    let (live_model, resumed, engine_desc) = match ready_rx.recv() {
+    let (live_model, resumed, engine_desc, engine_name) = match ready_rx.recv() {
         Ok(Ok(x)) => x,
         Ok(Err(e)) => {
             let _ = round_handle.join();
@@ -373,7 +371,7 @@ pub fn run(
     .run(LiveSession::new(
         live_model,
         retire_tx,
-        Engines::new(engine_desc.clone(), fallback_desc, &engine_plan),
+        Engines::new(engine_name, "tract".into(), &engine_plan),
         clock,
         events.clone(),
         state.clone(),

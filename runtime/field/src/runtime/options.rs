@@ -31,6 +31,8 @@ pub struct RunOptions {
 /// An engine for one role, and why it was chosen.
 pub struct ResolvedEngine {
     pub engine: Box<dyn Engine>,
+    /// What it resolved to (never `auto`), as the config spells it: names it in events.
+    pub spec: EngineSpec,
     /// One line: which rule picked it.
     pub why: String,
 }
@@ -80,12 +82,14 @@ pub fn resolve_engine(
 ) -> Result<ResolvedEngine> {
     let tract = |why: String| ResolvedEngine {
         engine: Box::new(TractEngine::with_threads(threads)),
+        spec: EngineSpec::Tract,
         why,
     };
     match spec {
         EngineSpec::Tract => Ok(tract("asked for".into())),
         EngineSpec::Ort(eps) => Ok(ResolvedEngine {
             engine: Box::new(OrtEngine::new(ort_opts(lib, eps.clone(), threads))?),
+            spec: spec.clone(),
             why: "asked for".into(),
         }),
         EngineSpec::Auto => match pref {
@@ -96,8 +100,13 @@ pub fn resolve_engine(
                     EngineKind::Ort => "auto, no board profile: ONNX Runtime found, CPU",
                     EngineKind::Tract => "auto, no board profile: no ONNX Runtime, tract",
                 };
+                let spec = match engine.kind() {
+                    EngineKind::Ort => EngineSpec::Ort(vec![ExecutionProvider::Cpu]),
+                    EngineKind::Tract => EngineSpec::Tract,
+                };
                 Ok(ResolvedEngine {
                     engine,
+                    spec,
                     why: why.into(),
                 })
             }
@@ -132,6 +141,7 @@ fn auto_for_board(
     if pref != EnginePreference::Ort && order.first() == Some(&BoardEngine::Tract) {
         return Ok(ResolvedEngine {
             engine: Box::new(TractEngine::with_threads(threads)),
+            spec: EngineSpec::Tract,
             why: format!("auto: board {name} puts tract first"),
         });
     }
@@ -140,6 +150,7 @@ fn auto_for_board(
         Err(e) if tract_ok && pref != EnginePreference::Ort => {
             return Ok(ResolvedEngine {
                 engine: Box::new(TractEngine::with_threads(threads)),
+                spec: EngineSpec::Tract,
                 why: format!(
                     "auto: board {name} asks for ort with [{}]; ONNX Runtime unusable ({e}); tract",
                     wanted.join(", ")
@@ -182,7 +193,8 @@ fn auto_for_board(
     );
     drop(probe);
     Ok(ResolvedEngine {
-        engine: Box::new(OrtEngine::new(ort_opts(lib, chain, threads))?),
+        engine: Box::new(OrtEngine::new(ort_opts(lib, chain.clone(), threads))?),
+        spec: EngineSpec::Ort(chain),
         why,
     })
 }

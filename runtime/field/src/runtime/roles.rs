@@ -42,6 +42,8 @@ pub(crate) fn load_primary(
 /// fallback engine's session of the same weights, and the fault wrapper of `[fault]`.
 pub(crate) struct Serving {
     pub plan: EnginePlan,
+    /// The primary inference engine, as the config spells it (`ort:cpu`, `tract`).
+    pub primary_name: String,
     pub fallback_engine: Option<Arc<dyn Engine>>,
     pub faults: Option<InferenceFaults>,
 }

@@ -200,13 +200,14 @@ impl SupervisorSetup {
                     events.emit(FieldEvent::EngineFallback(EngineFallback {
                         role: "inference".into(),
                         from: serving.plan.inference.to_string(),
-                        to: fb.describe(),
+                        to: "tract".into(),
                         reason: e.to_string(),
                         frame: None,
                         round: None,
                     }));
                     infer_engine = fb;
                     serving.faults = None;
+                    serving.primary_name = "tract".into();
                     infer_engine.load(&bytes, "model.onnx (live)")?
                 }
                 None => return Err(e),
@@ -257,9 +258,12 @@ impl SupervisorSetup {
 }
 
 impl RoundSupervisor {
-    /// The engine the primary inference sessions come from.
-    pub fn engine_desc(&self) -> String {
-        self.infer_engine.describe()
+    /// The engine the primary inference sessions come from: its description and its name.
+    pub fn engine_desc(&self) -> (String, String) {
+        (
+            self.infer_engine.describe(),
+            self.serving.primary_name.clone(),
+        )
     }
 
     /// Waits for triggers and runs rounds until the run stops.
