@@ -212,3 +212,25 @@ pub fn serve(
         .map_err(io_err("metrics thread"))?;
     Ok((local, h))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_per_engine_and_the_serving_engine_are_rendered() {
+        let m = MetricsSnapshot {
+            frames: 10,
+            frames_primary: 3,
+            frames_fallback: 7,
+            on_fallback: true,
+            ..MetricsSnapshot::default()
+        };
+        let text = render(&m);
+        assert!(text.contains("fieldtune_frames_primary_total 3\n"), "{text}");
+        assert!(text.contains("fieldtune_frames_fallback_total 7\n"), "{text}");
+        assert!(text.contains("fieldtune_serving_fallback 1\n"), "{text}");
+        let back = render(&MetricsSnapshot::default());
+        assert!(back.contains("fieldtune_serving_fallback 0\n"), "{back}");
+    }
+}
