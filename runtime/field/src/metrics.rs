@@ -227,8 +227,14 @@ mod tests {
             ..MetricsSnapshot::default()
         };
         let text = render(&m);
-        assert!(text.contains("fieldtune_frames_primary_total 3\n"), "{text}");
-        assert!(text.contains("fieldtune_frames_fallback_total 7\n"), "{text}");
+        assert!(
+            text.contains("fieldtune_frames_primary_total 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("fieldtune_frames_fallback_total 7\n"),
+            "{text}"
+        );
         assert!(text.contains("fieldtune_serving_fallback 1\n"), "{text}");
         let back = render(&MetricsSnapshot::default());
         assert!(back.contains("fieldtune_serving_fallback 0\n"), "{back}");
