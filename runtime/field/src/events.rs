@@ -2,7 +2,8 @@
 //! line one [`FieldEvent`] (its variant names the kind, its fields are the line's other keys).
 //!
 //! Kinds: `started`, `stats`, `trigger`, `round_started`, `round_ended`, `committed`,
-//! `rolled_back`, `reset_to_source`, `paused`, `resumed`, `checkpoint_quarantined`, `stopped`.
+//! `rolled_back`, `reset_to_source`, `paused`, `resumed`, `checkpoint_quarantined`,
+//! `engine_fallback`, `engine_restored`, `stopped`.
 //! Keys are written in sorted order (serde_json's map) and numbers as serde_json prints them;
 //! a non-finite number is written `null`.
 //!
@@ -53,6 +54,11 @@ pub enum FieldEvent {
     Resumed(Resumed),
     /// A checkpoint that did not verify was moved aside on start.
     CheckpointQuarantined(CheckpointQuarantined),
+    /// A role left its planned engine (at start, on a failed run or missed deadlines, or
+    /// after a failed train step).
+    EngineFallback(EngineFallback),
+    /// The primary inference engine answered a probe and serves again.
+    EngineRestored(EngineRestored),
     /// The run ended; the run's summary.
     Stopped(RunSummary),
 }
@@ -72,6 +78,8 @@ impl FieldEvent {
             FieldEvent::Paused(_) => "paused",
             FieldEvent::Resumed(_) => "resumed",
             FieldEvent::CheckpointQuarantined(_) => "checkpoint_quarantined",
+            FieldEvent::EngineFallback(_) => "engine_fallback",
+            FieldEvent::EngineRestored(_) => "engine_restored",
             FieldEvent::Stopped(_) => "stopped",
         }
     }
@@ -274,6 +282,30 @@ pub struct CheckpointQuarantined {
     pub file: String,
     pub moved_to: String,
     pub reason: String,
+}
+
+/// `engine_fallback`: `role` (`inference` or `train`) moved from engine `from` to `to`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EngineFallback {
+    pub role: String,
+    pub from: String,
+    pub to: String,
+    pub reason: String,
+    /// The first frame the fallback answered (inference during serving); null at start and
+    /// for training.
+    pub frame: Option<u64>,
+    /// The round that failed (training).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub round: Option<u64>,
+}
+
+/// `engine_restored`: the primary serves again from `frame` on.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EngineRestored {
+    pub engine: String,
+    pub frame: u64,
+    /// Frames the fallback answered in this episode.
+    pub fallback_frames: u64,
 }
 
 /// Sees every event as it is logged (e.g. to drive a board's status LEDs).

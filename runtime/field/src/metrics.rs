@@ -21,6 +21,12 @@ pub struct MetricsSnapshot {
     pub resets: u64,
     pub version: u64,
     pub round_active: bool,
+    /// Frames answered by the primary inference engine.
+    pub frames_primary: u64,
+    /// Frames answered by the fallback engine.
+    pub frames_fallback: u64,
+    /// Whether the fallback serves now.
+    pub on_fallback: bool,
     /// The last complete stats window.
     pub window: StatsWindow,
 }
@@ -98,6 +104,24 @@ pub fn render(m: &MetricsSnapshot) -> String {
         "gauge",
         "1 while a round runs.",
         m.round_active as u8 as f64,
+    );
+    put(
+        "frames_primary_total",
+        "counter",
+        "Frames answered by the primary inference engine ([engine] inference).",
+        m.frames_primary as f64,
+    );
+    put(
+        "frames_fallback_total",
+        "counter",
+        "Frames answered by the fallback engine ([engine] fallback).",
+        m.frames_fallback as f64,
+    );
+    put(
+        "serving_fallback",
+        "gauge",
+        "1 while the fallback engine serves.",
+        m.on_fallback as u8 as f64,
     );
     let w = &m.window;
     let l = w.latency.summary();
@@ -187,4 +211,32 @@ pub fn serve(
         })
         .map_err(io_err("metrics thread"))?;
     Ok((local, h))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_per_engine_and_the_serving_engine_are_rendered() {
+        let m = MetricsSnapshot {
+            frames: 10,
+            frames_primary: 3,
+            frames_fallback: 7,
+            on_fallback: true,
+            ..MetricsSnapshot::default()
+        };
+        let text = render(&m);
+        assert!(
+            text.contains("fieldtune_frames_primary_total 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("fieldtune_frames_fallback_total 7\n"),
+            "{text}"
+        );
+        assert!(text.contains("fieldtune_serving_fallback 1\n"), "{text}");
+        let back = render(&MetricsSnapshot::default());
+        assert!(back.contains("fieldtune_serving_fallback 0\n"), "{back}");
+    }
 }

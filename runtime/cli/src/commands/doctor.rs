@@ -1,10 +1,11 @@
 //! `fieldtune doctor`: which engines and execution providers are present; with --board, how
-//! this machine compares with a board profile.
+//! this machine compares with a board profile, and the engine plan `fieldtune run` would get.
 
 use anyhow::Result;
 use clap::Args;
 use fieldtune_board_profile::{check_engines, check_host, Level, Profile};
-use fieldtune_engine::doctor_report;
+use fieldtune_engine::{doctor_report, EnginePreference};
+use fieldtune_field::config::EngineSpec;
 
 use crate::args::EngineArgs;
 
@@ -41,6 +42,24 @@ pub fn run(a: DoctorArgs, engine_args: &EngineArgs) -> Result<()> {
             "  {differ} of {} checks differ from the profile",
             findings.len()
         );
+        // What `fieldtune run` with `[budget] board` and `[engine] inference/train = "auto"`
+        // would get on this machine.
+        let board = a.board.as_deref().unwrap_or_default();
+        match fieldtune_field::runtime::resolve_engine(
+            &EngineSpec::Auto,
+            EnginePreference::Auto,
+            board,
+            engine_args.ort_lib.as_deref(),
+            None,
+            1,
+        ) {
+            Ok(r) => println!(
+                "engine plan (`fieldtune run`, [engine] inference/train = \"auto\"): {}\n  why: {}",
+                r.engine.describe(),
+                r.why
+            ),
+            Err(e) => println!("engine plan: none: {e}"),
+        }
     }
     Ok(())
 }

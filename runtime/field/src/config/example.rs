@@ -75,7 +75,16 @@ max_marginal_entropy_drop = 0.2
 max_failures = 3
 no_gain_tolerance = 0.02
 
-[engine]
+[engine]                            # docs/FIELD.md "Engine plan"
+inference = "auto"                  # "auto" | "tract" | "ort:cpu" | "ort:cuda" | "ort:tensorrt,cuda"
+train = "auto"                      # same forms
+fallback = "none"                   # "tract" | "none": where serving goes when the primary fails
+train_fallback = ""                 # "ort:cpu" | "tract" | "": the round after a failed train step
+retry_s = 10.0                      # seconds between probes of a failed primary
+inference_deadline_ms = 0.0         # per-frame deadline of the primary (0: none)
+deadline_misses = 3                 # misses in a row that move serving to the fallback
+trt_cache = ""                      # TensorRT engine/timing cache folder (must be writable)
+gpu_memory_mb = 0                   # CUDA arena limit (0: library default)
 inference_threads = 1
 train_threads = 1
 
@@ -86,7 +95,11 @@ fsync = "rounds"                    # "every" | "rounds" | "never"
 [metrics]
 listen = ""                         # e.g. "127.0.0.1:9464"
 
-[fault]                             # deliberate faults (tests, demonstrations)
+[fault]                             # deliberate faults (test aids, demonstrations)
 nan_rounds = []                     # rounds whose learning rate is NaN
 label_noise_rounds = []             # rounds trained on permuted anchor labels
+inference_errors = []               # [[FROM, TO], ...] frames where the primary's run errs
+inference_stalls = []               # [[FROM, TO], ...] frames where the primary's run stalls
+inference_stall_ms = 0              # how long a stalled run sleeps
+train_error_rounds = []             # rounds whose train step returns an error
 "#;

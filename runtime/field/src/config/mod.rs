@@ -9,10 +9,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{FieldError, Result};
 
+mod engine_plan;
 mod example;
 mod sections;
 mod validate;
 
+pub use engine_plan::{EnginePlan, EngineSpec};
 pub use example::EXAMPLE;
 pub use sections::*;
 pub use validate::bounds;
@@ -153,6 +155,7 @@ impl RunConfig {
         if let Some(p) = &mut self.events.path {
             fix(p);
         }
+        fix(&mut self.engine.trt_cache);
         if !matches!(self.output.path.as_str(), "-" | "none" | "") {
             let mut p = PathBuf::from(&self.output.path);
             fix(&mut p);

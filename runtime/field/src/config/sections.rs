@@ -301,10 +301,36 @@ impl Default for GateConfig {
     }
 }
 
-/// `[engine]`: threads of the two engines (the engine itself is `--engine`).
+/// `[engine]`: the engine plan per role (see [`EnginePlan`](super::EnginePlan)) and the
+/// threads of the two engines.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EngineConfig {
+    /// What serves: `auto`, `tract`, `ort:cpu`, `ort:cuda`, `ort:tensorrt,cuda` (providers in
+    /// priority order). `auto`: the board profile's `[engine]` where `budget.board` names
+    /// one, limited to the providers the ONNX Runtime library has; else ONNX Runtime on CPU
+    /// when its library loads, else tract. `--engine tract|ort` overrides `auto`.
+    pub inference: String,
+    /// What trains in a round: same forms as `inference`.
+    pub train: String,
+    /// Where serving goes when the inference engine cannot start, a run returns an error, or
+    /// the deadline is missed: `tract` or `none`.
+    pub fallback: String,
+    /// The engine of the round after a round whose train step failed: `ort:cpu`, `tract`, or
+    /// empty (the same engine again).
+    pub train_fallback: String,
+    /// Seconds between probes of a failed primary during fallback (> 0).
+    pub retry_s: f64,
+    /// Per-frame deadline of the primary (ms; 0: none). `deadline_misses` misses in a row
+    /// move serving to the fallback.
+    pub inference_deadline_ms: f64,
+    /// Missed deadlines in a row that count as a failure (>= 1).
+    pub deadline_misses: u32,
+    /// Folder of TensorRT's engine and timing caches (empty: none); must be writable.
+    pub trt_cache: PathBuf,
+    /// ONNX Runtime CUDA arena limit (MiB; 0: the library's default). Counts against the
+    /// board's memory on unified-memory Jetsons.
+    pub gpu_memory_mb: u64,
     /// Threads per operator of the inference session.
     pub inference_threads: usize,
     /// Threads per operator of the train step (`fieldtune --threads N run` overrides it).
@@ -314,6 +340,15 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
+            inference: "auto".into(),
+            train: "auto".into(),
+            fallback: "none".into(),
+            train_fallback: String::new(),
+            retry_s: 10.0,
+            inference_deadline_ms: 0.0,
+            deadline_misses: 3,
+            trt_cache: PathBuf::new(),
+            gpu_memory_mb: 0,
             inference_threads: 1,
             train_threads: 1,
         }
@@ -361,7 +396,8 @@ pub enum Poison {
     LabelNoise,
 }
 
-/// `[fault]`: rounds (1-based, counted in this process) to poison.
+/// `[fault]`: deliberate faults, test and demonstration aids. Rounds are 1-based and
+/// counted in this process; frames are the source's frame ids.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FaultConfig {
@@ -369,9 +405,24 @@ pub struct FaultConfig {
     pub nan_rounds: Vec<u64>,
     /// Rounds that train on permuted anchor labels (every class relabeled as another).
     pub label_noise_rounds: Vec<u64>,
+    /// Frame ranges `[FROM, TO]` (inclusive) where the primary inference session's run
+    /// returns an error.
+    pub inference_errors: Vec<[u64; 2]>,
+    /// Frame ranges `[FROM, TO]` where the primary inference session's run first sleeps
+    /// `inference_stall_ms`.
+    pub inference_stalls: Vec<[u64; 2]>,
+    /// Sleep of a stalled run (ms).
+    pub inference_stall_ms: u64,
+    /// Rounds whose train step returns an error.
+    pub train_error_rounds: Vec<u64>,
 }
 
 impl FaultConfig {
+    /// Whether the primary inference session gets the fault wrapper.
+    pub fn wraps_inference(&self) -> bool {
+        !self.inference_errors.is_empty() || !self.inference_stalls.is_empty()
+    }
+
     /// The poison of round `n`, if any.
     pub fn poison(&self, n: u64) -> Option<Poison> {
         if self.nan_rounds.contains(&n) {

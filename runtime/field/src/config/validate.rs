@@ -129,6 +129,15 @@ impl RunConfig {
         if g.max_failures == 0 {
             return bad("gate.max_failures", "must be at least 1");
         }
+        self.engine_plan(path)?;
+        for (key, ranges) in [
+            ("fault.inference_errors", &self.fault.inference_errors),
+            ("fault.inference_stalls", &self.fault.inference_stalls),
+        ] {
+            if ranges.iter().any(|[a, b]| a > b) {
+                return bad(key, "each range is [FROM, TO] with FROM <= TO");
+            }
+        }
         if !self.metrics.listen.is_empty() {
             match self.metrics.listen.parse::<std::net::SocketAddr>() {
                 Ok(a) if a.ip().is_loopback() => {}

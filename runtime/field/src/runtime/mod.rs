@@ -9,9 +9,12 @@
 //! checkpointed on the round thread), adds frames to the replay buffer only when its lock is
 //! free, and signals triggers through an atomic.
 
+mod fault;
+mod live;
 mod monitor;
 mod options;
 mod pipeline;
+mod roles;
 mod serve;
 mod state;
 pub mod summary;
@@ -26,21 +29,24 @@ use fieldtune_adapt::{fsutil, ModelDir};
 use fieldtune_engine::{Engine, Session};
 use fieldtune_frames::{Dataset, Image8, ModelConfig};
 
-pub use options::RunOptions;
+pub use options::{resolve_engine, ResolvedEngine, RunOptions};
 pub use pipeline::{format_line, PredictionLine};
 pub use summary::RunSummary;
 
 use crate::budget::rss_bytes;
 use crate::config::{RunConfig, WhenFull};
 use crate::error::{io_err, FieldError, Result};
-use crate::events::{EventLog, FieldEvent, Started};
+use crate::events::{EngineFallback, EventLog, FieldEvent, Started};
 use crate::preprocess::Preprocessor;
 use crate::queue::SlotQueue;
 use crate::replay::ReplayBuffer;
 use crate::source::open_source;
 use crate::store::CheckpointMeta;
+use fault::{FrameClock, InferenceFaults};
+use live::{Engines, Handover, LiveModel, LiveSession};
 use pipeline::{capture_thread, open_output, output_thread, FrameSlot, Prediction};
-use serve::{Handover, InferenceLoop, LiveSession};
+use roles::Serving;
+use serve::InferenceLoop;
 use state::RunState;
 use summary::mib;
 use supervisor::SupervisorSetup;
@@ -104,6 +110,84 @@ fn follow_stop(state: &Arc<RunState>, ext: Arc<AtomicBool>) -> Result<()> {
     Ok(())
 }
 
+/// The inference engine of the plan, and the serving fallback. A primary that cannot be
+/// made (a provider the library lacks) is an error naming `engine.inference`, or, with
+/// `fallback = "tract"`, serving starts on tract with an `engine_fallback` event.
+fn plan_serving(
+    cfg: &RunConfig,
+    opts: &RunOptions,
+    events: &EventLog,
+) -> Result<(Arc<dyn Engine>, Serving)> {
+    let path = &opts.config_path;
+    let plan = cfg.engine_plan(path)?;
+    plan.check_trt_cache(path)?;
+    if plan.gpu_memory_mb > 0 {
+        tracing::warn!(
+            "engine.gpu_memory_mb = {}: not applied (the engine has no CUDA arena limit yet)",
+            plan.gpu_memory_mb
+        );
+    }
+    let threads = cfg.engine.inference_threads;
+    let tract =
+        || -> Arc<dyn Engine> { Arc::new(fieldtune_engine::TractEngine::with_threads(threads)) };
+    let (primary, primary_name): (Arc<dyn Engine>, String) = match opts.resolve(
+        &plan.inference,
+        &cfg.budget.board,
+        plan.trt_cache.as_deref(),
+        threads,
+    ) {
+        Ok(r) => {
+            tracing::info!("inference engine: {} ({})", r.engine.describe(), r.why);
+            (Arc::from(r.engine), r.spec.to_string())
+        }
+        Err(e) if plan.fallback_tract => {
+            let to = tract();
+            tracing::warn!(
+                "engine.inference = {}: {e}; serving on tract",
+                plan.inference
+            );
+            events.emit(FieldEvent::EngineFallback(EngineFallback {
+                role: "inference".into(),
+                from: plan.inference.to_string(),
+                to: "tract".into(),
+                reason: e.to_string(),
+                frame: None,
+                round: None,
+            }));
+            return Ok((
+                to,
+                Serving {
+                    plan,
+                    primary_name: "tract".into(),
+                    fallback_engine: None,
+                    faults: None,
+                },
+            ));
+        }
+        Err(e) => {
+            return Err(FieldError::Config {
+                path: path.clone(),
+                key: Some("engine.inference".into()),
+                reason: format!(
+                "{} cannot start: {e} (set engine.fallback = \"tract\" to serve on tract instead)",
+                plan.inference
+            ),
+            })
+        }
+    };
+    let fallback_engine =
+        (plan.fallback_tract && primary.kind() != fieldtune_engine::EngineKind::Tract).then(tract);
+    Ok((
+        primary,
+        Serving {
+            plan,
+            primary_name,
+            fallback_engine,
+            faults: None,
+        },
+    ))
+}
+
 /// Runs the field loop until the source ends, `max_frames`/`max_seconds` is reached, or a
 /// stop is requested (`stop` or SIGINT/SIGTERM with `handle_signals`).
 pub fn run(
@@ -137,8 +221,13 @@ pub fn run(
         follow_stop(&state, ext.clone())?;
     }
 
-    let infer_engine: Arc<dyn Engine> = Arc::from(opts.engine(cfg.engine.inference_threads)?);
-    let engine_desc = infer_engine.describe();
+    let (infer_engine, serving) = plan_serving(cfg, opts, &events)?;
+    let clock = Arc::new(FrameClock::default());
+    let serving = Serving {
+        faults: InferenceFaults::new(&cfg.fault, clock.clone()),
+        ..serving
+    };
+    let engine_plan = serving.plan.clone();
     let replay = Arc::new(Mutex::new(ReplayBuffer::new(
         mcfg.input_shape(),
         cfg.replay.capacity,
@@ -150,7 +239,8 @@ pub fn run(
 
     // The round thread sets itself up (lower priority first: threads it starts inherit it),
     // opens the store and hands back the live session to start from.
-    let (ready_tx, ready_rx) = mpsc::channel::<Result<(Box<dyn Session>, CheckpointMeta)>>();
+    let (ready_tx, ready_rx) =
+        mpsc::channel::<Result<(LiveModel, CheckpointMeta, String, String)>>();
     let setup = SupervisorSetup {
         cfg: cfg.clone(),
         opts: opts.clone(),
@@ -163,20 +253,22 @@ pub fn run(
         adapt,
         anchors,
         retired: retire_rx,
+        serving,
     };
     let round_handle = spawn("round", move || match setup.start() {
         Err(e) => {
             let _ = ready_tx.send(Err(e));
             Ok(())
         }
-        Ok((supervisor, session, meta)) => {
-            if ready_tx.send(Ok((session, meta))).is_err() {
+        Ok((supervisor, live, meta)) => {
+            let (desc, name) = supervisor.engine_desc();
+            if ready_tx.send(Ok((live, meta, desc, name))).is_err() {
                 return Ok(());
             }
             supervisor.run()
         }
     })?;
-    let (session, resumed) = match ready_rx.recv() {
+    let (live_model, resumed, engine_desc, engine_name) = match ready_rx.recv() {
         Ok(Ok(x)) => x,
         Ok(Err(e)) => {
             let _ = round_handle.join();
@@ -276,7 +368,14 @@ pub fn run(
         state: &state,
         handover: &handover,
     }
-    .run(LiveSession::new(session, resumed.version, retire_tx));
+    .run(LiveSession::new(
+        live_model,
+        retire_tx,
+        Engines::new(engine_name, "tract".into(), &engine_plan),
+        clock,
+        events.clone(),
+        state.clone(),
+    ));
     // The stream ended (no stop asked): a round under way still gets its gate and, if it
     // passes, its checkpoint, within its own wall-clock cap.
     if totals.is_ok() && !state.stopped() && state.round_active.load(Ordering::Relaxed) {
@@ -302,7 +401,7 @@ pub fn run(
     let idle = totals.idle.summary();
     let during = totals.during.summary();
     let summary = RunSummary {
-        engine: infer_engine.describe(),
+        engine: engine_desc.clone(),
         source: source_desc,
         seconds,
         frames,
@@ -324,6 +423,9 @@ pub fn run(
         rss_peak_mb: mib(totals.rss_peak.max(rss_bytes().unwrap_or(0))),
         rss_end_mb: mib(rss_bytes().unwrap_or(0)),
         inference_errors: totals.errors,
+        frames_by_engine: state.frames_by_engine(),
+        fallbacks: totals.fallbacks,
+        restores: totals.restores,
     };
     events.emit(FieldEvent::Stopped(summary.clone()));
     let _ = fsutil::atomic_write(

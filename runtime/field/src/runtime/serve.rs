@@ -5,17 +5,17 @@
 //! Inference never waits for adaptation: new weights arrive through a [`Handover`] that the
 //! loop looks at with an atomic flag and takes with a `try_lock`, the replay buffer is fed only
 //! when its lock is free, and triggers and windows leave through an atomic and a `try_lock`.
-//! Everything about the live session (taking new weights, running it, retiring the old one)
-//! is in [`LiveSession`].
+//! Everything about the live session (taking new weights, running it, falling back, retiring
+//! the old one) is in [`LiveSession`](super::live::LiveSession).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use fieldtune_engine::Session;
 use fieldtune_frames::{write_normalized, ModelConfig};
 use fieldtune_tensor::Tensor;
 
+use super::live::{Handover, LiveSession};
 use super::pipeline::{FrameSlot, Prediction};
 use super::state::RunState;
 use crate::budget::rss_bytes;
@@ -26,90 +26,6 @@ use crate::replay::ReplayBuffer;
 use crate::stats::{softmax_stats, LatencyHist, StatsWindow};
 use crate::trigger::FrameTriggers;
 
-/// Weights on their way to the inference loop (a session built, gated and checkpointed on
-/// the round thread).
-pub(crate) struct LiveModel {
-    pub session: Box<dyn Session>,
-    pub version: u64,
-}
-
-/// What the supervisor tells the inference loop, which never waits for it: new weights to
-/// swap in between two frames, and that a round started.
-#[derive(Default)]
-pub(crate) struct Handover {
-    has_model: AtomicBool,
-    model: Mutex<Option<LiveModel>>,
-    round_started: AtomicBool,
-}
-
-impl Handover {
-    /// Supervisor: offers new weights (replacing any not yet taken).
-    pub fn offer(&self, m: LiveModel) {
-        *self.model.lock().unwrap_or_else(|p| p.into_inner()) = Some(m);
-        self.has_model.store(true, Ordering::Release);
-    }
-
-    /// Supervisor: a round started (the frame triggers restart their count).
-    pub fn round_started(&self) {
-        self.round_started.store(true, Ordering::Relaxed);
-    }
-
-    /// The offered weights, if any and if the lock is free.
-    fn try_take(&self) -> Option<LiveModel> {
-        if !self.has_model.load(Ordering::Acquire) {
-            return None;
-        }
-        let m = self.model.try_lock().ok()?.take()?;
-        self.has_model.store(false, Ordering::Release);
-        Some(m)
-    }
-
-    fn take_round_started(&self) -> bool {
-        self.round_started.swap(false, Ordering::Relaxed)
-    }
-}
-
-/// The session that serves, its weights' version, and where replaced sessions go to be
-/// dropped (on the round thread, off the hot path).
-pub(crate) struct LiveSession {
-    session: Box<dyn Session>,
-    version: u64,
-    retire: mpsc::Sender<Box<dyn Session>>,
-}
-
-impl LiveSession {
-    pub fn new(
-        session: Box<dyn Session>,
-        version: u64,
-        retire: mpsc::Sender<Box<dyn Session>>,
-    ) -> LiveSession {
-        LiveSession {
-            session,
-            version,
-            retire,
-        }
-    }
-
-    /// Swaps in the weights `handover` offers, if any; true when new weights went live.
-    fn swap_if_offered(&mut self, handover: &Handover) -> bool {
-        let Some(m) = handover.try_take() else {
-            return false;
-        };
-        let old = std::mem::replace(&mut self.session, m.session);
-        self.version = m.version;
-        let _ = self.retire.send(old);
-        true
-    }
-
-    /// Runs the session on `input`: the output named `output`.
-    fn infer(&mut self, input_name: &str, input: &Tensor, output: &str) -> Result<Tensor> {
-        Ok(self
-            .session
-            .run_fetch(&[(input_name, input)], &[output])?
-            .remove(0))
-    }
-}
-
 /// What the inference loop counted over the whole run.
 #[derive(Default)]
 pub(crate) struct Totals {
@@ -119,6 +35,8 @@ pub(crate) struct Totals {
     pub correct: u64,
     pub errors: u64,
     pub rss_peak: u64,
+    pub fallbacks: u64,
+    pub restores: u64,
 }
 
 /// The inference loop's surroundings: the queues it joins, the replay buffer it feeds, and
@@ -178,7 +96,7 @@ impl InferenceLoop<'_> {
             let res =
                 write_normalized(&slot.image, mcfg, 0, input.as_f32_mut().expect("f32 input"))
                     .map_err(FieldError::from)
-                    .and_then(|_| live.infer(&mcfg.input, &input, &mcfg.output));
+                    .and_then(|_| live.infer(slot.id, &mcfg.input, &input, &mcfg.output));
             let us = t.elapsed().as_secs_f64() * 1e6;
             let logits = match res {
                 Ok(v) => v,
@@ -261,6 +179,8 @@ impl InferenceLoop<'_> {
                 break;
             }
         }
+        totals.fallbacks = live.fallbacks;
+        totals.restores = live.restores;
         if replay_skipped > 0 {
             tracing::debug!(
                 "{replay_skipped} frames skipped the replay buffer while a round read it"

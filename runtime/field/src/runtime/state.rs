@@ -47,6 +47,13 @@ pub(crate) struct RunState {
     last_window: Mutex<StatsWindow>,
     /// The capture and output queues, once they exist.
     queues: OnceLock<[Arc<dyn Counted>; 2]>,
+    /// Frames answered by the primary and by the fallback inference session (inference loop).
+    served_primary: AtomicU64,
+    served_fallback: AtomicU64,
+    /// Whether the fallback serves now.
+    on_fallback: AtomicBool,
+    /// Names of the primary and fallback engines.
+    engines: OnceLock<[String; 2]>,
 }
 
 impl RunState {
@@ -111,6 +118,42 @@ impl RunState {
         Some(w)
     }
 
+    /// Inference loop: names the engines (once).
+    pub fn set_engines(&self, primary: &str, fallback: &str) {
+        let _ = self
+            .engines
+            .set([primary.to_string(), fallback.to_string()]);
+    }
+
+    /// Inference loop: one frame answered, by the fallback or the primary.
+    pub fn count_served(&self, fallback: bool) {
+        let c = if fallback {
+            &self.served_fallback
+        } else {
+            &self.served_primary
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Inference loop: the fallback serves now (or not).
+    pub fn set_on_fallback(&self, on: bool) {
+        self.on_fallback.store(on, Ordering::Relaxed);
+    }
+
+    /// Frames answered per engine (engines that answered none left out).
+    pub fn frames_by_engine(&self) -> std::collections::BTreeMap<String, u64> {
+        let mut m = std::collections::BTreeMap::new();
+        if let Some([p, f]) = self.engines.get() {
+            for (name, n) in [(p, &self.served_primary), (f, &self.served_fallback)] {
+                let n = n.load(Ordering::Relaxed);
+                if n > 0 {
+                    *m.entry(name.clone()).or_insert(0) += n;
+                }
+            }
+        }
+        m
+    }
+
     /// The last complete stats window.
     pub fn last_window(&self) -> StatsWindow {
         *self.last_window.lock().unwrap_or_else(|p| p.into_inner())
@@ -131,6 +174,9 @@ impl MetricsSource for RunState {
             resets: c(&self.resets),
             version: c(&self.version),
             round_active: self.round_active.load(Ordering::Relaxed),
+            frames_primary: c(&self.served_primary),
+            frames_fallback: c(&self.served_fallback),
+            on_fallback: self.on_fallback.load(Ordering::Relaxed),
             window: self.last_window(),
         }
     }

@@ -1,6 +1,7 @@
 //! [`RunSummary`]: what a run did, written to `<state_dir>/summary.json`, logged as the
 //! `stopped` event and printed as a table at exit.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
@@ -43,6 +44,18 @@ pub struct RunSummary {
     #[serde(deserialize_with = "f64_or_nan")]
     pub rss_end_mb: f64,
     pub inference_errors: u64,
+    /// Frames answered by each engine (the primary's and the fallback's).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub frames_by_engine: BTreeMap<String, u64>,
+    /// Times serving fell back, and came back.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub fallbacks: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub restores: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl RunSummary {
@@ -75,6 +88,20 @@ impl RunSummary {
                 t,
                 "live accuracy {:.4} over {} labeled frames",
                 a, self.labeled_frames
+            );
+        }
+        if !self.frames_by_engine.is_empty() {
+            let per: Vec<String> = self
+                .frames_by_engine
+                .iter()
+                .map(|(e, n)| format!("{e} {n}"))
+                .collect();
+            let _ = writeln!(
+                t,
+                "frames per engine: {}; fallbacks {}, restores {}",
+                per.join(", "),
+                self.fallbacks,
+                self.restores
             );
         }
         let _ = writeln!(

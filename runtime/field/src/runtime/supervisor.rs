@@ -16,16 +16,19 @@ use fieldtune_frames::Image8;
 use fieldtune_tensor::Tensor;
 use serde_json::json;
 
+use super::fault::TrainFaults;
+use super::live::{Handover, LiveModel};
 use super::options::RunOptions;
-use super::serve::{Handover, LiveModel};
+use super::roles::{load_primary, Serving, Training};
 use super::state::RunState;
 use super::summary::mib;
 use crate::budget::{lower_thread_priority, Budget, BudgetVerdict};
 use crate::config::RunConfig;
-use crate::error::Result;
+use crate::error::{FieldError, Result};
 use crate::events::{
-    CheckpointQuarantined, Committed, EventLog, FailedRound, FieldEvent, GatedRound, Paused,
-    ResetToSource, Resumed, RolledBack, RoundEnded, RoundStarted, StoppedRound, TriggerIgnored,
+    CheckpointQuarantined, Committed, EngineFallback, EventLog, FailedRound, FieldEvent,
+    GatedRound, Paused, ResetToSource, Resumed, RolledBack, RoundEnded, RoundStarted, StoppedRound,
+    TriggerIgnored,
 };
 use crate::gate::{decide, probe, GateInput, GateVerdict};
 use crate::replay::ReplayBuffer;
@@ -65,6 +68,7 @@ pub(crate) struct SupervisorSetup {
     pub anchors: (Vec<Image8>, Vec<usize>),
     /// Sessions the inference loop replaced, dropped here.
     pub retired: mpsc::Receiver<Box<dyn Session>>,
+    pub serving: Serving,
 }
 
 /// The live weights as the supervisor knows them.
@@ -104,6 +108,8 @@ pub(crate) struct RoundSupervisor {
     replay: Arc<Mutex<ReplayBuffer>>,
     infer_engine: Arc<dyn Engine>,
     retired: mpsc::Receiver<Box<dyn Session>>,
+    serving: Serving,
+    training: Training,
     trainer: RoundTrainer,
     store: Store,
     budget: Budget,
@@ -122,7 +128,7 @@ pub(crate) struct RoundSupervisor {
 
 impl SupervisorSetup {
     /// Builds the supervisor; also returns the session to serve first and its checkpoint.
-    pub fn start(self) -> Result<(RoundSupervisor, Box<dyn Session>, CheckpointMeta)> {
+    pub fn start(self) -> Result<(RoundSupervisor, LiveModel, CheckpointMeta)> {
         let SupervisorSetup {
             cfg,
             opts,
@@ -135,15 +141,40 @@ impl SupervisorSetup {
             adapt,
             anchors,
             retired,
+            mut serving,
         } = self;
+        let mut infer_engine = infer_engine;
         if !lower_thread_priority(cfg.budget.nice) {
             tracing::warn!(
                 "could not lower the round thread's priority (nice {})",
                 cfg.budget.nice
             );
         }
-        let train_engine = opts.engine(cfg.engine.train_threads)?;
-        let trainer = RoundTrainer::new(
+        let train_engine = opts
+            .resolve(
+                &serving.plan.train,
+                &cfg.budget.board,
+                serving.plan.trt_cache.as_deref(),
+                cfg.engine.train_threads,
+            )
+            .map_err(|e| FieldError::Config {
+                path: opts.config_path.clone(),
+                key: Some("engine.train".into()),
+                reason: format!("{}: {e}", serving.plan.train),
+            })?;
+        tracing::info!(
+            "train engine: {} ({})",
+            train_engine.engine.describe(),
+            train_engine.why
+        );
+        let train_engine = train_engine.engine;
+        let training = Training {
+            faults: TrainFaults::new(&cfg.fault),
+            opts: opts.clone(),
+            spec: serving.plan.train.to_string(),
+            switched: false,
+        };
+        let trainer = training.trainer(
             train_engine.as_ref(),
             model.clone(),
             adapt,
@@ -161,7 +192,27 @@ impl SupervisorSetup {
             }));
         }
         let bytes = model.with_params(&resumed.params)?;
-        let live_session = infer_engine.load(&bytes, "model.onnx (live)")?;
+        let live_session = match load_primary(infer_engine.as_ref(), &serving.plan, &bytes) {
+            Ok(s) => s,
+            Err(e) => match serving.fallback_engine.take() {
+                Some(fb) => {
+                    tracing::warn!("the inference engine cannot serve ({e}); serving on tract");
+                    events.emit(FieldEvent::EngineFallback(EngineFallback {
+                        role: "inference".into(),
+                        from: serving.plan.inference.to_string(),
+                        to: "tract".into(),
+                        reason: e.to_string(),
+                        frame: None,
+                        round: None,
+                    }));
+                    infer_engine = fb;
+                    serving.faults = None;
+                    serving.primary_name = "tract".into();
+                    infer_engine.load(&bytes, "model.onnx (live)")?
+                }
+                None => return Err(e),
+            },
+        };
         let mut reference = infer_engine.load(&bytes, "model.onnx (gate reference)")?;
         let anchor_accuracy = anchor_accuracy(reference.as_mut(), &trainer)?;
         tracing::info!(
@@ -188,6 +239,8 @@ impl SupervisorSetup {
             replay,
             infer_engine,
             retired,
+            serving,
+            training,
             trainer,
             store,
             budget,
@@ -197,11 +250,22 @@ impl SupervisorSetup {
             last_round_end_frame: 0,
             last_skip_log: Instant::now() - Duration::from_secs(60),
         };
-        Ok((supervisor, live_session, resumed.meta))
+        let live = supervisor
+            .serving
+            .live_model(live_session, &bytes, resumed.meta.version);
+        Ok((supervisor, live, resumed.meta))
     }
 }
 
 impl RoundSupervisor {
+    /// The engine the primary inference sessions come from: its description and its name.
+    pub fn engine_desc(&self) -> (String, String) {
+        (
+            self.infer_engine.describe(),
+            self.serving.primary_name.clone(),
+        )
+    }
+
     /// Waits for triggers and runs rounds until the run stops.
     pub fn run(mut self) -> Result<()> {
         tracing::info!("budget: {}", self.budget.thermal.describe());
@@ -332,12 +396,18 @@ impl RoundSupervisor {
             stop: &self.state.stop,
             on_pause: &mut on_pause,
         };
+        if let Some(f) = &self.training.faults {
+            f.set_round(no.here);
+        }
         let result = self
             .trainer
             .run_round(&self.live.weights, &train, no.here, poison, &mut ctl);
         let result = match result {
             Ok(r) => r,
-            Err(e) => return self.fail(round_total, None, &e),
+            Err(e) => {
+                self.fail(round_total, None, &e)?;
+                return self.train_fallback(round_total, &e);
+            }
         };
         let metrics = result.metrics.iter().cloned().collect();
         if result.cut == Some(Cut::Stop) {
@@ -459,7 +529,7 @@ impl RoundSupervisor {
         let reference = self
             .infer_engine
             .load(&bytes, "model.onnx (gate reference)")?;
-        self.swap(session, meta.version);
+        self.swap(session, &bytes, meta.version);
         self.state.commits.fetch_add(1, Ordering::Relaxed);
         self.failures = 0;
         tracing::info!(
@@ -483,8 +553,10 @@ impl RoundSupervisor {
     }
 
     /// Hands `session` (weights of `version`, already checkpointed) to the inference loop.
-    fn swap(&self, session: Box<dyn Session>, version: u64) {
-        self.handover.offer(LiveModel { session, version });
+    /// With a fallback engine, its session of the same weights goes along.
+    fn swap(&self, session: Box<dyn Session>, bytes: &[u8], version: u64) {
+        self.handover
+            .offer(self.serving.live_model(session, bytes, version));
         self.state.version.store(version, Ordering::Relaxed);
     }
 
@@ -536,6 +608,46 @@ impl RoundSupervisor {
         self.reset_if_failing(round_total)
     }
 
+    /// After a failed train step: the next rounds train on `train_fallback`, if set (once).
+    fn train_fallback(&mut self, round_total: u64, e: &dyn std::fmt::Display) -> Result<()> {
+        let Some(spec) = self.serving.plan.train_fallback.clone() else {
+            return Ok(());
+        };
+        if self.training.switched {
+            return Ok(());
+        }
+        let r = self.training.opts.resolve(
+            &spec,
+            &self.cfg.budget.board,
+            self.serving.plan.trt_cache.as_deref(),
+            self.cfg.engine.train_threads,
+        )?;
+        let (anchors, labels) = self.trainer.anchors();
+        let trainer = self.training.trainer(
+            r.engine.as_ref(),
+            self.trainer.model().clone(),
+            self.trainer.config().clone(),
+            anchors.to_vec(),
+            labels.to_vec(),
+        )?;
+        tracing::warn!(
+            "round {round_total}: the train step failed; the next rounds train on {spec} ({})",
+            r.engine.describe()
+        );
+        self.events.emit(FieldEvent::EngineFallback(EngineFallback {
+            role: "train".into(),
+            from: self.training.spec.clone(),
+            to: spec.to_string(),
+            reason: e.to_string(),
+            frame: None,
+            round: Some(round_total),
+        }));
+        self.trainer = trainer;
+        self.training.spec = spec.to_string();
+        self.training.switched = true;
+        Ok(())
+    }
+
     /// After `max_failures` failed rounds in a row, the live model goes back to the source
     /// weights (checkpointed as a new version of kind `reset`).
     fn reset_if_failing(&mut self, round_total: u64) -> Result<()> {
@@ -559,7 +671,7 @@ impl RoundSupervisor {
             .load(&bytes, "model.onnx (gate reference)")?;
         let anchor_accuracy = anchor_accuracy(reference.as_mut(), &self.trainer)?;
         self.store.commit(&weights, &meta)?;
-        self.swap(session, meta.version);
+        self.swap(session, &bytes, meta.version);
         self.state.resets.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
             "{} failed rounds in a row: reset to the source weights (version {})",
