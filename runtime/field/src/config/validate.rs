@@ -8,8 +8,10 @@ use crate::error::{FieldError, Result};
 /// Upper bounds of the run config's size-like keys, checked when the config is read (before
 /// they size a queue, the replay buffer or a thread pool); docs/RELIABILITY.md lists them.
 pub mod bounds {
-    /// `pipeline.capture_queue`, `pipeline.output_queue` (frames).
-    pub const MAX_QUEUE: usize = 1024;
+    /// `pipeline.capture_queue` (frames, each held at its decoded size).
+    pub const MAX_CAPTURE_QUEUE: usize = 1024;
+    /// `pipeline.output_queue` (predictions: small fixed-size records).
+    pub const MAX_OUTPUT_QUEUE: usize = 65_536;
     /// `replay.capacity` (frames; each is held at the model's input size).
     pub const MAX_REPLAY: usize = 65_536;
     /// `engine.inference_threads`, `engine.train_threads`.
@@ -56,13 +58,13 @@ impl RunConfig {
             "pipeline.capture_queue",
             self.pipeline.capture_queue,
             1,
-            MAX_QUEUE,
+            MAX_CAPTURE_QUEUE,
         )?;
         range(
             "pipeline.output_queue",
             self.pipeline.output_queue,
             1,
-            MAX_QUEUE,
+            MAX_OUTPUT_QUEUE,
         )?;
         range("replay.capacity", self.replay.capacity, 8, MAX_REPLAY)?;
         let e = &self.engine;
