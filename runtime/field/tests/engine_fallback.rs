@@ -385,13 +385,20 @@ train_error_rounds = [1]
 #[test]
 fn missed_deadlines_in_a_row_move_serving_to_the_fallback() {
     let tmp = tempfile::tempdir().unwrap();
-    let (cfg, path) = small_stream(
-        "[engine]\ninference = \"ort:cpu\"\nfallback = \"tract\"\nretry_s = 0.001\ninference_deadline_ms = 20.0\ndeadline_misses = 3\n[fault]\ninference_stalls = [[10, 14]]\ninference_stall_ms = 80\n",
+    // Paced at 100 fps so that frames keep arriving after the retry interval: the frames
+    // queued during the stalls are answered by tract (well inside 30 ms of the fallback), and
+    // a later frame's probe of the primary restores it.
+    let (cfg, path) = config(
+        &format!(
+            "{HEAD}[source]\npaths = [\"@ROOT/data/mnist\"]\nfps = 100.0\nlimit = 80\npreload = true\n{}{}",
+            no_rounds(),
+            "[engine]\ninference = \"ort:cpu\"\nfallback = \"tract\"\nretry_s = 0.03\ninference_deadline_ms = 20.0\ndeadline_misses = 3\n[fault]\ninference_stalls = [[10, 14]]\ninference_stall_ms = 80\n"
+        ),
         tmp.path(),
     );
     let summary = fieldtune_field::run(&cfg, &options(&path), None).expect("run");
     let lines = predictions(&tmp.path().join("predictions.jsonl"));
-    answered_once(&lines, 40);
+    answered_once(&lines, 80);
     let ev = events(&cfg);
     let fb = kinds(&ev, "engine_fallback");
     assert!(!fb.is_empty());
