@@ -2,31 +2,9 @@
 //! engines; bad input gives one clear error line and a non-zero exit, never a panic.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .nth(2)
-        .unwrap()
-        .to_path_buf()
-}
-
-fn fieldtune(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fieldtune"))
-        .args(args)
-        .current_dir(root())
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
+mod common;
+use common::{fieldtune, root, text};
 
 /// Runs, expects failure with exactly one `error:` line mentioning every `needle`.
 fn fails_with(args: &[&str], needles: &[&str]) {

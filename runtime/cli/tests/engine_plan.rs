@@ -3,24 +3,10 @@
 //! which plan this machine would get.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .nth(2)
-        .unwrap()
-        .to_path_buf()
-}
-
-fn fieldtune(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fieldtune"))
-        .args(args)
-        .current_dir(root())
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap()
-}
+mod common;
+use common::{fieldtune, root};
 
 /// A run config in `dir` on the shipped model and 20 MNIST frames, plus `engine`.
 fn run_config(dir: &Path, engine: &str) -> PathBuf {

@@ -3,24 +3,9 @@
 //! aborting or exhausting memory.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .nth(2)
-        .unwrap()
-        .to_path_buf()
-}
-
-fn fieldtune(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fieldtune"))
-        .args(args)
-        .current_dir(root())
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap()
-}
+mod common;
+use common::{fieldtune, root};
 
 /// Expects a plain failure (no panic, no signal) whose stderr holds every needle.
 fn refused(args: &[&str], needles: &[&str]) {

@@ -1,16 +1,10 @@
 //! `fieldtune tta` on a tiny stream: the shipped Fashion-MNIST CNN's 100 anchor images as two
 //! domains (a strong contrast loss, then inverted brightness), on both engines.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .nth(2)
-        .unwrap()
-        .to_path_buf()
-}
+mod common;
+use common::{fieldtune, root, text};
 
 /// Writes DIR/<domain>/<class>/<file> with every anchor image mapped through `f`.
 fn domain(dir: &Path, name: &str, f: impl Fn(u8) -> u8) {
@@ -31,18 +25,10 @@ fn domain(dir: &Path, name: &str, f: impl Fn(u8) -> u8) {
 }
 
 fn run(args: &[&str]) -> String {
-    let o = Command::new(env!("CARGO_BIN_EXE_fieldtune"))
-        .args(args)
-        .current_dir(root())
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    let (out, err) = (
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr),
-    );
+    let o = fieldtune(args);
+    let (out, err) = text(&o);
     assert!(o.status.success(), "{args:?}:\n{out}\n{err}");
-    out.into_owned()
+    out
 }
 
 #[test]

@@ -1,6 +1,7 @@
-//! [`FaultSession`]: deliberate inference faults (`[fault] inference_errors`,
-//! `inference_stalls`), a wrapper around the real [`Session`] behind the same trait. The
-//! inference loop sets the [`FrameClock`] to the frame it is about to run.
+//! Deliberate faults from `[fault]`, as one wrapper around the real [`Session`] behind the same
+//! trait: inference errors and stalls on chosen frames (the inference loop sets the
+//! [`FrameClock`] to the frame it is about to run), and train-step errors in chosen rounds
+//! (through [`FaultEngine`], whose sessions' resident steps fail).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,8 +50,21 @@ impl InferenceFaults {
     pub fn wrap(&self, session: Box<dyn Session>) -> Box<dyn Session> {
         Box::new(FaultSession {
             inner: session,
-            faults: self.clone(),
+            faults: Faults::Inference(self.clone()),
         })
+    }
+}
+
+/// The error an injected fault returns, as the engine behind `label` would report a failed run.
+fn injected(label: &str, execution_provider: &str, message: String) -> EngineError {
+    EngineError::Run {
+        model: label.to_string(),
+        engine: if execution_provider.starts_with("tract") {
+            fieldtune_engine::EngineKind::Tract
+        } else {
+            fieldtune_engine::EngineKind::Ort
+        },
+        message,
     }
 }
 
@@ -58,10 +72,16 @@ fn within(ranges: &[[u64; 2]], frame: u64) -> bool {
     ranges.iter().any(|[a, b]| (*a..=*b).contains(&frame))
 }
 
-/// A real session whose runs fail or stall on the configured frames.
+/// A real session whose runs fail or stall on the configured frames ([`InferenceFaults`]), or
+/// whose resident train steps fail in the configured rounds ([`TrainFaults`]).
 struct FaultSession {
     inner: Box<dyn Session>,
-    faults: InferenceFaults,
+    faults: Faults,
+}
+
+enum Faults {
+    Inference(InferenceFaults),
+    Train(TrainFaults),
 }
 
 impl Session for FaultSession {
@@ -82,20 +102,19 @@ impl Session for FaultSession {
     }
 
     fn run(&mut self, inputs: &[(&str, &Tensor)]) -> Result<Vec<(String, Tensor)>, EngineError> {
-        let frame = self.faults.clock.get();
-        if within(&self.faults.stalls, frame) {
-            std::thread::sleep(self.faults.stall);
+        let Faults::Inference(faults) = &self.faults else {
+            return self.inner.run(inputs);
+        };
+        let frame = faults.clock.get();
+        if within(&faults.stalls, frame) {
+            std::thread::sleep(faults.stall);
         }
-        if within(&self.faults.errors, frame) {
-            return Err(EngineError::Run {
-                model: self.inner.label().to_string(),
-                engine: if self.inner.execution_provider().starts_with("tract") {
-                    fieldtune_engine::EngineKind::Tract
-                } else {
-                    fieldtune_engine::EngineKind::Ort
-                },
-                message: format!("injected fault on frame {frame} ([fault] inference_errors)"),
-            });
+        if within(&faults.errors, frame) {
+            return Err(injected(
+                self.inner.label(),
+                self.inner.execution_provider(),
+                format!("injected fault on frame {frame} ([fault] inference_errors)"),
+            ));
         }
         self.inner.run(inputs)
     }
@@ -105,7 +124,14 @@ impl Session for FaultSession {
         initial_state: HashMap<String, Tensor>,
         loops: Vec<(String, String)>,
     ) -> Result<Box<dyn ResidentSession>, EngineError> {
-        self.inner.into_resident(initial_state, loops)
+        let resident = self.inner.into_resident(initial_state, loops)?;
+        Ok(match self.faults {
+            Faults::Inference(_) => resident,
+            Faults::Train(faults) => Box::new(TrainFaultResident {
+                inner: resident,
+                faults,
+            }),
+        })
     }
 }
 
@@ -153,47 +179,9 @@ impl fieldtune_engine::Engine for FaultEngine<'_> {
     }
 
     fn load(&self, model: &[u8], label: &str) -> Result<Box<dyn Session>, EngineError> {
-        Ok(Box::new(TrainFaultSession {
+        Ok(Box::new(FaultSession {
             inner: self.inner.load(model, label)?,
-            faults: self.faults.clone(),
-        }))
-    }
-}
-
-struct TrainFaultSession {
-    inner: Box<dyn Session>,
-    faults: TrainFaults,
-}
-
-impl Session for TrainFaultSession {
-    fn label(&self) -> &str {
-        self.inner.label()
-    }
-
-    fn inputs(&self) -> &[IoInfo] {
-        self.inner.inputs()
-    }
-
-    fn outputs(&self) -> &[IoInfo] {
-        self.inner.outputs()
-    }
-
-    fn execution_provider(&self) -> &str {
-        self.inner.execution_provider()
-    }
-
-    fn run(&mut self, inputs: &[(&str, &Tensor)]) -> Result<Vec<(String, Tensor)>, EngineError> {
-        self.inner.run(inputs)
-    }
-
-    fn into_resident(
-        self: Box<Self>,
-        initial_state: HashMap<String, Tensor>,
-        loops: Vec<(String, String)>,
-    ) -> Result<Box<dyn ResidentSession>, EngineError> {
-        Ok(Box::new(TrainFaultResident {
-            inner: self.inner.into_resident(initial_state, loops)?,
-            faults: self.faults,
+            faults: Faults::Train(self.faults.clone()),
         }))
     }
 }
@@ -206,15 +194,11 @@ struct TrainFaultResident {
 impl TrainFaultResident {
     fn check(&self) -> Result<(), EngineError> {
         match self.faults.failing() {
-            Some(n) => Err(EngineError::Run {
-                model: self.inner.label().to_string(),
-                engine: if self.inner.execution_provider().starts_with("tract") {
-                    fieldtune_engine::EngineKind::Tract
-                } else {
-                    fieldtune_engine::EngineKind::Ort
-                },
-                message: format!("injected fault in round {n} ([fault] train_error_rounds)"),
-            }),
+            Some(n) => Err(injected(
+                self.inner.label(),
+                self.inner.execution_provider(),
+                format!("injected fault in round {n} ([fault] train_error_rounds)"),
+            )),
             None => Ok(()),
         }
     }

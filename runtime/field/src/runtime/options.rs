@@ -96,13 +96,15 @@ pub fn resolve_engine(
             EnginePreference::Tract => Ok(tract("auto: --engine tract".into())),
             _ if board.is_empty() => {
                 let engine = select_engine(pref, ort_opts(lib, Vec::new(), threads))?;
-                let why = match engine.kind() {
-                    EngineKind::Ort => "auto, no board profile: ONNX Runtime found, CPU",
-                    EngineKind::Tract => "auto, no board profile: no ONNX Runtime, tract",
-                };
-                let spec = match engine.kind() {
-                    EngineKind::Ort => EngineSpec::Ort(vec![ExecutionProvider::Cpu]),
-                    EngineKind::Tract => EngineSpec::Tract,
+                let (spec, why) = match engine.kind() {
+                    EngineKind::Ort => (
+                        EngineSpec::Ort(vec![ExecutionProvider::Cpu]),
+                        "auto, no board profile: ONNX Runtime found, CPU",
+                    ),
+                    EngineKind::Tract => (
+                        EngineSpec::Tract,
+                        "auto, no board profile: no ONNX Runtime, tract",
+                    ),
                 };
                 Ok(ResolvedEngine {
                     engine,

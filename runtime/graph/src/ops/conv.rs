@@ -451,22 +451,7 @@ fn conv_weight_grad_im2col(
     let (nb, c, m) = (xs[0], xs[1], ws[0]);
     let (kh, kw) = (ws[2], ws[3]);
     let p = ys[2] * ys[3];
-    let xp = if win.pads.iter().any(|&v| v > 0) {
-        let pd = &win.pads;
-        let pads = b.ints(&[
-            0,
-            0,
-            pd[0] as i64,
-            pd[1] as i64,
-            0,
-            0,
-            pd[2] as i64,
-            pd[3] as i64,
-        ]);
-        b.op("Pad", &[x, &pads], vec![])?
-    } else {
-        x.to_string()
-    };
+    let xp = zero_pad(b, x, &win.pads)?;
     let mut cols = Vec::with_capacity(kh * kw);
     for i in 0..kh {
         for j in 0..kw {
