@@ -117,6 +117,8 @@ mod tests {
             probe_frames: 0,
             version: 0,
             poison: None,
+            oldest_frame: None,
+            episode_round: None,
         });
         let at = |e: FieldEvent| state_for(&e);
         assert_eq!(

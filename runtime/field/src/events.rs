@@ -3,7 +3,7 @@
 //!
 //! Kinds: `started`, `stats`, `trigger`, `round_started`, `round_ended`, `committed`,
 //! `rolled_back`, `reset_to_source`, `paused`, `resumed`, `checkpoint_quarantined`,
-//! `engine_fallback`, `engine_restored`, `stopped`.
+//! `engine_fallback`, `engine_restored`, `recovery_started`, `recovery_settled`, `stopped`.
 //! Keys are written in sorted order (serde_json's map) and numbers as serde_json prints them;
 //! a non-finite number is written `null`.
 //!
@@ -59,6 +59,10 @@ pub enum FieldEvent {
     EngineFallback(EngineFallback),
     /// The primary inference engine answered a probe and serves again.
     EngineRestored(EngineRestored),
+    /// A drift trigger opened a recovery episode (`[recovery]`).
+    RecoveryStarted(RecoveryStarted),
+    /// A recovery episode ended; the drift detector measures a new baseline.
+    RecoverySettled(RecoverySettled),
     /// The run ended; the run's summary.
     Stopped(RunSummary),
 }
@@ -80,6 +84,8 @@ impl FieldEvent {
             FieldEvent::CheckpointQuarantined(_) => "checkpoint_quarantined",
             FieldEvent::EngineFallback(_) => "engine_fallback",
             FieldEvent::EngineRestored(_) => "engine_restored",
+            FieldEvent::RecoveryStarted(_) => "recovery_started",
+            FieldEvent::RecoverySettled(_) => "recovery_settled",
             FieldEvent::Stopped(_) => "stopped",
         }
     }
@@ -162,6 +168,40 @@ pub struct RoundStarted {
     pub version: u64,
     /// A deliberate fault (`[fault]`), as `Nan` or `LabelNoise`.
     pub poison: Option<String>,
+    /// The oldest source frame number among the round's frames.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_frame: Option<u64>,
+    /// The round's 1-based index in its recovery episode (absent outside episodes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub episode_round: Option<u32>,
+}
+
+/// `recovery_started`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RecoveryStarted {
+    /// 1-based count of episodes in this process.
+    pub episode: u64,
+    /// Frames classified so far.
+    pub frame: u64,
+    /// Source frame number of the trigger: the episode trains on frames from it on.
+    pub since_frame: u64,
+    /// Post-trigger frames the first round waits for.
+    pub arm_frames: u64,
+}
+
+/// `recovery_settled`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RecoverySettled {
+    pub episode: u64,
+    /// Frames classified so far.
+    pub frame: u64,
+    pub since_frame: u64,
+    pub rounds: u32,
+    pub commits: u32,
+    pub reason: crate::recovery::SettleReason,
+    /// Probe-objective gain of the last committed round (nats; null if none or not finite).
+    #[serde(default)]
+    pub last_gain: Option<f64>,
 }
 
 /// `round_ended`, in one of three shapes.
@@ -488,6 +528,8 @@ mod tests {
             probe_frames: 0,
             version: 0,
             poison: None,
+            oldest_frame: None,
+            episode_round: None,
         }));
         log.emit(FieldEvent::Committed(Committed::default()));
         log.emit(FieldEvent::Stopped(RunSummary::default()));

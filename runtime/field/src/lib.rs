@@ -27,6 +27,7 @@ pub mod metrics;
 mod nan;
 pub mod preprocess;
 pub mod queue;
+pub mod recovery;
 pub mod replay;
 pub mod report;
 pub mod round;

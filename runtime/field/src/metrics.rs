@@ -21,6 +21,10 @@ pub struct MetricsSnapshot {
     pub resets: u64,
     pub version: u64,
     pub round_active: bool,
+    /// Whether a recovery episode is open.
+    pub recovering: bool,
+    /// Recovery episodes opened.
+    pub episodes: u64,
     /// Frames answered by the primary inference engine.
     pub frames_primary: u64,
     /// Frames answered by the fallback engine.
@@ -104,6 +108,18 @@ pub fn render(m: &MetricsSnapshot) -> String {
         "gauge",
         "1 while a round runs.",
         m.round_active as u8 as f64,
+    );
+    put(
+        "recovering",
+        "gauge",
+        "1 while a recovery episode is open ([recovery]); 0 once it has settled.",
+        m.recovering as u8 as f64,
+    );
+    put(
+        "recovery_episodes_total",
+        "counter",
+        "Recovery episodes opened by drift triggers.",
+        m.episodes as f64,
     );
     put(
         "frames_primary_total",

@@ -1,7 +1,8 @@
 //! The replay buffer: unlabeled frames at the model's input size, stored as u8 in memory
 //! reserved once. Part of it is a uniform reservoir sample of every frame seen (Vitter's
 //! algorithm R), the rest a ring of the most recent frames, so a round sees both the long
-//! run and what the camera sees now.
+//! run and what the camera sees now. Each frame keeps its frame number, so a round can take
+//! only the frames seen since a drift trigger ([`ReplayBuffer::recent_since`]).
 
 use fieldtune_frames::{Image8, ImageShape};
 use rand::Rng;
@@ -15,7 +16,9 @@ pub struct ReplayBuffer {
     reservoir: Vec<u8>,
     reservoir_cap: usize,
     reservoir_len: usize,
+    reservoir_ids: Vec<u64>,
     recent: Vec<u8>,
+    recent_ids: Vec<u64>,
     recent_cap: usize,
     recent_len: usize,
     recent_next: usize,
@@ -24,7 +27,8 @@ pub struct ReplayBuffer {
 }
 
 impl ReplayBuffer {
-    /// `capacity` frames of `shape`, `recent_fraction` of them for the most recent frames.
+    /// `capacity` frames of `shape`, `recent_fraction` of them for the most recent frames
+    /// (rounded as [`crate::config::ReplayConfig::recent_capacity`] does).
     pub fn new(
         shape: ImageShape,
         capacity: usize,
@@ -40,7 +44,9 @@ impl ReplayBuffer {
             reservoir: vec![0; reservoir_cap * frame_bytes],
             reservoir_cap,
             reservoir_len: 0,
+            reservoir_ids: vec![0; reservoir_cap],
             recent: vec![0; recent_cap * frame_bytes],
+            recent_ids: vec![0; recent_cap],
             recent_cap,
             recent_len: 0,
             recent_next: 0,
@@ -49,8 +55,8 @@ impl ReplayBuffer {
         }
     }
 
-    /// Adds one frame (ignored unless it has the buffer's shape). Never allocates.
-    pub fn push(&mut self, img: &Image8) {
+    /// Adds frame number `frame` (ignored unless it has the buffer's shape). Never allocates.
+    pub fn push(&mut self, img: &Image8, frame: u64) {
         if img.shape() != self.shape || img.data.len() != self.frame_bytes {
             return;
         }
@@ -59,6 +65,7 @@ impl ReplayBuffer {
         if self.recent_cap > 0 {
             let i = self.recent_next;
             self.recent[i * fb..(i + 1) * fb].copy_from_slice(&img.data);
+            self.recent_ids[i] = frame;
             self.recent_next = (i + 1) % self.recent_cap;
             self.recent_len = (self.recent_len + 1).min(self.recent_cap);
         }
@@ -72,6 +79,7 @@ impl ReplayBuffer {
             };
             if let Some(i) = slot {
                 self.reservoir[i * fb..(i + 1) * fb].copy_from_slice(&img.data);
+                self.reservoir_ids[i] = frame;
             }
         }
     }
@@ -96,20 +104,37 @@ impl ReplayBuffer {
     }
 
     /// Copies of every frame held: the reservoir, then the recent frames oldest first.
-    pub fn snapshot(&self) -> Vec<Image8> {
+    pub fn snapshot(&self) -> Snapshot {
+        let mut out = Snapshot::with_capacity(self.len());
         let fb = self.frame_bytes;
-        let mk = |bytes: &[u8]| Image8 {
-            width: self.shape.width,
-            height: self.shape.height,
-            channels: self.shape.channels,
-            data: bytes.to_vec(),
-        };
-        let mut out = Vec::with_capacity(self.len());
-        out.extend(
-            self.reservoir[..self.reservoir_len * fb]
-                .chunks_exact(fb)
-                .map(mk),
-        );
+        for (i, bytes) in self.reservoir[..self.reservoir_len * fb]
+            .chunks_exact(fb)
+            .enumerate()
+        {
+            out.push(self.image(bytes), self.reservoir_ids[i]);
+        }
+        self.extend_recent(&mut out, 0);
+        out
+    }
+
+    /// Copies of the recent frames numbered `first` or later, oldest first: what the camera
+    /// saw since a drift trigger at frame `first`, as far back as the recent part reaches.
+    pub fn recent_since(&self, first: u64) -> Snapshot {
+        let mut out = Snapshot::with_capacity(self.recent_len);
+        self.extend_recent(&mut out, first);
+        out
+    }
+
+    /// Frames held in the recent part that are numbered `first` or later.
+    pub fn count_since(&self, first: u64) -> usize {
+        self.recent_ids[..self.recent_len]
+            .iter()
+            .filter(|&&id| id >= first)
+            .count()
+    }
+
+    fn extend_recent(&self, out: &mut Snapshot, first: u64) {
+        let fb = self.frame_bytes;
         let start = if self.recent_len < self.recent_cap {
             0
         } else {
@@ -117,9 +142,56 @@ impl ReplayBuffer {
         };
         for k in 0..self.recent_len {
             let i = (start + k) % self.recent_cap;
-            out.push(mk(&self.recent[i * fb..(i + 1) * fb]));
+            if self.recent_ids[i] >= first {
+                out.push(
+                    self.image(&self.recent[i * fb..(i + 1) * fb]),
+                    self.recent_ids[i],
+                );
+            }
         }
-        out
+    }
+
+    fn image(&self, bytes: &[u8]) -> Image8 {
+        Image8 {
+            width: self.shape.width,
+            height: self.shape.height,
+            channels: self.shape.channels,
+            data: bytes.to_vec(),
+        }
+    }
+}
+
+/// Frames copied out of the replay buffer with their frame numbers.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub frames: Vec<Image8>,
+    pub ids: Vec<u64>,
+}
+
+impl Snapshot {
+    fn with_capacity(n: usize) -> Snapshot {
+        Snapshot {
+            frames: Vec::with_capacity(n),
+            ids: Vec::with_capacity(n),
+        }
+    }
+
+    fn push(&mut self, img: Image8, id: u64) {
+        self.frames.push(img);
+        self.ids.push(id);
+    }
+
+    pub fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    /// The oldest frame number held (None when empty).
+    pub fn oldest(&self) -> Option<u64> {
+        self.ids.iter().copied().min()
     }
 }
 
@@ -150,15 +222,15 @@ mod tests {
         let bytes = r.bytes();
         assert_eq!(bytes, 10 * 4);
         for v in 0..1000 {
-            r.push(&frame(v));
+            r.push(&frame(v), v as u64);
         }
         assert_eq!(r.bytes(), bytes);
         assert_eq!(r.len(), 10);
         let snap = r.snapshot();
-        let recent: Vec<u32> = snap[5..].iter().map(value).collect();
+        let recent: Vec<u32> = snap.frames[5..].iter().map(value).collect();
         assert_eq!(recent, vec![995, 996, 997, 998, 999]);
         // Frames of another shape are ignored.
-        r.push(&Image8::filled(3, 3, 1, 0));
+        r.push(&Image8::filled(3, 3, 1, 0), 1000);
         assert_eq!(r.seen(), 1000);
     }
 
@@ -170,9 +242,9 @@ mod tests {
         for seed in 0..200 {
             let mut r = ReplayBuffer::new(shape(), 20, 0.0, seed);
             for v in 0..1000 {
-                r.push(&frame(v));
+                r.push(&frame(v), v as u64);
             }
-            for img in r.snapshot() {
+            for img in r.snapshot().frames {
                 per_decile[value(&img) as usize / 100] += 1;
             }
         }
@@ -188,10 +260,33 @@ mod tests {
     fn fills_before_replacing_and_snapshot_orders_recent_oldest_first() {
         let mut r = ReplayBuffer::new(shape(), 8, 0.5, 0);
         for v in 0..3 {
-            r.push(&frame(v));
+            r.push(&frame(v), v as u64);
         }
-        let vals: Vec<u32> = r.snapshot().iter().map(value).collect();
+        let vals: Vec<u32> = r.snapshot().frames.iter().map(value).collect();
         assert_eq!(vals, vec![0, 1, 2, 0, 1, 2]);
         assert_eq!(r.len(), 6);
+    }
+
+    #[test]
+    fn recent_since_takes_only_the_frames_after_a_trigger() {
+        let mut r = ReplayBuffer::new(shape(), 16, 0.5, 3);
+        for v in 0..100 {
+            r.push(&frame(v), v as u64);
+        }
+        // The recent part holds 8 frames (92..=99); a trigger at frame 95 takes 95..=99.
+        let since = r.recent_since(95);
+        assert_eq!(since.ids, vec![95, 96, 97, 98, 99]);
+        let vals: Vec<u32> = since.frames.iter().map(value).collect();
+        assert_eq!(vals, vec![95, 96, 97, 98, 99]);
+        assert_eq!(r.count_since(95), 5);
+        assert_eq!(since.oldest(), Some(95));
+        // A trigger older than the recent part reaches back only as far as it holds.
+        assert_eq!(r.recent_since(10).ids, (92..100).collect::<Vec<u64>>());
+        assert!(r.recent_since(100).is_empty());
+        // The whole snapshot carries the reservoir's numbers too.
+        let all = r.snapshot();
+        assert_eq!(all.len(), 16);
+        assert!(all.ids[..8].iter().all(|&id| id < 100));
+        assert_eq!(all.ids[8..], (92..100).collect::<Vec<u64>>()[..]);
     }
 }

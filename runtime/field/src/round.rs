@@ -57,6 +57,18 @@ pub struct RoundResult {
     pub rss_growth: u64,
 }
 
+/// How a round starts: its length, and whether it continues the last round's optimizer
+/// state.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct RoundPlan {
+    /// Steps (None: the recipe's `steps`).
+    pub steps: Option<usize>,
+    /// Continue from the train step's current weights and optimizer state, numbering the
+    /// steps from `offset + 1`, when the caller knows they are the live weights (the last
+    /// round committed and nothing ran since). None: load `base` and a fresh optimizer.
+    pub carry: Option<usize>,
+}
+
 /// Callbacks of a round into the runtime.
 pub struct RoundControl<'a> {
     pub budget: &'a Budget,
@@ -107,19 +119,30 @@ impl RoundTrainer {
         self.session.describe()
     }
 
-    /// Runs one round from `base` on `unlabeled` frames; `round` (1-based) seeds it.
+    /// Runs one round from `base` on `unlabeled` frames as `plan` says; `round` (1-based)
+    /// seeds it.
     pub fn run_round(
         &mut self,
         base: &HashMap<String, Tensor>,
         unlabeled: &[Image8],
         round: u64,
         poison: Option<Poison>,
+        plan: RoundPlan,
         ctl: &mut RoundControl<'_>,
     ) -> Result<RoundResult> {
         let t0 = Instant::now();
-        self.session.load_weights(base)?;
-        self.session.reset_optimizer()?;
+        let offset = match plan.carry {
+            Some(offset) => offset,
+            None => {
+                self.session.load_weights(base)?;
+                self.session.reset_optimizer()?;
+                0
+            }
+        };
         let mut cfg = self.cfg.clone();
+        if let Some(steps) = plan.steps {
+            cfg.steps = steps;
+        }
         cfg.seed = cfg.seed.wrapping_add(round.wrapping_mul(0x9E37_79B9));
         let mut labels = self.labels.clone();
         if poison == Some(Poison::LabelNoise) {
@@ -187,7 +210,7 @@ impl RoundTrainer {
                     cfg.lr_schedule.at(cfg.lr, k, cfg.steps)
                 };
                 let refs: Vec<(&str, &Tensor)> = feeds.iter().map(|(n, t)| (*n, t)).collect();
-                let outcome = session.step(&refs, lr, k)?;
+                let outcome = session.step(&refs, lr, offset + k)?;
                 let step_time = ts.elapsed();
                 busy += step_time;
                 if let Some((term, v)) = outcome.non_finite {

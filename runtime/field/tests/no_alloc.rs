@@ -107,7 +107,7 @@ fn the_per_frame_path_does_not_allocate() {
         let (class, conf, entropy) = softmax_stats(&logits).unwrap();
         hist.record_us(100.0 + (n % 37) as f64);
         let _ = triggers.observe(entropy, conf);
-        replay.push(&slot.image);
+        replay.push(&slot.image, slot.id);
         if let Some(_free) = output.acquire() {
             output.push(Pred {
                 frame: slot.id,

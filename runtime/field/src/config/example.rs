@@ -53,6 +53,15 @@ manual_signal = true                # SIGUSR1
 cooldown_frames = 300
 min_replay = 256
 
+[recovery]                          # after a drift trigger (docs/FIELD.md "Recovery after a shift")
+enabled = true
+arm_frames = 256                    # post-trigger frames before the first round
+min_gain = 0.002                    # a committed round gaining less ends the episode (nats)
+max_rounds = 30                     # rounds per episode at most
+max_rollbacks = 2                   # rollbacks in a row that end it (retries wait for more frames)
+round_steps = 0                     # steps of an episode round (0: [adapt] steps)
+carry_optimizer = true              # optimizer state carries across the episode's rounds
+
 [budget]
 board = ""                          # e.g. "jetson-orin-nano-8gb": fills the keys not set here
 adapt_memory_mb = 1024

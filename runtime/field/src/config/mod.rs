@@ -44,6 +44,8 @@ pub struct RunConfig {
     #[serde(default)]
     pub trigger: RoundTriggerConfig,
     #[serde(default)]
+    pub recovery: RecoveryConfig,
+    #[serde(default)]
     pub budget: BudgetConfig,
     /// Settings of one round: a recipe of `fieldtune adapt` plus overrides (same keys as
     /// `fieldtune adapt --print-config`). Default: `recipe = "uda-im"`, `steps = 100`.

@@ -166,6 +166,13 @@ pub struct ReplayConfig {
     pub seed: u64,
 }
 
+impl ReplayConfig {
+    /// Frames held by the recent part (what an episode of `[recovery]` trains on).
+    pub fn recent_capacity(&self) -> usize {
+        ((self.capacity as f64 * self.recent_fraction).round() as usize).min(self.capacity)
+    }
+}
+
 impl Default for ReplayConfig {
     fn default() -> Self {
         ReplayConfig {
@@ -220,6 +227,50 @@ impl Default for RoundTriggerConfig {
             manual_signal: true,
             cooldown_frames: 300,
             min_replay: 256,
+        }
+    }
+}
+
+/// `[recovery]`: what a drift trigger starts (docs/FIELD.md "Recovery after a shift"). A drift
+/// trigger opens an episode. Its first round waits until `arm_frames` frames have arrived
+/// after the trigger, then trains and probes on the frames seen since the trigger only. While
+/// the episode's rounds commit with a probe-objective gain of at least `min_gain`, the next
+/// round follows at once (no cooldown) on every post-trigger frame the replay holds, with the
+/// optimizer state and step count carried over; a rolled-back round is retried on more
+/// frames. The episode settles when a round gains less, after `max_rollbacks` rollbacks in a
+/// row, or after `max_rounds`; only then is a new drift baseline measured.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecoveryConfig {
+    /// Episodes on drift. false: a drift round is like the others (whole replay buffer,
+    /// cooldown, fresh optimizer).
+    pub enabled: bool,
+    /// Frames after the drift trigger before the episode's first round starts.
+    pub arm_frames: u64,
+    /// Probe-objective gain (nats) below which a committed round ends the episode.
+    pub min_gain: f64,
+    /// Rounds per episode at most.
+    pub max_rounds: u32,
+    /// Rolled-back rounds in a row that settle the episode (each retry waits for
+    /// `arm_frames` more post-trigger frames).
+    pub max_rollbacks: u32,
+    /// Steps of each episode round (0: the `[adapt]` steps).
+    pub round_steps: usize,
+    /// Optimizer state and step count carry from a committed round to the next one of the
+    /// episode (reset on a rollback, a new episode or a reset to the source weights).
+    pub carry_optimizer: bool,
+}
+
+impl Default for RecoveryConfig {
+    fn default() -> Self {
+        RecoveryConfig {
+            enabled: true,
+            arm_frames: 256,
+            min_gain: 0.002,
+            max_rounds: 30,
+            max_rollbacks: 2,
+            round_steps: 0,
+            carry_optimizer: true,
         }
     }
 }

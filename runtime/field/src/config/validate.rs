@@ -108,6 +108,32 @@ impl RunConfig {
                 "must be at least 2 and at most replay.capacity",
             );
         }
+        let r = &self.recovery;
+        if r.enabled {
+            if self.replay.recent_capacity() < 2 {
+                return bad(
+                    "recovery.enabled",
+                    "episodes train on the replay's recent part: set replay.recent_fraction > 0, or enabled = false",
+                );
+            }
+            range(
+                "recovery.arm_frames",
+                r.arm_frames as usize,
+                2,
+                self.replay.recent_capacity(),
+            )?;
+            range("recovery.max_rounds", r.max_rounds as usize, 1, 10_000)?;
+            range("recovery.max_rollbacks", r.max_rollbacks as usize, 1, 100)?;
+            range(
+                "recovery.round_steps",
+                r.round_steps,
+                0,
+                fieldtune_adapt::recipe::bounds::MAX_STEPS,
+            )?;
+            if !ge(r.min_gain, 0.0) {
+                return bad("recovery.min_gain", "must be >= 0");
+            }
+        }
         let b = &self.budget;
         if !(b.duty_cycle > 0.0 && b.duty_cycle <= 1.0) {
             return bad("budget.duty_cycle", "must be in (0, 1]");

@@ -35,12 +35,14 @@ pub(crate) struct LiveModel {
 }
 
 /// What the supervisor tells the inference loop, which never waits for it: new weights to
-/// swap in between two frames, and that a round started.
+/// swap in between two frames, that a round started, and that the drift detector should
+/// measure a new baseline.
 #[derive(Default)]
 pub(crate) struct Handover {
     has_model: AtomicBool,
     model: Mutex<Option<LiveModel>>,
     round_started: AtomicBool,
+    rebaseline: AtomicBool,
 }
 
 impl Handover {
@@ -67,6 +69,18 @@ impl Handover {
 
     pub fn take_round_started(&self) -> bool {
         self.round_started.swap(false, Ordering::Relaxed)
+    }
+
+    /// Supervisor: the drift detector should measure a new baseline (after weights it
+    /// offered, once the inference loop has taken them).
+    pub fn rebaseline(&self) {
+        self.rebaseline.store(true, Ordering::Release);
+    }
+
+    /// Inference loop: whether to measure a new baseline now (not while offered weights wait
+    /// to be taken).
+    pub fn take_rebaseline(&self) -> bool {
+        !self.has_model.load(Ordering::Acquire) && self.rebaseline.swap(false, Ordering::AcqRel)
     }
 }
 

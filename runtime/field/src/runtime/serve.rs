@@ -75,8 +75,9 @@ impl InferenceLoop<'_> {
         let mut replay_skipped = 0u64;
         let max_frames = cfg.pipeline.max_frames;
         loop {
-            if live.swap_if_offered(self.handover) {
-                // New weights (adapted or reset): a new drift baseline.
+            live.swap_if_offered(self.handover);
+            if self.handover.take_rebaseline() {
+                // New weights outside a recovery episode, a reset, or a settled episode.
                 triggers.committed();
             }
             if self.handover.take_round_started() {
@@ -141,9 +142,10 @@ impl InferenceLoop<'_> {
             // The replay buffer is never waited for: a busy lock (a round taking its
             // snapshot) skips this frame.
             match self.replay.try_lock() {
-                Ok(mut r) => r.push(&slot.image),
+                Ok(mut r) => r.push(&slot.image, slot.id),
                 Err(_) => replay_skipped += 1,
             }
+            state.last_frame_id.store(slot.id, Ordering::Relaxed);
             if let Some(reason) = triggers.observe(entropy, conf) {
                 state.request_round(reason);
             }

@@ -31,6 +31,12 @@ pub(crate) struct RunState {
     pub manual: Arc<AtomicBool>,
     /// Frames classified (inference loop).
     pub frames: AtomicU64,
+    /// Source frame number of the last frame classified (inference loop).
+    pub last_frame_id: AtomicU64,
+    /// Whether a recovery episode is open (supervisor).
+    pub recovering: AtomicBool,
+    /// Recovery episodes opened (supervisor).
+    pub episodes: AtomicU64,
     /// Version of the live weights (supervisor).
     pub version: AtomicU64,
     /// Whether a round runs (supervisor).
@@ -174,6 +180,8 @@ impl MetricsSource for RunState {
             resets: c(&self.resets),
             version: c(&self.version),
             round_active: self.round_active.load(Ordering::Relaxed),
+            recovering: self.recovering.load(Ordering::Relaxed),
+            episodes: c(&self.episodes),
             frames_primary: c(&self.served_primary),
             frames_fallback: c(&self.served_fallback),
             on_fallback: self.on_fallback.load(Ordering::Relaxed),

@@ -4,6 +4,12 @@
 //! on held-out probe frames and the anchors; a pass is checkpointed, then handed to the
 //! inference loop; a failure is rolled back, and `max_failures` in a row reset the live model
 //! to the source weights.
+//!
+//! A drift trigger, with `[recovery]` on, opens an episode instead ([`crate::recovery`]): its
+//! rounds train on post-trigger frames and follow each other while they gain.
+
+mod episode;
+mod failures;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -26,13 +32,13 @@ use crate::budget::{lower_thread_priority, Budget, BudgetVerdict};
 use crate::config::RunConfig;
 use crate::error::{FieldError, Result};
 use crate::events::{
-    CheckpointQuarantined, Committed, EngineFallback, EventLog, FailedRound, FieldEvent,
-    GatedRound, Paused, ResetToSource, Resumed, RolledBack, RoundEnded, RoundStarted, StoppedRound,
-    TriggerIgnored,
+    CheckpointQuarantined, Committed, EngineFallback, EventLog, FieldEvent, GatedRound, Paused,
+    Resumed, RolledBack, RoundEnded, RoundStarted, StoppedRound, TriggerIgnored,
 };
 use crate::gate::{decide, probe, GateInput, GateVerdict};
+use crate::recovery::{EpisodeRound, Recovery, RoundOutcome, SettleReason};
 use crate::replay::ReplayBuffer;
-use crate::round::{all_finite, Cut, RoundControl, RoundResult, RoundTrainer};
+use crate::round::{all_finite, Cut, RoundControl, RoundPlan, RoundResult, RoundTrainer};
 use crate::store::{unix_ms, CheckpointMeta, Store};
 use crate::trigger::{Reason, Schedule};
 
@@ -122,6 +128,8 @@ pub(crate) struct RoundSupervisor {
     base_round: u64,
     /// Whether the temperature ceiling holds rounds back (a `paused` event was logged).
     hot: bool,
+    /// The drift episode policy and its open episode.
+    recovery: Recovery,
     last_round_end_frame: u64,
     last_skip_log: Instant,
 }
@@ -224,6 +232,7 @@ impl SupervisorSetup {
             trainer.describe()
         );
         let budget = Budget::new(cfg.budget.clone());
+        let recovery = Recovery::new(&cfg.recovery);
         let supervisor = RoundSupervisor {
             base_round: resumed.meta.round,
             live: Live {
@@ -247,6 +256,7 @@ impl SupervisorSetup {
             failures: 0,
             rounds: 0,
             hot: false,
+            recovery,
             last_round_end_frame: 0,
             last_skip_log: Instant::now() - Duration::from_secs(60),
         };
@@ -282,8 +292,15 @@ impl RoundSupervisor {
             } else {
                 self.state.take_request()
             };
-            let Some(reason) = reason else { continue };
-            if let Some(why) = self.held_back(reason) {
+            let reason = self.open_episode(reason);
+            let (reason, episode) = match reason {
+                Some(r) => (r, None),
+                None => match self.episode_round_due() {
+                    Some(e) => (Reason::Drift, Some(e)),
+                    None => continue,
+                },
+            };
+            if let Some(why) = self.held_back(reason, episode.is_some()) {
                 if self.last_skip_log.elapsed() > Duration::from_secs(10)
                     || reason == Reason::Manual
                 {
@@ -303,25 +320,36 @@ impl RoundSupervisor {
                 here: self.rounds,
                 total: self.base_round + self.rounds,
             };
-            self.round(reason, no)?;
+            let outcome = self.round(reason, no, episode)?;
+            match episode {
+                Some(_) => {
+                    if let Some(s) = self.recovery.after_round(outcome) {
+                        self.settled(s);
+                    }
+                }
+                None => self.recovery.train_step_changed(),
+            }
             self.last_round_end_frame = self.state.frames.load(Ordering::Relaxed);
             self.state.clear_request();
         }
+        self.end_episode(SettleReason::Stopped);
         Ok(())
     }
 
     /// Why a trigger does not start a round now, if it does not: the cooldown, too few replay
-    /// frames, or the temperature ceiling (logging `paused` and `resumed` as it changes).
-    fn held_back(&mut self, reason: Reason) -> Option<&'static str> {
+    /// frames, or the temperature ceiling (logging `paused` and `resumed` as it changes). An
+    /// episode's rounds wait only for the temperature.
+    fn held_back(&mut self, reason: Reason, episode: bool) -> Option<&'static str> {
         let frames = self.state.frames.load(Ordering::Relaxed);
         let replay_len = self.replay.lock().map(|r| r.len()).unwrap_or(0);
         let ceiling = self.cfg.budget.temperature_ceiling_c;
-        if reason != Reason::Manual
+        if !episode
+            && reason != Reason::Manual
             && self.rounds > 0
             && frames < self.last_round_end_frame + self.cfg.trigger.cooldown_frames
         {
             Some("cooldown")
-        } else if replay_len < self.cfg.trigger.min_replay {
+        } else if !episode && replay_len < self.cfg.trigger.min_replay {
             Some("too few replay frames")
         } else if let BudgetVerdict::Hot(t) = self.budget.thermal(self.hot) {
             if !self.hot {
@@ -344,22 +372,32 @@ impl RoundSupervisor {
         }
     }
 
-    /// One round: snapshot -> train -> gate -> commit or roll back.
-    fn round(&mut self, reason: Reason, no: RoundNo) -> Result<()> {
+    /// One round: snapshot -> train -> gate -> commit or roll back. An episode's round trains
+    /// and probes on the frames since its trigger.
+    fn round(
+        &mut self,
+        reason: Reason,
+        no: RoundNo,
+        episode: Option<EpisodeRound>,
+    ) -> Result<RoundOutcome> {
         let t0 = Instant::now();
         let round_total = no.total;
         self.state.round_active.store(true, Ordering::Relaxed);
         self.handover.round_started();
         self.state.rounds.fetch_add(1, Ordering::Relaxed);
-        let snapshot = self
-            .replay
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .snapshot();
+        let snapshot = {
+            let replay = self.replay.lock().unwrap_or_else(|p| p.into_inner());
+            match episode {
+                Some(e) => replay.recent_since(e.since),
+                None => replay.snapshot(),
+            }
+        };
+        let oldest_frame = snapshot.oldest();
+        let snapshot_len = snapshot.len();
         // Every k-th frame is held out as the probe that judges the unlabeled objective.
         let k = (1.0 / self.cfg.replay.probe_fraction).round().max(2.0) as usize;
         let (mut train, mut probe_set) = (Vec::new(), Vec::new());
-        for (i, f) in snapshot.into_iter().enumerate() {
+        for (i, f) in snapshot.frames.into_iter().enumerate() {
             if i % k == k - 1 {
                 probe_set.push(f);
             } else {
@@ -375,7 +413,16 @@ impl RoundSupervisor {
             probe_frames: probe_set.len(),
             version: self.live.meta.version,
             poison: poison.map(|p| format!("{p:?}")),
+            oldest_frame,
+            episode_round: episode.map(|e| e.index),
         }));
+        if episode.is_some() {
+            self.recovery.round_started(snapshot_len);
+        }
+        let plan = RoundPlan {
+            steps: episode.and_then(|e| e.steps),
+            carry: episode.and_then(|e| e.carry),
+        };
         tracing::info!(
             "round {round_total} ({}): {} replay frames + {} probe",
             reason.as_str(),
@@ -399,14 +446,15 @@ impl RoundSupervisor {
         if let Some(f) = &self.training.faults {
             f.set_round(no.here);
         }
-        let result = self
-            .trainer
-            .run_round(&self.live.weights, &train, no.here, poison, &mut ctl);
+        let result =
+            self.trainer
+                .run_round(&self.live.weights, &train, no.here, poison, plan, &mut ctl);
         let result = match result {
             Ok(r) => r,
             Err(e) => {
                 self.fail(round_total, None, &e)?;
-                return self.train_fallback(round_total, &e);
+                self.train_fallback(round_total, &e)?;
+                return Ok(RoundOutcome::Failed);
             }
         };
         let metrics = result.metrics.iter().cloned().collect();
@@ -420,13 +468,16 @@ impl RoundSupervisor {
                     metrics,
                     seconds: result.seconds,
                 })));
-            return Ok(());
+            return Ok(RoundOutcome::Stopped);
         }
         let judged = self.gate(&result, &probe_set);
         self.state.round_active.store(false, Ordering::Relaxed);
         let judged = match judged {
             Ok(j) => j,
-            Err(e) => return self.fail(round_total, Some(result.steps), &e),
+            Err(e) => {
+                self.fail(round_total, Some(result.steps), &e)?;
+                return Ok(RoundOutcome::Failed);
+            }
         };
         self.events
             .emit(FieldEvent::RoundEnded(RoundEnded::Gated(GatedRound {
@@ -449,10 +500,18 @@ impl RoundSupervisor {
                 probe_entropy_after: judged.input.after.mean_entropy,
             })));
         if judged.verdict.pass {
-            self.commit(round_total, result, judged)
+            let gain = judged.verdict.objective_before - judged.verdict.objective_after;
+            let steps = result.steps;
+            let committed = self.commit(round_total, result, judged, episode.is_none())?;
+            Ok(if committed {
+                RoundOutcome::Committed { gain, steps }
+            } else {
+                RoundOutcome::RolledBack
+            })
         } else {
             drop(judged.session);
-            self.rollback(round_total, &judged.verdict)
+            self.rollback(round_total, &judged.verdict)?;
+            Ok(RoundOutcome::RolledBack)
         }
     }
 
@@ -485,8 +544,16 @@ impl RoundSupervisor {
     }
 
     /// A passed round: checkpoint first (the live model is always one a restart comes back
-    /// to), then hand the candidate's session to the inference loop.
-    fn commit(&mut self, round_total: u64, result: RoundResult, judged: Judged) -> Result<()> {
+    /// to), then hand the candidate's session to the inference loop; `rebaseline`: the drift
+    /// detector measures a new baseline (not within an episode, which does so when it
+    /// settles). False when the checkpoint could not be written (the live model stays).
+    fn commit(
+        &mut self,
+        round_total: u64,
+        result: RoundResult,
+        judged: Judged,
+        rebaseline: bool,
+    ) -> Result<bool> {
         let Judged {
             verdict,
             session,
@@ -523,13 +590,13 @@ impl RoundSupervisor {
                     failures_in_a_row: self.failures,
                     version: None,
                 }));
-                return Ok(());
+                return Ok(false);
             }
         };
         let reference = self
             .infer_engine
             .load(&bytes, "model.onnx (gate reference)")?;
-        self.swap(session, &bytes, meta.version);
+        self.swap(session, &bytes, meta.version, rebaseline);
         self.state.commits.fetch_add(1, Ordering::Relaxed);
         self.failures = 0;
         tracing::info!(
@@ -549,14 +616,18 @@ impl RoundSupervisor {
             reference,
             anchor_accuracy: verdict.anchor_accuracy_after,
         };
-        Ok(())
+        Ok(true)
     }
 
     /// Hands `session` (weights of `version`, already checkpointed) to the inference loop.
-    /// With a fallback engine, its session of the same weights goes along.
-    fn swap(&self, session: Box<dyn Session>, bytes: &[u8], version: u64) {
+    /// With a fallback engine, its session of the same weights goes along. `rebaseline`: the
+    /// drift detector measures a new baseline on them.
+    fn swap(&self, session: Box<dyn Session>, bytes: &[u8], version: u64, rebaseline: bool) {
         self.handover
             .offer(self.serving.live_model(session, bytes, version));
+        if rebaseline {
+            self.handover.rebaseline();
+        }
         self.state.version.store(version, Ordering::Relaxed);
     }
 
@@ -579,117 +650,5 @@ impl RoundSupervisor {
             version: Some(self.live.meta.version),
         }));
         self.reset_if_failing(round_total)
-    }
-
-    /// A round that ended in an error: reported, rolled back, counted as a failure.
-    fn fail(
-        &mut self,
-        round_total: u64,
-        steps: Option<usize>,
-        e: &dyn std::fmt::Display,
-    ) -> Result<()> {
-        self.state.round_active.store(false, Ordering::Relaxed);
-        tracing::error!("round {round_total} failed: {e}");
-        self.events
-            .emit(FieldEvent::RoundEnded(RoundEnded::Failed(FailedRound {
-                round: round_total,
-                error: e.to_string(),
-                steps,
-            })));
-        self.state.rollbacks.fetch_add(1, Ordering::Relaxed);
-        self.failures += 1;
-        self.events.emit(FieldEvent::RolledBack(RolledBack {
-            round: round_total,
-            reasons: vec![e.to_string()],
-            no_gain_only: None,
-            failures_in_a_row: self.failures,
-            version: None,
-        }));
-        self.reset_if_failing(round_total)
-    }
-
-    /// After a failed train step: the next rounds train on `train_fallback`, if set (once).
-    fn train_fallback(&mut self, round_total: u64, e: &dyn std::fmt::Display) -> Result<()> {
-        let Some(spec) = self.serving.plan.train_fallback.clone() else {
-            return Ok(());
-        };
-        if self.training.switched {
-            return Ok(());
-        }
-        let r = self.training.opts.resolve(
-            &spec,
-            &self.cfg.budget.board,
-            self.serving.plan.trt_cache.as_deref(),
-            self.cfg.engine.train_threads,
-        )?;
-        let (anchors, labels) = self.trainer.anchors();
-        let trainer = self.training.trainer(
-            r.engine.as_ref(),
-            self.trainer.model().clone(),
-            self.trainer.config().clone(),
-            anchors.to_vec(),
-            labels.to_vec(),
-        )?;
-        tracing::warn!(
-            "round {round_total}: the train step failed; the next rounds train on {spec} ({})",
-            r.engine.describe()
-        );
-        self.events.emit(FieldEvent::EngineFallback(EngineFallback {
-            role: "train".into(),
-            from: self.training.spec.clone(),
-            to: spec.to_string(),
-            reason: e.to_string(),
-            frame: None,
-            round: Some(round_total),
-        }));
-        self.trainer = trainer;
-        self.training.spec = spec.to_string();
-        self.training.switched = true;
-        Ok(())
-    }
-
-    /// After `max_failures` failed rounds in a row, the live model goes back to the source
-    /// weights (checkpointed as a new version of kind `reset`).
-    fn reset_if_failing(&mut self, round_total: u64) -> Result<()> {
-        if self.failures < self.cfg.gate.max_failures {
-            return Ok(());
-        }
-        let weights = self.trainer.source_weights().clone();
-        let meta = CheckpointMeta {
-            version: self.live.meta.version + 1,
-            round: round_total,
-            step: 0,
-            kind: "reset".into(),
-            model_sha256: self.live.meta.model_sha256.clone(),
-            metrics: json!({"failures_in_a_row": self.failures}),
-            unix_ms: unix_ms(),
-        };
-        let bytes = self.trainer.model().with_params(&weights)?;
-        let session = self.infer_engine.load(&bytes, "model.onnx (source)")?;
-        let mut reference = self
-            .infer_engine
-            .load(&bytes, "model.onnx (gate reference)")?;
-        let anchor_accuracy = anchor_accuracy(reference.as_mut(), &self.trainer)?;
-        self.store.commit(&weights, &meta)?;
-        self.swap(session, &bytes, meta.version);
-        self.state.resets.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(
-            "{} failed rounds in a row: reset to the source weights (version {})",
-            self.failures,
-            meta.version
-        );
-        self.events.emit(FieldEvent::ResetToSource(ResetToSource {
-            round: round_total,
-            version: meta.version,
-            failures_in_a_row: self.failures,
-        }));
-        self.failures = 0;
-        self.live = Live {
-            weights,
-            meta,
-            reference,
-            anchor_accuracy,
-        };
-        Ok(())
     }
 }
