@@ -109,19 +109,24 @@ impl RunConfig {
             );
         }
         let r = &self.recovery;
-        if r.enabled {
+        // Episodes open only on a drift trigger: without one the section has no effect.
+        if r.enabled && t.drift {
             if self.replay.recent_capacity() < 2 {
                 return bad(
                     "recovery.enabled",
                     "episodes train on the replay's recent part: set replay.recent_fraction > 0, or enabled = false",
                 );
             }
-            range(
-                "recovery.arm_frames",
-                r.arm_frames as usize,
-                2,
-                self.replay.recent_capacity(),
-            )?;
+            let ring = self.replay.recent_capacity();
+            if r.arm_frames < 2 || r.arm_frames as usize > ring {
+                return bad(
+                    "recovery.arm_frames",
+                    &format!(
+                        "is {}; must be 2..={ring}, the replay's recent part (replay.capacity x replay.recent_fraction): lower it or raise replay.capacity",
+                        r.arm_frames
+                    ),
+                );
+            }
             range("recovery.max_rounds", r.max_rounds as usize, 1, 10_000)?;
             range("recovery.max_rollbacks", r.max_rollbacks as usize, 1, 100)?;
             range(
@@ -246,6 +251,27 @@ mod tests {
         }
         let ok = format!("{head}[replay]\ncapacity = {}\n", bounds::MAX_REPLAY);
         RunConfig::from_toml(&ok, Path::new("run.toml")).expect("the bound itself is allowed");
+    }
+
+    #[test]
+    fn recovery_keys_are_checked_only_where_drift_opens_episodes() {
+        // A small replay (recent part 32 frames) under the default arm_frames (256).
+        let head = "model = \"m\"\n[source]\npaths = [\"d\"]\n[replay]\ncapacity = 64\n[trigger]\nmin_replay = 32\n";
+        let off = format!("{head}drift = false\nevery_frames = 40\n");
+        RunConfig::from_toml(&off, Path::new("run.toml"))
+            .expect("without drift triggers [recovery] has no effect and is not checked");
+        let on = format!("{head}drift = true\n");
+        let e = RunConfig::from_toml(&on, Path::new("run.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("recovery.arm_frames")
+                && e.contains("2..=32")
+                && e.contains("replay.capacity"),
+            "{e}"
+        );
+        let fixed = format!("{head}drift = true\n[recovery]\narm_frames = 32\n");
+        RunConfig::from_toml(&fixed, Path::new("run.toml")).expect("arm_frames within the ring");
     }
 
     #[test]
