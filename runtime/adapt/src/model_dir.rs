@@ -45,10 +45,7 @@ impl ModelDir {
             ));
         }
         let config = ModelConfig::load(model_toml_path(dir))?;
-        let bytes = std::fs::read(&onnx).map_err(|source| AdaptError::Io {
-            path: onnx.clone(),
-            source,
-        })?;
+        let bytes = fieldtune_frames::read_regular(&onnx)?;
         let model = decode_model(&bytes, &onnx)?;
         let graph = Graph::from_model(&model).map_err(|e| bad(&onnx, e.to_string()))?;
         let input = graph
@@ -154,10 +151,7 @@ impl ModelDir {
             path: onnx.to_path_buf(),
             reason,
         };
-        let bytes = std::fs::read(onnx).map_err(|source| AdaptError::Io {
-            path: onnx.to_path_buf(),
-            source,
-        })?;
+        let bytes = fieldtune_frames::read_regular(onnx)?;
         let model = decode_model(&bytes, onnx)?;
         let graph = Graph::from_model(&model).map_err(|e| bad(e.to_string()))?;
         let input = graph
