@@ -3,7 +3,8 @@
 //!
 //! Kinds: `started`, `stats`, `trigger`, `round_started`, `round_ended`, `committed`,
 //! `rolled_back`, `reset_to_source`, `paused`, `resumed`, `checkpoint_quarantined`,
-//! `engine_fallback`, `engine_restored`, `recovery_started`, `recovery_settled`, `stopped`.
+//! `engine_fallback`, `engine_restored`, `recovery_started`, `recovery_settled`,
+//! `frame_skipped`, `stopped`.
 //! Keys are written in sorted order (serde_json's map) and numbers as serde_json prints them;
 //! a non-finite number is written `null`.
 //!
@@ -63,6 +64,9 @@ pub enum FieldEvent {
     RecoveryStarted(RecoveryStarted),
     /// A recovery episode ended; the drift detector measures a new baseline.
     RecoverySettled(RecoverySettled),
+    /// A frame that could not be read or used was skipped (logged for the first ten skips,
+    /// then at every power of two; `skipped` counts them all).
+    FrameSkipped(FrameSkipped),
     /// The run ended; the run's summary.
     Stopped(RunSummary),
 }
@@ -86,6 +90,7 @@ impl FieldEvent {
             FieldEvent::EngineRestored(_) => "engine_restored",
             FieldEvent::RecoveryStarted(_) => "recovery_started",
             FieldEvent::RecoverySettled(_) => "recovery_settled",
+            FieldEvent::FrameSkipped(_) => "frame_skipped",
             FieldEvent::Stopped(_) => "stopped",
         }
     }
@@ -202,6 +207,19 @@ pub struct RecoverySettled {
     /// Probe-objective gain of the last committed round (nats; null if none or not finite).
     #[serde(default)]
     pub last_gain: Option<f64>,
+}
+
+/// `frame_skipped`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct FrameSkipped {
+    /// The file, for sources that read files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    pub reason: String,
+    /// Frames skipped so far in this run, this one included.
+    pub skipped: u64,
+    /// Bad frames in a row, this one included (`[source] max_bad_frames` ends the run).
+    pub in_a_row: u64,
 }
 
 /// `round_ended`, in one of three shapes.

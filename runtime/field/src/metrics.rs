@@ -16,6 +16,8 @@ use crate::stats::StatsWindow;
 #[derive(Clone, Copy, Debug, Default)]
 pub struct MetricsSnapshot {
     pub frames: u64,
+    /// Frames skipped as unreadable or unusable.
+    pub bad_frames: u64,
     pub capture_dropped: u64,
     pub output_dropped: u64,
     pub rounds: u64,
@@ -63,6 +65,12 @@ pub fn render(m: &MetricsSnapshot) -> String {
         "counter",
         "Frames classified.",
         m.frames as f64,
+    );
+    put(
+        "bad_frames_total",
+        "counter",
+        "Frames skipped because they could not be read or used ([source] max_bad_frames in a row stop the run).",
+        m.bad_frames as f64,
     );
     put(
         "capture_dropped_total",
@@ -278,6 +286,7 @@ mod tests {
             frames_primary: 3,
             frames_fallback: 7,
             on_fallback: true,
+            bad_frames: 2,
             ..MetricsSnapshot::default()
         };
         let text = render(&m);
@@ -290,6 +299,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("fieldtune_serving_fallback 1\n"), "{text}");
+        assert!(text.contains("fieldtune_bad_frames_total 2\n"), "{text}");
         let back = render(&MetricsSnapshot::default());
         assert!(back.contains("fieldtune_serving_fallback 0\n"), "{back}");
     }
