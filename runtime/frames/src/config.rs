@@ -49,6 +49,9 @@ pub struct ModelConfig {
 /// the engines' input bound of 2^28 elements.
 pub const MAX_SIDE: u32 = 8192;
 
+/// The longest class name, in bytes (names are echoed in errors, predictions and reports).
+pub const MAX_CLASS_NAME: usize = 256;
+
 fn config_err(path: &Path, key: Option<&str>, reason: impl Into<String>) -> FramesError {
     FramesError::Config {
         path: path.to_path_buf(),
@@ -172,6 +175,16 @@ impl ModelConfig {
         for name in &self.classes {
             if name.is_empty() {
                 return err("classes", "class names must not be empty".into());
+            }
+            if name.len() > MAX_CLASS_NAME {
+                let head: String = name.chars().take(32).collect();
+                return err(
+                    "classes",
+                    format!(
+                        "class name {head:?}... is {} bytes; at most {MAX_CLASS_NAME}",
+                        name.len()
+                    ),
+                );
             }
             if !seen.insert(name.as_str()) {
                 return err("classes", format!("duplicate class {name:?}"));
@@ -346,6 +359,17 @@ classes = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]
                 assert!(msg.contains("missing"), "{msg}");
             }
         }
+    }
+
+    #[test]
+    fn a_huge_class_name_is_refused_without_echoing_it() {
+        let huge = "x".repeat(10 << 20);
+        let msg = expect_key_error(
+            &with_line("classes", &format!("classes = [\"a\", \"{huge}\"]")),
+            "classes",
+        );
+        assert!(msg.len() < 300, "{} bytes of message", msg.len());
+        assert!(msg.contains("10485760 bytes"), "{msg}");
     }
 
     #[test]

@@ -18,7 +18,7 @@ mod dataset;
 mod fsread;
 mod image8;
 
-pub use config::{model_toml_path, ModelConfig, MAX_SIDE, MODEL_TOML_KEYS};
+pub use config::{model_toml_path, ModelConfig, MAX_CLASS_NAME, MAX_SIDE, MODEL_TOML_KEYS};
 pub use dataset::{
     decode_image, is_image_path, load_image, load_images, Dataset, Item, IMAGE_EXTENSIONS,
 };
