@@ -148,7 +148,7 @@ pub fn bench(
 
     // Inference on the model itself (dynamic or fixed batch as exported).
     let tl = Instant::now();
-    let mut infer = engine.load(&model.bytes, "model.onnx")?;
+    let mut infer = engine.load(&model.bytes, &model.label(""))?;
     let infer_load_ms = tl.elapsed().as_secs_f64() * 1e3;
     if execution_provider.is_empty() {
         execution_provider = infer.execution_provider().to_string();

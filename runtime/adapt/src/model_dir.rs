@@ -24,6 +24,8 @@ pub const MODEL_TOML: &str = "model.toml";
 #[derive(Clone, Debug)]
 pub struct ModelDir {
     pub dir: PathBuf,
+    /// The ONNX file it was read from (errors and engine labels name it).
+    pub onnx: PathBuf,
     pub config: ModelConfig,
     pub model: ModelProto,
     pub bytes: Vec<u8>,
@@ -45,10 +47,7 @@ impl ModelDir {
             ));
         }
         let config = ModelConfig::load(model_toml_path(dir))?;
-        let bytes = std::fs::read(&onnx).map_err(|source| AdaptError::Io {
-            path: onnx.clone(),
-            source,
-        })?;
+        let bytes = fieldtune_frames::read_regular(&onnx)?;
         let model = decode_model(&bytes, &onnx)?;
         let graph = Graph::from_model(&model).map_err(|e| bad(&onnx, e.to_string()))?;
         let input = graph
@@ -109,6 +108,7 @@ impl ModelDir {
         }
         Ok(ModelDir {
             dir: dir.to_path_buf(),
+            onnx,
             config,
             model,
             bytes,
@@ -154,10 +154,7 @@ impl ModelDir {
             path: onnx.to_path_buf(),
             reason,
         };
-        let bytes = std::fs::read(onnx).map_err(|source| AdaptError::Io {
-            path: onnx.to_path_buf(),
-            source,
-        })?;
+        let bytes = fieldtune_frames::read_regular(onnx)?;
         let model = decode_model(&bytes, onnx)?;
         let graph = Graph::from_model(&model).map_err(|e| bad(e.to_string()))?;
         let input = graph
@@ -214,10 +211,20 @@ impl ModelDir {
         };
         Ok(ModelDir {
             dir: onnx.parent().unwrap_or(Path::new(".")).to_path_buf(),
+            onnx: onnx.to_path_buf(),
             config,
             model,
             bytes,
         })
+    }
+
+    /// The label of a session of this model in engine errors and logs: the ONNX file, and
+    /// the session's role when there is one (`models/x/model.onnx (live)`).
+    pub fn label(&self, role: &str) -> String {
+        match role {
+            "" => self.onnx.display().to_string(),
+            r => format!("{} ({r})", self.onnx.display()),
+        }
     }
 
     /// The ONNX bytes with `params` replacing the matching initializers.
@@ -255,5 +262,31 @@ impl ModelDir {
         ];
         files.extend_from_slice(extra);
         replace_dir(out, &files)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fieldtune_engine::Engine;
+
+    #[test]
+    fn engine_errors_name_the_models_own_file() {
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/mnist-cnn");
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("field-model");
+        std::fs::create_dir(&dir).unwrap();
+        for f in [MODEL_ONNX, MODEL_TOML] {
+            std::fs::copy(shipped.join(f), dir.join(f)).unwrap();
+        }
+        let m = ModelDir::open(&dir).unwrap();
+        let want = dir.join(MODEL_ONNX).display().to_string();
+        assert_eq!(m.label("live"), format!("{want} (live)"));
+        let e = fieldtune_engine::TractEngine::new()
+            .load(&m.bytes[..m.bytes.len() / 2], &m.label("live"))
+            .err()
+            .expect("half a model does not load")
+            .to_string();
+        assert!(e.contains(&format!("{want} (live)")), "{e}");
     }
 }

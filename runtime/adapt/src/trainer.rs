@@ -53,7 +53,7 @@ pub fn evaluate_params(
     batch: usize,
 ) -> Result<EvalReport> {
     let bytes = model.with_params(params)?;
-    let mut s = engine.load(&bytes, "model.onnx (adapting)")?;
+    let mut s = engine.load(&bytes, &model.label("adapting"))?;
     evaluate(s.as_mut(), &model.config, images, labels, batch)
 }
 

@@ -172,6 +172,37 @@ impl IoInfo {
     }
 }
 
+/// The most elements a model's input may declare (dynamic dims counted as 1): 2^28, 1 GiB of
+/// f32. A model declaring more (e.g. a 60000x60000 image) is refused when loaded, before an
+/// engine plans or allocates for it.
+pub const MAX_INPUT_ELEMENTS: u128 = 1 << 28;
+
+/// Refuses inputs above [`MAX_INPUT_ELEMENTS`], naming the model and the input.
+pub(crate) fn check_input_sizes(
+    label: &str,
+    engine: EngineKind,
+    inputs: &[IoInfo],
+) -> Result<(), EngineError> {
+    for i in inputs {
+        let n = i
+            .shape
+            .iter()
+            .fold(1u128, |n, d| n.saturating_mul(d.unwrap_or(1) as u128));
+        if n > MAX_INPUT_ELEMENTS {
+            return Err(EngineError::ModelLoad {
+                model: label.to_string(),
+                engine,
+                message: format!(
+                    "input '{}' declares {} ({n} elements); inputs are bounded to {MAX_INPUT_ELEMENTS} (2^28) elements",
+                    i.name,
+                    error::fmt_dims(&i.shape)
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The exchange dtype and the name used in [`IoInfo::onnx_type`] for an ONNX element type code.
 pub(crate) fn onnx_elem_name(code: i32) -> (&'static str, DType) {
     match code {

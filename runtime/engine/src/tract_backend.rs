@@ -112,6 +112,7 @@ impl TractEngine {
             .map(io_from_value_info)
             .collect();
         let outputs: Vec<IoInfo> = graph.output.iter().map(io_from_value_info).collect();
+        crate::check_input_sizes(label, EngineKind::Tract, &inputs)?;
         let model = onnx
             .model_for_proto_model(&proto)
             .map_err(|e| load_err(label, e))?;

@@ -3,7 +3,8 @@
 //!
 //! Kinds: `started`, `stats`, `trigger`, `round_started`, `round_ended`, `committed`,
 //! `rolled_back`, `reset_to_source`, `paused`, `resumed`, `checkpoint_quarantined`,
-//! `engine_fallback`, `engine_restored`, `recovery_started`, `recovery_settled`, `stopped`.
+//! `engine_fallback`, `engine_restored`, `recovery_started`, `recovery_settled`,
+//! `frame_skipped`, `stopped`.
 //! Keys are written in sorted order (serde_json's map) and numbers as serde_json prints them;
 //! a non-finite number is written `null`.
 //!
@@ -16,6 +17,7 @@
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -63,6 +65,9 @@ pub enum FieldEvent {
     RecoveryStarted(RecoveryStarted),
     /// A recovery episode ended; the drift detector measures a new baseline.
     RecoverySettled(RecoverySettled),
+    /// A frame that could not be read or used was skipped (logged for the first ten skips,
+    /// then at every power of two; `skipped` counts them all).
+    FrameSkipped(FrameSkipped),
     /// The run ended; the run's summary.
     Stopped(RunSummary),
 }
@@ -86,6 +91,7 @@ impl FieldEvent {
             FieldEvent::EngineRestored(_) => "engine_restored",
             FieldEvent::RecoveryStarted(_) => "recovery_started",
             FieldEvent::RecoverySettled(_) => "recovery_settled",
+            FieldEvent::FrameSkipped(_) => "frame_skipped",
             FieldEvent::Stopped(_) => "stopped",
         }
     }
@@ -202,6 +208,19 @@ pub struct RecoverySettled {
     /// Probe-objective gain of the last committed round (nats; null if none or not finite).
     #[serde(default)]
     pub last_gain: Option<f64>,
+}
+
+/// `frame_skipped`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct FrameSkipped {
+    /// The file, for sources that read files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    pub reason: String,
+    /// Frames skipped so far in this run, this one included.
+    pub skipped: u64,
+    /// Bad frames in a row, this one included (`[source] max_bad_frames` ends the run).
+    pub in_a_row: u64,
 }
 
 /// `round_ended`, in one of three shapes.
@@ -362,18 +381,39 @@ pub struct EventLog {
 }
 
 impl EventLog {
-    /// Opens `path` for appending (creating folders), closing a torn last line.
+    /// Opens `path` for appending (creating folders), closing a torn last line. A symbolic
+    /// link, FIFO, device or folder at `path` is refused, naming it.
     pub fn open(path: &Path, fsync: Fsync) -> Result<EventLog> {
         if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         }
+        let refused = |reason: &str| FieldError::State {
+            path: path.into(),
+            reason: reason.into(),
+        };
+        // Not through a symbolic link (O_NOFOLLOW), and never blocking on a FIFO or device
+        // (O_NONBLOCK, then refused).
+        let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
         let mut file = OpenOptions::new()
             .create(true)
             .append(true)
             .read(true)
+            .custom_flags(flags.bits() as i32)
             .open(path)
-            .map_err(io_err(path))?;
-        let len = file.metadata().map_err(io_err(path))?.len();
+            .map_err(|e| {
+                if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
+                    refused("is a symbolic link; the event log is not written through links")
+                } else {
+                    io_err(path)(e)
+                }
+            })?;
+        let meta = file.metadata().map_err(io_err(path))?;
+        if !meta.is_file() {
+            return Err(refused(
+                "is not a regular file (a FIFO, device or folder); refused as the event log",
+            ));
+        }
+        let len = meta.len();
         if len > 0 {
             let mut last = [0u8; 1];
             file.seek(SeekFrom::Start(len - 1)).map_err(io_err(path))?;
@@ -454,7 +494,7 @@ impl Event {
 /// Reads an event log: the events, and how many lines were skipped as unreadable (torn by
 /// a crash). A file that is not an event log at all (no line parses) is an error.
 pub fn read_events(path: &Path) -> Result<(Vec<Event>, usize)> {
-    let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+    let text = fieldtune_frames::read_regular_string(path)?;
     let mut events = Vec::new();
     let mut skipped = 0;
     let mut first_bad = None;
@@ -581,6 +621,34 @@ mod tests {
             e.contains("events.jsonl:1") && e.contains("not a fieldtune event log"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn links_and_fifos_are_refused_as_the_event_log() {
+        let d = tempfile::tempdir().unwrap();
+        let target = d.path().join("precious.txt");
+        std::fs::write(&target, "keep\n").unwrap();
+        let link = d.path().join("events.jsonl");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let e = EventLog::open(&link, Fsync::Never)
+            .err()
+            .expect("a link is refused")
+            .to_string();
+        assert!(
+            e.contains("events.jsonl") && e.contains("symbolic link"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep\n");
+        let fifo = d.path().join("fifo.jsonl");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.is_ok_and(|s| s.success()), "mkfifo");
+        let e = EventLog::open(&fifo, Fsync::Never)
+            .err()
+            .expect("a FIFO is refused")
+            .to_string();
+        assert!(e.contains("fifo.jsonl") && e.contains("regular"), "{e}");
+        let e = read_events(&fifo).unwrap_err().to_string();
+        assert!(e.contains("fifo.jsonl") && e.contains("FIFO"), "{e}");
     }
 
     #[test]

@@ -39,6 +39,14 @@ pub enum Next<'a> {
     Frame(RawFrame<'a>),
     /// Nothing yet (a timeout); ask again.
     Idle,
+    /// A frame that could not be read (an unreadable, truncated or corrupt file); the run
+    /// skips it, counts it, and ends only after `[source] max_bad_frames` in a row.
+    Bad {
+        /// The file, for sources that read files.
+        file: Option<String>,
+        /// Why, naming the file.
+        reason: String,
+    },
     /// The stream ended.
     End,
 }

@@ -1,8 +1,11 @@
 //! Opt-in Prometheus text endpoint (`[metrics] listen = "127.0.0.1:PORT"`): a small HTTP/1.0
-//! responder on its own thread answering `GET /metrics` (anything else: 404). Loopback only.
+//! responder answering `GET /metrics` (anything else: 404). Loopback only. Connections are
+//! answered concurrently, each on its own thread with read and write timeouts, at most
+//! [`MAX_CONNECTIONS`] at once (more get a 503 and are closed at once).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +16,8 @@ use crate::stats::StatsWindow;
 #[derive(Clone, Copy, Debug, Default)]
 pub struct MetricsSnapshot {
     pub frames: u64,
+    /// Frames skipped as unreadable or unusable.
+    pub bad_frames: u64,
     pub capture_dropped: u64,
     pub output_dropped: u64,
     pub rounds: u64,
@@ -60,6 +65,12 @@ pub fn render(m: &MetricsSnapshot) -> String {
         "counter",
         "Frames classified.",
         m.frames as f64,
+    );
+    put(
+        "bad_frames_total",
+        "counter",
+        "Frames skipped because they could not be read or used ([source] max_bad_frames in a row stop the run).",
+        m.bad_frames as f64,
     );
     put(
         "capture_dropped_total",
@@ -186,8 +197,16 @@ pub fn render(m: &MetricsSnapshot) -> String {
     s
 }
 
+/// Connections answered at once; more are closed at once (with a 503) so that idle or slow
+/// clients cannot hold the endpoint.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// How long a client may take to send its request, and to take the answer.
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(2);
+
 fn answer(mut conn: TcpStream, source: &dyn MetricsSource) {
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = conn.set_read_timeout(Some(CONNECTION_TIMEOUT));
+    let _ = conn.set_write_timeout(Some(CONNECTION_TIMEOUT));
     let mut buf = [0u8; 1024];
     let n = conn.read(&mut buf).unwrap_or(0);
     let req = String::from_utf8_lossy(&buf[..n]);
@@ -204,7 +223,35 @@ fn answer(mut conn: TcpStream, source: &dyn MetricsSource) {
     );
 }
 
-/// Binds `addr` and serves until `source` says it stopped. Returns the bound address.
+/// Answers `conn` on a thread of its own while fewer than [`MAX_CONNECTIONS`] are open;
+/// otherwise says 503 without waiting and closes it.
+fn dispatch(conn: TcpStream, source: &Arc<dyn MetricsSource>, open: &Arc<AtomicUsize>) {
+    if open.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
+        open.fetch_sub(1, Ordering::AcqRel);
+        // Still non-blocking (accepted from a non-blocking listener): never waits.
+        let _ = (&conn).write_all(
+            b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        );
+        return;
+    }
+    let (source, done) = (source.clone(), open.clone());
+    let spawned = std::thread::Builder::new()
+        .name("metrics-conn".into())
+        .stack_size(256 * 1024)
+        .spawn(move || {
+            if conn.set_nonblocking(false).is_ok() {
+                answer(conn, source.as_ref());
+            }
+            done.fetch_sub(1, Ordering::AcqRel);
+        });
+    if spawned.is_err() {
+        open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Binds `addr` and serves until `source` says it stopped. Returns the bound address. Each
+/// connection is answered on its own thread with read and write timeouts
+/// ([`CONNECTION_TIMEOUT`]); at most [`MAX_CONNECTIONS`] at once.
 pub fn serve(
     addr: &str,
     source: Arc<dyn MetricsSource>,
@@ -212,16 +259,14 @@ pub fn serve(
     let listener = TcpListener::bind(addr).map_err(io_err(format!("metrics.listen {addr}")))?;
     let local = listener.local_addr().map_err(io_err(addr))?;
     listener.set_nonblocking(true).map_err(io_err(addr))?;
+    let open = Arc::new(AtomicUsize::new(0));
     let h = std::thread::Builder::new()
         .name("metrics".into())
         .spawn(move || {
             while !source.stopped() {
                 match listener.accept() {
-                    Ok((conn, _)) => {
-                        let _ = conn.set_nonblocking(false);
-                        answer(conn, source.as_ref());
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                    Ok((conn, _)) => dispatch(conn, &source, &open),
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
                 }
             }
         })
@@ -232,6 +277,7 @@ pub fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
 
     #[test]
     fn frames_per_engine_and_the_serving_engine_are_rendered() {
@@ -240,6 +286,7 @@ mod tests {
             frames_primary: 3,
             frames_fallback: 7,
             on_fallback: true,
+            bad_frames: 2,
             ..MetricsSnapshot::default()
         };
         let text = render(&m);
@@ -252,7 +299,57 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("fieldtune_serving_fallback 1\n"), "{text}");
+        assert!(text.contains("fieldtune_bad_frames_total 2\n"), "{text}");
         let back = render(&MetricsSnapshot::default());
         assert!(back.contains("fieldtune_serving_fallback 0\n"), "{back}");
+    }
+
+    struct Fixed;
+
+    impl MetricsSource for Fixed {
+        fn snapshot(&self) -> MetricsSnapshot {
+            MetricsSnapshot {
+                frames: 42,
+                ..MetricsSnapshot::default()
+            }
+        }
+        fn stopped(&self) -> bool {
+            false
+        }
+    }
+
+    fn get(addr: SocketAddr) -> Option<String> {
+        let mut c = TcpStream::connect(addr).ok()?;
+        c.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(c, "GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+        let mut s = String::new();
+        c.read_to_string(&mut s).ok()?;
+        Some(s)
+    }
+
+    #[test]
+    fn metrics_answer_while_250_idle_connections_are_open() {
+        let (addr, _h) = serve("127.0.0.1:0", Arc::new(Fixed)).unwrap();
+        let idle: Vec<TcpStream> = (0..250)
+            .map(|_| TcpStream::connect(addr).unwrap())
+            .collect();
+        let t0 = Instant::now();
+        // A client that meets a full endpoint is told so at once (503) and asks again.
+        let answer = loop {
+            match get(addr) {
+                Some(s) if s.starts_with("HTTP/1.0 200") => break s,
+                _ => {
+                    assert!(t0.elapsed() < Duration::from_secs(10), "no answer");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        };
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "took {:?}",
+            t0.elapsed()
+        );
+        assert!(answer.contains("fieldtune_frames_total 42\n"), "{answer}");
+        drop(idle);
     }
 }

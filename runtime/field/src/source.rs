@@ -10,13 +10,14 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::config::{Order, SourceConfig};
-use crate::error::{FieldError, Result};
+use crate::error::Result;
 pub use crate::frame::{FrameSource, Next, RawFrame};
 
 /// Image folders played one after the other, at a set rate, optionally looping.
 pub struct ImageFolderSource {
     items: Vec<(PathBuf, Option<usize>)>,
-    preloaded: Option<Vec<Image8>>,
+    /// With `preload`: each image, or why it did not decode (played as a bad frame).
+    preloaded: Option<Vec<std::result::Result<Image8, String>>>,
     current: Image8,
     pos: usize,
     looping: bool,
@@ -47,16 +48,17 @@ impl ImageFolderSource {
             }
             items.extend(part);
         }
-        let preloaded = if cfg.preload {
-            Some(
-                items
-                    .iter()
-                    .map(|(p, _)| decode_image(p))
-                    .collect::<std::result::Result<Vec<_>, _>>()?,
-            )
-        } else {
-            None
-        };
+        let preloaded = cfg.preload.then(|| {
+            let all: Vec<_> = items
+                .iter()
+                .map(|(p, _)| decode_image(p).map_err(|e| e.to_string()))
+                .collect();
+            let bad = all.iter().filter(|r| r.is_err()).count();
+            if bad > 0 {
+                tracing::warn!("{bad} image(s) do not decode; they will be skipped as bad frames");
+            }
+            all
+        });
         let what = format!(
             "image folders {} ({} images, {}, {}{})",
             cfg.paths
@@ -124,15 +126,22 @@ impl FrameSource for ImageFolderSource {
         let label = *label;
         let i = self.pos;
         self.pos += 1;
+        let bad = |reason: String| Next::Bad {
+            file: Some(path.display().to_string()),
+            reason,
+        };
         let img = match &self.preloaded {
-            Some(all) => &all[i],
-            None => {
-                self.current = decode_image(path).map_err(|e| FieldError::Source {
-                    source_name: "folder".into(),
-                    reason: e.to_string(),
-                })?;
-                &self.current
-            }
+            Some(all) => match &all[i] {
+                Ok(img) => img,
+                Err(reason) => return Ok(bad(reason.clone())),
+            },
+            None => match decode_image(path) {
+                Ok(img) => {
+                    self.current = img;
+                    &self.current
+                }
+                Err(e) => return Ok(bad(e.to_string())),
+            },
         };
         Ok(Next::Frame(RawFrame::of(img, label)))
     }
@@ -160,7 +169,7 @@ fn open_gstreamer(cfg: &SourceConfig, model_channels: u8) -> Result<Box<dyn Fram
 
 #[cfg(not(feature = "gstreamer"))]
 fn open_gstreamer(_cfg: &SourceConfig, _model_channels: u8) -> Result<Box<dyn FrameSource>> {
-    Err(FieldError::Source {
+    Err(crate::error::FieldError::Source {
         source_name: "gstreamer".into(),
         reason: "this fieldtune was built without GStreamer; rebuild with `cargo build --release --features gstreamer` (needs libgstreamer1.0-dev, libgstreamer-plugins-base1.0-dev)".into(),
     })

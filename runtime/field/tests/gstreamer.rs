@@ -37,6 +37,7 @@ fn drain(src: &mut dyn FrameSource, max: usize) -> Vec<(u32, u32, u8, usize, Vec
                 }
             }
             Next::Idle => continue,
+            Next::Bad { reason, .. } => panic!("bad frame: {reason}"),
             Next::End => break,
         }
     }
@@ -134,6 +135,7 @@ fn an_encoded_video_file_made_here_reads_back_and_classifies() {
                 images.push(img);
             }
             Next::Idle => continue,
+            Next::Bad { reason, .. } => panic!("bad frame: {reason}"),
             Next::End => break,
         }
     }

@@ -45,6 +45,13 @@ pub struct ModelConfig {
     pub classes: Vec<String>,
 }
 
+/// The largest `height` and `width`: a model input of at most 3 x 8192 x 8192 values, within
+/// the engines' input bound of 2^28 elements.
+pub const MAX_SIDE: u32 = 8192;
+
+/// The longest class name, in bytes (names are echoed in errors, predictions and reports).
+pub const MAX_CLASS_NAME: usize = 256;
+
 fn config_err(path: &Path, key: Option<&str>, reason: impl Into<String>) -> FramesError {
     FramesError::Config {
         path: path.to_path_buf(),
@@ -75,10 +82,7 @@ impl ModelConfig {
     /// at fault, the key.
     pub fn load(path: impl AsRef<Path>) -> Result<Self, FramesError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| FramesError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = crate::fsread::read_regular_string(path)?;
         Self::from_toml_str(&text, path)
     }
 
@@ -115,7 +119,8 @@ impl ModelConfig {
         Ok(cfg)
     }
 
-    /// Checks the invariants: names non-empty, channels 1 or 3, height and width > 0,
+    /// Checks the invariants: names non-empty, channels 1 or 3, height and width in
+    /// 1..=[`MAX_SIDE`],
     /// `mean`/`std` one finite value per channel with `std > 0`, classes non-empty and
     /// unique.
     pub fn validate(&self) -> Result<(), FramesError> {
@@ -133,11 +138,10 @@ impl ModelConfig {
         if self.channels != 1 && self.channels != 3 {
             return err("channels", format!("must be 1 or 3, got {}", self.channels));
         }
-        if self.height == 0 {
-            return err("height", "must be > 0".into());
-        }
-        if self.width == 0 {
-            return err("width", "must be > 0".into());
+        for (key, side) in [("height", self.height), ("width", self.width)] {
+            if side == 0 || side > MAX_SIDE {
+                return err(key, format!("is {side}; must be 1..={MAX_SIDE}"));
+            }
         }
         let c = self.channels as usize;
         if self.mean.len() != c {
@@ -171,6 +175,16 @@ impl ModelConfig {
         for name in &self.classes {
             if name.is_empty() {
                 return err("classes", "class names must not be empty".into());
+            }
+            if name.len() > MAX_CLASS_NAME {
+                let head: String = name.chars().take(32).collect();
+                return err(
+                    "classes",
+                    format!(
+                        "class name {head:?}... is {} bytes; at most {MAX_CLASS_NAME}",
+                        name.len()
+                    ),
+                );
             }
             if !seen.insert(name.as_str()) {
                 return err("classes", format!("duplicate class {name:?}"));
@@ -323,6 +337,8 @@ classes = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]
             ("channels", ""),
             ("height", "height = 0"),
             ("height", "height = 1.5"),
+            ("height", "height = 60000"),
+            ("width", "width = 4294967295"),
             ("width", "width = 0"),
             ("width", ""),
             ("mean", "mean = [0.1, 0.2]"),
@@ -343,6 +359,17 @@ classes = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]
                 assert!(msg.contains("missing"), "{msg}");
             }
         }
+    }
+
+    #[test]
+    fn a_huge_class_name_is_refused_without_echoing_it() {
+        let huge = "x".repeat(10 << 20);
+        let msg = expect_key_error(
+            &with_line("classes", &format!("classes = [\"a\", \"{huge}\"]")),
+            "classes",
+        );
+        assert!(msg.len() < 300, "{} bytes of message", msg.len());
+        assert!(msg.contains("10485760 bytes"), "{msg}");
     }
 
     #[test]

@@ -49,8 +49,12 @@ pub fn decode_image(path: impl AsRef<Path>) -> Result<Image8, FramesError> {
         path: path.to_path_buf(),
         reason,
     };
-    let reader = ImageReader::open(path)
-        .map_err(io_err(path))?
+    let file = crate::fsread::open_regular(path)?;
+    let mut reader = ImageReader::new(std::io::BufReader::new(file));
+    if let Ok(format) = image::ImageFormat::from_path(path) {
+        reader.set_format(format);
+    }
+    let reader = reader
         .with_guessed_format()
         .map_err(|e| decode_err(e.to_string()))?;
     if reader.format().is_none() {

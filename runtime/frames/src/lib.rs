@@ -6,6 +6,8 @@
 //! - [`Dataset`]: labeled (`dir/<class>/*.png`) and unlabeled image folders; [`load_image`]
 //!   decodes a file to the model's channels and size.
 //! - [`to_tensor`]: a batch of images to a normalised NCHW `f32` [`Tensor`].
+//! - [`open_regular`], [`read_regular`]: input files read without blocking on a FIFO or
+//!   device (refused, naming the file).
 
 use std::path::PathBuf;
 
@@ -13,12 +15,14 @@ use fieldtune_tensor::Tensor;
 
 mod config;
 mod dataset;
+mod fsread;
 mod image8;
 
-pub use config::{model_toml_path, ModelConfig, MODEL_TOML_KEYS};
+pub use config::{model_toml_path, ModelConfig, MAX_CLASS_NAME, MAX_SIDE, MODEL_TOML_KEYS};
 pub use dataset::{
     decode_image, is_image_path, load_image, load_images, Dataset, Item, IMAGE_EXTENSIONS,
 };
+pub use fsread::{open_regular, read_regular, read_regular_string};
 pub use image8::{luma, Image8, ImageShape};
 
 /// Everything that can go wrong reading configs, folders and images.

@@ -88,6 +88,6 @@ pub(crate) fn eval_model(
         Some(p) => m.with_params(p)?,
         None => m.bytes.clone(),
     };
-    let mut s = e.load(&bytes, "model.onnx")?;
+    let mut s = e.load(&bytes, &m.label(""))?;
     Ok(evaluate(s.as_mut(), &m.config, images, labels, batch)?)
 }

@@ -67,11 +67,12 @@ impl OrtSession {
         let session = b
             .commit_from_memory(model)
             .map_err(|e| load_err(ort_msg(&e)))?;
-        let inputs = session
+        let inputs: Vec<IoInfo> = session
             .inputs()
             .iter()
             .map(|o| io_info(o.name(), o.dtype()))
             .collect();
+        crate::check_input_sizes(label, EngineKind::Ort, &inputs)?;
         let outputs = session
             .outputs()
             .iter()

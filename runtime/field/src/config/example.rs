@@ -17,6 +17,7 @@ fps = 30.0                          # 0: as fast as the pipeline takes them
 loop = false
 limit = 0                           # per folder (0: all)
 preload = false                     # decode all images at start
+max_bad_frames = 100                # unreadable/corrupt frames in a row before the run stops
 pipeline = ""                       # gstreamer: "... ! appsink name=sink"
 
 [input]
@@ -29,6 +30,7 @@ when_full = "drop-oldest"           # "drop-oldest" | "block"
 max_frames = 0                      # 0: until the source ends or SIGINT/SIGTERM
 max_seconds = 0.0
 stats_every_s = 5.0
+shutdown_s = 10.0                   # SIGINT/SIGTERM: seconds to stop before a forced exit
 
 [output]
 path = "-"                          # "-": stdout, "none", or a file

@@ -77,7 +77,7 @@ fn default_adapt() -> toml::Table {
 impl RunConfig {
     /// Reads, resolves relative paths against the file's folder, and validates.
     pub fn load(path: &Path) -> Result<RunConfig> {
-        let text = std::fs::read_to_string(path).map_err(crate::error::io_err(path))?;
+        let text = fieldtune_frames::read_regular_string(path)?;
         let mut cfg = Self::from_toml(&text, path)?;
         let base = path.parent().unwrap_or(Path::new(""));
         cfg.resolve_paths(base);

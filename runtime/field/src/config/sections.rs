@@ -50,6 +50,10 @@ pub struct SourceConfig {
     /// folder: decode every image at start (no decoding, and no allocation, per frame;
     /// memory grows with the folder).
     pub preload: bool,
+    /// Bad frames (unreadable, truncated or corrupt files) in a row before the run stops
+    /// with an error naming the last one; fewer are skipped, counted and logged
+    /// (`frame_skipped`).
+    pub max_bad_frames: u64,
     /// gstreamer: the pipeline, ending in `appsink name=sink` (caps are set by fieldtune:
     /// GRAY8 or RGB, as the model needs).
     pub pipeline: String,
@@ -66,6 +70,7 @@ impl Default for SourceConfig {
             looping: false,
             limit: 0,
             preload: false,
+            max_bad_frames: 100,
             pipeline: String::new(),
         }
     }
@@ -117,6 +122,9 @@ pub struct PipelineConfig {
     pub max_seconds: f64,
     /// Seconds between `stats` events (latency, entropy, accuracy, RSS).
     pub stats_every_s: f64,
+    /// Seconds from the first SIGINT/SIGTERM to a forced exit (non-zero, with a message)
+    /// when the run has not stopped by then (a blocked read, a long engine call).
+    pub shutdown_s: f64,
 }
 
 impl Default for PipelineConfig {
@@ -128,6 +136,7 @@ impl Default for PipelineConfig {
             max_frames: 0,
             max_seconds: 0.0,
             stats_every_s: 5.0,
+            shutdown_s: 10.0,
         }
     }
 }

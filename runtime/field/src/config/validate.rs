@@ -16,6 +16,10 @@ pub mod bounds {
     pub const MAX_REPLAY: usize = 65_536;
     /// `engine.inference_threads`, `engine.train_threads`.
     pub const MAX_THREADS: usize = 256;
+    /// `source.max_bad_frames` (bad frames in a row before the run stops).
+    pub const MAX_BAD_FRAMES: u64 = 1_000_000;
+    /// `pipeline.shutdown_s` (seconds from SIGINT/SIGTERM to a forced exit).
+    pub const MAX_SHUTDOWN_S: f64 = 3600.0;
 }
 
 impl RunConfig {
@@ -67,6 +71,15 @@ impl RunConfig {
             MAX_OUTPUT_QUEUE,
         )?;
         range("replay.capacity", self.replay.capacity, 8, MAX_REPLAY)?;
+        if !(1..=MAX_BAD_FRAMES).contains(&self.source.max_bad_frames) {
+            return bad(
+                "source.max_bad_frames",
+                &format!(
+                    "is {}; must be 1..={MAX_BAD_FRAMES}",
+                    self.source.max_bad_frames
+                ),
+            );
+        }
         let e = &self.engine;
         range(
             "engine.inference_threads",
@@ -77,6 +90,13 @@ impl RunConfig {
         range("engine.train_threads", e.train_threads, 1, MAX_THREADS)?;
         if !gt(self.pipeline.stats_every_s, 0.0) {
             return bad("pipeline.stats_every_s", "must be > 0");
+        }
+        let shutdown = self.pipeline.shutdown_s;
+        if !(gt(shutdown, 0.0) && shutdown <= MAX_SHUTDOWN_S) {
+            return bad(
+                "pipeline.shutdown_s",
+                &format!("is {shutdown}; must be in (0, {MAX_SHUTDOWN_S}]"),
+            );
         }
         if !ge(self.pipeline.max_seconds, 0.0) {
             return bad("pipeline.max_seconds", "must be >= 0");
@@ -239,8 +259,17 @@ mod tests {
             ("replay", "capacity", "100000000"),
             ("engine", "train_threads", "100000"),
             ("engine", "inference_threads", "0"),
+            ("source", "max_bad_frames", "0"),
+            ("source", "max_bad_frames", "4611686018427387904"),
+            ("pipeline", "shutdown_s", "0.0"),
+            ("pipeline", "shutdown_s", "1e300"),
+            ("pipeline", "shutdown_s", "nan"),
         ] {
-            let text = format!("{head}[{table}]\n{key} = {value}\n");
+            let text = if table == "source" {
+                format!("{head}{key} = {value}\n")
+            } else {
+                format!("{head}[{table}]\n{key} = {value}\n")
+            };
             let e = RunConfig::from_toml(&text, Path::new("run.toml"))
                 .unwrap_err()
                 .to_string();

@@ -44,7 +44,7 @@ use crate::source::open_source;
 use crate::store::CheckpointMeta;
 use fault::{FrameClock, InferenceFaults};
 use live::{Engines, Handover, LiveModel, LiveSession};
-use pipeline::{capture_thread, open_output, output_thread, FrameSlot, Prediction};
+use pipeline::{capture_thread, open_output, output_thread, BadFrames, FrameSlot, Prediction};
 use roles::Serving;
 use serve::InferenceLoop;
 use state::RunState;
@@ -69,9 +69,10 @@ fn spawn<T: Send + 'static>(
         .map_err(io_err(format!("{name} thread")))
 }
 
-/// SIGINT/SIGTERM stop the run (a second one ends the process at once); SIGUSR1 asks for a
-/// round when `manual_signal` is on.
-fn handle_signals(state: &Arc<RunState>, manual_signal: bool) -> Result<()> {
+/// SIGINT/SIGTERM stop the run; when it has not stopped `shutdown_s` seconds later (a blocked
+/// read, a long engine call), the process exits with status 1 and a message. A second signal
+/// ends the process at once. SIGUSR1 asks for a round when `manual_signal` is on.
+fn handle_signals(state: &Arc<RunState>, manual_signal: bool, shutdown_s: f64) -> Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
     use signal_hook::flag;
     let s = Arc::new(AtomicBool::new(false));
@@ -85,13 +86,18 @@ fn handle_signals(state: &Arc<RunState>, manual_signal: bool) -> Result<()> {
     }
     let st = state.clone();
     spawn("signals", move || {
-        while !st.stopped() {
-            if s.load(Ordering::Relaxed) {
-                tracing::info!("stop requested by signal");
-                st.request_stop();
-            }
+        // Watches until the process ends: a signal after another stop request (max_frames,
+        // the source's end) gets the same deadline.
+        while !s.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(50));
         }
+        tracing::info!("stop requested by signal");
+        st.request_stop();
+        std::thread::sleep(Duration::from_secs_f64(shutdown_s));
+        eprintln!(
+            "fieldtune run: not stopped {shutdown_s} s after the signal (pipeline.shutdown_s); exiting (the last good checkpoint is intact)"
+        );
+        std::process::exit(1);
     })?;
     Ok(())
 }
@@ -215,7 +221,7 @@ pub fn run(
     );
     let state = Arc::new(RunState::default());
     if opts.handle_signals {
-        handle_signals(&state, cfg.trigger.manual_signal)?;
+        handle_signals(&state, cfg.trigger.manual_signal, cfg.pipeline.shutdown_s)?;
     }
     if let Some(ext) = &stop {
         follow_stop(&state, ext.clone())?;
@@ -327,7 +333,10 @@ pub fn run(
 
     let capture_handle = {
         let (q, state) = (capture_q.clone(), state.clone());
-        spawn("capture", move || capture_thread(source, pre, q, state))?
+        let skips = BadFrames::new(events.clone(), cfg.source.max_bad_frames);
+        spawn("capture", move || {
+            capture_thread(source, pre, q, state, skips)
+        })?
     };
     let output_handle = {
         let (q, sink) = (output_q.clone(), open_output(&cfg.output.path)?);
@@ -405,6 +414,7 @@ pub fn run(
         source: source_desc,
         seconds,
         frames,
+        bad_frames: state.bad_frames.load(Ordering::Relaxed),
         fps: frames as f64 / seconds.max(1e-9),
         capture_dropped: cap.dropped,
         output_dropped: out.dropped,

@@ -4,13 +4,15 @@
 use std::fmt::Write as _;
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use fieldtune_frames::Image8;
 
 use super::state::RunState;
-use crate::error::{io_err, Result};
+use crate::error::{io_err, FieldError, Result};
+use crate::events::{EventLog, FieldEvent, FrameSkipped};
 use crate::preprocess::Preprocessor;
 use crate::queue::SlotQueue;
 use crate::source::{FrameSource, Next};
@@ -56,16 +58,65 @@ pub(crate) fn open_output(path: &str) -> Result<Option<Box<dyn Write + Send>>> {
     })
 }
 
+/// Bad frames of the capture thread: each is counted (`RunState::bad_frames`) and logged as a
+/// `frame_skipped` event (the first ten, then at every power of two); `max` in a row end the
+/// run with an error naming the last one.
+pub(crate) struct BadFrames {
+    events: Arc<EventLog>,
+    max: u64,
+    in_a_row: u64,
+}
+
+impl BadFrames {
+    pub fn new(events: Arc<EventLog>, max: u64) -> BadFrames {
+        BadFrames {
+            events,
+            max,
+            in_a_row: 0,
+        }
+    }
+
+    /// A good frame: the run of bad ones is over.
+    fn good(&mut self) {
+        self.in_a_row = 0;
+    }
+
+    /// One bad frame; an error when it is the `max`-th in a row.
+    fn bad(&mut self, state: &RunState, file: Option<String>, reason: String) -> Result<()> {
+        self.in_a_row += 1;
+        let skipped = state.bad_frames.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.in_a_row >= self.max {
+            return Err(FieldError::Source {
+                source_name: "frames".into(),
+                reason: format!(
+                    "{} bad frames in a row (source.max_bad_frames = {}); the last: {reason}",
+                    self.in_a_row, self.max
+                ),
+            });
+        }
+        if skipped <= 10 || skipped.is_power_of_two() {
+            tracing::warn!("skipped a bad frame ({skipped} so far): {reason}");
+            self.events.emit(FieldEvent::FrameSkipped(FrameSkipped {
+                file,
+                reason,
+                skipped,
+                in_a_row: self.in_a_row,
+            }));
+        }
+        Ok(())
+    }
+}
+
 /// The capture thread: frames from `source`, preprocessed, into `q` until the source ends or
-/// the run stops.
+/// the run stops. Bad frames are skipped and counted ([`BadFrames`]).
 pub(crate) fn capture_thread(
     mut source: Box<dyn FrameSource>,
     pre: Preprocessor,
     q: Arc<SlotQueue<FrameSlot>>,
     state: Arc<RunState>,
+    mut skips: BadFrames,
 ) -> Result<()> {
     let mut id = 0u64;
-    let mut bad = 0u64;
     let res = loop {
         if state.stopped() {
             break Ok(());
@@ -73,6 +124,13 @@ pub(crate) fn capture_thread(
         let frame = match source.next_frame() {
             Ok(Next::Frame(f)) => f,
             Ok(Next::Idle) => continue,
+            Ok(Next::Bad { file, reason }) => match skips.bad(&state, file, reason) {
+                Ok(()) => continue,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    break Err(e);
+                }
+            },
             Ok(Next::End) => {
                 tracing::info!("source ended after {id} frames");
                 break Ok(());
@@ -91,12 +149,17 @@ pub(crate) fn capture_thread(
             slot.label = frame.label;
             id += 1;
             q.push(slot);
+            skips.good();
         } else {
-            bad += 1;
-            if bad == 1 || bad.is_power_of_two() {
-                tracing::warn!("skipped {bad} unusable frame(s) (empty or inconsistent size)");
-            }
             q.unacquire(slot);
+            let reason = format!(
+                "unusable frame {}x{}x{} (empty or inconsistent size)",
+                frame.width, frame.height, frame.channels
+            );
+            if let Err(e) = skips.bad(&state, None, reason) {
+                tracing::error!("{e}");
+                break Err(e);
+            }
         }
     };
     q.close();

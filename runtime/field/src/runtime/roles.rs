@@ -22,8 +22,9 @@ pub(crate) fn load_primary(
     engine: &dyn Engine,
     plan: &EnginePlan,
     bytes: &[u8],
+    label: &str,
 ) -> Result<Box<dyn Session>> {
-    let s = engine.load(bytes, "model.onnx (live)")?;
+    let s = engine.load(bytes, label)?;
     let got = s.execution_provider();
     if engine.kind() == EngineKind::Ort && plan.inference.wants_gpu() && got.starts_with("CPU") {
         return Err(FieldError::Engine(EngineError::ExecutionProvider {
@@ -83,10 +84,17 @@ impl Training {
 }
 
 impl Serving {
-    /// The sessions to serve the weights in `bytes` (the primary already built).
-    pub fn live_model(&self, session: Box<dyn Session>, bytes: &[u8], version: u64) -> LiveModel {
+    /// The sessions to serve the weights in `bytes` (the primary already built); `label`
+    /// names the fallback's session in errors.
+    pub fn live_model(
+        &self,
+        session: Box<dyn Session>,
+        bytes: &[u8],
+        version: u64,
+        label: &str,
+    ) -> LiveModel {
         let fallback = self.fallback_engine.as_ref().and_then(|e| {
-            e.load(bytes, "model.onnx (live, fallback)")
+            e.load(bytes, label)
                 .map_err(|err| {
                     tracing::error!("version {version}: no fallback session: {err}");
                 })

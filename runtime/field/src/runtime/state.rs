@@ -31,6 +31,8 @@ pub(crate) struct RunState {
     pub manual: Arc<AtomicBool>,
     /// Frames classified (inference loop).
     pub frames: AtomicU64,
+    /// Frames skipped as unreadable or unusable (capture thread).
+    pub bad_frames: AtomicU64,
     /// Source frame number of the last frame classified (inference loop).
     pub last_frame_id: AtomicU64,
     /// Whether a recovery episode is open (supervisor).
@@ -172,6 +174,7 @@ impl MetricsSource for RunState {
         let c = |a: &AtomicU64| a.load(Ordering::Relaxed);
         MetricsSnapshot {
             frames: c(&self.frames),
+            bad_frames: c(&self.bad_frames),
             capture_dropped: cap.dropped,
             output_dropped: out.dropped,
             rounds: c(&self.rounds),

@@ -18,6 +18,9 @@ pub struct RunSummary {
     #[serde(deserialize_with = "f64_or_nan")]
     pub seconds: f64,
     pub frames: u64,
+    /// Frames skipped as unreadable or unusable (`frame_skipped`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub bad_frames: u64,
     #[serde(deserialize_with = "f64_or_nan")]
     pub fps: f64,
     pub capture_dropped: u64,
@@ -83,6 +86,13 @@ impl RunSummary {
             self.resumed_version,
             self.final_version
         );
+        if self.bad_frames > 0 {
+            let _ = writeln!(
+                t,
+                "bad frames skipped {} (unreadable or corrupt; see frame_skipped events)",
+                self.bad_frames
+            );
+        }
         if let Some(a) = self.accuracy {
             let _ = writeln!(
                 t,

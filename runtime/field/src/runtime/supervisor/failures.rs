@@ -102,10 +102,12 @@ impl RoundSupervisor {
             unix_ms: unix_ms(),
         };
         let bytes = self.trainer.model().with_params(&weights)?;
-        let session = self.infer_engine.load(&bytes, "model.onnx (source)")?;
+        let session = self
+            .infer_engine
+            .load(&bytes, &self.trainer.model().label("source"))?;
         let mut reference = self
             .infer_engine
-            .load(&bytes, "model.onnx (gate reference)")?;
+            .load(&bytes, &self.trainer.model().label("gate reference"))?;
         let anchor_accuracy = anchor_accuracy(reference.as_mut(), &self.trainer)?;
         self.store.commit(&weights, &meta)?;
         self.swap(session, &bytes, meta.version, true);

@@ -200,7 +200,12 @@ impl SupervisorSetup {
             }));
         }
         let bytes = model.with_params(&resumed.params)?;
-        let live_session = match load_primary(infer_engine.as_ref(), &serving.plan, &bytes) {
+        let live_session = match load_primary(
+            infer_engine.as_ref(),
+            &serving.plan,
+            &bytes,
+            &model.label("live"),
+        ) {
             Ok(s) => s,
             Err(e) => match serving.fallback_engine.take() {
                 Some(fb) => {
@@ -216,12 +221,12 @@ impl SupervisorSetup {
                     infer_engine = fb;
                     serving.faults = None;
                     serving.primary_name = "tract".into();
-                    infer_engine.load(&bytes, "model.onnx (live)")?
+                    infer_engine.load(&bytes, &model.label("live"))?
                 }
                 None => return Err(e),
             },
         };
-        let mut reference = infer_engine.load(&bytes, "model.onnx (gate reference)")?;
+        let mut reference = infer_engine.load(&bytes, &model.label("gate reference"))?;
         let anchor_accuracy = anchor_accuracy(reference.as_mut(), &trainer)?;
         tracing::info!(
             "resumed from {} (version {}, {}); anchor accuracy {:.4}; {}",
@@ -260,9 +265,12 @@ impl SupervisorSetup {
             last_round_end_frame: 0,
             last_skip_log: Instant::now() - Duration::from_secs(60),
         };
-        let live = supervisor
-            .serving
-            .live_model(live_session, &bytes, resumed.meta.version);
+        let live = supervisor.serving.live_model(
+            live_session,
+            &bytes,
+            resumed.meta.version,
+            &supervisor.trainer.model().label("live, fallback"),
+        );
         Ok((supervisor, live, resumed.meta))
     }
 }
@@ -520,7 +528,9 @@ impl RoundSupervisor {
     fn gate(&mut self, result: &RoundResult, probe_set: &[Image8]) -> Result<Judged> {
         let weights_finite = all_finite(&result.weights);
         let bytes = self.trainer.model().with_params(&result.weights)?;
-        let mut session = self.infer_engine.load(&bytes, "model.onnx (candidate)")?;
+        let mut session = self
+            .infer_engine
+            .load(&bytes, &self.trainer.model().label("candidate"))?;
         let mcfg = &self.trainer.model().config;
         let (a_imgs, a_labels) = self.trainer.anchors();
         let cand_anchor = probe(session.as_mut(), mcfg, a_imgs, 250)?;
@@ -595,7 +605,7 @@ impl RoundSupervisor {
         };
         let reference = self
             .infer_engine
-            .load(&bytes, "model.onnx (gate reference)")?;
+            .load(&bytes, &self.trainer.model().label("gate reference"))?;
         self.swap(session, &bytes, meta.version, rebaseline);
         self.state.commits.fetch_add(1, Ordering::Relaxed);
         self.failures = 0;
@@ -623,8 +633,12 @@ impl RoundSupervisor {
     /// With a fallback engine, its session of the same weights goes along. `rebaseline`: the
     /// drift detector measures a new baseline on them.
     fn swap(&self, session: Box<dyn Session>, bytes: &[u8], version: u64, rebaseline: bool) {
-        self.handover
-            .offer(self.serving.live_model(session, bytes, version));
+        self.handover.offer(self.serving.live_model(
+            session,
+            bytes,
+            version,
+            &self.trainer.model().label("live, fallback"),
+        ));
         if rebaseline {
             self.handover.rebaseline();
         }
