@@ -54,7 +54,13 @@ def main():
     ap.add_argument("--count", type=int, default=1024)
     ap.add_argument("--severities", default="3,5")
     ap.add_argument("--out", default=OUT)
+    ap.add_argument("--corruptions", default=",".join(CORRUPTIONS),
+                    help="comma-separated subset (the field recovery benchmark needs gaussian_noise,brightness)")
     args = ap.parse_args()
+    names = args.corruptions.split(",")
+    unknown = sorted(set(names) - set(CORRUPTIONS))
+    if unknown:
+        sys.exit(f"unknown corruptions {unknown}; known: {', '.join(CORRUPTIONS)}")
     from corrupt_tta import corrupt, __version__
     x = read("t10k-images-idx3-ubyte.gz", 16, (-1, 28, 28))[:args.count]
     y = read("t10k-labels-idx1-ubyte.gz", 8, (-1,))[:args.count]
@@ -62,7 +68,7 @@ def main():
         save(os.path.join(args.out, "clean"), i, y[i], x[i])
     t0 = time.time()
     for sev in [int(s) for s in args.severities.split(",")]:
-        for name in CORRUPTIONS:
+        for name in names:
             folder = os.path.join(args.out, f"{name}-{sev}")
             for i in range(len(x)):
                 np.random.seed(zlib.crc32(f"{name}-{sev}-{i}".encode()))
