@@ -4,13 +4,13 @@
 /// A documented starting config (every section with its defaults), for `--print-config`
 /// without `--config`.
 pub const EXAMPLE: &str = r#"# fieldtune run config. Relative paths are relative to this file's folder.
-model = "models/mnist-cnn"          # model folder (model.onnx + model.toml)
+model = "models/mnist-cnn"          # model folder (model.onnx + model.toml); required
 # anchors = "models/mnist-cnn/anchors"  # labeled source anchors; default <model>/anchors
 state_dir = "field-state"           # checkpoints, events.jsonl, summary.json
 
 [source]
 kind = "folder"                     # "folder" | "gstreamer"
-paths = ["data/opencv-digits"]      # folder: played one after the other
+paths = ["data/opencv-digits"]      # folder: played one after the other; required for folders
 order = "sorted"                    # "sorted" | "shuffled"
 seed = 0
 fps = 30.0                          # 0: as fast as the pipeline takes them
@@ -27,13 +27,13 @@ resize = "stretch"                  # "stretch" | "center-crop"
 capture_queue = 4
 output_queue = 256
 when_full = "drop-oldest"           # "drop-oldest" | "block"
-max_frames = 0                      # 0: until the source ends or SIGINT/SIGTERM
-max_seconds = 0.0
+max_frames = 0                      # 0: until the source ends or SIGINT/SIGTERM (--max-frames)
+max_seconds = 0.0                   # (--duration)
 stats_every_s = 5.0
 shutdown_s = 10.0                   # SIGINT/SIGTERM: seconds to stop before a forced exit
 
 [output]
-path = "-"                          # "-": stdout, "none", or a file
+path = "-"                          # "-": stdout, "none", or a file (--output)
 labels = true
 
 [replay]
@@ -114,3 +114,20 @@ inference_stalls = []               # [[FROM, TO], ...] frames where the primary
 inference_stall_ms = 0              # how long a stalled run sleeps
 train_error_rounds = []             # rounds whose train step returns an error
 "#;
+
+#[cfg(test)]
+mod tests {
+    /// docs/FIELD.md "Config keys and defaults" shows this file as `--print-config` prints it.
+    #[test]
+    fn the_field_guide_shows_the_printed_config() {
+        let doc = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/FIELD.md"),
+        )
+        .unwrap();
+        let body = super::EXAMPLE.split_once('\n').unwrap().1;
+        assert!(
+            doc.contains(body),
+            "docs/FIELD.md's config block differs from config/example.rs: copy it over"
+        );
+    }
+}
