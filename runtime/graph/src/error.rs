@@ -43,6 +43,8 @@ pub enum GraphError {
     },
     #[error("graph input '{input}': {reason}")]
     Input { input: String, reason: String },
+    #[error("graph output '{output}': {reason}")]
+    Output { output: String, reason: String },
     #[error("train spec: {0}")]
     Spec(String),
 }

@@ -237,12 +237,12 @@ impl Graph {
             .input
             .iter()
             .filter(|v| !init_names.contains(v.name.as_str()))
-            .map(io_from_proto)
+            .map(|v| io_from_proto(v, IoKind::Input))
             .collect::<Result<Vec<_>>>()?;
         let outputs = g
             .output
             .iter()
-            .map(io_from_proto)
+            .map(|v| io_from_proto(v, IoKind::Output))
             .collect::<Result<Vec<_>>>()?;
         let mut nodes = Vec::with_capacity(g.node.len());
         for (i, n) in g.node.iter().enumerate() {
@@ -331,10 +331,23 @@ pub fn encode_model(model: &ModelProto) -> Vec<u8> {
     model.encode_to_vec()
 }
 
-fn io_from_proto(v: &ValueInfoProto) -> Result<Io> {
-    let bad = |reason: &str| GraphError::Input {
-        input: v.name.clone(),
-        reason: reason.into(),
+/// Whether a graph input or output is read (errors say which it is).
+#[derive(Clone, Copy)]
+enum IoKind {
+    Input,
+    Output,
+}
+
+fn io_from_proto(v: &ValueInfoProto, kind: IoKind) -> Result<Io> {
+    let bad = |reason: &str| match kind {
+        IoKind::Input => GraphError::Input {
+            input: v.name.clone(),
+            reason: reason.into(),
+        },
+        IoKind::Output => GraphError::Output {
+            output: v.name.clone(),
+            reason: reason.into(),
+        },
     };
     let ty = v
         .r#type
