@@ -415,4 +415,21 @@ mod tests {
             "{e}"
         );
     }
+
+    #[test]
+    fn a_cycle_is_reported_as_a_cycle_naming_the_file() {
+        let d = tempfile::tempdir().unwrap();
+        // The first node reads the last node's output: every node between is on a cycle.
+        let dir = mnist_with(d.path(), |g| {
+            let last = g.node.last().unwrap().output[0].clone();
+            g.node[0].input[0] = last;
+        });
+        let e = open_error(&dir);
+        assert!(
+            e.contains(&dir.join(MODEL_ONNX).display().to_string())
+                && e.contains("is on a cycle")
+                && !e.contains("no node, input or initializer defines"),
+            "{e}"
+        );
+    }
 }

@@ -41,6 +41,13 @@ pub enum GraphError {
         op: String,
         tensor: String,
     },
+    #[error("node '{node}' ({op}) is on a cycle ({path}); an ONNX graph must be acyclic")]
+    Cycle {
+        node: String,
+        op: String,
+        /// The cycle, node names joined by " -> ", back to the first.
+        path: String,
+    },
     #[error("graph input '{input}': {reason}")]
     Input { input: String, reason: String },
     #[error("graph output '{output}': {reason}")]

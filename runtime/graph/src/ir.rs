@@ -244,13 +244,21 @@ impl Graph {
             .iter()
             .map(|v| io_from_proto(v, IoKind::Output))
             .collect::<Result<Vec<_>>>()?;
+        let names: Vec<String> = g
+            .node
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                if n.name.is_empty() {
+                    format!("{}_{i}", n.op_type)
+                } else {
+                    n.name.clone()
+                }
+            })
+            .collect();
         let mut nodes = Vec::with_capacity(g.node.len());
-        for (i, n) in g.node.iter().enumerate() {
-            let name = if n.name.is_empty() {
-                format!("{}_{i}", n.op_type)
-            } else {
-                n.name.clone()
-            };
+        for i in crate::topo::order(&g.node, &names)? {
+            let (n, name) = (&g.node[i], names[i].clone());
             if !(n.domain.is_empty() || n.domain == "ai.onnx") {
                 return Err(GraphError::Domain {
                     node: name,

@@ -1,5 +1,5 @@
 //! Hostile and unlucky model graphs: each is refused with a message that says what is wrong
-//! and names the output, never a panic and never a misleading message.
+//! and names the node or output, never a panic and never a misleading message.
 
 use fieldtune_graph::ir::{Dim, Elem, Graph, Io, Node};
 use fieldtune_graph::proto::ModelProto;
@@ -61,4 +61,71 @@ fn a_4d_output_is_called_an_output_naming_it() {
         e.contains("output 'logits'") && e.contains("[batch, classes]") && !e.contains("input"),
         "{e}"
     );
+}
+
+#[test]
+fn a_cycle_is_reported_as_a_cycle_naming_a_node_on_it() {
+    // a = input * c; c = relu(a): a cycle through 'mul' and 'relu'.
+    let m = model(
+        vec![
+            node("mul", "Mul", &["input", "c"], &["a"]),
+            node("relu", "Relu", &["a"], &["c"]),
+            node("flatten", "Flatten", &["a"], &["logits"]),
+        ],
+        &[0, 16],
+    );
+    for e in [
+        Graph::from_model(&m).expect_err("a cycle").to_string(),
+        compile_error(&m),
+    ] {
+        assert!(e.contains("cycle"), "{e}");
+        assert!(e.contains("'mul'") || e.contains("'relu'"), "{e}");
+        assert!(!e.contains("no node, input or initializer defines"), "{e}");
+    }
+}
+
+#[test]
+fn an_undefined_input_is_still_called_undefined() {
+    let m = model(
+        vec![
+            node("mul", "Mul", &["input", "scale"], &["a"]),
+            node("add", "Add", &["a", "ghost"], &["b"]),
+            node("flatten", "Flatten", &["b"], &["logits"]),
+        ],
+        &[0, 16],
+    );
+    let e = compile_error(&m);
+    assert!(
+        e.contains("ghost'") && e.contains("no node, input or initializer defines"),
+        "{e}"
+    );
+    assert!(!e.contains("cycle"), "{e}");
+}
+
+#[test]
+fn nodes_out_of_order_are_sorted_and_sorted_graphs_keep_their_order() {
+    let sorted = vec![
+        node("mul", "Mul", &["input", "scale"], &["a"]),
+        node("relu", "Relu", &["a"], &["b"]),
+        node("flatten", "Flatten", &["b"], &["logits"]),
+    ];
+    let mut shuffled = sorted.clone();
+    shuffled.reverse();
+    for nodes in [sorted, shuffled] {
+        let g = Graph::from_model(&model(nodes, &[0, 16])).unwrap();
+        let names: Vec<&str> = g.nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["mul", "relu", "flatten"]);
+    }
+    compile_train_step(
+        &model(
+            vec![
+                node("flatten", "Flatten", &["b"], &["logits"]),
+                node("relu", "Relu", &["a"], &["b"]),
+                node("mul", "Mul", &["input", "scale"], &["a"]),
+            ],
+            &[0, 16],
+        ),
+        &spec(),
+    )
+    .unwrap();
 }
