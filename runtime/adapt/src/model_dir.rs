@@ -22,6 +22,10 @@ pub const MODEL_ONNX: &str = "model.onnx";
 pub const CHECKPOINT: &str = "checkpoint.safetensors";
 pub const MODEL_TOML: &str = "model.toml";
 
+/// The most classes a bare .onnx may have (its classes are named `0..K-1` from the output's
+/// last dimension; a model folder names its own, bounded by model.toml).
+pub const MAX_BARE_CLASSES: usize = 1 << 20;
+
 /// Dims as `[?, 10, 1, 1]`.
 fn fmt_dims(dims: &[Dim]) -> String {
     let d: Vec<String> = dims
@@ -201,17 +205,35 @@ impl ModelDir {
                 input.dims.len()
             )));
         }
-        let (c, h, w) = (
-            fixed(&input.dims[1], "channel count")?,
-            fixed(&input.dims[2], "height")?,
-            fixed(&input.dims[3], "width")?,
+        // Sides are checked as the dims they are (usize), never narrowed first: 2^40 is 2^40.
+        let side = |d: &Dim, what: &str| -> Result<u32> {
+            let n = fixed(d, what)?;
+            u32::try_from(n)
+                .ok()
+                .filter(|s| (1..=fieldtune_frames::MAX_SIDE).contains(s))
+                .ok_or_else(|| {
+                    bad(format!(
+                        "input '{}' has {what} {n}; it must be 1..={}",
+                        input.name,
+                        fieldtune_frames::MAX_SIDE
+                    ))
+                })
+        };
+        let c = fixed(&input.dims[1], "channel count")?;
+        let channels = match c {
+            1 => 1u8,
+            3 => 3u8,
+            _ => {
+                return Err(bad(format!(
+                    "input '{}' has {c} channels; fieldtune reads gray (1) or RGB (3) frames",
+                    input.name
+                )))
+            }
+        };
+        let (h, w) = (
+            side(&input.dims[2], "height")?,
+            side(&input.dims[3], "width")?,
         );
-        if c != 1 && c != 3 {
-            return Err(bad(format!(
-                "input '{}' has {c} channels; fieldtune reads gray (1) or RGB (3) frames",
-                input.name
-            )));
-        }
         let output = graph
             .outputs
             .first()
@@ -226,12 +248,18 @@ impl ModelDir {
                 )))
             }
         };
+        if !(1..=MAX_BARE_CLASSES).contains(&k) {
+            return Err(bad(format!(
+                "output '{}' has {k} classes; a bare .onnx may have 1..={MAX_BARE_CLASSES} (give a model folder with model.toml naming them)",
+                output.name
+            )));
+        }
         let config = ModelConfig {
             input: input.name.clone(),
             output: output.name.clone(),
-            channels: c as u8,
-            height: h as u32,
-            width: w as u32,
+            channels,
+            height: h,
+            width: w,
             mean: vec![0.0; c],
             std: vec![1.0; c],
             classes: (0..k).map(|i| i.to_string()).collect(),
@@ -429,6 +457,41 @@ mod tests {
             e.contains(&dir.join(MODEL_ONNX).display().to_string())
                 && e.contains("is on a cycle")
                 && !e.contains("no node, input or initializer defines"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_bare_onnx_dimension_beyond_u32_is_refused_not_truncated() {
+        let d = tempfile::tempdir().unwrap();
+        for (dims, what) in [
+            ([1i64, 1, 1 << 40, 28], "height"),
+            ([1, 1, 28, (1 << 32) + 28], "width"),
+            ([1, 1, 28, 9000], "width"),
+        ] {
+            let dir = mnist_with(&d.path().join(what).join(dims[3].to_string()), |g| {
+                set_dims(&mut g.input[0], &dims)
+            });
+            let onnx = dir.join(MODEL_ONNX);
+            let e = open_error(&onnx);
+            let n = if what == "height" { dims[2] } else { dims[3] };
+            assert!(
+                e.contains(&onnx.display().to_string())
+                    && e.contains(what)
+                    && e.contains(&n.to_string()),
+                "{dims:?}: {e}"
+            );
+        }
+        // 2^40 classes would be 2^40 class names: refused by the count, before any is made.
+        let dir = mnist_with(&d.path().join("classes"), |g| {
+            set_dims(&mut g.output[0], &[1, 1 << 40])
+        });
+        let onnx = dir.join(MODEL_ONNX);
+        let e = open_error(&onnx);
+        assert!(
+            e.contains(&onnx.display().to_string())
+                && e.contains("output 'logits'")
+                && e.contains("1099511627776 classes"),
             "{e}"
         );
     }

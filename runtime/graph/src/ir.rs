@@ -378,15 +378,20 @@ fn io_from_proto(v: &ValueInfoProto, kind: IoKind) -> Result<Io> {
                 .enumerate()
                 .map(|(i, d)| match &d.value {
                     Some(tensor_shape_proto::dimension::Value::DimValue(n)) if *n >= 0 => {
-                        Dim::Fixed(*n as usize)
+                        usize::try_from(*n).map(Dim::Fixed).map_err(|_| {
+                            bad(&format!(
+                                "dimension {i} ({n}) does not fit this machine's usize"
+                            ))
+                        })
                     }
                     Some(tensor_shape_proto::dimension::Value::DimParam(p)) => {
-                        Dim::Symbolic(p.clone())
+                        Ok(Dim::Symbolic(p.clone()))
                     }
-                    _ => Dim::Symbolic(format!("{}_dim{i}", v.name)),
+                    _ => Ok(Dim::Symbolic(format!("{}_dim{i}", v.name))),
                 })
-                .collect()
+                .collect::<Result<Vec<_>>>()
         })
+        .transpose()?
         .unwrap_or_default();
     Ok(Io {
         name: v.name.clone(),

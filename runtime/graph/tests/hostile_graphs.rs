@@ -1,5 +1,5 @@
 //! Hostile and unlucky model graphs: each is refused with a message that says what is wrong
-//! and names the node or output, never a panic and never a misleading message.
+//! and names the node, output or dimension, never a panic and never a misleading message.
 
 use fieldtune_graph::ir::{Dim, Elem, Graph, Io, Node};
 use fieldtune_graph::proto::ModelProto;
@@ -128,4 +128,26 @@ fn nodes_out_of_order_are_sorted_and_sorted_graphs_keep_their_order() {
         &spec(),
     )
     .unwrap();
+}
+
+#[test]
+fn huge_or_negative_dimensions_in_shape_tensors_are_refused_naming_the_node() {
+    for dims in [vec![-1i64], vec![1 << 40, 1 << 40], vec![1 << 62, 4]] {
+        let mut g = Graph::from_model(&model(
+            vec![
+                node("zeros", "ConstantOfShape", &["shape"], &["z"]),
+                node("mul", "Mul", &["input", "scale"], &["a"]),
+                node("flatten", "Flatten", &["a"], &["logits"]),
+            ],
+            &[0, 16],
+        ))
+        .unwrap();
+        let shape = Tensor::i64(vec![dims.len()], dims.clone()).unwrap();
+        g.initializers.push(("shape".into(), shape));
+        let e = compile_error(&g.to_model("test"));
+        assert!(
+            e.contains("zeros' (ConstantOfShape)") && e.contains("dimension"),
+            "{dims:?}: {e}"
+        );
+    }
 }
