@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use fieldtune_engine::Engine;
-use fieldtune_graph::{compile_train_step, inputs};
+use fieldtune_graph::inputs;
 use fieldtune_tensor::Tensor;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -105,7 +105,7 @@ pub fn bench(
     let images_per_step = bl + 2 * bu;
     // Compiled even when only inference is timed: the report names the step's size.
     let shape = if bc.skip_train {
-        StepShape::of(&compile_train_step(&model.model, &train_spec(model, cfg))?)
+        StepShape::of(&model.compile_step(&train_spec(model, cfg))?)
     } else {
         let mut session = TrainSession::compile(engine, model, cfg, "train-step")?;
         execution_provider = session.execution_provider().to_string();

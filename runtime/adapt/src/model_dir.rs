@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use fieldtune_frames::{model_toml_path, ModelConfig};
 use fieldtune_graph::ir::{Dim, Graph};
 use fieldtune_graph::proto::ModelProto;
-use fieldtune_graph::{decode_model, encode_model, with_initializers};
+use fieldtune_graph::{
+    compile_train_step, decode_model, encode_model, with_initializers, TrainSpec, TrainStep,
+};
 use fieldtune_tensor::Tensor;
 
 use crate::checkpoint;
@@ -19,6 +21,22 @@ use crate::fsutil::{refuse_overwrite, replace_dir};
 pub const MODEL_ONNX: &str = "model.onnx";
 pub const CHECKPOINT: &str = "checkpoint.safetensors";
 pub const MODEL_TOML: &str = "model.toml";
+
+/// The most classes a bare .onnx may have (its classes are named `0..K-1` from the output's
+/// last dimension; a model folder names its own, bounded by model.toml).
+pub const MAX_BARE_CLASSES: usize = 1 << 20;
+
+/// Dims as `[?, 10, 1, 1]`.
+fn fmt_dims(dims: &[Dim]) -> String {
+    let d: Vec<String> = dims
+        .iter()
+        .map(|d| match d {
+            Dim::Fixed(n) => n.to_string(),
+            Dim::Symbolic(s) => s.clone(),
+        })
+        .collect();
+    format!("[{}]", d.join(", "))
+}
 
 /// A loaded and cross-checked model folder.
 #[derive(Clone, Debug)]
@@ -97,12 +115,24 @@ impl ModelDir {
                 }
             }
         }
-        if !graph.outputs.iter().any(|o| o.name == config.output) {
+        let Some(output) = graph.outputs.iter().find(|o| o.name == config.output) else {
             return Err(bad(
                 &onnx,
                 format!(
                     "model.toml names output '{}', which the graph does not produce",
                     config.output
+                ),
+            ));
+        };
+        // A declared rank other than 2 (an undeclared shape reads as rank 0 and is left to
+        // the compiler, whose error names this file too).
+        if !output.dims.is_empty() && output.dims.len() != 2 {
+            return Err(bad(
+                &onnx,
+                format!(
+                    "output '{}' is {}; expected [batch, classes] logits",
+                    output.name,
+                    fmt_dims(&output.dims)
                 ),
             ));
         }
@@ -175,17 +205,35 @@ impl ModelDir {
                 input.dims.len()
             )));
         }
-        let (c, h, w) = (
-            fixed(&input.dims[1], "channel count")?,
-            fixed(&input.dims[2], "height")?,
-            fixed(&input.dims[3], "width")?,
+        // Sides are checked as the dims they are (usize), never narrowed first: 2^40 is 2^40.
+        let side = |d: &Dim, what: &str| -> Result<u32> {
+            let n = fixed(d, what)?;
+            u32::try_from(n)
+                .ok()
+                .filter(|s| (1..=fieldtune_frames::MAX_SIDE).contains(s))
+                .ok_or_else(|| {
+                    bad(format!(
+                        "input '{}' has {what} {n}; it must be 1..={}",
+                        input.name,
+                        fieldtune_frames::MAX_SIDE
+                    ))
+                })
+        };
+        let c = fixed(&input.dims[1], "channel count")?;
+        let channels = match c {
+            1 => 1u8,
+            3 => 3u8,
+            _ => {
+                return Err(bad(format!(
+                    "input '{}' has {c} channels; fieldtune reads gray (1) or RGB (3) frames",
+                    input.name
+                )))
+            }
+        };
+        let (h, w) = (
+            side(&input.dims[2], "height")?,
+            side(&input.dims[3], "width")?,
         );
-        if c != 1 && c != 3 {
-            return Err(bad(format!(
-                "input '{}' has {c} channels; fieldtune reads gray (1) or RGB (3) frames",
-                input.name
-            )));
-        }
         let output = graph
             .outputs
             .first()
@@ -194,17 +242,24 @@ impl ModelDir {
             Some(Dim::Fixed(k)) if output.dims.len() == 2 => *k,
             _ => {
                 return Err(bad(format!(
-                    "output '{}' is {:?}; expected [batch, classes] logits",
-                    output.name, output.dims
+                    "output '{}' is {}; expected [batch, classes] logits",
+                    output.name,
+                    fmt_dims(&output.dims)
                 )))
             }
         };
+        if !(1..=MAX_BARE_CLASSES).contains(&k) {
+            return Err(bad(format!(
+                "output '{}' has {k} classes; a bare .onnx may have 1..={MAX_BARE_CLASSES} (give a model folder with model.toml naming them)",
+                output.name
+            )));
+        }
         let config = ModelConfig {
             input: input.name.clone(),
             output: output.name.clone(),
-            channels: c as u8,
-            height: h as u32,
-            width: w as u32,
+            channels,
+            height: h,
+            width: w,
             mean: vec![0.0; c],
             std: vec![1.0; c],
             classes: (0..k).map(|i| i.to_string()).collect(),
@@ -225,6 +280,14 @@ impl ModelDir {
             "" => self.onnx.display().to_string(),
             r => format!("{} ({r})", self.onnx.display()),
         }
+    }
+
+    /// Compiles the train step of `spec` for this model; errors name the ONNX file.
+    pub fn compile_step(&self, spec: &TrainSpec) -> Result<TrainStep> {
+        compile_train_step(&self.model, spec).map_err(|e| AdaptError::ModelDir {
+            path: self.onnx.clone(),
+            reason: e.to_string(),
+        })
     }
 
     /// The ONNX bytes with `params` replacing the matching initializers.
@@ -288,5 +351,148 @@ mod tests {
             .expect("half a model does not load")
             .to_string();
         assert!(e.contains(&format!("{want} (live)")), "{e}");
+    }
+
+    /// A copy of the shipped MNIST model folder under `d`, its graph changed by `edit`.
+    fn mnist_with(d: &Path, edit: impl FnOnce(&mut fieldtune_graph::proto::GraphProto)) -> PathBuf {
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/mnist-cnn");
+        let dir = d.join("edited");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(shipped.join(MODEL_TOML), dir.join(MODEL_TOML)).unwrap();
+        let bytes = std::fs::read(shipped.join(MODEL_ONNX)).unwrap();
+        let mut model = decode_model(&bytes, &shipped).unwrap();
+        edit(model.graph.as_mut().unwrap());
+        std::fs::write(dir.join(MODEL_ONNX), encode_model(&model)).unwrap();
+        dir
+    }
+
+    fn set_dims(v: &mut fieldtune_graph::proto::ValueInfoProto, dims: &[i64]) {
+        use fieldtune_graph::proto::{tensor_shape_proto::dimension::Value as D, type_proto};
+        let Some(type_proto::Value::TensorType(t)) =
+            v.r#type.as_mut().and_then(|t| t.value.as_mut())
+        else {
+            panic!("a tensor type")
+        };
+        let shape = t.shape.get_or_insert_with(Default::default);
+        shape.dim = dims
+            .iter()
+            .map(|&n| fieldtune_graph::proto::tensor_shape_proto::Dimension {
+                value: Some(D::DimValue(n)),
+                ..Default::default()
+            })
+            .collect();
+    }
+
+    fn open_error(path: &Path) -> String {
+        ModelDir::open_path(path, None)
+            .expect_err("refused")
+            .to_string()
+    }
+
+    #[test]
+    fn a_4d_output_is_called_an_output_naming_it_and_the_file() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = mnist_with(d.path(), |g| set_dims(&mut g.output[0], &[1, 10, 1, 1]));
+        let onnx = dir.join(MODEL_ONNX);
+        for path in [&dir, &onnx] {
+            let e = open_error(path);
+            assert!(
+                e.contains(&onnx.display().to_string())
+                    && e.contains("output 'logits'")
+                    && e.contains("[batch, classes]")
+                    && !e.contains("input"),
+                "{e}"
+            );
+        }
+        // Undeclared, and [batch, 10, 1, 1] when compiled: the compile error names the file too.
+        let dir = mnist_with(&d.path().join("undeclared"), |g| {
+            use fieldtune_graph::proto::{type_proto, NodeProto, TensorProto};
+            g.node.last_mut().unwrap().output[0] = "pre".into();
+            g.initializer.push(TensorProto {
+                name: "axes".into(),
+                dims: vec![2],
+                data_type: 7,
+                int64_data: vec![2, 3],
+                ..Default::default()
+            });
+            g.node.push(NodeProto {
+                name: "unsqueeze".into(),
+                op_type: "Unsqueeze".into(),
+                input: vec!["pre".into(), "axes".into()],
+                output: vec!["logits".into()],
+                ..Default::default()
+            });
+            let Some(type_proto::Value::TensorType(t)) =
+                g.output[0].r#type.as_mut().and_then(|t| t.value.as_mut())
+            else {
+                panic!("a tensor type")
+            };
+            t.shape = None;
+        });
+        let m = ModelDir::open(&dir).unwrap();
+        let spec = fieldtune_graph::TrainSpec {
+            batch_labeled: 2,
+            batch_unlabeled: 2,
+            ..Default::default()
+        };
+        let e = m.compile_step(&spec).expect_err("refused").to_string();
+        assert!(
+            e.contains(&dir.join(MODEL_ONNX).display().to_string())
+                && e.contains("output 'logits'")
+                && e.contains(", 10, 1, 1]"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_cycle_is_reported_as_a_cycle_naming_the_file() {
+        let d = tempfile::tempdir().unwrap();
+        // The first node reads the last node's output: every node between is on a cycle.
+        let dir = mnist_with(d.path(), |g| {
+            let last = g.node.last().unwrap().output[0].clone();
+            g.node[0].input[0] = last;
+        });
+        let e = open_error(&dir);
+        assert!(
+            e.contains(&dir.join(MODEL_ONNX).display().to_string())
+                && e.contains("is on a cycle")
+                && !e.contains("no node, input or initializer defines"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_bare_onnx_dimension_beyond_u32_is_refused_not_truncated() {
+        let d = tempfile::tempdir().unwrap();
+        for (dims, what) in [
+            ([1i64, 1, 1 << 40, 28], "height"),
+            ([1, 1, 28, (1 << 32) + 28], "width"),
+            ([1, 1, 28, 9000], "width"),
+        ] {
+            let dir = mnist_with(&d.path().join(what).join(dims[3].to_string()), |g| {
+                set_dims(&mut g.input[0], &dims)
+            });
+            let onnx = dir.join(MODEL_ONNX);
+            let e = open_error(&onnx);
+            let n = if what == "height" { dims[2] } else { dims[3] };
+            assert!(
+                e.contains(&onnx.display().to_string())
+                    && e.contains(what)
+                    && e.contains(&n.to_string()),
+                "{dims:?}: {e}"
+            );
+        }
+        // 2^40 classes would be 2^40 class names: refused by the count, before any is made.
+        let dir = mnist_with(&d.path().join("classes"), |g| {
+            set_dims(&mut g.output[0], &[1, 1 << 40])
+        });
+        let onnx = dir.join(MODEL_ONNX);
+        let e = open_error(&onnx);
+        assert!(
+            e.contains(&onnx.display().to_string())
+                && e.contains("output 'logits'")
+                && e.contains("1099511627776 classes"),
+            "{e}"
+        );
     }
 }

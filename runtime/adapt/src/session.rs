@@ -9,9 +9,7 @@ use std::collections::HashMap;
 
 use fieldtune_engine::{Engine, ResidentSession};
 use fieldtune_graph::spec::{ROTATION_BIAS, ROTATION_WEIGHT};
-use fieldtune_graph::{
-    compile_train_step, encode_model, inputs, teacher_name, TrainSpec, TrainStep,
-};
+use fieldtune_graph::{encode_model, inputs, teacher_name, TrainSpec, TrainStep};
 use fieldtune_tensor::Tensor;
 
 use crate::error::{AdaptError, Result};
@@ -110,7 +108,7 @@ impl TrainSession {
         cfg: &AdaptConfig,
         label: &str,
     ) -> Result<TrainSession> {
-        let step = compile_train_step(&model.model, &train_spec(model, cfg))?;
+        let step = model.compile_step(&train_spec(model, cfg))?;
         let session = engine.load(&encode_model(&step.to_model()), label)?;
         let execution_provider = session.execution_provider().to_string();
         let resident = session.into_resident(step.resident_init(), step.loops())?;

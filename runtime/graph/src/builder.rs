@@ -184,6 +184,22 @@ impl Builder {
             }
         }
         let outs = infer(&node, &ins)?;
+        // Element counts are products of dims: a shape whose product overflows is refused here,
+        // so every later count is exact.
+        if let Some(v) = outs.iter().find(|v| {
+            v.shape
+                .iter()
+                .try_fold(1usize, |n, &d| n.checked_mul(d))
+                .is_none()
+        }) {
+            return Err(GraphError::node(
+                &node,
+                format!(
+                    "output shape {:?}: the product of its dimensions overflows",
+                    v.shape
+                ),
+            ));
+        }
         for o in &node.outputs {
             if !o.is_empty() {
                 self.claim(o)?;

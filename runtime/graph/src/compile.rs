@@ -225,8 +225,8 @@ fn gradient_pass(
     let logits = fwd.pass(b, &xcat, "train", Some(bn_updates), None, dropout)?;
     let ls = b.shape(&logits)?;
     if ls.len() != 2 || ls[0] != parts.iter().map(|p| p.1).sum::<usize>() {
-        return Err(GraphError::Input {
-            input: fwd.output.to_string(),
+        return Err(GraphError::Output {
+            output: fwd.output.to_string(),
             reason: format!("expected [batch, classes] logits, found {ls:?}"),
         });
     }

@@ -41,8 +41,17 @@ pub enum GraphError {
         op: String,
         tensor: String,
     },
+    #[error("node '{node}' ({op}) is on a cycle ({path}); an ONNX graph must be acyclic")]
+    Cycle {
+        node: String,
+        op: String,
+        /// The cycle, node names joined by " -> ", back to the first.
+        path: String,
+    },
     #[error("graph input '{input}': {reason}")]
     Input { input: String, reason: String },
+    #[error("graph output '{output}': {reason}")]
+    Output { output: String, reason: String },
     #[error("train spec: {0}")]
     Spec(String),
 }

@@ -146,8 +146,8 @@ pub(crate) fn instantiate(
             .iter()
             .any(|n| n.outputs.iter().any(|o| o == output))
     {
-        return Err(GraphError::Input {
-            input: output.into(),
+        return Err(GraphError::Output {
+            output: output.into(),
             reason: "not an output of the model".into(),
         });
     }

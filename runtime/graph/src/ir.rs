@@ -237,20 +237,28 @@ impl Graph {
             .input
             .iter()
             .filter(|v| !init_names.contains(v.name.as_str()))
-            .map(io_from_proto)
+            .map(|v| io_from_proto(v, IoKind::Input))
             .collect::<Result<Vec<_>>>()?;
         let outputs = g
             .output
             .iter()
-            .map(io_from_proto)
+            .map(|v| io_from_proto(v, IoKind::Output))
             .collect::<Result<Vec<_>>>()?;
+        let names: Vec<String> = g
+            .node
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                if n.name.is_empty() {
+                    format!("{}_{i}", n.op_type)
+                } else {
+                    n.name.clone()
+                }
+            })
+            .collect();
         let mut nodes = Vec::with_capacity(g.node.len());
-        for (i, n) in g.node.iter().enumerate() {
-            let name = if n.name.is_empty() {
-                format!("{}_{i}", n.op_type)
-            } else {
-                n.name.clone()
-            };
+        for i in crate::topo::order(&g.node, &names)? {
+            let (n, name) = (&g.node[i], names[i].clone());
             if !(n.domain.is_empty() || n.domain == "ai.onnx") {
                 return Err(GraphError::Domain {
                     node: name,
@@ -331,10 +339,23 @@ pub fn encode_model(model: &ModelProto) -> Vec<u8> {
     model.encode_to_vec()
 }
 
-fn io_from_proto(v: &ValueInfoProto) -> Result<Io> {
-    let bad = |reason: &str| GraphError::Input {
-        input: v.name.clone(),
-        reason: reason.into(),
+/// Whether a graph input or output is read (errors say which it is).
+#[derive(Clone, Copy)]
+enum IoKind {
+    Input,
+    Output,
+}
+
+fn io_from_proto(v: &ValueInfoProto, kind: IoKind) -> Result<Io> {
+    let bad = |reason: &str| match kind {
+        IoKind::Input => GraphError::Input {
+            input: v.name.clone(),
+            reason: reason.into(),
+        },
+        IoKind::Output => GraphError::Output {
+            output: v.name.clone(),
+            reason: reason.into(),
+        },
     };
     let ty = v
         .r#type
@@ -357,15 +378,20 @@ fn io_from_proto(v: &ValueInfoProto) -> Result<Io> {
                 .enumerate()
                 .map(|(i, d)| match &d.value {
                     Some(tensor_shape_proto::dimension::Value::DimValue(n)) if *n >= 0 => {
-                        Dim::Fixed(*n as usize)
+                        usize::try_from(*n).map(Dim::Fixed).map_err(|_| {
+                            bad(&format!(
+                                "dimension {i} ({n}) does not fit this machine's usize"
+                            ))
+                        })
                     }
                     Some(tensor_shape_proto::dimension::Value::DimParam(p)) => {
-                        Dim::Symbolic(p.clone())
+                        Ok(Dim::Symbolic(p.clone()))
                     }
-                    _ => Dim::Symbolic(format!("{}_dim{i}", v.name)),
+                    _ => Ok(Dim::Symbolic(format!("{}_dim{i}", v.name))),
                 })
-                .collect()
+                .collect::<Result<Vec<_>>>()
         })
+        .transpose()?
         .unwrap_or_default();
     Ok(Io {
         name: v.name.clone(),

@@ -18,6 +18,7 @@ pub mod predict;
 pub mod proto;
 pub mod random;
 pub mod spec;
+mod topo;
 
 pub use compile::{compile_inference, compile_train_step, inputs, next_name, TrainStep};
 pub use error::{GraphError, Result};

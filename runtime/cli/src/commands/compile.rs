@@ -30,8 +30,7 @@ pub fn run(a: CompileArgs) -> Result<()> {
     let cfg = a.recipe.resolve()?;
     let (onnx, toml) = (a.model.join("model.onnx"), a.model.join("model.toml"));
     fieldtune_adapt::fsutil::refuse_overwrite(&a.out, &[&a.model, &onnx, &toml, &m.dir])?;
-    let step =
-        fieldtune_graph::compile_train_step(&m.model, &fieldtune_adapt::train_spec(&m, &cfg))?;
+    let step = m.compile_step(&fieldtune_adapt::train_spec(&m, &cfg))?;
     let bytes = fieldtune_graph::encode_model(&step.to_model());
     fieldtune_adapt::fsutil::atomic_write(&a.out, &bytes)?;
     println!("wrote {} ({} bytes)", a.out.display(), bytes.len());

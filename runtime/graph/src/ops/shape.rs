@@ -64,17 +64,22 @@ fn size(node: &Node, ins: &[Option<&Value>]) -> Result<Vec<Value>> {
 
 fn constant_of_shape(node: &Node, ins: &[Option<&Value>]) -> Result<Vec<Value>> {
     let err = |r: String| GraphError::node(node, r);
-    let shape: Vec<usize> = req(node, ins, 0)?
+    let spec = req(node, ins, 0)?
         .ints()
-        .ok_or_else(|| err("shape input must be a constant".into()))?
-        .iter()
-        .map(|&d| d as usize)
-        .collect();
+        .ok_or_else(|| err("shape input must be a constant".into()))?;
+    let shape = dims_of(node, "shape", spec)?;
     let val = match node.attr("value").and_then(|a| a.t.as_ref()) {
         Some(tp) => tensor_from_proto(tp)?,
         None => Tensor::f32(vec![1], vec![0.0]).expect("1 elem"),
     };
-    let n: usize = shape.iter().product();
+    let n = numel(node, &shape)?;
+    if n > FOLD_LIMIT {
+        // Too large to fold: a plain value of that shape, never allocated here.
+        let mut v = Value::konst(val);
+        v.shape = shape;
+        v.konst = None;
+        return Ok(vec![v]);
+    }
     let k = match val.data() {
         TensorData::F32(v) => {
             Tensor::f32(shape.clone(), vec![v.first().copied().unwrap_or(0.0); n])
@@ -82,11 +87,36 @@ fn constant_of_shape(node: &Node, ins: &[Option<&Value>]) -> Result<Vec<Value>> 
         TensorData::I64(v) => Tensor::i64(shape.clone(), vec![v.first().copied().unwrap_or(0); n]),
     }
     .map_err(|e| err(e.to_string()))?;
-    let mut v = Value::konst(k);
-    if n > FOLD_LIMIT {
-        v.konst = None;
-    }
-    Ok(vec![v])
+    Ok(vec![Value::konst(k)])
+}
+
+/// A shape given as i64 values (a shape input), each checked to be a dimension: at least 0
+/// and within usize; errors name the node, the input and the dimension.
+pub(crate) fn dims_of(node: &Node, what: &str, spec: &[i64]) -> Result<Vec<usize>> {
+    spec.iter()
+        .enumerate()
+        .map(|(i, &d)| {
+            usize::try_from(d).map_err(|_| {
+                GraphError::node(
+                    node,
+                    format!("{what} {spec:?}: dimension {i} is {d}; a dimension is at least 0"),
+                )
+            })
+        })
+        .collect()
+}
+
+/// The element count of `shape`, refused naming the node when it overflows.
+pub(crate) fn numel(node: &Node, shape: &[usize]) -> Result<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| {
+            GraphError::node(
+                node,
+                format!("shape {shape:?}: the product of its dimensions overflows"),
+            )
+        })
 }
 
 /// Resolves an ONNX Reshape target (0 copies a dim unless allowzero, -1 infers one).
@@ -101,7 +131,7 @@ pub fn reshape_target(from: &[usize], spec: &[i64], allowzero: bool) -> Option<V
                 out.push(1);
             }
             0 if !allowzero => out.push(*from.get(i)?),
-            s if s >= 0 => out.push(s as usize),
+            s if s >= 0 => out.push(usize::try_from(s).ok()?),
             _ => return None,
         }
     }
@@ -219,12 +249,10 @@ fn transpose(node: &Node, ins: &[Option<&Value>]) -> Result<Vec<Value>> {
 
 fn expand(node: &Node, ins: &[Option<&Value>]) -> Result<Vec<Value>> {
     let x = req(node, ins, 0)?;
-    let s: Vec<usize> = req(node, ins, 1)?
+    let spec = req(node, ins, 1)?
         .ints()
-        .ok_or_else(|| GraphError::node(node, "shape must be a constant"))?
-        .iter()
-        .map(|&d| d as usize)
-        .collect();
+        .ok_or_else(|| GraphError::node(node, "shape must be a constant"))?;
+    let s = dims_of(node, "shape", spec)?;
     let shape = broadcast(&x.shape, &s)
         .ok_or_else(|| GraphError::node(node, format!("cannot expand {:?} to {:?}", x.shape, s)))?;
     Ok(vec![Value::new(x.elem, shape)])
