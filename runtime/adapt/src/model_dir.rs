@@ -19,6 +19,8 @@ use crate::fsutil::{refuse_overwrite, replace_dir};
 pub const MODEL_ONNX: &str = "model.onnx";
 pub const CHECKPOINT: &str = "checkpoint.safetensors";
 pub const MODEL_TOML: &str = "model.toml";
+/// The most classes a bare `.onnx` file's output may declare (one name is made for each).
+pub const MAX_CLASSES: usize = 1 << 20;
 
 /// A loaded and cross-checked model folder.
 #[derive(Clone, Debug)]
@@ -194,12 +196,12 @@ impl ModelDir {
             .first()
             .ok_or_else(|| bad("the graph has no output".into()))?;
         let k = match output.dims.last() {
-            Some(Dim::Fixed(k)) if output.dims.len() == 2 => *k,
+            Some(Dim::Fixed(k)) if output.dims.len() == 2 && (1..=MAX_CLASSES).contains(k) => *k,
             _ => {
                 return Err(bad(format!(
-                    "output '{}' is {:?}; expected [batch, classes] logits",
-                    output.name, output.dims
-                )))
+                "output '{}' is {:?}; expected [batch, classes] logits, 1 to {MAX_CLASSES} classes",
+                output.name, output.dims
+            )))
             }
         };
         let config = ModelConfig {
