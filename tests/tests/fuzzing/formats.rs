@@ -413,7 +413,7 @@ fn png(d: &[u8], rng: &mut Rng8) -> Option<Vec<u8>> {
         v[off..off + 4].copy_from_slice(&new.to_be_bytes());
         return Some(v);
     }
-    let crc = crc32(&v[off + 4..off + 8 + len]);
+    let crc = crc32fast::hash(&v[off + 4..off + 8 + len]);
     v[off + 8 + len..off + 12 + len].copy_from_slice(&crc.to_be_bytes());
     Some(v)
 }
@@ -430,20 +430,4 @@ fn jpeg(d: &[u8], rng: &mut Rng8) -> Option<Vec<u8>> {
         _ => v[sof + 4] = [0u8, 8, 12, 16][rng.gen_range(0..4)],
     }
     Some(v)
-}
-
-/// PNG's CRC-32 (ISO-HDLC polynomial, reflected).
-fn crc32(b: &[u8]) -> u32 {
-    let mut c = 0xffff_ffffu32;
-    for &x in b {
-        c ^= u32::from(x);
-        for _ in 0..8 {
-            c = if c & 1 != 0 {
-                0xedb8_8320 ^ (c >> 1)
-            } else {
-                c >> 1
-            };
-        }
-    }
-    !c
 }
