@@ -185,6 +185,13 @@ impl ModelDir {
             fixed(&input.dims[2], "height")?,
             fixed(&input.dims[3], "width")?,
         );
+        let side = fieldtune_frames::MAX_FRAME_SIDE as usize;
+        if h == 0 || w == 0 || h > side || w > side {
+            return Err(bad(format!(
+                "input '{}' is {h} x {w} pixels; fieldtune reads 1 to {side} a side",
+                input.name
+            )));
+        }
         if c != 1 && c != 3 {
             return Err(bad(format!(
                 "input '{}' has {c} channels; fieldtune reads gray (1) or RGB (3) frames",

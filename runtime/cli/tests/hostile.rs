@@ -154,6 +154,8 @@ fn cases() -> Vec<Case> {
         case("model.toml height 0", |s| s.edit(TOML, "height = 28", "height = 0"), EVAL, Fails(&["model.toml", "height"])),
         case("model.toml height -1", |s| s.edit(TOML, "height = 28", "height = -1"), EVAL, Fails(&["model.toml", "height"])),
         case("model.toml width 2^32", |s| s.edit(TOML, "width = 28", "width = 4294967296"), EVAL, Fails(&["model.toml", "width"])),
+        case("model.toml and model.onnx 60000 x 60000", |s| { s.edit(TOML, "height = 28", "height = 60000"); s.edit(TOML, "width = 28", "width = 60000"); s.graph(|g| { g.inputs[0].dims[2] = fieldtune_graph::ir::Dim::Fixed(60_000); g.inputs[0].dims[3] = fieldtune_graph::ir::Dim::Fixed(60_000) }) }, EVAL, Fails(&["model.toml", "height"])),
+        case("bare .onnx 60000 x 60000", |s| s.graph(|g| { g.inputs[0].dims[2] = fieldtune_graph::ir::Dim::Fixed(60_000); g.inputs[0].dims[3] = fieldtune_graph::ir::Dim::Fixed(60_000) }), &["eval", "--model", "{d}/model/model.onnx", "--data", "{d}/data", "--engine", "tract"], Fails(&["model.onnx", "60000"])),
         case("model.toml mean nan", |s| s.edit(TOML, "mean = [0.1307]", "mean = [nan]"), EVAL, Fails(&["model.toml", "mean"])),
         case("model.toml std 0", |s| s.edit(TOML, "std = [0.3081]", "std = [0.0]"), EVAL, Fails(&["model.toml", "std"])),
         case("model.toml no classes", |s| s.edit(TOML, "classes = [", "classes = []\nunused = ["), EVAL, Fails(&["model.toml"])),

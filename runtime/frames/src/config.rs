@@ -115,7 +115,8 @@ impl ModelConfig {
         Ok(cfg)
     }
 
-    /// Checks the invariants: names non-empty, channels 1 or 3, height and width > 0,
+    /// Checks the invariants: names non-empty, channels 1 or 3, height and width 1 to
+    /// [`crate::MAX_FRAME_SIDE`],
     /// `mean`/`std` one finite value per channel with `std > 0`, classes non-empty and
     /// unique.
     pub fn validate(&self) -> Result<(), FramesError> {
@@ -133,11 +134,13 @@ impl ModelConfig {
         if self.channels != 1 && self.channels != 3 {
             return err("channels", format!("must be 1 or 3, got {}", self.channels));
         }
-        if self.height == 0 {
-            return err("height", "must be > 0".into());
-        }
-        if self.width == 0 {
-            return err("width", "must be > 0".into());
+        for (key, v) in [("height", self.height), ("width", self.width)] {
+            if !(1..=crate::MAX_FRAME_SIDE).contains(&v) {
+                return err(
+                    key,
+                    format!("must be 1..={}, got {v}", crate::MAX_FRAME_SIDE),
+                );
+            }
         }
         let c = self.channels as usize;
         if self.mean.len() != c {

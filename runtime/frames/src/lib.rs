@@ -18,6 +18,7 @@ mod image8;
 pub use config::{model_toml_path, ModelConfig, MODEL_TOML_KEYS};
 pub use dataset::{
     decode_image, is_image_path, load_image, load_images, Dataset, Item, IMAGE_EXTENSIONS,
+    MAX_DECODE_BYTES, MAX_FRAME_SIDE,
 };
 pub use image8::{luma, Image8, ImageShape};
 
