@@ -55,7 +55,7 @@ fn none() -> Vec<(String, Vec<u8>)> {
 
 const ONNX: Target = Target {
     name: "onnx",
-    cases: 20000,
+    cases: 30000,
     shipped: || {
         files(&[
             ("models/fmnist-cnn", &["model.onnx"]),
@@ -95,7 +95,7 @@ const ONNX: Target = Target {
 
 const MODEL_TOML: Target = Target {
     name: "model-toml",
-    cases: 20000,
+    cases: 40000,
     shipped: || {
         let mut v: Vec<PathBuf> = std::fs::read_dir(root().join("models"))
             .unwrap()
@@ -124,7 +124,7 @@ const MODEL_TOML: Target = Target {
 
 const RUN_CONFIG: Target = Target {
     name: "run-config",
-    cases: 12000,
+    cases: 50000,
     shipped: || {
         let mut v = files(&[("configs", &["*.toml"])]);
         v.push(root().join("packaging/fieldtune.toml"));
@@ -150,7 +150,7 @@ const RUN_CONFIG: Target = Target {
 
 const BOARD_PROFILE: Target = Target {
     name: "board-profile",
-    cases: 20000,
+    cases: 50000,
     shipped: || files(&[("boards/profiles", &["*.toml"])]),
     made: none,
     mutate: mutate::toml_text,
@@ -218,7 +218,7 @@ fn made_checkpoints() -> Vec<(String, Vec<u8>)> {
 
 const CHECKPOINT: Target = Target {
     name: "checkpoint",
-    cases: 10000,
+    cases: 15000,
     shipped: Vec::new,
     made: made_checkpoints,
     mutate: formats::safetensors,
@@ -260,7 +260,7 @@ fn frame_configs() -> [ModelConfig; 2] {
 
 const FRAMES: Target = Target {
     name: "frames",
-    cases: 15000,
+    cases: 30000,
     shipped: || {
         let mut v = files(&[
             ("data/mnist/0", &["*.png"]),
