@@ -2,6 +2,8 @@
 # The project's test command: installs the ONNX Runtime library into .ort/ if missing, then
 # runs every test of the workspace (per-op gradient checks and PyTorch parity need Debian's
 # python3-torch and python3-onnx: `apt-get install python3-torch python3-onnx python3-pil`).
+# The hostile-input suite (runtime/cli/tests/hostile.rs) and the fuzz targets (tests/tests/fuzz.rs,
+# a fixed number of cases each; FIELDTUNE_FUZZ_CASES for longer runs) are among them.
 # Ends with one summary line over all test binaries: "tests: N passed, N failed".
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -210,12 +210,12 @@ impl ModelDir {
             let n = fixed(d, what)?;
             u32::try_from(n)
                 .ok()
-                .filter(|s| (1..=fieldtune_frames::MAX_SIDE).contains(s))
+                .filter(|s| (1..=fieldtune_frames::MAX_FRAME_SIDE).contains(s))
                 .ok_or_else(|| {
                     bad(format!(
                         "input '{}' has {what} {n}; it must be 1..={}",
                         input.name,
-                        fieldtune_frames::MAX_SIDE
+                        fieldtune_frames::MAX_FRAME_SIDE
                     ))
                 })
         };

@@ -45,10 +45,6 @@ pub struct ModelConfig {
     pub classes: Vec<String>,
 }
 
-/// The largest `height` and `width`: a model input of at most 3 x 8192 x 8192 values, within
-/// the engines' input bound of 2^28 elements.
-pub const MAX_SIDE: u32 = 8192;
-
 /// The longest class name, in bytes (names are echoed in errors, predictions and reports).
 pub const MAX_CLASS_NAME: usize = 256;
 
@@ -119,8 +115,8 @@ impl ModelConfig {
         Ok(cfg)
     }
 
-    /// Checks the invariants: names non-empty, channels 1 or 3, height and width in
-    /// 1..=[`MAX_SIDE`],
+    /// Checks the invariants: names non-empty, channels 1 or 3, height and width 1 to
+    /// [`crate::MAX_FRAME_SIDE`],
     /// `mean`/`std` one finite value per channel with `std > 0`, classes non-empty and
     /// unique.
     pub fn validate(&self) -> Result<(), FramesError> {
@@ -138,9 +134,12 @@ impl ModelConfig {
         if self.channels != 1 && self.channels != 3 {
             return err("channels", format!("must be 1 or 3, got {}", self.channels));
         }
-        for (key, side) in [("height", self.height), ("width", self.width)] {
-            if side == 0 || side > MAX_SIDE {
-                return err(key, format!("is {side}; must be 1..={MAX_SIDE}"));
+        for (key, v) in [("height", self.height), ("width", self.width)] {
+            if !(1..=crate::MAX_FRAME_SIDE).contains(&v) {
+                return err(
+                    key,
+                    format!("must be 1..={}, got {v}", crate::MAX_FRAME_SIDE),
+                );
             }
         }
         let c = self.channels as usize;

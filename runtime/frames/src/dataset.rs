@@ -41,20 +41,31 @@ pub fn load_image(path: impl AsRef<Path>, cfg: &ModelConfig) -> Result<Image8, F
     Ok(img.resized(cfg.width, cfg.height))
 }
 
+/// The largest frame side decoded (8K video is 7680 wide); a file declaring more is refused
+/// from its header, before pixels are decoded or memory is reserved for them.
+pub const MAX_FRAME_SIDE: u32 = 8192;
+/// The most memory one decode may reserve (an 8192 x 8192 RGB frame fits).
+pub const MAX_DECODE_BYTES: u64 = 256 << 20;
+
 /// Decodes `path` at its own size: gray sources (any bit depth, alpha dropped) become 1
-/// channel, colour sources 3 channels.
+/// channel, colour sources 3 channels. Frames over [`MAX_FRAME_SIDE`] on a side or
+/// [`MAX_DECODE_BYTES`] are refused.
 pub fn decode_image(path: impl AsRef<Path>) -> Result<Image8, FramesError> {
     let path = path.as_ref();
     let decode_err = |reason: String| FramesError::Decode {
         path: path.to_path_buf(),
         reason,
     };
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_FRAME_SIDE);
+    limits.max_image_height = Some(MAX_FRAME_SIDE);
+    limits.max_alloc = Some(MAX_DECODE_BYTES);
     let file = crate::fsread::open_regular(path)?;
     let mut reader = ImageReader::new(std::io::BufReader::new(file));
     if let Ok(format) = image::ImageFormat::from_path(path) {
         reader.set_format(format);
     }
-    let reader = reader
+    let mut reader = reader
         .with_guessed_format()
         .map_err(|e| decode_err(e.to_string()))?;
     if reader.format().is_none() {
@@ -62,6 +73,7 @@ pub fn decode_image(path: impl AsRef<Path>) -> Result<Image8, FramesError> {
             "unrecognised image format (expected PNG or JPEG)".into(),
         ));
     }
+    reader.limits(limits);
     let img = reader.decode().map_err(|e| decode_err(e.to_string()))?;
     Ok(if img.color().has_color() {
         Image8::from(img.to_rgb8())

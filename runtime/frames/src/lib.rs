@@ -18,9 +18,10 @@ mod dataset;
 mod fsread;
 mod image8;
 
-pub use config::{model_toml_path, ModelConfig, MAX_CLASS_NAME, MAX_SIDE, MODEL_TOML_KEYS};
+pub use config::{model_toml_path, ModelConfig, MAX_CLASS_NAME, MODEL_TOML_KEYS};
 pub use dataset::{
     decode_image, is_image_path, load_image, load_images, Dataset, Item, IMAGE_EXTENSIONS,
+    MAX_DECODE_BYTES, MAX_FRAME_SIDE,
 };
 pub use fsread::{open_regular, read_regular, read_regular_string};
 pub use image8::{luma, Image8, ImageShape};

@@ -32,6 +32,23 @@ pub enum CustomVjp {
     },
 }
 
+/// The most elements a tensor of a built graph may have (2^34, 64 GiB of f32: far above any
+/// model fieldtune serves). A shape read from a file that is larger, or whose element count
+/// overflows, is refused before anything is sized or computed from it.
+pub const MAX_ELEMENTS: usize = 1 << 34;
+
+/// Refuses a shape of more than [`MAX_ELEMENTS`] elements, naming the tensor.
+pub fn check_elements(tensor: &str, shape: &[usize]) -> Result<()> {
+    let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    if n.is_none_or(|n| n > MAX_ELEMENTS) {
+        return Err(GraphError::Tensor {
+            tensor: tensor.into(),
+            reason: format!("shape {shape:?} has more than {MAX_ELEMENTS} elements"),
+        });
+    }
+    Ok(())
+}
+
 /// A graph under construction.
 pub struct Builder {
     pub opset: i64,
@@ -99,6 +116,7 @@ impl Builder {
 
     /// Declares a graph input with a static shape.
     pub fn input(&mut self, name: &str, elem: Elem, shape: &[usize]) -> Result<String> {
+        check_elements(name, shape)?;
         self.claim(name)?;
         self.inputs.push(Io::fixed(name, elem, shape));
         self.values
@@ -184,21 +202,18 @@ impl Builder {
             }
         }
         let outs = infer(&node, &ins)?;
-        // Element counts are products of dims: a shape whose product overflows is refused here,
-        // so every later count is exact.
-        if let Some(v) = outs.iter().find(|v| {
-            v.shape
-                .iter()
-                .try_fold(1usize, |n, &d| n.checked_mul(d))
-                .is_none()
-        }) {
-            return Err(GraphError::node(
-                &node,
-                format!(
-                    "output shape {:?}: the product of its dimensions overflows",
-                    v.shape
-                ),
-            ));
+        // Element counts are products of dims: a shape whose product overflows or passes the
+        // bound is refused here, naming the node, so every later count is exact.
+        for (o, v) in node.outputs.iter().zip(&outs) {
+            if check_elements(o, &v.shape).is_err() {
+                return Err(GraphError::node(
+                    &node,
+                    format!(
+                        "output '{o}' of shape {:?}: the product of its dimensions exceeds {MAX_ELEMENTS} elements",
+                        v.shape
+                    ),
+                ));
+            }
         }
         for o in &node.outputs {
             if !o.is_empty() {

@@ -97,7 +97,10 @@ fn trainable_candidates(g: &Graph) -> (Vec<String>, Vec<String>) {
             grad_inputs(n).unwrap_or_default()
         };
         for i in ix {
-            let name = &n.inputs[i];
+            // A node with fewer inputs than its op takes is reported when it is built.
+            let Some(name) = n.inputs.get(i) else {
+                continue;
+            };
             if is_param(name) && !ordered.contains(name) {
                 ordered.push(name.clone());
             }

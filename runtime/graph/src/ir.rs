@@ -445,17 +445,20 @@ pub fn tensor_from_proto(t: &TensorProto) -> Result<Tensor> {
         .iter()
         .map(|&d| usize::try_from(d).map_err(|_| bad(format!("negative dimension {d}"))))
         .collect::<Result<_>>()?;
-    let n: usize = shape.iter().product();
+    let n = shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| bad(format!("shape {shape:?} has too many elements")))?;
     // Raw little-endian bytes in `width`-byte elements, checked against the shape.
     let raw = |width: usize| -> Result<Option<std::slice::ChunksExact<'_, u8>>> {
         if t.raw_data.is_empty() {
             Ok(None)
-        } else if t.raw_data.len() != n * width {
+        } else if Some(t.raw_data.len()) != n.checked_mul(width) {
             Err(bad(format!(
-                "raw data has {} bytes, shape {:?} needs {}",
+                "raw data has {} bytes, shape {:?} needs {} of {width} bytes",
                 t.raw_data.len(),
                 shape,
-                n * width
+                n
             )))
         } else {
             Ok(Some(t.raw_data.chunks_exact(width)))

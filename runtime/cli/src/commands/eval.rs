@@ -20,7 +20,7 @@ pub struct EvalArgs {
     #[arg(long)]
     data: PathBuf,
     /// Images per inference batch.
-    #[arg(long, default_value_t = 250)]
+    #[arg(long, default_value_t = 250, value_parser = crate::args::batch_parser())]
     batch: usize,
 }
 

@@ -87,11 +87,15 @@ impl RunConfig {
 
     /// Parses and validates TOML text; `path` only names the source in errors.
     pub fn from_toml(text: &str, path: &Path) -> Result<RunConfig> {
-        let cfg: RunConfig = toml::from_str(text).map_err(|e| {
+        let de = toml::Deserializer::new(text);
+        let cfg: RunConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            // The key at fault when serde knows it (a wrong type or value).
+            let key = Some(e.path().to_string()).filter(|k| k != "." && !k.is_empty());
+            let e = e.into_inner();
             let msg = e.message().trim().to_string();
             FieldError::Config {
                 path: path.into(),
-                key: None,
+                key,
                 reason: match e.span() {
                     Some(span) => {
                         let line = text[..span.start].lines().count().max(1);

@@ -14,6 +14,9 @@ pub mod bounds {
     pub const MAX_OUTPUT_QUEUE: usize = 65_536;
     /// `replay.capacity` (frames; each is held at the model's input size).
     pub const MAX_REPLAY: usize = 65_536;
+    /// The longest time any time key may give (about 31 years): every time key becomes a
+    /// `Duration`, which holds at most about 5.8e11 years and panics beyond.
+    pub const MAX_SECONDS: f64 = 1e9;
     /// `engine.inference_threads`, `engine.train_threads`.
     pub const MAX_THREADS: usize = 256;
     /// `source.max_bad_frames` (bad frames in a row before the run stops).
@@ -51,6 +54,32 @@ impl RunConfig {
             return bad("source.fps", "must be >= 0 (0: as fast as possible)");
         }
         use bounds::*;
+        // Times become Durations: an infinite or astronomically long one is refused here
+        // (NaN and negative values by the checks of each key below).
+        let fps_period = if self.source.fps > 0.0 {
+            1.0 / self.source.fps
+        } else {
+            0.0
+        };
+        for (key, secs) in [
+            ("source.fps", fps_period),
+            ("pipeline.stats_every_s", self.pipeline.stats_every_s),
+            ("pipeline.max_seconds", self.pipeline.max_seconds),
+            ("trigger.every_seconds", self.trigger.every_seconds),
+            ("budget.round_seconds", self.budget.round_seconds),
+            ("engine.retry_s", self.engine.retry_s),
+            (
+                "engine.inference_deadline_ms",
+                self.engine.inference_deadline_ms / 1e3,
+            ),
+        ] {
+            if secs.is_infinite() || secs.abs() > MAX_SECONDS {
+                return bad(
+                    key,
+                    &format!("gives {secs} s; times must be within {MAX_SECONDS} s"),
+                );
+            }
+        }
         let range = |key: &str, v: usize, lo: usize, hi: usize| {
             if (lo..=hi).contains(&v) {
                 Ok(())
@@ -160,8 +189,9 @@ impl RunConfig {
             }
         }
         let b = &self.budget;
-        if !(b.duty_cycle > 0.0 && b.duty_cycle <= 1.0) {
-            return bad("budget.duty_cycle", "must be in (0, 1]");
+        // The rest after a round is busy * (1 - d) / d: at least 1/1000 keeps it a Duration.
+        if !(0.001..=1.0).contains(&b.duty_cycle) {
+            return bad("budget.duty_cycle", "must be in 0.001..=1");
         }
         if !ge(b.round_seconds, 0.0) {
             return bad("budget.round_seconds", "must be >= 0");

@@ -29,10 +29,13 @@ pub fn window_pads(
     match auto.as_str() {
         "NOTSET" | "" => {
             let pads = node.ints("pads").unwrap_or_else(|| vec![0; 2 * n]);
-            if pads.len() != 2 * n || pads.iter().any(|&p| p < 0) {
+            if pads.len() != 2 * n || pads.iter().any(|&p| !(0..=MAX_WINDOW as i64).contains(&p)) {
                 return Err(GraphError::node(
                     node,
-                    format!("pads {pads:?} do not fit {n} spatial dims"),
+                    format!(
+                        "pads {pads:?}: expected {} values of 0 to {MAX_WINDOW}",
+                        2 * n
+                    ),
                 ));
             }
             Ok(pads.iter().map(|&p| p as usize).collect())
@@ -62,6 +65,10 @@ pub fn window_pads(
     }
 }
 
+/// The largest kernel, stride, dilation or pad of a windowed op along one axis (2^20 cells):
+/// far above any real model, small enough that the window arithmetic never overflows.
+pub const MAX_WINDOW: usize = 1 << 20;
+
 /// Kernel, strides, dilations and explicit pads of a 2-D windowed op.
 #[derive(Clone, Debug)]
 pub struct ConvWindow {
@@ -78,21 +85,23 @@ impl ConvWindow {
         let get = |name: &str| -> Result<Vec<usize>> {
             match node.ints(name) {
                 None => Ok(vec![1; n]),
-                Some(v) if v.len() == n && v.iter().all(|&x| x >= 1) => {
+                Some(v)
+                    if v.len() == n && v.iter().all(|&x| (1..=MAX_WINDOW as i64).contains(&x)) =>
+                {
                     Ok(v.iter().map(|&x| x as usize).collect())
                 }
                 Some(v) => Err(GraphError::node(
                     node,
-                    format!("{name} {v:?} do not fit {n} spatial dims"),
+                    format!("{name} {v:?}: expected {n} values of 1 to {MAX_WINDOW}"),
                 )),
             }
         };
         let strides = get("strides")?;
         let dilations = get("dilations")?;
-        if kernel.len() != n {
+        if kernel.len() != n || kernel.iter().any(|&k| !(1..=MAX_WINDOW).contains(&k)) {
             return Err(GraphError::node(
                 node,
-                format!("kernel {kernel:?} does not fit {n} spatial dims"),
+                format!("kernel {kernel:?}: expected {n} sizes of 1 to {MAX_WINDOW}"),
             ));
         }
         let pads = window_pads(node, spatial, &kernel, &strides, &dilations)?;
@@ -143,7 +152,7 @@ fn conv(node: &Node, ins: &[Option<&Value>]) -> Result<Vec<Value>> {
     let kernel = w.shape[2..].to_vec();
     let win = ConvWindow::of(node, &x.shape[2..], kernel)?;
     if node.op == "Conv" {
-        if x.shape[1] != w.shape[1] * group || w.shape[0] % group != 0 {
+        if Some(x.shape[1]) != w.shape[1].checked_mul(group) || w.shape[0] % group != 0 {
             return Err(err(format!(
                 "X {:?} and W {:?} do not fit group {group}",
                 x.shape, w.shape

@@ -58,6 +58,12 @@ fn pool(node: &Node, ins: &[Option<&Value>]) -> Result<Vec<Value>> {
 
 fn global_pool(node: &Node, ins: &[Option<&Value>]) -> Result<Vec<Value>> {
     let x = req(node, ins, 0)?;
+    if x.shape.len() < 3 {
+        return Err(GraphError::node(
+            node,
+            format!("input of shape {:?}; N x C x spatial expected", x.shape),
+        ));
+    }
     let mut s = x.shape.clone();
     for d in s.iter_mut().skip(2) {
         *d = 1;

@@ -137,16 +137,20 @@ impl SliceSpec {
             let fix = |v: i64| if v < 0 { v + dim } else { v };
             let (s, e) = if step > 0 {
                 (fix(starts[k]).clamp(0, dim), fix(ends[k]).clamp(0, dim))
+            } else if dim == 0 {
+                (0, 0)
             } else {
                 (
                     fix(starts[k]).clamp(0, dim - 1),
                     fix(ends[k]).clamp(-1, dim - 1),
                 )
             };
-            let count = if step > 0 {
-                (e - s + step - 1).max(0) / step
+            // ceil(|e - s| / |step|) elements, without overflow for any step.
+            let (from, to) = if step > 0 { (s, e) } else { (e, s) };
+            let count = if to > from {
+                ((to - from - 1) as u64 / step.unsigned_abs()) as i64 + 1
             } else {
-                (s - e - step - 1).max(0) / (-step)
+                0
             };
             spec.start[a] = s.max(0) as usize;
             spec.step[a] = step;
