@@ -36,7 +36,10 @@ mod tract_backend;
 pub use discovery::{search_ort, OrtAttempt, OrtLocation, OrtRuntimeInfo, OrtSearch, OrtSource};
 pub use doctor::{doctor_report, CandidateStatus, CpuFeatures, DoctorReport};
 pub use error::EngineError;
-pub use ort_backend::{GraphOptimization, OrtEngine, OrtOptions, OrtSession};
+pub use ort_backend::trt_cache::{self, TrtBuild, TrtPath};
+pub use ort_backend::{
+    provider_settings, GpuOptions, GraphOptimization, OrtEngine, OrtOptions, OrtSession, TrtRefit,
+};
 pub use ort_version::{ort_lacks, OrtFeature, OrtVersion, ORT_MIN_VERSION, ORT_OLDEST_TESTED};
 pub use stateful::{ResidentSession, StatefulSession};
 pub use tract_backend::{TractEngine, TractSession, TRACT_VERSION};
@@ -232,6 +235,12 @@ pub trait Engine: Send + Sync {
     fn describe(&self) -> String;
     /// Compiles `model` (ONNX protobuf bytes); `label` names it in errors and logs.
     fn load(&self, model: &[u8], label: &str) -> Result<Box<dyn Session>, EngineError>;
+
+    /// How the engines of the last session loaded on the TensorRT provider came to be
+    /// (built, refitted, cached), taken once; `None` for other engines and providers.
+    fn take_trt_build(&self) -> Option<TrtBuild> {
+        None
+    }
 
     /// Reads an ONNX file and loads it, labelled with the file name.
     fn load_file(&self, path: &std::path::Path) -> Result<Box<dyn Session>, EngineError> {

@@ -61,6 +61,8 @@ pub enum FieldEvent {
     EngineFallback(EngineFallback),
     /// The primary inference engine answered a probe and serves again.
     EngineRestored(EngineRestored),
+    /// A serving session on TensorRT: its engines were built, refitted or loaded.
+    TrtEngine(TrtEngine),
     /// A drift trigger opened a recovery episode (`[recovery]`).
     RecoveryStarted(RecoveryStarted),
     /// A recovery episode ended; the drift detector measures a new baseline.
@@ -89,6 +91,7 @@ impl FieldEvent {
             FieldEvent::CheckpointQuarantined(_) => "checkpoint_quarantined",
             FieldEvent::EngineFallback(_) => "engine_fallback",
             FieldEvent::EngineRestored(_) => "engine_restored",
+            FieldEvent::TrtEngine(_) => "trt_engine",
             FieldEvent::RecoveryStarted(_) => "recovery_started",
             FieldEvent::RecoverySettled(_) => "recovery_settled",
             FieldEvent::FrameSkipped(_) => "frame_skipped",
@@ -365,6 +368,20 @@ pub struct EngineRestored {
     pub frame: u64,
     /// Frames the fallback answered in this episode.
     pub fallback_frames: u64,
+}
+
+/// `trt_engine`: how the TensorRT engines of a serving session of weights `version` came to
+/// be (`path`: `build`, `refit`, `cached` or `none`), and how long the session's load took
+/// (`ms`, on the round thread while the previous version serves). `refit`: weight-stripped
+/// engines were asked for.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrtEngine {
+    pub label: String,
+    pub version: u64,
+    pub path: String,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub ms: f64,
+    pub refit: bool,
 }
 
 /// Sees every event as it is logged (e.g. to drive a board's status LEDs).

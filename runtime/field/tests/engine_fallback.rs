@@ -409,3 +409,33 @@ fn missed_deadlines_in_a_row_move_serving_to_the_fallback() {
     assert!(!kinds(&ev, "engine_restored").is_empty());
     assert!(summary.frames_by_engine.keys().any(|k| k.contains("tract")));
 }
+
+#[test]
+fn gpu_keys_leave_a_cpu_run_as_it_is() {
+    // gpu_memory_mb, trt_fp16 and trt_refit concern CUDA and TensorRT sessions only: a run on
+    // ONNX Runtime's CPU provider starts and serves with them set, and no trt_engine event
+    // appears. The cache bound still applies to the folder at start.
+    let tmp = tempfile::tempdir().unwrap();
+    let trt = tmp.path().join("trt");
+    std::fs::create_dir_all(&trt).unwrap();
+    std::fs::write(trt.join("old.engine"), vec![0u8; 3 << 20]).unwrap();
+    let (cfg, path) = small_stream(
+        &format!(
+            "[engine]\ninference = \"ort:cpu\"\ntrain = \"ort:cpu\"\ngpu_memory_mb = 256\ntrt_fp16 = true\ntrt_refit = true\ntrt_cache = \"{}\"\ntrt_cache_max_mb = 1\n",
+            trt.display()
+        ),
+        tmp.path(),
+    );
+    let summary = fieldtune_field::run(&cfg, &options(&path), None).expect("runs on the CPU");
+    assert_eq!(summary.frames, 40);
+    assert!(
+        summary.engine.contains("ONNX Runtime"),
+        "{}",
+        summary.engine
+    );
+    answered_once(&predictions(&tmp.path().join("predictions.jsonl")), 40);
+    let ev = events(&cfg);
+    assert!(kinds(&ev, "trt_engine").is_empty());
+    assert!(kinds(&ev, "engine_fallback").is_empty());
+    assert!(!trt.join("old.engine").exists(), "over trt_cache_max_mb");
+}

@@ -51,6 +51,7 @@ pub fn run(a: DoctorArgs, engine_args: &EngineArgs) -> Result<()> {
             board,
             engine_args.ort_lib.as_deref(),
             None,
+            &Default::default(),
             1,
         ) {
             Ok(r) => println!(

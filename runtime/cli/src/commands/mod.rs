@@ -44,6 +44,7 @@ pub(crate) fn engine(args: &EngineArgs) -> Result<Box<dyn Engine>> {
         },
         no_cpu_arena: args.no_arena,
         memory_pattern: args.mem_pattern,
+        gpu: Default::default(),
     };
     let e = select_engine(pref, opts).context("selecting the engine")?;
     let why = match (args.engine, e.kind()) {

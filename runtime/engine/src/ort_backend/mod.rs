@@ -4,26 +4,29 @@
 //! - `session`: [`OrtSession`], one loaded model run with borrowed inputs;
 //! - `resident`: `OrtResident`, train-step state kept as ONNX Runtime values behind an
 //!   `IoBinding`;
+//! - `trt_cache`: the TensorRT engine cache folder (which path a load took, refit
+//!   preparation, the size bound);
 //! - `values`: host tensors to and from ONNX Runtime values through `ndarray` (which
 //!   hand-offs copy and which do not).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::discovery::{self, OrtRuntime};
 use crate::{
-    catch_panic, Engine, EngineError, EngineKind, ExecutionProvider, IoInfo, ResidentSession,
-    Session, StatefulSession, Tensor,
+    catch_panic, Engine, EngineError, EngineKind, ExecutionProvider, IoInfo, OrtFeature,
+    ResidentSession, Session, StatefulSession, Tensor,
 };
 
 mod options;
 mod resident;
 mod session;
+pub mod trt_cache;
 mod values;
 
 pub(crate) use options::available_providers;
 use options::provider_available;
-pub use options::{GraphOptimization, OrtOptions};
+pub use options::{provider_settings, GpuOptions, GraphOptimization, OrtOptions, TrtRefit};
 use resident::OrtResident;
 pub use session::OrtSession;
 
@@ -32,6 +35,8 @@ pub struct OrtEngine {
     runtime: Arc<OrtRuntime>,
     opts: OrtOptions,
     providers: Vec<ExecutionProvider>,
+    /// How the last TensorRT session's engines came to be.
+    last_trt: Mutex<Option<trt_cache::TrtBuild>>,
 }
 
 impl std::fmt::Debug for OrtEngine {
@@ -73,10 +78,17 @@ impl OrtEngine {
                 });
             }
         }
+        let trt = providers
+            .iter()
+            .any(|p| matches!(p, ExecutionProvider::TensorRt { .. }));
+        if trt && opts.gpu.trt_refit.is_some() {
+            runtime.info.require(OrtFeature::TrtWeightStrippedEngine)?;
+        }
         Ok(OrtEngine {
             runtime,
             opts,
             providers,
+            last_trt: Mutex::new(None),
         })
     }
 
@@ -120,7 +132,17 @@ impl Engine for OrtEngine {
                 message,
             },
         )?;
+        if let Some(b) = s.trt_build() {
+            *self.last_trt.lock().unwrap_or_else(|p| p.into_inner()) = Some(b.clone());
+        }
         Ok(Box::new(s))
+    }
+
+    fn take_trt_build(&self) -> Option<trt_cache::TrtBuild> {
+        self.last_trt
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 }
 

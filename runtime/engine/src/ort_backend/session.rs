@@ -8,7 +8,12 @@ use crate::discovery::OrtRuntime;
 use crate::{order_inputs, DType, EngineError, EngineKind, ExecutionProvider, IoInfo, Tensor};
 
 use super::options::{dispatch, OrtOptions};
+use super::trt_cache::{self, CacheSnapshot, TrtBuild};
 use super::values::{input_ref, ort_msg, to_tensor};
+
+/// One TensorRT session load at a time in this process: writing the refit model, removing
+/// the refitted engines and building the session go together.
+static TRT_LOAD: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// A model loaded into ONNX Runtime.
 pub struct OrtSession {
@@ -20,6 +25,8 @@ pub struct OrtSession {
     pub(super) providers: Vec<String>,
     /// CUDA device of the first provider (CUDA or TensorRT): resident state lives there.
     pub(super) cuda_device: Option<i32>,
+    /// With the TensorRT provider and an engine cache: how its engines came to be.
+    pub(super) trt_build: Option<TrtBuild>,
 }
 
 impl OrtSession {
@@ -57,16 +64,67 @@ impl OrtSession {
         }
         for p in providers {
             b = b
-                .with_execution_providers([dispatch(p, !opts.no_cpu_arena)])
+                .with_execution_providers([dispatch(p, !opts.no_cpu_arena, &opts.gpu)])
                 .map_err(|e| EngineError::ExecutionProvider {
                     provider: p.ort_name().to_string(),
                     model: Some(label.to_string()),
                     message: ort_msg(&e),
                 })?;
         }
-        let session = b
-            .commit_from_memory(model)
-            .map_err(|e| load_err(ort_msg(&e)))?;
+        let trt_cache = providers.iter().find_map(|p| match p {
+            ExecutionProvider::TensorRt {
+                engine_cache: Some(dir),
+                ..
+            } => Some(dir.clone()),
+            _ => None,
+        });
+        let (session, trt_build) = match trt_cache {
+            None => (
+                b.commit_from_memory(model)
+                    .map_err(|e| load_err(ort_msg(&e)))?,
+                None,
+            ),
+            Some(cache) => {
+                let _one = TRT_LOAD.lock().unwrap_or_else(|p| p.into_inner());
+                let refit = opts.gpu.trt_refit.as_ref();
+                let fs_err = |what: &str, e: std::io::Error| load_err(format!("{what}: {e}"));
+                let before = CacheSnapshot::take(&cache);
+                let t0 = std::time::Instant::now();
+                let session = match refit {
+                    // The provider refits the stripped engine from the file the session was
+                    // made from (looked up by name in `trt_onnx_model_folder_path`).
+                    Some(r) => {
+                        let file = r.onnx_dir.join(&r.model_file);
+                        trt_cache::write_model(&file, model)
+                            .map_err(|e| fs_err(&format!("writing {}", file.display()), e))?;
+                        trt_cache::remove_refitted(&cache).map_err(|e| {
+                            fs_err(
+                                &format!("clearing refitted engines in {}", cache.display()),
+                                e,
+                            )
+                        })?;
+                        b.commit_from_file(&file)
+                    }
+                    None => b.commit_from_memory(model),
+                }
+                .map_err(|e| load_err(ort_msg(&e)))?;
+                let after = CacheSnapshot::take(&cache);
+                let build = TrtBuild {
+                    label: label.to_string(),
+                    path: trt_cache::classify(&before, &after, refit.is_some()),
+                    ms: t0.elapsed().as_secs_f64() * 1e3,
+                    refit: refit.is_some(),
+                };
+                tracing::info!(
+                    model = label,
+                    "TensorRT engine: {} in {:.0} ms (cache {})",
+                    build.path,
+                    build.ms,
+                    cache.display()
+                );
+                (session, Some(build))
+            }
+        };
         let inputs: Vec<IoInfo> = session
             .inputs()
             .iter()
@@ -97,7 +155,14 @@ impl OrtSession {
                 }
                 ExecutionProvider::Cpu => None,
             },
+            trt_build,
         })
+    }
+
+    /// With the TensorRT provider and an engine cache: whether its engines were built,
+    /// refitted or loaded, and how long the load took.
+    pub fn trt_build(&self) -> Option<&TrtBuild> {
+        self.trt_build.as_ref()
     }
 
     /// Every execution provider registered for this session, in priority order (ONNX Runtime

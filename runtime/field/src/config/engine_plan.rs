@@ -7,7 +7,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use fieldtune_engine::ExecutionProvider;
+use fieldtune_engine::{ExecutionProvider, GpuOptions, TrtRefit};
 
 use super::{gt, RunConfig};
 use crate::error::{FieldError, Result};
@@ -94,8 +94,21 @@ pub struct EnginePlan {
     /// Missed deadlines in a row that count as a failure.
     pub deadline_misses: u32,
     pub trt_cache: Option<PathBuf>,
+    /// Bound of `trt_cache` in MiB (0: none).
+    pub trt_cache_max_mb: u64,
+    /// TensorRT serves FP16 engines.
+    pub trt_fp16: bool,
+    /// Weight-stripped TensorRT engines, refitted at each new version.
+    pub trt_refit: bool,
     /// CUDA arena limit (MiB; 0: the library's default).
     pub gpu_memory_mb: u64,
+}
+
+/// The role an engine is made for: the GPU options differ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Inference,
+    Train,
 }
 
 impl RunConfig {
@@ -147,6 +160,12 @@ impl RunConfig {
                 format!("{}: must be >= 0 (0: no deadline)", e.inference_deadline_ms),
             ));
         }
+        if e.trt_refit && trt_cache.is_none() {
+            return Err(bad(
+                "trt_refit",
+                "needs engine.trt_cache: the weight-stripped engines are kept there".into(),
+            ));
+        }
         if e.deadline_misses == 0 {
             return Err(bad("deadline_misses", "must be at least 1".into()));
         }
@@ -160,12 +179,35 @@ impl RunConfig {
                 .then(|| Duration::from_secs_f64(e.inference_deadline_ms / 1e3)),
             deadline_misses: e.deadline_misses,
             trt_cache,
+            trt_cache_max_mb: e.trt_cache_max_mb,
+            trt_fp16: e.trt_fp16,
+            trt_refit: e.trt_refit,
             gpu_memory_mb: e.gpu_memory_mb,
         })
     }
 }
 
 impl EnginePlan {
+    /// The GPU provider options of a role's sessions: the CUDA arena limit for every role;
+    /// TensorRT FP16 and refit for serving only (train steps take their weights as inputs,
+    /// there is nothing to refit). Refit writes the model as `<trt_cache>/onnx/<model>.onnx`:
+    /// one name per model, so one engine per graph whatever the weights. CPU and tract
+    /// sessions ignore all of it.
+    pub fn gpu_options(&self, role: Role, model: &str) -> GpuOptions {
+        let mut g = GpuOptions::default().with_cuda_mem_limit_mb(self.gpu_memory_mb);
+        if role == Role::Inference {
+            g.trt_fp16 = self.trt_fp16;
+            g.trt_refit = match (&self.trt_cache, self.trt_refit) {
+                (Some(dir), true) => Some(TrtRefit {
+                    onnx_dir: dir.join("onnx"),
+                    model_file: format!("{}.onnx", sanitize(model)),
+                }),
+                _ => None,
+            };
+        }
+        g
+    }
+
     /// Checks that the TensorRT cache folder can be written (created if missing); the error
     /// names `engine.trt_cache`.
     pub fn check_trt_cache(&self, path: &Path) -> Result<()> {
@@ -183,6 +225,25 @@ impl EnginePlan {
             key: Some("engine.trt_cache".into()),
             reason: format!("{}: not writable: {e}", dir.display()),
         })
+    }
+}
+
+/// A model name as a file name: letters, digits, `-`, `_` and `.` kept, the rest `_`.
+fn sanitize(name: &str) -> String {
+    let s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if s.is_empty() || s.starts_with('.') {
+        format!("model{s}")
+    } else {
+        s
     }
 }
 
@@ -253,6 +314,48 @@ mod tests {
         assert!(e.contains("engine.inference_deadline_ms"), "{e}");
         let e = err("train_fallback = \"auto\"");
         assert!(e.contains("engine.train_fallback"), "{e}");
+    }
+
+    #[test]
+    fn gpu_keys_reach_the_provider_settings_of_each_role() {
+        use fieldtune_engine::provider_settings;
+        let p = plan("inference = \"ort:tensorrt,cuda\"\ntrain = \"ort:cuda\"\ngpu_memory_mb = 1024\ntrt_cache = \"/c\"\ntrt_fp16 = true\ntrt_refit = true")
+            .unwrap();
+        let limit = ("gpu_mem_limit", (1024u64 << 20).to_string());
+        let EngineSpec::Ort(infer) = &p.inference else {
+            panic!("{}", p.inference)
+        };
+        let g = p.gpu_options(Role::Inference, "mnist cnn/v1");
+        assert_eq!(
+            g.trt_refit,
+            Some(TrtRefit {
+                onnx_dir: "/c/onnx".into(),
+                model_file: "mnist_cnn_v1.onnx".into()
+            })
+        );
+        let trt = provider_settings(&infer[0], &g);
+        assert!(trt.contains(&("trt_fp16_enable", "1".into())));
+        assert!(trt.contains(&("trt_weight_stripped_engine_enable", "1".into())));
+        assert!(trt.contains(&("trt_onnx_model_folder_path", "/c/onnx".into())));
+        assert!(provider_settings(&infer[1], &g).contains(&limit));
+        // Training gets the arena limit, not the TensorRT serving options.
+        let t = p.gpu_options(Role::Train, "m");
+        assert!(!t.trt_fp16 && t.trt_refit.is_none());
+        let EngineSpec::Ort(train) = &p.train else {
+            panic!("{}", p.train)
+        };
+        assert!(provider_settings(&train[0], &t).contains(&limit));
+        // Defaults: no limit, no refit, FP32.
+        let d = plan("").unwrap();
+        assert_eq!((d.gpu_memory_mb, d.trt_cache_max_mb), (0, 2048));
+        assert_eq!(d.gpu_options(Role::Inference, "m"), GpuOptions::default());
+        // Refit needs the cache folder.
+        let e = err("trt_refit = true");
+        assert!(
+            e.contains("engine.trt_refit") && e.contains("trt_cache"),
+            "{e}"
+        );
+        assert_eq!(sanitize(".."), "model..");
     }
 
     #[test]

@@ -95,7 +95,10 @@ retry_s = 10.0                      # seconds between probes of a failed primary
 inference_deadline_ms = 0.0         # per-frame deadline of the primary (0: none)
 deadline_misses = 3                 # misses in a row that move serving to the fallback
 trt_cache = ""                      # TensorRT engine/timing cache folder (must be writable)
-gpu_memory_mb = 0                   # CUDA arena limit (0: library default)
+trt_cache_max_mb = 2048             # oldest files of trt_cache go beyond this (0: no bound)
+trt_fp16 = false                    # TensorRT serves FP16 engines
+trt_refit = false                   # weight-stripped TensorRT engines refitted per version
+gpu_memory_mb = 0                   # CUDA arena limit of CUDA/TensorRT sessions (0: none)
 inference_threads = 1
 train_threads = 1
 

@@ -14,7 +14,7 @@ mod example;
 mod sections;
 mod validate;
 
-pub use engine_plan::{EnginePlan, EngineSpec};
+pub use engine_plan::{EnginePlan, EngineSpec, Role};
 pub use example::EXAMPLE;
 pub use sections::*;
 pub use validate::bounds;

@@ -388,8 +388,17 @@ pub struct EngineConfig {
     pub deadline_misses: u32,
     /// Folder of TensorRT's engine and timing caches (empty: none); must be writable.
     pub trt_cache: PathBuf,
-    /// ONNX Runtime CUDA arena limit (MiB; 0: the library's default). Counts against the
-    /// board's memory on unified-memory Jetsons.
+    /// Bound of `trt_cache` (MiB; 0: none): at start and after each commit the oldest files
+    /// go until the folder fits.
+    pub trt_cache_max_mb: u64,
+    /// TensorRT builds FP16 engines for serving.
+    pub trt_fp16: bool,
+    /// Serve from weight-stripped TensorRT engines refitted at each new version instead of
+    /// rebuilt (needs `trt_cache`, ONNX Runtime >= 1.18.1 and TensorRT 10).
+    pub trt_refit: bool,
+    /// ONNX Runtime CUDA arena limit (MiB; 0: the library's default), for every CUDA and
+    /// TensorRT session of the run (inference and train). Counts against the board's memory
+    /// on unified-memory Jetsons. CPU and tract sessions ignore it.
     pub gpu_memory_mb: u64,
     /// Threads per operator of the inference session.
     pub inference_threads: usize,
@@ -408,6 +417,9 @@ impl Default for EngineConfig {
             inference_deadline_ms: 0.0,
             deadline_misses: 3,
             trt_cache: PathBuf::new(),
+            trt_cache_max_mb: 2048,
+            trt_fp16: false,
+            trt_refit: false,
             gpu_memory_mb: 0,
             inference_threads: 1,
             train_threads: 1,

@@ -23,6 +23,10 @@ pub mod bounds {
     pub const MAX_BAD_FRAMES: u64 = 1_000_000;
     /// `pipeline.shutdown_s` (seconds from SIGINT/SIGTERM to a forced exit).
     pub const MAX_SHUTDOWN_S: f64 = 3600.0;
+    /// `engine.gpu_memory_mb` (MiB: 1 TiB, beyond any GPU; 0: no limit).
+    pub const MAX_GPU_MEMORY_MB: u64 = 1 << 20;
+    /// `engine.trt_cache_max_mb` (MiB; 0: no bound).
+    pub const MAX_TRT_CACHE_MB: u64 = 1 << 20;
 }
 
 impl RunConfig {
@@ -117,6 +121,24 @@ impl RunConfig {
             MAX_THREADS,
         )?;
         range("engine.train_threads", e.train_threads, 1, MAX_THREADS)?;
+        for (key, v, hi, zero) in [
+            (
+                "engine.gpu_memory_mb",
+                e.gpu_memory_mb,
+                MAX_GPU_MEMORY_MB,
+                "no limit",
+            ),
+            (
+                "engine.trt_cache_max_mb",
+                e.trt_cache_max_mb,
+                MAX_TRT_CACHE_MB,
+                "no bound",
+            ),
+        ] {
+            if v > hi {
+                return bad(key, &format!("is {v} MiB; must be 0..={hi} (0: {zero})"));
+            }
+        }
         if !gt(self.pipeline.stats_every_s, 0.0) {
             return bad("pipeline.stats_every_s", "must be > 0");
         }
@@ -294,6 +316,8 @@ mod tests {
             ("pipeline", "shutdown_s", "0.0"),
             ("pipeline", "shutdown_s", "1e300"),
             ("pipeline", "shutdown_s", "nan"),
+            ("engine", "gpu_memory_mb", "1048577"),
+            ("engine", "trt_cache_max_mb", "4611686018427387904"),
         ] {
             let text = if table == "source" {
                 format!("{head}{key} = {value}\n")
@@ -310,6 +334,11 @@ mod tests {
         }
         let ok = format!("{head}[replay]\ncapacity = {}\n", bounds::MAX_REPLAY);
         RunConfig::from_toml(&ok, Path::new("run.toml")).expect("the bound itself is allowed");
+        let ok = format!(
+            "{head}[engine]\ngpu_memory_mb = {}\ntrt_cache_max_mb = 0\n",
+            bounds::MAX_GPU_MEMORY_MB
+        );
+        RunConfig::from_toml(&ok, Path::new("run.toml")).expect("the bounds themselves");
     }
 
     #[test]

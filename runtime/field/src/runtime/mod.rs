@@ -34,7 +34,7 @@ pub use pipeline::{format_line, PredictionLine};
 pub use summary::RunSummary;
 
 use crate::budget::rss_bytes;
-use crate::config::{RunConfig, WhenFull};
+use crate::config::{EnginePlan, Role, RunConfig, WhenFull};
 use crate::error::{io_err, FieldError, Result};
 use crate::events::{EngineFallback, EventLog, FieldEvent, Started};
 use crate::preprocess::Preprocessor;
@@ -127,12 +127,13 @@ fn plan_serving(
     let path = &opts.config_path;
     let plan = cfg.engine_plan(path)?;
     plan.check_trt_cache(path)?;
-    if plan.gpu_memory_mb > 0 {
-        tracing::warn!(
-            "engine.gpu_memory_mb = {}: not applied (the engine has no CUDA arena limit yet)",
-            plan.gpu_memory_mb
-        );
-    }
+    bound_trt_cache(&plan);
+    let model_name = cfg
+        .model
+        .file_stem()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let gpu = plan.gpu_options(Role::Inference, &model_name);
     let threads = cfg.engine.inference_threads;
     let tract =
         || -> Arc<dyn Engine> { Arc::new(fieldtune_engine::TractEngine::with_threads(threads)) };
@@ -140,6 +141,7 @@ fn plan_serving(
         &plan.inference,
         &cfg.budget.board,
         plan.trt_cache.as_deref(),
+        &gpu,
         threads,
     ) {
         Ok(r) => {
@@ -192,6 +194,27 @@ fn plan_serving(
             faults: None,
         },
     ))
+}
+
+/// Keeps `engine.trt_cache` within `trt_cache_max_mb`, the oldest files first (at start and
+/// after each commit); a failure is logged, never fatal.
+pub(crate) fn bound_trt_cache(plan: &EnginePlan) {
+    let (Some(dir), max) = (&plan.trt_cache, plan.trt_cache_max_mb) else {
+        return;
+    };
+    if max == 0 {
+        return;
+    }
+    match fieldtune_engine::trt_cache::evict(dir, max.saturating_mul(1 << 20)) {
+        Ok(e) if !e.files.is_empty() => tracing::info!(
+            "engine.trt_cache: removed {} old files ({:.1} MiB) to stay within {max} MiB ({:.1} MiB kept)",
+            e.files.len(),
+            mib(e.bytes),
+            mib(e.kept_bytes)
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("engine.trt_cache {}: not bounded: {e}", dir.display()),
+    }
 }
 
 /// Runs the field loop until the source ends, `max_frames`/`max_seconds` is reached, or a

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use fieldtune_engine::{
-    select_engine, Engine, EngineKind, EnginePreference, ExecutionProvider, OrtEngine, OrtOptions,
-    TractEngine,
+    select_engine, Engine, EngineError, EngineKind, EnginePreference, ExecutionProvider,
+    GpuOptions, OrtEngine, OrtOptions, TractEngine,
 };
 
 use crate::config::EngineSpec;
@@ -38,13 +38,14 @@ pub struct ResolvedEngine {
 }
 
 impl RunOptions {
-    /// The engine of a role: `spec` with `threads` intra-op threads; `board` is
-    /// `[budget] board` (used by `auto`).
+    /// The engine of a role: `spec` with `threads` intra-op threads and the role's GPU
+    /// provider options; `board` is `[budget] board` (used by `auto`).
     pub(crate) fn resolve(
         &self,
         spec: &EngineSpec,
         board: &str,
         trt_cache: Option<&Path>,
+        gpu: &GpuOptions,
         threads: usize,
     ) -> Result<ResolvedEngine> {
         resolve_engine(
@@ -53,17 +54,49 @@ impl RunOptions {
             board,
             self.ort_lib.as_deref(),
             trt_cache,
+            gpu,
             threads,
         )
     }
 }
 
-fn ort_opts(lib: Option<&Path>, providers: Vec<ExecutionProvider>, threads: usize) -> OrtOptions {
+fn ort_opts(
+    lib: Option<&Path>,
+    providers: Vec<ExecutionProvider>,
+    threads: usize,
+    gpu: &GpuOptions,
+) -> OrtOptions {
     OrtOptions {
         lib: lib.map(Path::to_path_buf),
         providers,
         intra_threads: Some(threads),
+        gpu: gpu.clone(),
         ..Default::default()
+    }
+}
+
+/// ONNX Runtime with `providers`. Where the library is too old for weight-stripped TensorRT
+/// engines, serving goes on without them: each new version's engine is then built on the
+/// round thread while the old version serves (a warning says so; `trt_engine` events show
+/// `build`).
+fn ort_engine(
+    lib: Option<&Path>,
+    providers: Vec<ExecutionProvider>,
+    threads: usize,
+    gpu: &GpuOptions,
+) -> Result<OrtEngine> {
+    match OrtEngine::new(ort_opts(lib, providers.clone(), threads, gpu)) {
+        Err(e @ EngineError::OrtTooOld { .. }) if gpu.trt_refit.is_some() => {
+            tracing::warn!(
+                "engine.trt_refit: {e}; TensorRT engines are rebuilt for each new version, on the round thread"
+            );
+            let plain = GpuOptions {
+                trt_refit: None,
+                ..gpu.clone()
+            };
+            Ok(OrtEngine::new(ort_opts(lib, providers, threads, &plain))?)
+        }
+        r => Ok(r?),
     }
 }
 
@@ -71,13 +104,14 @@ fn ort_opts(lib: Option<&Path>, providers: Vec<ExecutionProvider>, threads: usiz
 /// with a board profile, the profile's engine order and providers, limited to the providers
 /// the ONNX Runtime library has (CPU where it has no GPU provider); without one, ONNX Runtime
 /// on CPU when its library loads, else tract. A named provider that is missing is an error
-/// naming the provider and the library.
+/// naming the provider and the library. `gpu` goes to every CUDA and TensorRT session.
 pub fn resolve_engine(
     spec: &EngineSpec,
     pref: EnginePreference,
     board: &str,
     lib: Option<&Path>,
     trt_cache: Option<&Path>,
+    gpu: &GpuOptions,
     threads: usize,
 ) -> Result<ResolvedEngine> {
     let tract = |why: String| ResolvedEngine {
@@ -88,14 +122,14 @@ pub fn resolve_engine(
     match spec {
         EngineSpec::Tract => Ok(tract("asked for".into())),
         EngineSpec::Ort(eps) => Ok(ResolvedEngine {
-            engine: Box::new(OrtEngine::new(ort_opts(lib, eps.clone(), threads))?),
+            engine: Box::new(ort_engine(lib, eps.clone(), threads, gpu)?),
             spec: spec.clone(),
             why: "asked for".into(),
         }),
         EngineSpec::Auto => match pref {
             EnginePreference::Tract => Ok(tract("auto: --engine tract".into())),
             _ if board.is_empty() => {
-                let engine = select_engine(pref, ort_opts(lib, Vec::new(), threads))?;
+                let engine = select_engine(pref, ort_opts(lib, Vec::new(), threads, gpu))?;
                 let (spec, why) = match engine.kind() {
                     EngineKind::Ort => (
                         EngineSpec::Ort(vec![ExecutionProvider::Cpu]),
@@ -112,7 +146,7 @@ pub fn resolve_engine(
                     why: why.into(),
                 })
             }
-            _ => auto_for_board(pref, board, lib, trt_cache, threads),
+            _ => auto_for_board(pref, board, lib, trt_cache, gpu, threads),
         },
     }
 }
@@ -122,6 +156,7 @@ fn auto_for_board(
     board: &str,
     lib: Option<&Path>,
     trt_cache: Option<&Path>,
+    gpu: &GpuOptions,
     threads: usize,
 ) -> Result<ResolvedEngine> {
     use fieldtune_board_profile::{EngineKind as BoardEngine, ExecutionProvider as BoardEp};
@@ -147,7 +182,7 @@ fn auto_for_board(
             why: format!("auto: board {name} puts tract first"),
         });
     }
-    let probe = match OrtEngine::new(ort_opts(lib, Vec::new(), threads)) {
+    let probe = match OrtEngine::new(ort_opts(lib, Vec::new(), threads, &GpuOptions::default())) {
         Ok(e) => e,
         Err(e) if tract_ok && pref != EnginePreference::Ort => {
             return Ok(ResolvedEngine {
@@ -195,7 +230,7 @@ fn auto_for_board(
     );
     drop(probe);
     Ok(ResolvedEngine {
-        engine: Box::new(OrtEngine::new(ort_opts(lib, chain.clone(), threads))?),
+        engine: Box::new(ort_engine(lib, chain.clone(), threads, gpu)?),
         spec: EngineSpec::Ort(chain),
         why,
     })

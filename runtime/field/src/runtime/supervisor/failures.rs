@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use serde_json::json;
 
 use super::{anchor_accuracy, Live, RoundSupervisor};
+use crate::config::Role;
 use crate::error::Result;
 use crate::events::{
     EngineFallback, FailedRound, FieldEvent, ResetToSource, RolledBack, RoundEnded,
@@ -57,6 +58,7 @@ impl RoundSupervisor {
             &spec,
             &self.cfg.budget.board,
             self.serving.plan.trt_cache.as_deref(),
+            &self.serving.plan.gpu_options(Role::Train, ""),
             self.cfg.engine.train_threads,
         )?;
         let (anchors, labels) = self.trainer.anchors();
@@ -105,6 +107,7 @@ impl RoundSupervisor {
         let session = self
             .infer_engine
             .load(&bytes, &self.trainer.model().label("source"))?;
+        super::note_trt(self.infer_engine.as_ref(), &self.events, meta.version);
         let mut reference = self
             .infer_engine
             .load(&bytes, &self.trainer.model().label("gate reference"))?;

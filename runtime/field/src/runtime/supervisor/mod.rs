@@ -29,11 +29,11 @@ use super::roles::{load_primary, Serving, Training};
 use super::state::RunState;
 use super::summary::mib;
 use crate::budget::{lower_thread_priority, Budget, BudgetVerdict};
-use crate::config::RunConfig;
+use crate::config::{Role, RunConfig};
 use crate::error::{FieldError, Result};
 use crate::events::{
     CheckpointQuarantined, Committed, EngineFallback, EventLog, FieldEvent, GatedRound, Paused,
-    Resumed, RolledBack, RoundEnded, RoundStarted, StoppedRound, TriggerIgnored,
+    Resumed, RolledBack, RoundEnded, RoundStarted, StoppedRound, TriggerIgnored, TrtEngine,
 };
 use crate::gate::{decide, probe, GateInput, GateVerdict};
 use crate::recovery::{EpisodeRound, Recovery, RoundOutcome, SettleReason};
@@ -134,6 +134,19 @@ pub(crate) struct RoundSupervisor {
     last_skip_log: Instant,
 }
 
+/// A `trt_engine` event for the session just loaded on `engine`, if TensorRT made it.
+pub(super) fn note_trt(engine: &dyn Engine, events: &EventLog, version: u64) {
+    if let Some(b) = engine.take_trt_build() {
+        events.emit(FieldEvent::TrtEngine(TrtEngine {
+            label: b.label,
+            version,
+            path: b.path.as_str().into(),
+            ms: b.ms,
+            refit: b.refit,
+        }));
+    }
+}
+
 impl SupervisorSetup {
     /// Builds the supervisor; also returns the session to serve first and its checkpoint.
     pub fn start(self) -> Result<(RoundSupervisor, LiveModel, CheckpointMeta)> {
@@ -163,6 +176,7 @@ impl SupervisorSetup {
                 &serving.plan.train,
                 &cfg.budget.board,
                 serving.plan.trt_cache.as_deref(),
+                &serving.plan.gpu_options(Role::Train, ""),
                 cfg.engine.train_threads,
             )
             .map_err(|e| FieldError::Config {
@@ -226,6 +240,7 @@ impl SupervisorSetup {
                 None => return Err(e),
             },
         };
+        note_trt(infer_engine.as_ref(), &events, resumed.meta.version);
         let mut reference = infer_engine.load(&bytes, &model.label("gate reference"))?;
         let anchor_accuracy = anchor_accuracy(reference.as_mut(), &trainer)?;
         tracing::info!(
@@ -531,6 +546,11 @@ impl RoundSupervisor {
         let mut session = self
             .infer_engine
             .load(&bytes, &self.trainer.model().label("candidate"))?;
+        note_trt(
+            self.infer_engine.as_ref(),
+            &self.events,
+            self.live.meta.version + 1,
+        );
         let mcfg = &self.trainer.model().config;
         let (a_imgs, a_labels) = self.trainer.anchors();
         let cand_anchor = probe(session.as_mut(), mcfg, a_imgs, 250)?;
@@ -607,6 +627,7 @@ impl RoundSupervisor {
             .infer_engine
             .load(&bytes, &self.trainer.model().label("gate reference"))?;
         self.swap(session, &bytes, meta.version, rebaseline);
+        super::bound_trt_cache(&self.serving.plan);
         self.state.commits.fetch_add(1, Ordering::Relaxed);
         self.failures = 0;
         tracing::info!(
