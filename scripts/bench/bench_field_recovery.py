@@ -59,6 +59,7 @@ ema_alpha = 0.02
 baseline_frames = 500
 entropy_rise = 0.05
 confidence_drop = 0.01
+drift_sigmas = 6.0
 cooldown_frames = 600
 min_replay = 512
 manual_signal = false

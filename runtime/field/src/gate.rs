@@ -7,7 +7,10 @@
 //! - the predictions have not collapsed: the entropy of the probe's mean prediction falls by at
 //!   most `max_marginal_entropy_drop`, and the new model agrees with the live one on at least
 //!   `min_agreement` of the probe frames (DESIGN.md: an anchor check alone would commit a model
-//!   that predicts one class for every target frame).
+//!   that predicts one class for every target frame). Agreement is waived where the new
+//!   model's marginal entropy exceeds the live one's by more than `agreement_waiver_spread`:
+//!   after a severe shift the live model itself has collapsed onto a few classes, and a
+//!   candidate that repairs it must disagree with it (the anchors still catch a relabelling).
 
 use fieldtune_engine::Session;
 use fieldtune_frames::{to_tensor, Image8, ModelConfig};
@@ -134,6 +137,9 @@ pub struct GateVerdict {
     pub marginal_entropy_after: f64,
     #[serde(deserialize_with = "f64_or_nan")]
     pub agreement: f64,
+    /// The agreement check was waived: the new model's predictions spread over more classes.
+    #[serde(default)]
+    pub agreement_waived: bool,
 }
 
 /// Share of frames with the same class in `a` and `b`.
@@ -183,7 +189,8 @@ pub fn decide(cfg: &GateConfig, input: &GateInput) -> GateVerdict {
         ));
     }
     let agree = agreement(&input.before.classes, &input.after.classes);
-    if !ge(agree, cfg.min_agreement) {
+    let waived = cfg.agreement_waiver_spread > 0.0 && gt(ma - mb, cfg.agreement_waiver_spread);
+    if !waived && !ge(agree, cfg.min_agreement) {
         reasons.push(format!(
             "agrees with the live model on {agree:.3} of the probe, below {}",
             cfg.min_agreement
@@ -201,6 +208,7 @@ pub fn decide(cfg: &GateConfig, input: &GateInput) -> GateVerdict {
         marginal_entropy_before: mb,
         marginal_entropy_after: ma,
         agreement: agree,
+        agreement_waived: waived,
     }
 }
 
@@ -241,6 +249,30 @@ mod tests {
         );
         assert!(v.pass, "{:?}", v.reasons);
         assert_eq!(v.agreement, 0.75);
+    }
+
+    #[test]
+    fn a_candidate_repairing_a_collapsed_live_model_may_disagree_with_it() {
+        // The live model put the shifted probe onto two classes; the candidate spreads it.
+        let mut g = good();
+        g.before = stats(-0.36, 1.59, vec![1, 1, 8, 8]);
+        g.after = stats(-1.49, 2.19, vec![0, 1, 2, 3]);
+        let v = decide(&GateConfig::default(), &g);
+        assert!(v.pass && v.agreement_waived, "{:?}", v.reasons);
+        assert_eq!(v.agreement, 0.25);
+        // Off, or with a spread below the margin: agreement applies.
+        let off = GateConfig {
+            agreement_waiver_spread: 0.0,
+            ..GateConfig::default()
+        };
+        assert!(!decide(&off, &g).pass);
+        g.after.marginal_entropy = 1.7;
+        let v = decide(&GateConfig::default(), &g);
+        assert!(!v.pass && !v.agreement_waived && v.reasons[0].contains("agrees"));
+        // The anchors still refuse a candidate that spreads by relabelling.
+        g.after.marginal_entropy = 2.19;
+        g.anchor_accuracy_after = 0.5;
+        assert!(!decide(&GateConfig::default(), &g).pass);
     }
 
     #[test]

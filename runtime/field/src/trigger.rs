@@ -47,16 +47,51 @@ impl Reason {
 }
 
 /// EMAs of entropy and confidence compared with a baseline measured over the first
-/// `baseline_frames` frames after start and after each commit.
+/// `baseline_frames` frames after start and after each commit. A threshold is the larger of
+/// its fixed floor (`entropy_rise`, `confidence_drop`) and, with `drift_sigmas` > 0, that many
+/// standard deviations of the EMA's own noise on the baseline frames
+/// (`sd * sqrt(alpha / (2 - alpha))`): the same setting then suits a model whose entropy
+/// hardly moves (the digit CNN: 0.0004 nats) and one whose entropy varies by 0.4 nats from
+/// frame to frame (the Fashion-MNIST CNN).
 #[derive(Clone, Debug)]
 pub struct DriftDetector {
     alpha: f64,
     baseline_frames: u64,
     entropy_rise: f64,
     confidence_drop: f64,
+    sigmas: f64,
     ema: Option<(f64, f64)>,
-    acc: (f64, f64, u64),
+    acc: Moments,
     baseline: Option<(f64, f64)>,
+    thresholds: (f64, f64),
+}
+
+/// Sums over the baseline frames: count, entropy, confidence and their squares.
+#[derive(Clone, Copy, Debug, Default)]
+struct Moments {
+    n: u64,
+    h: f64,
+    c: f64,
+    hh: f64,
+    cc: f64,
+}
+
+impl Moments {
+    fn add(&mut self, h: f64, c: f64) {
+        self.n += 1;
+        self.h += h;
+        self.c += c;
+        self.hh += h * h;
+        self.cc += c * c;
+    }
+
+    /// (mean entropy, mean confidence, sd entropy, sd confidence).
+    fn stats(&self) -> (f64, f64, f64, f64) {
+        let n = self.n.max(1) as f64;
+        let (mh, mc) = (self.h / n, self.c / n);
+        let var = |sq: f64, m: f64| (sq / n - m * m).max(0.0);
+        (mh, mc, var(self.hh, mh).sqrt(), var(self.cc, mc).sqrt())
+    }
 }
 
 impl DriftDetector {
@@ -66,9 +101,11 @@ impl DriftDetector {
             baseline_frames: cfg.baseline_frames.max(1),
             entropy_rise: cfg.entropy_rise,
             confidence_drop: cfg.confidence_drop,
+            sigmas: cfg.drift_sigmas,
             ema: None,
-            acc: (0.0, 0.0, 0),
+            acc: Moments::default(),
             baseline: None,
+            thresholds: (cfg.entropy_rise, cfg.confidence_drop),
         }
     }
 
@@ -87,25 +124,33 @@ impl DriftDetector {
         self.ema = Some((h, c));
         match self.baseline {
             None => {
-                self.acc.0 += entropy;
-                self.acc.1 += confidence;
-                self.acc.2 += 1;
-                if self.acc.2 >= self.baseline_frames {
-                    let n = self.acc.2 as f64;
-                    self.baseline = Some((self.acc.0 / n, self.acc.1 / n));
+                self.acc.add(entropy, confidence);
+                if self.acc.n >= self.baseline_frames {
+                    let (mh, mc, sh, sc) = self.acc.stats();
+                    self.baseline = Some((mh, mc));
+                    let noise = (self.alpha / (2.0 - self.alpha)).sqrt() * self.sigmas;
+                    self.thresholds = (
+                        self.entropy_rise.max(noise * sh),
+                        self.confidence_drop.max(noise * sc),
+                    );
                     // Start the EMA from the baseline so that the warm-up does not look like drift.
                     self.ema = self.baseline;
                 }
                 false
             }
-            Some((bh, bc)) => h - bh > self.entropy_rise || bc - c > self.confidence_drop,
+            Some((bh, bc)) => h - bh > self.thresholds.0 || bc - c > self.thresholds.1,
         }
     }
 
     /// Forgets the baseline: the next `baseline_frames` frames measure a new one.
     pub fn rebaseline(&mut self) {
         self.baseline = None;
-        self.acc = (0.0, 0.0, 0);
+        self.acc = Moments::default();
+    }
+
+    /// (entropy rise, confidence drop) that count as drift against the current baseline.
+    pub fn thresholds(&self) -> (f64, f64) {
+        self.thresholds
     }
 
     /// (EMA entropy, EMA confidence).
@@ -238,6 +283,49 @@ mod tests {
             confidence_drop: 0.05,
             ..RoundTriggerConfig::default()
         }
+    }
+
+    #[test]
+    fn drift_sigmas_scale_the_thresholds_to_the_baselines_noise() {
+        // A noisy model (entropy varying by +-0.4 nats frame to frame) under thresholds made
+        // for a quiet one: fixed floors fire on noise, sigmas do not, and both see a real shift.
+        let noisy = |i: u64| {
+            // splitmix64 of the frame number: independent uniform draws in [0, 1).
+            let mut z = i.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            let u = (z ^ (z >> 31)) as f64 / 2f64.powi(64);
+            (0.45 + 0.8 * (u - 0.5), 0.85 - 0.3 * (u - 0.5))
+        };
+        let run = |sigmas: f64| {
+            let mut d = DriftDetector::new(&RoundTriggerConfig {
+                ema_alpha: 0.02,
+                baseline_frames: 500,
+                entropy_rise: 0.05,
+                confidence_drop: 0.01,
+                drift_sigmas: sigmas,
+                ..RoundTriggerConfig::default()
+            });
+            let false_alarm = (0..3000).any(|i| d.observe(noisy(i).0, noisy(i).1));
+            d.rebaseline();
+            (500..1000).for_each(|i| {
+                d.observe(noisy(i).0, noisy(i).1);
+            });
+            let shift = (1000..1300).position(|i| d.observe(noisy(i).0 + 0.9, noisy(i).1 - 0.3));
+            (false_alarm, shift, d.thresholds())
+        };
+        let (fa, shift, _) = run(0.0);
+        assert!(
+            fa && shift.is_some(),
+            "fixed floors: false alarm {fa}, shift {shift:?}"
+        );
+        let (fa, shift, (th, tc)) = run(6.0);
+        assert!(!fa, "6 sigmas fired on noise (thresholds {th}, {tc})");
+        assert!(th > 0.05 && tc > 0.01, "the floors were raised: {th}, {tc}");
+        assert!(
+            matches!(shift, Some(k) if k < 100),
+            "shift seen after {shift:?} frames"
+        );
     }
 
     #[test]

@@ -210,6 +210,9 @@ pub struct RoundTriggerConfig {
     pub entropy_rise: f64,
     /// Drift when baseline confidence - EMA(confidence) exceeds this.
     pub confidence_drop: f64,
+    /// With > 0, each drift threshold is at least this many standard deviations of the EMA's
+    /// noise on the baseline frames (0: the fixed thresholds alone).
+    pub drift_sigmas: f64,
     /// A round every this many seconds (0: off).
     pub every_seconds: f64,
     /// Rounds at these UTC times of day, "HH:MM".
@@ -231,6 +234,7 @@ impl Default for RoundTriggerConfig {
             baseline_frames: 300,
             entropy_rise: 0.05,
             confidence_drop: 0.02,
+            drift_sigmas: 0.0,
             every_seconds: 0.0,
             daily_utc: Vec::new(),
             manual_signal: true,
@@ -337,6 +341,11 @@ pub struct GateConfig {
     pub min_objective_gain: f64,
     /// Share of probe frames on which the new model agrees with the live one.
     pub min_agreement: f64,
+    /// The agreement check is waived when the new model's probe marginal entropy exceeds the
+    /// live model's by more than this (nats): the live model has collapsed onto a few classes
+    /// on this scene, so its predictions are no reference (anchors, objective and collapse
+    /// checks still apply). 0: never waived.
+    pub agreement_waiver_spread: f64,
     /// The entropy of the probe's mean prediction may fall by at most this (nats): guards
     /// against collapse onto a few classes.
     pub max_marginal_entropy_drop: f64,
@@ -354,6 +363,7 @@ impl Default for GateConfig {
             max_anchor_drop: 0.01,
             min_objective_gain: 0.0,
             min_agreement: 0.7,
+            agreement_waiver_spread: 0.25,
             max_marginal_entropy_drop: 0.2,
             max_failures: 3,
             no_gain_tolerance: 0.02,

@@ -159,6 +159,9 @@ impl RunConfig {
             return bad("replay.probe_fraction", "must be in (0, 0.9)");
         }
         let t = &self.trigger;
+        if !(t.drift_sigmas >= 0.0 && t.drift_sigmas <= 1000.0) {
+            return bad("trigger.drift_sigmas", "must be in [0, 1000]");
+        }
         if !(t.ema_alpha > 0.0 && t.ema_alpha <= 1.0) {
             return bad("trigger.ema_alpha", "must be in (0, 1]");
         }
@@ -227,6 +230,9 @@ impl RunConfig {
         let g = &self.gate;
         if !ge(g.max_anchor_drop, 0.0) {
             return bad("gate.max_anchor_drop", "must be >= 0");
+        }
+        if !(g.agreement_waiver_spread >= 0.0 && g.agreement_waiver_spread <= 10.0) {
+            return bad("gate.agreement_waiver_spread", "must be in 0..=10 (nats)");
         }
         if !(0.0..=1.0).contains(&g.min_agreement) {
             return bad("gate.min_agreement", "must be in 0..=1");
