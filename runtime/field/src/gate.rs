@@ -138,7 +138,7 @@ pub struct GateVerdict {
     #[serde(deserialize_with = "f64_or_nan")]
     pub agreement: f64,
     /// The agreement check was waived: the new model's predictions spread over more classes.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub agreement_waived: bool,
 }
 
