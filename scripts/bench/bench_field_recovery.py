@@ -16,6 +16,9 @@ scored on them.
 Usage (from the repository root, after `cargo build --release`):
   python3 scripts/bench/bench_field_recovery.py [--streams digits,fmnist] [--seeds 0,1,2]
       [--engines ort,tract] [--fps 100] [--no-offline] [--quick] [--out FILE]
+      [--set SECTION.KEY=VALUE ...] [--keep DIR]
+--set: overrides or adds one key of the run config (a TOML value: --set recovery.arm_frames=64),
+for policy sweeps; the table's rows say which overrides ran.
 --quick: the CI subset (digits, seed 0, first engine, 800 + 1,500 frames at 200 fps, no
 offline); it checks that an episode opened and that its first round trained on post-shift
 frames only. Writes scripts/bench/results/field_recovery.json (or --out) and prints a table.
@@ -78,6 +81,25 @@ min_agreement = 0.7
 inference = "{engine}"
 train = "{engine}"
 """
+
+
+def with_overrides(config: str, sets: list[str]) -> str:
+    """`config` with each SECTION.KEY=VALUE of `sets` replacing that key, or added to its section
+    (a section that is missing is appended)."""
+    lines = config.splitlines()
+    for item in sets:
+        path, sep, value = item.partition("=")
+        section, dot, key = path.strip().rpartition(".")
+        if not sep or not dot or not key:
+            sys.exit(f"--set {item!r}: expected SECTION.KEY=VALUE")
+        header = f"[{section}]"
+        if header not in lines:
+            lines += [header]
+        at = lines.index(header) + 1
+        end = next((i for i in range(at, len(lines)) if lines[i].startswith("[")), len(lines))
+        lines = [l for i, l in enumerate(lines) if not (at <= i < end and l.split("=")[0].strip() == key)]
+        lines.insert(at, f"{key} = {value.strip()}")
+    return "\n".join(lines) + "\n"
 
 
 def class_files(folder: Path):
@@ -150,7 +172,7 @@ def offline(engine, model, seg_dir, seed, work):
     return 100.0 * a["accuracy_after"]
 
 
-def one(stream, seed, engine, fps, quick, with_offline, work):
+def one(stream, seed, engine, fps, quick, with_offline, work, sets=()):
     model, segs = STREAMS[stream]
     if quick:
         segs = [(segs[0][0], 800, 1), (segs[1][0], 1500, 1)]
@@ -163,15 +185,16 @@ def one(stream, seed, engine, fps, quick, with_offline, work):
         start += n
     state, pred = work / "state", work / "pred.jsonl"
     cfg = work / "run.toml"
-    cfg.write_text(RUN_CONFIG.format(
+    cfg.write_text(with_overrides(RUN_CONFIG.format(
         model=ROOT / model, state=state, seed=seed, fps=fps, pred=pred,
         engine="tract" if engine == "tract" else "ort:cpu",
-        paths=", ".join(f'"{d}"' for d in folders)))
+        paths=", ".join(f'"{d}"' for d in folders)), list(sets)))
     run([BIN, "run", "--config", cfg])
     rows = [json.loads(l) for l in pred.read_text().splitlines()]
     events = [json.loads(l) for l in (state / "events.jsonl").read_text().splitlines()]
     summary = json.loads((state / "summary.json").read_text())
     result = {"stream": stream, "seed": seed, "engine": engine, "fps": fps, "shifts": [],
+              "overrides": list(sets),
               "p99_ratio": summary.get("p99_ratio"),
               "p99_idle_ms": summary["latency_idle"]["p99_ms"],
               "p99_rounds_ms": summary["latency_during_rounds"]["p99_ms"]}
@@ -208,6 +231,10 @@ def main():
     ap.add_argument("--fps", type=float, default=100.0)
     ap.add_argument("--no-offline", action="store_true")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="override a key of the run config (repeatable)")
+    ap.add_argument("--keep", metavar="DIR", help="copy each run's events.jsonl, summary.json, "
+                    "predictions and run config to DIR/STREAM-ENGINE-SEED")
     ap.add_argument("--out", help="results file (default scripts/bench/results/field_recovery.json; "
                     "--quick: a temporary file)")
     a = ap.parse_args()
@@ -225,7 +252,13 @@ def main():
         for engine in engines:
             for seed in seeds:
                 with tempfile.TemporaryDirectory() as t:
-                    r = one(stream, seed, engine, a.fps, a.quick, not a.no_offline, Path(t))
+                    r = one(stream, seed, engine, a.fps, a.quick, not a.no_offline, Path(t), a.set)
+                    if a.keep:
+                        kept = Path(a.keep) / f"{stream}-{engine}-{seed}"
+                        shutil.rmtree(kept, ignore_errors=True)
+                        kept.mkdir(parents=True)
+                        for f in ("state/events.jsonl", "state/summary.json", "pred.jsonl", "run.toml"):
+                            shutil.copy(Path(t) / f, kept / Path(f).name)
                 results.append(r)
                 for s in r["shifts"]:
                     print(f"{stream:6} {engine:5} seed {seed}  {s['to']:34} first1500 {s['first_1500']:6.2f}  "
@@ -233,6 +266,8 @@ def main():
                           f"to-within-2 {s.get('frames_to_within_2')}  rounds {s['rounds']} commits {s['commits']}  "
                           f"episode@{s['episode_frame']} first-commit@{s['first_commit_frame']}  "
                           f"p99 ratio {r['p99_ratio']:.2f}", flush=True)
+    if a.set:
+        print(f"overrides: {' '.join(a.set)}")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(results, indent=1))
     # Mean over seeds per (stream, engine, shift).

@@ -9,8 +9,9 @@
 //! - A round that commits with a gain of at least `min_gain` is followed at once by the next;
 //!   its optimizer state and step count carry over (`carry_optimizer`).
 //! - A rolled-back round is retried, from the live weights and a fresh optimizer state, once
-//!   `arm_frames` more post-trigger frames have arrived (a bigger training set and probe), up
-//!   to `max_rollbacks` in a row.
+//!   `arm_frames` frames have arrived since it started (a fresher, and until the replay's
+//!   recent part is full a bigger, training set and probe), up to `max_rollbacks` in a row.
+//!   The wait counts arrivals, not frames held: a full replay holds no more frames later.
 //! - A round that commits with less gain, the `max_rollbacks`-th rollback in a row, a failed
 //!   round, or the `max_rounds`-th round settles the episode: only then does the drift
 //!   detector measure a new baseline.
@@ -38,10 +39,11 @@ pub struct Episode {
     pub last_gain: Option<f64>,
     /// Rolled-back rounds in a row.
     pub rollbacks: u32,
-    /// Post-trigger frames the replay must hold before the next round starts.
-    pub wait_for: usize,
-    /// Post-trigger frames held when the last round started.
-    held_at_start: usize,
+    /// The next round waits until a frame numbered this or later has arrived (a retry after
+    /// a rollback: `arm_frames` after the rolled-back round started; 0 otherwise).
+    pub retry_at: u64,
+    /// Newest frame number when the last round started.
+    newest_at_start: u64,
 }
 
 /// What the supervisor runs next for the open episode.
@@ -142,18 +144,20 @@ impl Recovery {
             steps: 0,
             last_gain: None,
             rollbacks: 0,
-            wait_for: self.cfg.arm_frames as usize,
-            held_at_start: 0,
+            retry_at: 0,
+            newest_at_start: frame,
         });
         true
     }
 
-    /// The episode's next round, if one is open and the replay holds `held` frames of it:
-    /// the first round needs `arm_frames`, a retry after a rollback `arm_frames` more than
-    /// the rolled-back round had; a round after a commit starts at once.
-    pub fn due(&self, held: usize) -> Option<EpisodeRound> {
+    /// The episode's next round, if one is open, the replay holds `held` of its frames and
+    /// `newest` is the newest frame number: the first round needs `arm_frames` held, a retry
+    /// after a rollback also `arm_frames` arrivals since the rolled-back round started; a
+    /// round after a commit starts at once.
+    pub fn due(&self, held: usize, newest: u64) -> Option<EpisodeRound> {
         let e = self.episode.as_ref()?;
-        if held < e.wait_for {
+        let first_or_retry = e.commits == 0 || e.rollbacks > 0;
+        if (first_or_retry && held < self.cfg.arm_frames as usize) || newest < e.retry_at {
             return None;
         }
         Some(EpisodeRound {
@@ -164,11 +168,11 @@ impl Recovery {
         })
     }
 
-    /// The episode's round started with `held` post-trigger frames in the replay.
-    pub fn round_started(&mut self, held: usize) {
+    /// The episode's round started when the newest frame was numbered `newest`.
+    pub fn round_started(&mut self, newest: u64) {
         if let Some(e) = &mut self.episode {
             e.rounds += 1;
-            e.held_at_start = held;
+            e.newest_at_start = newest;
         }
     }
 
@@ -179,7 +183,7 @@ impl Recovery {
             RoundOutcome::Committed { gain, steps } => {
                 e.commits += 1;
                 e.rollbacks = 0;
-                e.wait_for = 0;
+                e.retry_at = 0;
                 e.last_gain = Some(gain);
                 e.warm = self.cfg.carry_optimizer;
                 e.steps = if e.warm { e.steps + steps } else { 0 };
@@ -195,7 +199,7 @@ impl Recovery {
                 e.rollbacks += 1;
                 e.warm = false;
                 e.steps = 0;
-                e.wait_for = e.held_at_start + self.cfg.arm_frames as usize;
+                e.retry_at = e.newest_at_start.saturating_add(self.cfg.arm_frames);
                 if e.rollbacks >= self.cfg.max_rollbacks {
                     Some(SettleReason::RolledBack)
                 } else if e.rounds >= self.cfg.max_rounds {
@@ -249,11 +253,15 @@ mod tests {
     #[test]
     fn the_first_round_waits_for_post_trigger_frames_then_rounds_chain() {
         let mut r = Recovery::new(&cfg());
-        assert_eq!(r.due(10_000), None, "no episode, no round");
+        assert_eq!(r.due(10_000, u64::MAX), None, "no episode, no round");
         assert!(r.open(5_000));
         assert!(!r.open(5_050), "one episode at a time");
-        assert_eq!(r.due(99), None, "armed: waits for 100 post-trigger frames");
-        let first = r.due(100).unwrap();
+        assert_eq!(
+            r.due(99, u64::MAX),
+            None,
+            "armed: waits for 100 post-trigger frames"
+        );
+        let first = r.due(100, u64::MAX).unwrap();
         assert_eq!(
             first,
             EpisodeRound {
@@ -266,11 +274,11 @@ mod tests {
         r.round_started(1_000);
         assert_eq!(r.after_round(committed(0.05)), None, "a clear gain chains");
         // The chained round starts at once and carries the optimizer state and step count.
-        let second = r.due(0).unwrap();
+        let second = r.due(0, u64::MAX).unwrap();
         assert_eq!((second.index, second.carry), (2, Some(20)));
         r.round_started(1_000);
         assert_eq!(r.after_round(committed(0.02)), None);
-        assert_eq!(r.due(0).unwrap().carry, Some(40));
+        assert_eq!(r.due(0, u64::MAX).unwrap().carry, Some(40));
     }
 
     #[test]
@@ -280,7 +288,7 @@ mod tests {
         let gains = [0.2, 0.08, 0.03, 0.009, 0.5];
         let mut settled = None;
         for (i, g) in gains.iter().enumerate() {
-            assert!(r.due(1_000).is_some(), "round {}", i + 1);
+            assert!(r.due(1_000, u64::MAX).is_some(), "round {}", i + 1);
             r.round_started(1_000);
             settled = r.after_round(committed(*g));
             if settled.is_some() {
@@ -291,7 +299,7 @@ mod tests {
         assert_eq!(s.reason, SettleReason::NoGain);
         assert_eq!((s.episode.rounds, s.episode.commits), (4, 4));
         assert_eq!(s.episode.last_gain, Some(0.009));
-        assert!(r.episode().is_none() && r.due(1_000).is_none());
+        assert!(r.episode().is_none() && r.due(1_000, u64::MAX).is_none());
         // A NaN gain never chains.
         r.open(10);
         r.round_started(1_000);
@@ -333,7 +341,7 @@ mod tests {
         r.round_started(1_000);
         r.after_round(committed(0.5));
         r.train_step_changed();
-        assert_eq!(r.due(0).unwrap().carry, None);
+        assert_eq!(r.due(0, u64::MAX).unwrap().carry, None);
         let mut r = Recovery::new(&RecoveryConfig {
             carry_optimizer: false,
             ..cfg()
@@ -341,7 +349,7 @@ mod tests {
         r.open(0);
         r.round_started(1_000);
         r.after_round(committed(0.5));
-        assert_eq!(r.due(0).unwrap().carry, None);
+        assert_eq!(r.due(0, u64::MAX).unwrap().carry, None);
         // Off: no episode opens.
         let mut r = Recovery::new(&RecoveryConfig {
             enabled: false,
@@ -351,29 +359,39 @@ mod tests {
     }
 
     #[test]
-    fn a_rolled_back_round_is_retried_on_more_frames() {
+    fn a_rolled_back_round_is_retried_after_arm_frames_arrivals() {
         let mut r = Recovery::new(&RecoveryConfig {
             max_rollbacks: 2,
             ..cfg()
         });
         r.open(0);
-        assert!(r.due(150).is_some());
+        assert!(r.due(150, 150).is_some());
         r.round_started(150);
         r.after_round(committed(0.5));
+        // A chained round starts at once, whatever arrived.
+        assert!(r.due(0, 150).is_some());
         r.round_started(400);
         assert_eq!(
             r.after_round(RoundOutcome::RolledBack),
             None,
             "one retry left"
         );
-        assert_eq!(r.due(499), None, "waits for arm_frames more frames");
-        let retry = r.due(500).unwrap();
+        // The replay is full (it holds 400 of the episode's frames and never more): the
+        // retry waits for arm_frames arrivals since the rolled-back round started, not for
+        // more frames held.
+        assert_eq!(r.due(400, 499), None, "waits for arm_frames more frames");
+        let retry = r.due(400, 500).unwrap();
         assert_eq!((retry.index, retry.carry), (3, None), "fresh optimizer");
         r.round_started(500);
         // A commit clears the count; two rollbacks in a row settle.
         r.after_round(committed(0.5));
         r.round_started(600);
         assert_eq!(r.after_round(RoundOutcome::RolledBack), None);
+        assert_eq!(
+            r.due(50, 10_000),
+            None,
+            "a retry also needs arm_frames held"
+        );
         r.round_started(700);
         let s = r.after_round(RoundOutcome::RolledBack).unwrap();
         assert_eq!(s.reason, SettleReason::RolledBack);

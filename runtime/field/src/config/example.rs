@@ -61,7 +61,7 @@ enabled = true
 arm_frames = 256                    # post-trigger frames before the first round
 min_gain = 0.002                    # a committed round gaining less ends the episode (nats)
 max_rounds = 30                     # rounds per episode at most
-max_rollbacks = 2                   # rollbacks in a row that end it (retries wait for more frames)
+max_rollbacks = 2                   # rollbacks in a row that end it (a retry waits for arm_frames new frames)
 round_steps = 0                     # steps of an episode round (0: [adapt] steps)
 carry_optimizer = true              # optimizer state carries across the episode's rounds
 

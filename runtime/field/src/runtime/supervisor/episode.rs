@@ -36,7 +36,8 @@ impl RoundSupervisor {
         None
     }
 
-    /// The open episode's next round, once the replay holds enough of its frames.
+    /// The open episode's next round, once the replay holds enough of its frames (and, for
+    /// a retry, enough have arrived since the rolled-back round).
     pub(super) fn episode_round_due(&self) -> Option<EpisodeRound> {
         let since = self.recovery.episode()?.since;
         let held = self
@@ -44,7 +45,8 @@ impl RoundSupervisor {
             .lock()
             .map(|r| r.count_since(since))
             .unwrap_or(0);
-        self.recovery.due(held)
+        let newest = self.state.last_frame_id.load(Ordering::Relaxed);
+        self.recovery.due(held, newest)
     }
 
     /// Closes the open episode, if any, for `reason`.

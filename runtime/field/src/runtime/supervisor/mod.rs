@@ -416,7 +416,6 @@ impl RoundSupervisor {
             }
         };
         let oldest_frame = snapshot.oldest();
-        let snapshot_len = snapshot.len();
         // Every k-th frame is held out as the probe that judges the unlabeled objective.
         let k = (1.0 / self.cfg.replay.probe_fraction).round().max(2.0) as usize;
         let (mut train, mut probe_set) = (Vec::new(), Vec::new());
@@ -440,7 +439,8 @@ impl RoundSupervisor {
             episode_round: episode.map(|e| e.index),
         }));
         if episode.is_some() {
-            self.recovery.round_started(snapshot_len);
+            self.recovery
+                .round_started(self.state.last_frame_id.load(Ordering::Relaxed));
         }
         let plan = RoundPlan {
             steps: episode.and_then(|e| e.steps),
