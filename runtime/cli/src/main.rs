@@ -54,8 +54,8 @@ enum Command {
     /// Serve a model on a frame stream and adapt it in the background (gated, checkpointed).
     #[command(long_about = commands::run::RUN_ABOUT, after_help = commands::run::RUN_AFTER)]
     Run(commands::run::RunArgs),
-    /// Draw a run's event log as a PNG (accuracy, entropy, mask rate, latency; commits and
-    /// rollbacks marked).
+    /// Draw a run's event log as a PNG and print its figures per model version (accuracy,
+    /// entropy with the drift limit, latency, mask rate; triggers, rounds, commits marked).
     Report(commands::report::ReportArgs),
     /// Time the train step and inference of a model on one engine, with peak memory.
     #[command(long_about = commands::bench::BENCH_ABOUT)]

@@ -156,6 +156,12 @@ pub struct Stats {
     pub output_dropped: u64,
     #[serde(deserialize_with = "f64_or_nan")]
     pub rss_mb: f64,
+    /// The drift limit on `ema_entropy` (baseline + threshold), once a baseline is measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift_entropy_limit: Option<f64>,
+    /// The drift limit on `ema_confidence` (baseline - threshold), once a baseline is measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift_confidence_limit: Option<f64>,
 }
 
 /// `trigger`: why a manual trigger was ignored.

@@ -1,11 +1,16 @@
-//! `fieldtune report`: the event log drawn as a PNG. Panels, over wall time: live accuracy
-//! (when frames carry labels), prediction entropy (window mean and the drift EMA), the
-//! rounds' confidence-mask rate, inference latency (p50, p99); commits are marked by green
-//! lines, rollbacks by red ones, resets to the source by orange ones, (re)starts by grey ones.
+//! `fieldtune report`: the event log drawn as a PNG, answering "did adapting help?". Under
+//! the title, a line per live model version (frames served, live accuracy where frames carry
+//! labels, otherwise mean confidence and entropy) and a legend of the markers. Panels, over
+//! wall time and sized by what they hold: live accuracy (with the version that went live at
+//! each commit), prediction entropy (window mean, the drift EMA and the drift limit it must
+//! cross), inference latency (p50, p99), the rounds' confidence-mask rate. Vertical markers:
+//! drift triggers, round starts, commits, rollbacks, resets to the source, (re)starts.
 //!
 //! Drawing uses plotters' bitmap backend; text needs a TrueType font read at run time (no
 //! font is compiled in): `--font FILE`, `FIELDTUNE_FONT`, or DejaVu Sans / Liberation Sans
 //! from their usual Linux locations (Debian: `apt-get install fonts-dejavu-core`).
+
+mod timeline;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -14,7 +19,8 @@ use plotters::prelude::*;
 use plotters::style::{register_font, FontStyle};
 
 use crate::error::{FieldError, Result};
-use crate::events::{read_events, Event, FieldEvent, RoundEnded};
+use crate::events::read_events;
+pub use timeline::{timeline, version_line, Mark, Series, Timeline, VersionFigures};
 
 /// Fonts tried after `--font` and `FIELDTUNE_FONT`.
 pub const FONT_CANDIDATES: &[&str] = &[
@@ -67,6 +73,7 @@ pub struct ReportSummary {
     pub events: usize,
     pub skipped_lines: usize,
     pub starts: usize,
+    pub triggers: usize,
     pub rounds: usize,
     pub commits: usize,
     pub rollbacks: usize,
@@ -74,16 +81,20 @@ pub struct ReportSummary {
     pub stats: usize,
     pub first_accuracy: Option<f64>,
     pub last_accuracy: Option<f64>,
+    /// Figures per live model version, in version order.
+    pub versions: Vec<VersionFigures>,
 }
 
-fn rel_s(e: &Event, t0: u64) -> f64 {
-    e.t_ms.saturating_sub(t0) as f64 / 1000.0
+/// A panel: title, (series, colour, legend) lines, a floor of its y range, its share of the
+/// height, and what it says when it has no data.
+struct Panel<'a> {
+    name: &'a str,
+    lines: Vec<(&'a Series, RGBColor, &'a str)>,
+    floor: Option<f64>,
+    weight: f64,
+    empty: &'a str,
+    dots: bool,
 }
-
-type Series = Vec<(f64, f64)>;
-
-/// A panel: title, (series, colour, legend) lines, and a floor of its y range.
-type Panel<'a> = (&'a str, Vec<(&'a Series, RGBColor, &'a str)>, Option<f64>);
 
 fn range(series: &[&Series], floor: Option<f64>) -> (f64, f64) {
     let vals = series
@@ -107,6 +118,45 @@ fn range(series: &[&Series], floor: Option<f64>) -> (f64, f64) {
     (lo - pad, hi + pad)
 }
 
+/// The marker colours (a commit's green is what the tests look for).
+fn mark_color(m: Mark) -> RGBColor {
+    match m {
+        Mark::Start => RGBColor(150, 150, 150),
+        Mark::Trigger => RGBColor(130, 0, 200),
+        Mark::RoundStart => RGBColor(140, 180, 230),
+        Mark::Commit => RGBColor(0, 150, 0),
+        Mark::Rollback => RGBColor(210, 0, 0),
+        Mark::Reset => RGBColor(230, 130, 0),
+    }
+}
+
+/// The per-version line of the PNG: every version when few, else the first and the last
+/// three.
+fn versions_text(versions: &[VersionFigures]) -> String {
+    let one = |v: &VersionFigures| match v.accuracy {
+        Some(a) => format!("v{} {:.2}% ({} frames)", v.version, 100.0 * a, v.frames),
+        None => format!(
+            "v{} conf {:.3}, entropy {:.3} ({} frames)",
+            v.version, v.mean_confidence, v.mean_entropy, v.frames
+        ),
+    };
+    let parts: Vec<String> = if versions.len() <= 5 {
+        versions.iter().map(one).collect()
+    } else {
+        let n = versions.len();
+        std::iter::once(one(&versions[0]))
+            .chain(std::iter::once(format!("... {} more ...", n - 4)))
+            .chain(versions[n - 3..].iter().map(one))
+            .collect()
+    };
+    let what = if versions.iter().any(|v| v.accuracy.is_some()) {
+        "live accuracy per version"
+    } else {
+        "per version (no labels)"
+    };
+    format!("{what}: {}", parts.join("  |  "))
+}
+
 /// Reads `events` and writes the PNG report to `out` (`width` x `height` pixels).
 pub fn render(
     events_path: &Path,
@@ -124,61 +174,22 @@ pub fn render(
         });
     }
     ensure_font(font, out)?;
-    let t0 = events[0].t_ms;
-    let t_end = events.last().map_or(1.0, |e| rel_s(e, t0)).max(1.0);
-    let mut s = ReportSummary {
+    let tl = timeline(&events);
+    let s = ReportSummary {
         events: events.len(),
         skipped_lines: skipped,
-        ..ReportSummary::default()
+        starts: tl.count(Mark::Start),
+        triggers: tl.count(Mark::Trigger),
+        rounds: tl.rounds,
+        commits: tl.count(Mark::Commit),
+        rollbacks: tl.count(Mark::Rollback),
+        resets: tl.count(Mark::Reset),
+        stats: tl.stats,
+        first_accuracy: tl.accuracy.first().map(|p| p.1),
+        last_accuracy: tl.accuracy.last().map(|p| p.1),
+        versions: tl.versions.clone(),
     };
-    let (mut acc, mut ent, mut ema, mut mask, mut p50, mut p99) = (
-        Series::new(),
-        Series::new(),
-        Series::new(),
-        Series::new(),
-        Series::new(),
-        Series::new(),
-    );
-    let (mut commits, mut rollbacks, mut resets, mut starts) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    // A number the log wrote as null (non-finite) reads as NaN and is not drawn.
-    let point = |series: &mut Series, t: f64, v: f64| {
-        if v.is_finite() {
-            series.push((t, v));
-        }
-    };
-    for e in &events {
-        let t = rel_s(e, t0);
-        match e.typed() {
-            Some(FieldEvent::Stats(st)) => {
-                s.stats += 1;
-                if let Some(a) = st.accuracy {
-                    acc.push((t, a));
-                }
-                point(&mut ent, t, st.entropy);
-                point(&mut ema, t, st.ema_entropy);
-                point(&mut p50, t, st.latency_p50_ms);
-                point(&mut p99, t, st.latency_p99_ms);
-            }
-            Some(FieldEvent::RoundEnded(r)) => {
-                s.rounds += 1;
-                if let RoundEnded::Gated(g) = r {
-                    if let Some(v) = g.mask_rate {
-                        mask.push((t, v));
-                    }
-                }
-            }
-            Some(FieldEvent::Committed(_)) => commits.push(t),
-            Some(FieldEvent::RolledBack(_)) => rollbacks.push(t),
-            Some(FieldEvent::ResetToSource(_)) => resets.push(t),
-            Some(FieldEvent::Started(_)) => starts.push(t),
-            _ => {}
-        }
-    }
-    (s.commits, s.rollbacks, s.resets, s.starts) =
-        (commits.len(), rollbacks.len(), resets.len(), starts.len());
-    s.first_accuracy = acc.first().map(|p| p.1);
-    s.last_accuracy = acc.last().map(|p| p.1);
+    let t_end = tl.end_s.max(1.0);
 
     let mut buf = vec![0u8; width as usize * height as usize * 3];
     {
@@ -189,7 +200,7 @@ pub fn render(
         let root = BitMapBackend::with_buffer(&mut buf, (width, height)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| draw_err(&e))?;
         let title = format!(
-            "{} - {} rounds: {} committed, {} rolled back, {} resets",
+            "{} - {} rounds: {} committed, {} rolled back, {} resets; {} drift triggers",
             events_path
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
@@ -197,88 +208,167 @@ pub fn render(
             s.rounds,
             s.commits,
             s.rollbacks,
-            s.resets
+            s.resets,
+            s.triggers
         );
         let root = root
             .titled(&title, ("sans-serif", 22))
             .map_err(|e| draw_err(&e))?;
-        let panels = root.split_evenly((4, 1));
-        let marks = [
-            (&starts, RGBColor(150, 150, 150)),
-            (&commits, RGBColor(0, 150, 0)),
-            (&rollbacks, RGBColor(210, 0, 0)),
-            (&resets, RGBColor(230, 130, 0)),
+        // Under the title: the versions' figures, then the markers' legend.
+        let (head, body) = root.split_vertically(52);
+        let text = ("sans-serif", 14).into_font().color(&BLACK);
+        head.draw(&Text::new(
+            versions_text(&s.versions),
+            (12, 4),
+            text.clone(),
+        ))
+        .map_err(|e| draw_err(&e))?;
+        let mut x = 12;
+        for m in Mark::ALL {
+            if tl.count(m) == 0 {
+                continue;
+            }
+            let c = mark_color(m);
+            head.draw(&PathElement::new(
+                [(x, 28), (x, 44)],
+                c.stroke_width(if m == Mark::RoundStart { 1 } else { 2 }),
+            ))
+            .map_err(|e| draw_err(&e))?;
+            head.draw(&Text::new(m.label(), (x + 6, 29), text.clone()))
+                .map_err(|e| draw_err(&e))?;
+            x += 16 + 8 * m.label().len() as i32;
+        }
+
+        let labeled = !tl.accuracy.is_empty();
+        let limit_lines: Vec<(&Series, RGBColor, &str)> = tl
+            .entropy_limit
+            .iter()
+            .map(|run| {
+                (
+                    run,
+                    RGBColor(230, 130, 0),
+                    "drift limit (baseline + threshold)",
+                )
+            })
+            .collect();
+        let mut entropy_lines = vec![
+            (&tl.entropy, BLUE, "window mean"),
+            (&tl.ema_entropy, MAGENTA, "EMA (drift trigger)"),
         ];
-        let specs: [Panel<'_>; 4] = [
-            (
-                "live accuracy",
-                vec![(&acc, BLUE, "accuracy (labeled frames)")],
-                None,
-            ),
-            (
-                "prediction entropy (nats)",
-                vec![
-                    (&ent, BLUE, "window mean"),
-                    (&ema, MAGENTA, "EMA (drift trigger)"),
-                ],
-                Some(0.0),
-            ),
-            (
-                "round mask rate",
-                vec![(&mask, BLUE, "confidence-mask rate")],
-                Some(0.0),
-            ),
-            (
-                "inference latency (ms)",
-                vec![(&p50, BLUE, "p50"), (&p99, RED, "p99")],
-                Some(0.0),
-            ),
+        entropy_lines.extend(limit_lines);
+        let panels = [
+            Panel {
+                name: "live accuracy",
+                lines: vec![(&tl.accuracy, BLUE, "accuracy (labeled frames)")],
+                floor: None,
+                weight: if labeled { 3.0 } else { 1.0 },
+                empty: "no labeled frames in this log",
+                dots: false,
+            },
+            Panel {
+                name: "prediction entropy (nats)",
+                lines: entropy_lines,
+                floor: Some(0.0),
+                weight: 3.0,
+                empty: "no data",
+                dots: false,
+            },
+            Panel {
+                name: "inference latency (ms)",
+                lines: vec![(&tl.p50, BLUE, "p50"), (&tl.p99, RED, "p99")],
+                floor: Some(0.0),
+                weight: 2.0,
+                empty: "no data",
+                dots: false,
+            },
+            Panel {
+                name: "round mask rate",
+                lines: vec![(&tl.mask_rate, BLUE, "confidence-mask rate")],
+                floor: Some(0.0),
+                weight: if tl.mask_rate.len() > 2 { 1.5 } else { 1.0 },
+                empty: "no gated rounds",
+                dots: true,
+            },
         ];
-        for (area, (name, lines, floor)) in panels.iter().zip(specs) {
-            let all: Vec<&Series> = lines.iter().map(|l| l.0).collect();
-            let (lo, hi) = range(&all, floor);
-            let mut chart = ChartBuilder::on(area)
-                .margin(8)
-                .caption(name, ("sans-serif", 16))
-                .x_label_area_size(28)
+        let total: f64 = panels.iter().map(|p| p.weight).sum();
+        let body_h = body.dim_in_pixel().1 as f64;
+        let mut rest = body;
+        for (i, panel) in panels.iter().enumerate() {
+            let area = if i + 1 == panels.len() {
+                rest.clone()
+            } else {
+                let (a, b) = rest.split_vertically((body_h * panel.weight / total) as u32);
+                rest = b;
+                a
+            };
+            let all: Vec<&Series> = panel.lines.iter().map(|l| l.0).collect();
+            let (lo, hi) = range(&all, panel.floor);
+            let mut chart = ChartBuilder::on(&area)
+                .margin(6)
+                .caption(panel.name, ("sans-serif", 15))
+                .x_label_area_size(26)
                 .y_label_area_size(60)
                 .build_cartesian_2d(0f64..t_end, lo..hi)
                 .map_err(|e| draw_err(&e))?;
             chart
                 .configure_mesh()
                 .x_desc("seconds")
+                .y_labels(if panel.weight < 2.0 { 3 } else { 10 })
                 .light_line_style(WHITE.mix(0.0))
                 .label_style(("sans-serif", 12))
                 .draw()
                 .map_err(|e| draw_err(&e))?;
-            for (ts, color) in &marks {
-                for &t in ts.iter() {
+            for &(t, m) in &tl.marks {
+                let c = mark_color(m);
+                let w = if m == Mark::RoundStart { 1 } else { 2 };
+                chart
+                    .draw_series(LineSeries::new([(t, lo), (t, hi)], c.stroke_width(w)))
+                    .map_err(|e| draw_err(&e))?;
+            }
+            // Which version went live at each commit (the accuracy panel; at most 40 labels).
+            if i == 0 && tl.commits.len() <= 40 {
+                let top = hi - (hi - lo) * 0.02;
+                for &(t, v) in &tl.commits {
                     chart
-                        .draw_series(LineSeries::new([(t, lo), (t, hi)], color.stroke_width(1)))
+                        .draw_series(std::iter::once(Text::new(
+                            format!("v{v}"),
+                            (t, top),
+                            ("sans-serif", 12)
+                                .into_font()
+                                .color(&mark_color(Mark::Commit)),
+                        )))
                         .map_err(|e| draw_err(&e))?;
                 }
             }
             let mut any = false;
-            for (series, color, label) in lines {
+            let mut labelled: Vec<&str> = Vec::new();
+            for &(series, color, label) in &panel.lines {
                 if series.is_empty() {
                     continue;
                 }
                 any = true;
+                // A run of the drift limit after the first is the same legend entry.
+                let first = !labelled.contains(&label);
+                labelled.push(label);
                 let c = color;
-                if series.len() == 1 || name == "round mask rate" {
-                    chart
+                if series.len() == 1 || panel.dots {
+                    let drawn = chart
                         .draw_series(series.iter().map(|&p| Circle::new(p, 3, c.filled())))
-                        .map_err(|e| draw_err(&e))?
-                        .label(label)
-                        .legend(move |(x, y)| Circle::new((x + 8, y), 3, c.filled()));
+                        .map_err(|e| draw_err(&e))?;
+                    if first {
+                        drawn
+                            .label(label)
+                            .legend(move |(x, y)| Circle::new((x + 8, y), 3, c.filled()));
+                    }
                 } else {
-                    chart
+                    let drawn = chart
                         .draw_series(LineSeries::new(series.iter().copied(), c.stroke_width(2)))
-                        .map_err(|e| draw_err(&e))?
-                        .label(label)
-                        .legend(move |(x, y)| {
+                        .map_err(|e| draw_err(&e))?;
+                    if first {
+                        drawn.label(label).legend(move |(x, y)| {
                             PathElement::new([(x, y), (x + 16, y)], c.stroke_width(2))
                         });
+                    }
                 }
             }
             if any {
@@ -291,14 +381,9 @@ pub fn render(
                     .draw()
                     .map_err(|e| draw_err(&e))?;
             } else {
-                let msg = if name == "live accuracy" {
-                    "no labeled frames in this log"
-                } else {
-                    "no data"
-                };
                 area.draw(&Text::new(
-                    msg,
-                    (90, 60),
+                    panel.empty,
+                    (90, 30),
                     ("sans-serif", 14).into_font().color(&BLACK),
                 ))
                 .map_err(|e| draw_err(&e))?;

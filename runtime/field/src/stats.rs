@@ -111,6 +111,8 @@ pub struct StatsWindow {
     pub version: u64,
     pub ema_entropy: f64,
     pub ema_confidence: f64,
+    /// (entropy limit, confidence limit) of the drift detector, once it has a baseline.
+    pub drift_limits: Option<(f64, f64)>,
 }
 
 impl StatsWindow {

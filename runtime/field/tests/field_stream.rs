@@ -146,6 +146,42 @@ steps = 40
     assert_eq!(img.dimensions(), (1000, 900));
     let green = img.pixels().filter(|p| p.0 == [0, 150, 0]).count();
     assert!(green > 100, "commit markers drawn ({green} px)");
+    // The drift limit (orange) is drawn once the detector has a baseline.
+    let limit = img.pixels().filter(|p| p.0 == [230, 130, 0]).count();
+    assert!(limit > 100, "drift limit drawn ({limit} px)");
+    // Per version: the frames the stats windows counted, and live accuracy within the swap's
+    // window of what the predictions say (a window is counted for the version live at its end).
+    assert_eq!(r.versions.first().map(|v| v.version), Some(0));
+    // Every version that served a whole stats window has its line.
+    assert!(
+        r.versions.len() >= 2 && r.versions.len() <= committed.len() + 1,
+        "{:?}",
+        r.versions
+    );
+    let counted: u64 = r.versions.iter().map(|v| v.frames).sum();
+    assert!(counted <= lines.len() as u64 && counted + 400 >= lines.len() as u64);
+    for v in &r.versions {
+        let served: Vec<(usize, usize)> = lines
+            .iter()
+            .filter(|l| l.version == v.version)
+            .map(|l| (l.class, l.label.unwrap()))
+            .collect();
+        let (report, pred) = (v.accuracy.unwrap(), accuracy(&served));
+        assert!(
+            (v.frames as f64 - served.len() as f64).abs() <= 400.0,
+            "v{}: {} frames in the report, {} served",
+            v.version,
+            v.frames,
+            served.len()
+        );
+        if served.len() >= 1000 {
+            assert!(
+                (report - pred).abs() < 0.02,
+                "v{}: {report} vs {pred}",
+                v.version
+            );
+        }
+    }
 }
 
 #[test]

@@ -1,4 +1,5 @@
-//! `fieldtune report`: draws a run's events.jsonl as a PNG; the work is in fieldtune-field.
+//! `fieldtune report`: draws a run's events.jsonl as a PNG and prints its figures per live
+//! model version; the work is in fieldtune-field.
 
 use std::path::PathBuf;
 
@@ -66,6 +67,10 @@ pub fn run(args: ReportArgs) -> Result<()> {
     );
     if let (Some(a), Some(b)) = (s.first_accuracy, s.last_accuracy) {
         println!("live accuracy: first window {a:.4}, last window {b:.4}");
+    }
+    // Did adapting help? The same figures per live model version.
+    for v in &s.versions {
+        println!("{}", fieldtune_field::report::version_line(v));
     }
     Ok(())
 }

@@ -58,6 +58,8 @@ pub(crate) fn monitor_thread(
             capture_dropped: cap.dropped,
             output_dropped: out.dropped,
             rss_mb: mib(rss_bytes().unwrap_or(0)),
+            drift_entropy_limit: w.drift_limits.map(|l| l.0),
+            drift_confidence_limit: w.drift_limits.map(|l| l.1),
         }));
     }
 }

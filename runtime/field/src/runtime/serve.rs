@@ -149,9 +149,15 @@ impl InferenceLoop<'_> {
             if let Some(reason) = triggers.observe(entropy, conf) {
                 state.request_round(reason);
             }
-            if let Some((h, c)) = triggers.drift().and_then(|d| d.ema()) {
-                window.ema_entropy = h;
-                window.ema_confidence = c;
+            if let Some(d) = triggers.drift() {
+                if let Some((h, c)) = d.ema() {
+                    window.ema_entropy = h;
+                    window.ema_confidence = c;
+                }
+                window.drift_limits = d.baseline().map(|(bh, bc)| {
+                    let (rise, drop) = d.thresholds();
+                    (bh + rise, bc - drop)
+                });
             }
             if let Some(_free) = self.output.acquire() {
                 self.output.push(Prediction {
