@@ -39,4 +39,4 @@ pub mod trigger;
 
 pub use config::RunConfig;
 pub use error::{FieldError, Result};
-pub use runtime::{run, RunOptions, RunSummary};
+pub use runtime::{run, RunOptions, RunSummary, VersionServed};

@@ -149,6 +149,19 @@ steps = 40
     // The drift limit (orange) is drawn once the detector has a baseline.
     let limit = img.pixels().filter(|p| p.0 == [230, 130, 0]).count();
     assert!(limit > 100, "drift limit drawn ({limit} px)");
+    // The run's summary counts each version's frames and accuracy exactly.
+    assert_eq!(summary.versions.iter().map(|v| v.frames).sum::<u64>(), 6000);
+    for v in &summary.versions {
+        let served: Vec<(usize, usize)> = lines
+            .iter()
+            .filter(|l| l.version == v.version)
+            .map(|l| (l.class, l.label.unwrap()))
+            .collect();
+        assert_eq!(v.frames, served.len() as u64, "v{}", v.version);
+        assert!((v.accuracy().unwrap() - accuracy(&served)).abs() < 1e-12);
+        assert!(v.mean_confidence() > 0.5 && v.mean_entropy() >= 0.0);
+    }
+    assert!(summary.table().contains("per model version"));
     // Per version: the frames the stats windows counted, and live accuracy within the swap's
     // window of what the predictions say (a window is counted for the version live at its end).
     assert_eq!(r.versions.first().map(|v| v.version), Some(0));

@@ -31,7 +31,7 @@ use fieldtune_frames::{Dataset, Image8, ModelConfig};
 
 pub use options::{resolve_engine, ResolvedEngine, RunOptions};
 pub use pipeline::{format_line, PredictionLine};
-pub use summary::RunSummary;
+pub use summary::{RunSummary, VersionServed};
 
 use crate::budget::rss_bytes;
 use crate::config::{EnginePlan, Role, RunConfig, WhenFull};
@@ -459,6 +459,7 @@ pub fn run(
         frames_by_engine: state.frames_by_engine(),
         fallbacks: totals.fallbacks,
         restores: totals.restores,
+        versions: totals.versions.into_values().collect(),
     };
     events.emit(FieldEvent::Stopped(summary.clone()));
     let _ = fsutil::atomic_write(

@@ -8,6 +8,7 @@
 //! Everything about the live session (taking new weights, running it, falling back, retiring
 //! the old one) is in [`LiveSession`](super::live::LiveSession).
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -18,6 +19,7 @@ use fieldtune_tensor::Tensor;
 use super::live::{Handover, LiveSession};
 use super::pipeline::{FrameSlot, Prediction};
 use super::state::RunState;
+use super::summary::VersionServed;
 use crate::budget::rss_bytes;
 use crate::config::RunConfig;
 use crate::error::{FieldError, Result};
@@ -37,6 +39,8 @@ pub(crate) struct Totals {
     pub rss_peak: u64,
     pub fallbacks: u64,
     pub restores: u64,
+    /// What each live model version served, in version order.
+    pub versions: BTreeMap<u64, VersionServed>,
 }
 
 /// The inference loop's surroundings: the queues it joins, the replay buffer it feeds, and
@@ -131,6 +135,14 @@ impl InferenceLoop<'_> {
                 window.entropy_sum += entropy;
                 window.confidence_sum += conf;
             }
+            let served = totals
+                .versions
+                .entry(live.version)
+                .or_insert_with(|| VersionServed::new(live.version));
+            served.add(
+                stats.map(|_| (conf, entropy)),
+                slot.label.map(|l| l == class),
+            );
             if let Some(l) = slot.label {
                 window.labeled += 1;
                 totals.labeled += 1;

@@ -55,6 +55,78 @@ pub struct RunSummary {
     pub fallbacks: u64,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub restores: u64,
+    /// What each live model version served (exact, frame by frame), in version order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub versions: Vec<VersionServed>,
+}
+
+/// What one live model version served during the run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct VersionServed {
+    pub version: u64,
+    pub frames: u64,
+    pub labeled_frames: u64,
+    pub correct: u64,
+    /// Frames whose output gave a confidence and an entropy (finite logits).
+    pub scored_frames: u64,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub confidence_sum: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub entropy_sum: f64,
+}
+
+impl VersionServed {
+    pub fn new(version: u64) -> VersionServed {
+        VersionServed {
+            version,
+            ..VersionServed::default()
+        }
+    }
+
+    /// One frame: its (confidence, entropy) when scored, and whether it was right when labeled.
+    pub fn add(&mut self, scored: Option<(f64, f64)>, right: Option<bool>) {
+        self.frames += 1;
+        if let Some((c, h)) = scored {
+            self.scored_frames += 1;
+            self.confidence_sum += c;
+            self.entropy_sum += h;
+        }
+        if let Some(r) = right {
+            self.labeled_frames += 1;
+            self.correct += u64::from(r);
+        }
+    }
+
+    pub fn accuracy(&self) -> Option<f64> {
+        (self.labeled_frames > 0).then(|| self.correct as f64 / self.labeled_frames as f64)
+    }
+
+    pub fn mean_confidence(&self) -> f64 {
+        self.confidence_sum / self.scored_frames.max(1) as f64
+    }
+
+    pub fn mean_entropy(&self) -> f64 {
+        self.entropy_sum / self.scored_frames.max(1) as f64
+    }
+
+    /// `v3: 1200 frames, live accuracy 96.42% (1200 labeled), confidence 0.981, entropy 0.052`.
+    pub fn line(&self) -> String {
+        let what = match self.accuracy() {
+            Some(a) => format!(
+                "live accuracy {:.2}% ({} labeled)",
+                100.0 * a,
+                self.labeled_frames
+            ),
+            None => "no labels".to_string(),
+        };
+        format!(
+            "v{}: {} frames, {what}, confidence {:.3}, entropy {:.3} nats",
+            self.version,
+            self.frames,
+            self.mean_confidence(),
+            self.mean_entropy()
+        )
+    }
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -99,6 +171,12 @@ impl RunSummary {
                 "live accuracy {:.4} over {} labeled frames",
                 a, self.labeled_frames
             );
+        }
+        if !self.versions.is_empty() {
+            let _ = writeln!(t, "per model version (did adapting help?):");
+            for v in &self.versions {
+                let _ = writeln!(t, "  {}", v.line());
+            }
         }
         if !self.frames_by_engine.is_empty() {
             let per: Vec<String> = self
