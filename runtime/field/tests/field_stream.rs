@@ -149,14 +149,18 @@ steps = 40
     // The drift limit (orange) is drawn once the detector has a baseline.
     let limit = img.pixels().filter(|p| p.0 == [230, 130, 0]).count();
     assert!(limit > 100, "drift limit drawn ({limit} px)");
+    // (prediction, label) of the frames a version served.
+    let served_by = |version: u64| -> Vec<(usize, usize)> {
+        lines
+            .iter()
+            .filter(|l| l.version == version)
+            .map(|l| (l.class, l.label.unwrap()))
+            .collect()
+    };
     // The run's summary counts each version's frames and accuracy exactly.
     assert_eq!(summary.versions.iter().map(|v| v.frames).sum::<u64>(), 6000);
     for v in &summary.versions {
-        let served: Vec<(usize, usize)> = lines
-            .iter()
-            .filter(|l| l.version == v.version)
-            .map(|l| (l.class, l.label.unwrap()))
-            .collect();
+        let served = served_by(v.version);
         assert_eq!(v.frames, served.len() as u64, "v{}", v.version);
         assert!((v.accuracy().unwrap() - accuracy(&served)).abs() < 1e-12);
         assert!(v.mean_confidence() > 0.5 && v.mean_entropy() >= 0.0);
@@ -174,11 +178,7 @@ steps = 40
     let counted: u64 = r.versions.iter().map(|v| v.frames).sum();
     assert!(counted <= lines.len() as u64 && counted + 400 >= lines.len() as u64);
     for v in &r.versions {
-        let served: Vec<(usize, usize)> = lines
-            .iter()
-            .filter(|l| l.version == v.version)
-            .map(|l| (l.class, l.label.unwrap()))
-            .collect();
+        let served = served_by(v.version);
         let (report, pred) = (v.accuracy.unwrap(), accuracy(&served));
         assert!(
             (v.frames as f64 - served.len() as f64).abs() <= 400.0,
