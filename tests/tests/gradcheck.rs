@@ -308,7 +308,17 @@ fn reduce_sum_and_mean() {
 
 #[test]
 fn elementwise_loss_ops() {
-    for op in ["Exp", "Log", "Neg", "Sqrt", "Sigmoid", "Tanh", "Identity"] {
+    for op in [
+        "Exp",
+        "Log",
+        "Neg",
+        "Sqrt",
+        "Sigmoid",
+        "Tanh",
+        "Identity",
+        "Reciprocal",
+        "Erf",
+    ] {
         check(op, move |seed| {
             let mut r = rng(seed);
             let x = uniform(&mut r, &dims(seed, 2, 5, 2), 0.3, 1.5);
@@ -477,6 +487,7 @@ fn reduce_max_ties_split_the_gradient() {
 /// next test compares it with the op table: a new rule needs a case here.
 const COVERED: &[&str] = &[
     "Add",
+    "Abs",
     "AveragePool",
     "Cast",
     "Clip",
@@ -484,6 +495,7 @@ const COVERED: &[&str] = &[
     "Conv",
     "Div",
     "Dropout",
+    "Erf",
     "Exp",
     "Expand",
     "Flatten",
@@ -493,14 +505,19 @@ const COVERED: &[&str] = &[
     "HardSigmoid",
     "HardSwish",
     "Identity",
+    "LayerNormalization",
     "LeakyRelu",
     "Log",
     "LogSoftmax",
     "MatMul",
+    "Max",
     "MaxPool",
+    "Min",
     "Mul",
     "Neg",
     "Pad",
+    "Pow",
+    "Reciprocal",
     "ReduceMax",
     "ReduceMean",
     "ReduceMin",
@@ -549,14 +566,14 @@ fn every_differentiable_op_has_a_finite_difference_case() {
 fn unsupported_op_on_the_gradient_path_is_refused_by_name() {
     let mut b = Builder::new(17);
     let x = b
-        .input("x", fieldtune_graph::ir::Elem::F32, &[2, 3])
+        .input("x", fieldtune_graph::ir::Elem::F32, &[2, 3, 2, 2])
         .unwrap();
-    let y = b.op("Abs", &[&x], vec![]).unwrap();
-    let l = b.reduce("ReduceSum", &y, &[0, 1], false).unwrap();
+    let y = b.op("GlobalMaxPool", &[&x], vec![]).unwrap();
+    let l = b.reduce("ReduceSum", &y, &[0, 1, 2, 3], false).unwrap();
     let err = fieldtune_graph::autodiff::backward(&mut b, &l, &["x".into()]).unwrap_err();
     let msg = err.to_string();
     assert!(
-        msg.contains("Abs") && msg.contains("no gradient rule"),
+        msg.contains("GlobalMaxPool") && msg.contains("no gradient rule"),
         "{msg}"
     );
 }
@@ -1056,5 +1073,142 @@ fn train_step_with_dropout_matches_finite_differences() {
         assert_eq!(losses[0].0, losses[0].1);
         assert_ne!(losses[1].0, losses[1].1);
         assert_ne!(losses[0].0, losses[1].0);
+    }
+}
+
+#[test]
+fn maxpool_ceil_mode() {
+    // (kernel, stride, pads): the last window runs past the end (SqueezeNet's and GoogLeNet's
+    // 3x3 stride-2 pools on odd and even sizes, and with padding).
+    let configs: [(i64, i64, [i64; 4]); 3] = [
+        (3, 2, [0, 0, 0, 0]),
+        (3, 2, [1, 1, 1, 1]),
+        (2, 2, [0, 0, 0, 0]),
+    ];
+    for (ci, &(k, s, pads)) in configs.iter().enumerate() {
+        check(&format!("MaxPool ceil_mode config {ci}"), move |seed| {
+            let mut r = rng(seed + 10 * ci as u64);
+            let d = dims(seed, 4, 9, 2);
+            let x = distinct(&mut r, &[2, 2, d[0], d[1]], 20.0);
+            let build = move |b: &mut Builder, n: &[String]| {
+                b.op(
+                    "MaxPool",
+                    &[&n[0]],
+                    vec![
+                        attr::ints("kernel_shape", &[k, k]),
+                        attr::ints("strides", &[s, s]),
+                        attr::ints("pads", &pads),
+                        attr::int("ceil_mode", 1),
+                    ],
+                )
+            };
+            (vec![("x".into(), x)], 5e-3, Box::new(build))
+        });
+    }
+}
+
+/// A ceil-mode window that would start in the end padding (PyTorch drops it; ONNX Runtime's
+/// graph shape inference keeps it while its kernel drops it) is refused by name.
+#[test]
+fn maxpool_ceil_mode_window_in_the_end_padding_is_refused() {
+    let mut b = Builder::new(17);
+    let x = b.input("x", Elem::F32, &[1, 1, 5, 5]).unwrap();
+    let err = b
+        .op(
+            "MaxPool",
+            &[&x],
+            vec![
+                attr::ints("kernel_shape", &[2, 2]),
+                attr::ints("strides", &[2, 2]),
+                attr::ints("pads", &[1, 1, 1, 1]),
+                attr::int("ceil_mode", 1),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("MaxPool") && err.contains("end padding"),
+        "{err}"
+    );
+}
+
+#[test]
+fn abs_pow_max_min() {
+    check("Abs", |seed| {
+        let mut r = rng(seed);
+        let x = away_from_zero(&mut r, &dims(seed, 2, 5, 2), 0.1);
+        (
+            vec![("x".into(), x)],
+            1e-3,
+            Box::new(|b: &mut Builder, n: &[String]| b.op("Abs", &[&n[0]], vec![])),
+        )
+    });
+    // Both the base and a broadcast exponent take gradients.
+    check("Pow", |seed| {
+        let mut r = rng(seed);
+        let d = dims(seed, 2, 5, 2);
+        let a = uniform(&mut r, &d, 0.3, 1.5);
+        let e = uniform(&mut r, &[d[1]], 0.5, 2.5);
+        (
+            vec![("a".into(), a), ("e".into(), e)],
+            1e-3,
+            Box::new(|b: &mut Builder, n: &[String]| b.op("Pow", &[&n[0], &n[1]], vec![])),
+        )
+    });
+    for op in ["Max", "Min"] {
+        check(op, move |seed| {
+            let mut r = rng(seed);
+            let d = dims(seed, 2, 5, 2);
+            // c is broadcast along the first axis; every a differs from its c by at least 0.1,
+            // so no perturbation crosses a tie.
+            let c = uniform(&mut r, &[d[1]], -1.0, 1.0);
+            let cs = c.as_f32().unwrap().to_vec();
+            let av: Vec<f32> = (0..d[0] * d[1])
+                .map(|i| {
+                    let off = r.gen_range(0.1f32..0.8);
+                    cs[i % d[1]] + if r.gen_bool(0.5) { off } else { -off }
+                })
+                .collect();
+            let a = Tensor::f32(d.clone(), av).expect("sized");
+            (
+                vec![("a".into(), a), ("c".into(), c)],
+                1e-3,
+                Box::new(move |b: &mut Builder, n: &[String]| b.op(op, &[&n[0], &n[1]], vec![])),
+            )
+        });
+    }
+}
+
+#[test]
+fn layer_normalization_last_axis_and_channels() {
+    // (shape, axis): a transformer's [batch, tokens, width] over the width, and a
+    // [batch, C, H, W] map over C, H, W.
+    let cases: [(&[usize], i64); 2] = [(&[2, 3, 6], -1), (&[2, 3, 2, 2], 1)];
+    for (ci, &(shape, axis)) in cases.iter().enumerate() {
+        check(&format!("LayerNormalization case {ci}"), move |seed| {
+            let mut r = rng(seed + 20 * ci as u64);
+            let x = uniform(&mut r, shape, -2.0, 2.0);
+            let norm = &shape[axis.rem_euclid(shape.len() as i64) as usize..];
+            let scale = uniform(&mut r, norm, 0.5, 1.5);
+            let bias = uniform(&mut r, norm, -0.5, 0.5);
+            let build = move |b: &mut Builder, n: &[String]| {
+                let y = b.op(
+                    "LayerNormalization",
+                    &[&n[0], &n[1], &n[2]],
+                    vec![attr::int("axis", axis), attr::float("epsilon", 1e-5)],
+                )?;
+                // Squared, so that the loss depends on more than the normalized sum.
+                b.op("Mul", &[&y, &y], vec![])
+            };
+            (
+                vec![
+                    ("x".into(), x),
+                    ("scale".into(), scale),
+                    ("bias".into(), bias),
+                ],
+                1e-3,
+                Box::new(build),
+            )
+        });
     }
 }

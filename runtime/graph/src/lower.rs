@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::builder::{Builder, CustomVjp};
 use crate::error::{GraphError, Result};
 use crate::ir::{attr, Node};
+use crate::ops::norm::{standardize, Standardized};
 
 /// How BatchNormalization behaves in a train step.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,15 +88,12 @@ pub fn batch_norm(
         BatchNormMode::Train => {
             let axes: Vec<i64> = std::iter::once(0).chain(2..xs.len() as i64).collect();
             let n: usize = xs.iter().product::<usize>() / c;
-            let mu = b.reduce("ReduceMean", &x, &axes, true)?;
-            let d = b.op("Sub", &[&x, &mu], vec![])?;
-            let d2 = b.op("Mul", &[&d, &d], vec![])?;
-            let v = b.reduce("ReduceMean", &d2, &axes, true)?;
-            let ve = b.op("Add", &[&v, &e], vec![])?;
-            let sd = b.op("Sqrt", &[&ve], vec![])?;
-            let one = b.scalar(1.0);
-            let inv = b.op("Div", &[&one, &sd], vec![])?;
-            let xh = b.op("Mul", &[&d, &inv], vec![])?;
+            let Standardized {
+                mean: mu,
+                var: v,
+                inv_std: inv,
+                xhat: xh,
+            } = standardize(b, &x, &axes, &e)?;
             let s4 = b.reshape(&scale, &bshape)?;
             let b4 = b.reshape(&bias, &bshape)?;
             let xs4 = b.op("Mul", &[&xh, &s4], vec![])?;

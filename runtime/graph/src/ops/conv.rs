@@ -120,6 +120,15 @@ impl ConvWindow {
 
     /// Output spatial size (floor mode).
     pub fn output(&self, node: &Node, spatial: &[usize]) -> Result<Vec<usize>> {
+        self.output_in_mode(node, spatial, false)
+    }
+
+    /// Output spatial size, in ceil mode when `ceil` (pooling's `ceil_mode`): the last window
+    /// may run past the end. Where it would start in the end padding, PyTorch drops it, and
+    /// ONNX Runtime's kernel does too while its graph-level shape inference does not: that
+    /// case is refused, naming the node (without padding it needs a stride above the window's
+    /// extent; the ceil-mode pools of SqueezeNet and GoogLeNet never hit it).
+    pub fn output_in_mode(&self, node: &Node, spatial: &[usize], ceil: bool) -> Result<Vec<usize>> {
         let n = spatial.len();
         (0..n)
             .map(|i| {
@@ -131,7 +140,23 @@ impl ConvWindow {
                         format!("window {eff} is larger than the padded input {padded}"),
                     ));
                 }
-                Ok((padded - eff) / self.strides[i] + 1)
+                let s = self.strides[i];
+                if !ceil {
+                    return Ok((padded - eff) / s + 1);
+                }
+                let o = (padded - eff).div_ceil(s) + 1;
+                if (o - 1) * s >= spatial[i] + self.pads[i] {
+                    return Err(GraphError::node(
+                        node,
+                        format!(
+                            "ceil_mode=1 with a last window that starts in the end padding (axis {i}: input {}, pads {}+{}, stride {s}); engines disagree on its output size, export with ceil_mode=False and explicit padding",
+                            spatial[i],
+                            self.pads[i],
+                            self.pads[i + n]
+                        ),
+                    ));
+                }
+                Ok(o)
             })
             .collect()
     }

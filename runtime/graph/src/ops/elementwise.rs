@@ -7,7 +7,7 @@ use crate::error::{GraphError, Result};
 use crate::ir::{Elem, Node};
 
 use super::entry::{def, dy, only, req, rule, rule_all, unbroadcast, Grad, Grads, OpDef};
-use super::value::{broadcast, fold_binary_i64, Value, FOLD_LIMIT};
+use super::value::{broadcast, broadcast_index, fold_binary_i64, Value, FOLD_LIMIT};
 
 pub const OPS: &[OpDef] = &[
     def("Identity", identity, true, rule(pass)),
@@ -16,8 +16,9 @@ pub const OPS: &[OpDef] = &[
     def("Log", same, false, rule(log)),
     def("Neg", same, false, rule(neg)),
     def("Sqrt", same, false, rule(sqrt)),
-    def("Abs", same, false, Grad::NoRule),
-    def("Reciprocal", same, false, Grad::NoRule),
+    def("Abs", same, false, rule(abs)),
+    def("Reciprocal", same, false, rule(reciprocal)),
+    def("Erf", same, false, rule(erf)),
     def("Floor", same, false, Grad::Never),
     def("Ceil", same, false, Grad::Never),
     def("Not", same, false, Grad::Never),
@@ -26,9 +27,9 @@ pub const OPS: &[OpDef] = &[
     def("Sum", nary, false, rule_all(add_sub_sum)),
     def("Mul", nary, true, rule_all(mul)),
     def("Div", nary, true, rule_all(div)),
-    def("Pow", nary, false, Grad::NoRule),
-    def("Max", nary, false, Grad::NoRule),
-    def("Min", nary, false, Grad::NoRule),
+    def("Pow", nary, false, rule_all(pow)),
+    def("Max", nary, false, rule_all(max_min)),
+    def("Min", nary, false, rule_all(max_min)),
     def("Mod", nary, false, Grad::NoRule),
     def("Greater", compare, false, Grad::Never),
     def("Less", compare, false, Grad::Never),
@@ -40,7 +41,7 @@ pub const OPS: &[OpDef] = &[
     def(
         "Where",
         where_,
-        false,
+        true,
         Grad::Rule {
             inputs: |_| vec![1, 2],
             vjp: where_grad,
@@ -125,18 +126,46 @@ fn nary(node: &Node, ins: &[Option<&Value>]) -> Result<Vec<Value>> {
     Ok(vec![v])
 }
 
+/// Comparisons (and logic) give bools. Over constant i64 inputs the result is carried as a
+/// 0/1 constant for a folding Where (exporters spell `expand(n, -1, -1)` as
+/// `Where(Equal(shape, -1), 1, shape)`); the comparison itself never folds, so no bool
+/// initializer is written.
 fn compare(node: &Node, ins: &[Option<&Value>]) -> Result<Vec<Value>> {
-    let shape = broadcast(&req(node, ins, 0)?.shape, &req(node, ins, 1)?.shape)
+    let (a, c) = (req(node, ins, 0)?, req(node, ins, 1)?);
+    let shape = broadcast(&a.shape, &c.shape)
         .ok_or_else(|| GraphError::node(node, "shapes do not broadcast"))?;
-    Ok(vec![Value::new(Elem::Bool, shape)])
+    let mut v = Value::new(Elem::Bool, shape);
+    if a.elem == Elem::I64 && v.numel() <= FOLD_LIMIT {
+        if let (Some(x), Some(y)) = (a.ints(), c.ints()) {
+            v.konst = fold_binary_i64(&node.op, x, &a.shape, y, &c.shape, &v.shape);
+        }
+    }
+    Ok(vec![v])
 }
 
+/// Where; folds over a constant condition and constant i64 branches (shape chains).
 fn where_(node: &Node, ins: &[Option<&Value>]) -> Result<Vec<Value>> {
-    let c = req(node, ins, 2)?.shape.clone();
-    let s = broadcast(&req(node, ins, 0)?.shape, &req(node, ins, 1)?.shape)
-        .and_then(|s| broadcast(&s, &c))
+    let (cond, x, y) = (req(node, ins, 0)?, req(node, ins, 1)?, req(node, ins, 2)?);
+    let s = broadcast(&cond.shape, &x.shape)
+        .and_then(|s| broadcast(&s, &y.shape))
         .ok_or_else(|| GraphError::node(node, "shapes do not broadcast"))?;
-    Ok(vec![Value::new(req(node, ins, 1)?.elem, s)])
+    let mut v = Value::new(x.elem, s);
+    if x.elem == Elem::I64 && v.numel() <= FOLD_LIMIT {
+        if let (Some(k), Some(a), Some(b)) = (cond.ints(), x.ints(), y.ints()) {
+            let out = &v.shape;
+            let vals = (0..v.numel())
+                .map(|i| {
+                    if k[broadcast_index(i, &cond.shape, out)] != 0 {
+                        a[broadcast_index(i, &x.shape, out)]
+                    } else {
+                        b[broadcast_index(i, &y.shape, out)]
+                    }
+                })
+                .collect();
+            v.konst = Tensor::i64(out.clone(), vals).ok();
+        }
+    }
+    Ok(vec![v])
 }
 
 /// Identity, Cast (float to float) and inference-mode Dropout pass the gradient through.
@@ -164,6 +193,81 @@ fn sqrt(b: &mut Builder, n: &Node, gy: &[Option<String>]) -> Grads {
     let half = b.scalar(0.5);
     let h = b.op("Mul", &[&dy, &half], vec![])?;
     Ok(only(n, b.op("Div", &[&h, &n.outputs[0]], vec![])?))
+}
+
+/// |x|: the sign of x times the gradient (at exactly 0 PyTorch gives 0 and this gives dy).
+fn abs(b: &mut Builder, n: &Node, gy: &[Option<String>]) -> Grads {
+    let dy = dy(n, gy)?;
+    let zero = b.scalar(0.0);
+    let neg = b.op("Less", &[&n.inputs[0], &zero], vec![])?;
+    let ndy = b.op("Neg", &[&dy], vec![])?;
+    Ok(only(n, b.op("Where", &[&neg, &ndy, &dy], vec![])?))
+}
+
+/// 1/x: -dy * y^2.
+fn reciprocal(b: &mut Builder, n: &Node, gy: &[Option<String>]) -> Grads {
+    let dy = dy(n, gy)?;
+    let y = &n.outputs[0];
+    let y2 = b.op("Mul", &[y, y], vec![])?;
+    let t = b.op("Mul", &[&dy, &y2], vec![])?;
+    Ok(only(n, b.op("Neg", &[&t], vec![])?))
+}
+
+/// erf(x): dy * 2/sqrt(pi) * exp(-x^2) (the exact GELU exports use it).
+fn erf(b: &mut Builder, n: &Node, gy: &[Option<String>]) -> Grads {
+    let dy = dy(n, gy)?;
+    let x = &n.inputs[0];
+    let x2 = b.op("Mul", &[x, x], vec![])?;
+    let nx2 = b.op("Neg", &[&x2], vec![])?;
+    let e = b.op("Exp", &[&nx2], vec![])?;
+    let c = b.scalar(std::f32::consts::FRAC_2_SQRT_PI);
+    let d = b.op("Mul", &[&e, &c], vec![])?;
+    Ok(only(n, b.op("Mul", &[&dy, &d], vec![])?))
+}
+
+/// a^e: dy * e * a^(e-1) into a, dy * y * ln(a) into e (defined for a > 0; an exponent that
+/// is a constant, as in every exported norm and GELU, takes no gradient).
+fn pow(b: &mut Builder, n: &Node, gy: &[Option<String>]) -> Grads {
+    let dy = dy(n, gy)?;
+    let (a, e) = (n.inputs[0].clone(), n.inputs[1].clone());
+    let mut out = vec![None; n.inputs.len()];
+    let one = b.scalar(1.0);
+    let em1 = b.op("Sub", &[&e, &one], vec![])?;
+    let p = b.op("Pow", &[&a, &em1], vec![])?;
+    let d = b.op("Mul", &[&e, &p], vec![])?;
+    let ga = b.op("Mul", &[&dy, &d], vec![])?;
+    out[0] = Some(unbroadcast(b, &ga, &b.shape(&a)?)?);
+    let ln = b.op("Log", &[&a], vec![])?;
+    let yl = b.op("Mul", &[&n.outputs[0], &ln], vec![])?;
+    let ge = b.op("Mul", &[&dy, &yl], vec![])?;
+    out[1] = Some(unbroadcast(b, &ge, &b.shape(&e)?)?);
+    Ok(out)
+}
+
+/// Max / Min of two inputs: the gradient goes to the input that was picked, the first on a
+/// tie (PyTorch's `maximum`/`minimum` split a tie in halves).
+fn max_min(b: &mut Builder, n: &Node, gy: &[Option<String>]) -> Grads {
+    let dy = dy(n, gy)?;
+    if n.inputs.len() != 2 {
+        return Err(GraphError::NoGradRule {
+            node: n.name.clone(),
+            op: format!("{} of {} inputs", n.op, n.inputs.len()),
+        });
+    }
+    let (a, c) = (n.inputs[0].clone(), n.inputs[1].clone());
+    let cmp = if n.op == "Max" {
+        "GreaterOrEqual"
+    } else {
+        "LessOrEqual"
+    };
+    let first = b.op(cmp, &[&a, &c], vec![])?;
+    let zero = b.scalar(0.0);
+    let ga = b.op("Where", &[&first, &dy, &zero], vec![])?;
+    let gc = b.op("Where", &[&first, &zero, &dy], vec![])?;
+    Ok(vec![
+        Some(unbroadcast(b, &ga, &b.shape(&a)?)?),
+        Some(unbroadcast(b, &gc, &b.shape(&c)?)?),
+    ])
 }
 
 fn add_sub_sum(b: &mut Builder, n: &Node, gy: &[Option<String>]) -> Grads {

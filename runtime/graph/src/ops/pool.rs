@@ -22,7 +22,8 @@ pub const OPS: &[OpDef] = &[
     def("GlobalMaxPool", global_pool, false, Grad::NoRule),
 ];
 
-/// MaxPool (with its optional row-major Indices output) and AveragePool, 2-D, floor mode.
+/// MaxPool (with its optional row-major Indices output; floor or ceil mode) and AveragePool
+/// (floor mode), 2-D.
 fn pool(node: &Node, ins: &[Option<&Value>]) -> Result<Vec<Value>> {
     let err = |r: String| GraphError::node(node, r);
     let x = req(node, ins, 0)?;
@@ -32,8 +33,12 @@ fn pool(node: &Node, ins: &[Option<&Value>]) -> Result<Vec<Value>> {
             x.shape
         )));
     }
-    if node.int("ceil_mode", 0) != 0 {
-        return Err(err("ceil_mode=1 is not supported".into()));
+    let ceil = node.int("ceil_mode", 0) != 0;
+    if ceil && node.op != "MaxPool" {
+        return Err(err(
+            "ceil_mode=1 is supported for MaxPool only (export AveragePool with ceil_mode=False)"
+                .into(),
+        ));
     }
     if node.outputs.len() > 1 && (node.op != "MaxPool" || node.int("storage_order", 0) != 0) {
         return Err(err(
@@ -47,7 +52,7 @@ fn pool(node: &Node, ins: &[Option<&Value>]) -> Result<Vec<Value>> {
         .map(|&k| k as usize)
         .collect();
     let win = ConvWindow::of(node, &x.shape[2..], kernel)?;
-    let sp = win.output(node, &x.shape[2..])?;
+    let sp = win.output_in_mode(node, &x.shape[2..], ceil)?;
     let shape = vec![x.shape[0], x.shape[1], sp[0], sp[1]];
     let mut outs = vec![Value::new(x.elem, shape.clone())];
     if node.outputs.len() > 1 {

@@ -88,8 +88,27 @@ pub fn reshaped(x: &Value, shape: Vec<usize>) -> Value {
     v
 }
 
-/// Folds an elementwise Add/Sub/Mul/Div of two broadcast i64 constants (`None` on overflow,
-/// division by zero or another op).
+/// The flat index into an input of shape `s` that output element `flat` (of shape `out`)
+/// reads under numpy broadcasting.
+pub fn broadcast_index(flat: usize, s: &[usize], out: &[usize]) -> usize {
+    let mut rem = flat;
+    let mut res = 0;
+    let mut stride = 1;
+    let off = out.len() - s.len();
+    for d in (0..out.len()).rev() {
+        let coord = rem % out[d];
+        rem /= out[d];
+        if d >= off {
+            let sd = s[d - off];
+            res += (if sd == 1 { 0 } else { coord }) * stride;
+            stride *= sd;
+        }
+    }
+    res
+}
+
+/// Folds a binary op over constant i64 inputs (shape chains): arithmetic, and comparisons as
+/// 0/1 (the bool result of Equal, Less, ... is only ever read by a folding Where).
 pub fn fold_binary_i64(
     op: &str,
     a: &[i64],
@@ -99,31 +118,22 @@ pub fn fold_binary_i64(
     out: &[usize],
 ) -> Option<Tensor> {
     let n: usize = out.iter().product();
-    let idx = |flat: usize, s: &[usize]| -> usize {
-        // Map an output index to a broadcast input index.
-        let mut rem = flat;
-        let mut res = 0;
-        let mut stride = 1;
-        for d in (0..out.len()).rev() {
-            let coord = rem % out[d];
-            rem /= out[d];
-            let off = out.len() - s.len();
-            if d >= off {
-                let sd = s[d - off];
-                res += (if sd == 1 { 0 } else { coord }) * stride;
-                stride *= sd;
-            }
-        }
-        res
-    };
     let mut v = Vec::with_capacity(n);
     for i in 0..n {
-        let (x, y) = (a[idx(i, sa)], b[idx(i, sb)]);
+        let (x, y) = (
+            a[broadcast_index(i, sa, out)],
+            b[broadcast_index(i, sb, out)],
+        );
         v.push(match op {
             "Add" => x.checked_add(y)?,
             "Sub" => x.checked_sub(y)?,
             "Mul" => x.checked_mul(y)?,
             "Div" if y != 0 => x / y,
+            "Equal" => i64::from(x == y),
+            "Greater" => i64::from(x > y),
+            "Less" => i64::from(x < y),
+            "GreaterOrEqual" => i64::from(x >= y),
+            "LessOrEqual" => i64::from(x <= y),
             _ => return None,
         });
     }
