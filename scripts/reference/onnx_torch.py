@@ -2,8 +2,8 @@
 
 An independent reference for fieldtune's train-step compiler: the forward ops here are
 torch's own (F.conv2d, F.max_pool2d, ...) and the gradients come from torch autograd, not
-from fieldtune's vector-Jacobian rules. Covers the ops of the shipped models and the
-exporter's shape chains.
+from fieldtune's vector-Jacobian rules. Covers the ops of the shipped models, the
+exporter's shape chains and a vision transformer (LayerNormalization, exact GELU, attention).
 """
 import numpy as np
 import onnx
@@ -114,6 +114,8 @@ class OnnxModule:
         if op == "MatMul":
             return [x[0] @ x[1]]
         if op in ("Add", "Sub", "Mul", "Div"):
+            if op == "Div" and not x[0].is_floating_point() and not x[1].is_floating_point():
+                return [torch.div(x[0], x[1], rounding_mode="trunc")]  # ONNX integer division
             f = {"Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Div": torch.div}[op]
             return [f(x[0], x[1])]
         if op in ("Identity", "Dropout"):  # Dropout: inference form
@@ -123,8 +125,11 @@ class OnnxModule:
         if op == "Shape":
             return [torch.tensor(list(x[0].shape), dtype=torch.int64)]
         if op == "Gather":
-            return [torch.index_select(x[0], a.get("axis", 0), x[1].reshape(-1)).reshape(
-                list(x[0].shape[: a.get("axis", 0)]) + list(x[1].shape) + list(x[0].shape[a.get("axis", 0) + 1:]))]
+            ax = a.get("axis", 0) % x[0].dim()
+            idx = x[1].reshape(-1).to(torch.int64)
+            idx = torch.where(idx < 0, idx + x[0].shape[ax], idx)  # negative indices count from the end
+            return [torch.index_select(x[0], ax, idx).reshape(
+                list(x[0].shape[:ax]) + list(x[1].shape) + list(x[0].shape[ax + 1:]))]
         if op == "Unsqueeze":
             y = x[0]
             for ax in sorted(int(v) for v in x[1]):
@@ -140,4 +145,49 @@ class OnnxModule:
             return [torch.softmax(x[0], a.get("axis", -1))]
         if op == "LogSoftmax":
             return [torch.log_softmax(x[0], a.get("axis", -1))]
+        if op == "LayerNormalization":
+            ax = a.get("axis", -1) % x[0].dim()
+            return [F.layer_norm(x[0], x[0].shape[ax:], x[1], x[2] if len(x) > 2 else None, a.get("epsilon", 1e-5))]
+        if op == "Erf":
+            return [torch.erf(x[0])]
+        if op in ("Equal", "Less", "Greater"):
+            f = {"Equal": torch.eq, "Less": torch.lt, "Greater": torch.gt}[op]
+            return [f(x[0], x[1])]
+        if op == "Where":
+            return [torch.where(x[0], x[1], x[2])]
+        if op == "ConstantOfShape":
+            v = torch.from_numpy(np.array(numpy_helper.to_array(a["value"]))) if "value" in a else torch.zeros(1)
+            return [v.reshape(-1)[0].expand([int(d) for d in x[0]]).clone()]
+        if op == "Expand":
+            shape = torch.broadcast_shapes(tuple(x[0].shape), tuple(int(d) for d in x[1]))
+            return [x[0].expand(shape)]
+        if op == "Transpose":
+            return [x[0].permute(*a["perm"]) if "perm" in a else x[0].permute(*reversed(range(x[0].dim())))]
+        if op == "Slice":
+            starts, ends = [int(v) for v in x[1]], [int(v) for v in x[2]]
+            axes = [int(v) for v in x[3]] if len(x) > 3 and x[3] is not None else list(range(len(starts)))
+            steps = [int(v) for v in x[4]] if len(x) > 4 and x[4] is not None else [1] * len(starts)
+            idx = [slice(None)] * x[0].dim()
+            for s0, e0, ax, st in zip(starts, ends, axes, steps):
+                assert st > 0, "negative Slice steps"
+                dim = x[0].shape[ax]
+                s0 = max(0, min(dim, s0 + dim if s0 < 0 else s0))
+                e0 = max(0, min(dim, e0 + dim if e0 < 0 else e0))
+                idx[ax] = slice(s0, e0, st)
+            return [x[0][tuple(idx)]]
+        if op == "Cast":
+            to = a["to"]
+            if to == onnx.TensorProto.INT64:
+                return [x[0].to(torch.int64)]
+            if to == onnx.TensorProto.BOOL:
+                return [x[0].to(torch.bool)]
+            # A float cast keeps the reference's float width (float64 runs stay float64).
+            return [x[0].to(torch.get_default_dtype()) if x[0].is_floating_point() else x[0].to(torch.float32)]
+        if op == "Pow":
+            return [torch.pow(x[0], x[1])]
+        if op == "Sqrt":
+            return [torch.sqrt(x[0])]
+        if op == "ReduceMean":
+            axes = a.get("axes") if len(x) < 2 or x[1] is None else [int(v) for v in x[1]]
+            return [x[0].mean(dim=tuple(axes), keepdim=bool(a.get("keepdims", 1)))]
         raise NotImplementedError(f"reference interpreter has no op {op}")

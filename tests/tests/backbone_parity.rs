@@ -1,5 +1,5 @@
-//! BatchNorm backbones (ccexam's USPS CNN, a ResNet-style network, torchvision's MobileNetV2
-//! at 224x224): the gradients of one compiled UDA train step, on ONNX Runtime and on tract,
+//! Backbones (ccexam's USPS CNN, a ResNet-style network, torchvision's MobileNetV2 at 224x224,
+//! a tiny torchvision vision transformer): the gradients of one compiled UDA train step, on ONNX Runtime and on tract,
 //! against PyTorch autograd (scripts/reference/torch_reference_grad.py) on the same batch, for every
 //! parameter, in the all-parameters, BatchNorm-affine-only and head-only modes, with
 //! BatchNorm in train mode (batch statistics; running statistics checked too) and frozen.
@@ -322,4 +322,25 @@ fn resnet_tiny_matches_pytorch() {
 #[test]
 fn mobilenetv2_224_matches_pytorch() {
     parity("mobilenetv2", 2, 2, &modes()[..3]);
+}
+
+/// A vision transformer (LayerNormalization, exact GELU, softmax attention, class token):
+/// all parameters, the head, and the last two parameter tensors.
+#[test]
+fn vit_tiny_matches_pytorch() {
+    let case = |trainable| Case {
+        trainable,
+        batchnorm: BatchNormMode::Train,
+        weak_trains: true,
+    };
+    parity(
+        "vit-tiny",
+        3,
+        4,
+        &[
+            case(Trainable::All),
+            case(Trainable::Head),
+            case(Trainable::Last(2)),
+        ],
+    );
 }
