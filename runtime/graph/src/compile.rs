@@ -22,6 +22,7 @@ use crate::lower::{BatchNormMode, RunningUpdate};
 use crate::optim::update_group;
 use crate::proto::ModelProto;
 use crate::spec::TrainSpec;
+use crate::spec::Trainable;
 
 pub use crate::forward::image_shape;
 pub use crate::spec::{inputs, next_name};
@@ -203,11 +204,43 @@ fn declare_model(b: &mut Builder, g: &Graph, spec: &TrainSpec) -> Result<ModelIn
         }
     }
     if m.params.is_empty() {
-        return Err(GraphError::Spec(
-            "no initializer matches the trainable selection".into(),
-        ));
+        return Err(GraphError::Spec(empty_selection(
+            &spec.trainable,
+            &ordered,
+            &bn_affine,
+        )));
     }
     Ok(m)
+}
+
+/// Why a trainable selection matched nothing, and what would: the model's parameter names
+/// (the first 12, and how many more) and, for `bn` on a model without BatchNormalization, how
+/// to export one that keeps it.
+fn empty_selection(t: &Trainable, ordered: &[String], bn_affine: &[String]) -> String {
+    let shown: Vec<&str> = ordered.iter().take(12).map(String::as_str).collect();
+    let more = ordered.len().saturating_sub(shown.len());
+    let names = if ordered.is_empty() {
+        "the model has no float parameters".to_string()
+    } else if more > 0 {
+        format!("parameters: {} (and {more} more)", shown.join(", "))
+    } else {
+        format!("parameters: {}", shown.join(", "))
+    };
+    let why = match t {
+        Trainable::Bn if bn_affine.is_empty() => {
+            "no initializer matches the trainable selection `bn`: the model has no BatchNormalization \
+             (a default torch.onnx.export folds it into the convolutions; export with \
+             training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False to keep it), \
+             or choose --train all, head, last:K or name globs"
+                .to_string()
+        }
+        Trainable::Names(globs) => format!(
+            "no initializer matches the trainable selection {}",
+            globs.join(",")
+        ),
+        other => format!("no initializer matches the trainable selection {other:?}"),
+    };
+    format!("{why}; {names}")
 }
 
 /// The forward pass with gradients over the concatenation of `parts` (input, batch size);

@@ -151,3 +151,39 @@ fn huge_or_negative_dimensions_in_shape_tensors_are_refused_naming_the_node() {
         );
     }
 }
+
+#[test]
+fn an_empty_trainable_selection_lists_the_parameters_and_how_to_keep_batchnorm() {
+    // logits = Flatten(input) * scale: no BatchNormalization (as after a folding export).
+    let m = model(
+        vec![
+            node("flat", "Flatten", &["input"], &["f"]),
+            node("mul", "Mul", &["f", "scale"], &["logits"]),
+        ],
+        &[0, 16],
+    );
+    for (train, want) in [
+        (
+            "bn",
+            vec![
+                "`bn`",
+                "no BatchNormalization",
+                "TrainingMode.PRESERVE",
+                "parameters: scale",
+            ],
+        ),
+        ("conv*", vec!["selection conv*", "parameters: scale"]),
+    ] {
+        let spec = TrainSpec {
+            trainable: fieldtune_graph::Trainable::parse(train).unwrap(),
+            ..spec()
+        };
+        let e = match compile_train_step(&m, &spec) {
+            Ok(_) => panic!("compiled with --train {train}"),
+            Err(e) => e.to_string(),
+        };
+        for w in want {
+            assert!(e.contains(w), "--train {train}: {e}");
+        }
+    }
+}
