@@ -18,7 +18,7 @@ pub mod tta;
 pub use batches::{prefetch, AdaptData, Batch, BatchMaker};
 pub use error::{AdaptError, Result};
 pub use eval::{evaluate, predict, EvalReport};
-pub use model_dir::ModelDir;
+pub use model_dir::{ModelDir, Normalisation};
 pub use recipe::{AdaptConfig, LrSchedule, RECIPES};
 pub use session::{train_spec, StepOutcome, StepShape, TrainSession};
 pub use trainer::{adapt, evaluate_params, AdaptOutcome, StepReport};

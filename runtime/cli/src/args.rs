@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Args, ValueEnum};
-use fieldtune_adapt::{AdaptConfig, RECIPES};
+use fieldtune_adapt::{AdaptConfig, Normalisation, RECIPES};
 use fieldtune_graph::{BatchNormMode, MeanTeacher, Trainable, UdaLoss};
 
 /// Upper bound of `--threads` (and of the run config's thread counts).
@@ -123,21 +123,31 @@ pub(crate) struct RecipeArgs {
     batchnorm: Option<BnArg>,
 }
 
-/// Input normalisation for a bare .onnx model (or to override model.toml's).
+/// Input normalisation: for a bare .onnx without a model.toml beside it (then one of these
+/// is required), or to override model.toml's.
 #[derive(Args, Clone, Debug, Default)]
 pub(crate) struct NormArgs {
     /// Per-channel mean subtracted after scaling pixels to 0..1 (one value, or one per
-    /// channel, comma-separated). Default for a bare .onnx: none (0).
+    /// channel, comma-separated). Overrides model.toml's.
     #[arg(long, value_delimiter = ',', requires = "std")]
     mean: Option<Vec<f32>>,
-    /// Per-channel standard deviation divided by (default for a bare .onnx: none, 1).
+    /// Per-channel standard deviation divided by (with --mean).
     #[arg(long, value_delimiter = ',', requires = "mean")]
     std: Option<Vec<f32>>,
+    /// The model takes pixels scaled to 0..1 as they are (mean 0, std 1). A bare .onnx
+    /// without model.toml needs this or --mean/--std.
+    #[arg(long, conflicts_with_all = ["mean", "std"])]
+    raw_input: bool,
 }
 
 impl NormArgs {
-    pub(crate) fn pair(&self) -> Option<(Vec<f32>, Vec<f32>)> {
-        self.mean.clone().zip(self.std.clone())
+    /// The normalisation these flags ask for (none given: model.toml's).
+    pub(crate) fn normalisation(&self) -> Normalisation {
+        match (self.mean.clone(), self.std.clone()) {
+            (Some(mean), Some(std)) => Normalisation::Given { mean, std },
+            _ if self.raw_input => Normalisation::Raw,
+            _ => Normalisation::Model,
+        }
     }
 }
 

@@ -25,14 +25,16 @@ uda     textbook UDA: 2 px shifted weak view, TSA\n  tent    entropy minimisatio
 fixmatch hard pseudo-labels (confidence > 0.95) for the strong view + anchor CE\n  \
 cotta   CoTTA: mean teacher, augmentation-averaged targets, soft CE, stochastic restore; no anchors\n  \
 rotation test-time training: rotation prediction with a linear head (not saved); no anchors\n\n\
---objective, --train, --batchnorm and --batch change a recipe from the command line; a bare .onnx \
-works as --model with --mean/--std.\n\n\
+--objective, --train, --batchnorm and --batch change a recipe from the command line; a .onnx file \
+works as --model: read as the model.toml beside it says, else with --mean/--std (or --raw-input \
+for a model that takes pixels scaled to 0..1).\n\n\
 Every setting can be overridden in a TOML file (--config); --print-config shows them all.";
 
 #[derive(Args)]
 pub struct AdaptArgs {
-    /// Model folder (model.onnx + model.toml), or a bare .onnx file (input shape from the
-    /// graph, classes 0..K-1, normalisation from --mean/--std).
+    /// Model folder (model.onnx + model.toml), or a .onnx file: read as the model.toml
+    /// beside it says; without one, input shape from the graph, classes 0..K-1, and
+    /// --mean/--std or --raw-input.
     #[arg(long)]
     model: PathBuf,
     #[command(flatten)]

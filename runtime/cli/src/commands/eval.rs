@@ -11,7 +11,9 @@ use crate::args::{EngineArgs, NormArgs};
 
 #[derive(Args)]
 pub struct EvalArgs {
-    /// Model folder (model.onnx + model.toml), or a bare .onnx file.
+    /// Model folder (model.onnx + model.toml), or a .onnx file: read as the model.toml
+    /// beside it says; without one, input shape from the graph, classes 0..K-1, and
+    /// --mean/--std or --raw-input.
     #[arg(long)]
     model: PathBuf,
     #[command(flatten)]

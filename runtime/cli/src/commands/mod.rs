@@ -60,7 +60,7 @@ pub(crate) fn engine(args: &EngineArgs) -> Result<Box<dyn Engine>> {
 
 /// Opens a model folder or bare .onnx, naming the path on failure.
 pub(crate) fn open_model(path: &Path, norm: &NormArgs) -> Result<ModelDir> {
-    ModelDir::open_path(path, norm.pair())
+    ModelDir::open_path(path, norm.normalisation())
         .with_context(|| format!("opening model {}", path.display()))
 }
 

@@ -51,7 +51,9 @@ scripts/data/corrupt_fmnist.py).";
 
 #[derive(Args)]
 pub struct TtaArgs {
-    /// Model folder (model.onnx + model.toml), or a bare .onnx file.
+    /// Model folder (model.onnx + model.toml), or a .onnx file: read as the model.toml
+    /// beside it says; without one, input shape from the graph, classes 0..K-1, and
+    /// --mean/--std or --raw-input.
     #[arg(long, required_unless_present = "print_config")]
     model: Option<PathBuf>,
     #[command(flatten)]
