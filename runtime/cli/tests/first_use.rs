@@ -148,3 +148,191 @@ fn a_model_toml_beside_a_bare_onnx_that_does_not_fit_it_names_both_files() {
         );
     }
 }
+
+/// `adapt --objective tent` at a learning rate that collapses the shipped MNIST CNN in a few
+/// steps, checked every 5 steps on 200 frames; `extra` flags after. Returns the run's stdout,
+/// stderr and adapt.json.
+fn collapsing_tent(out: &Path, extra: &[&str]) -> (String, String, serde_json::Value) {
+    let cfg = out.with_extension("toml");
+    std::fs::write(
+        &cfg,
+        "recipe = \"tent\"\n[collapse]\nevery = 5\nframes = 200\n",
+    )
+    .unwrap();
+    let mut args = vec![
+        "adapt",
+        "--model",
+        "models/mnist-cnn",
+        "--unlabeled",
+        "data/opencv-digits",
+        "--eval",
+        "data/opencv-digits",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--lr",
+        "0.05",
+        "--steps",
+        "20",
+        "--batch",
+        "32",
+        "--engine",
+        "tract",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let o = fieldtune(&args);
+    let (stdout, err) = text(&o);
+    assert!(o.status.success(), "{stdout}\n{err}");
+    let j = std::fs::read_to_string(out.join("adapt.json")).unwrap();
+    (stdout, err, serde_json::from_str(&j).unwrap())
+}
+
+#[test]
+fn adapt_warns_when_predictions_collapse_and_stops_by_default_for_tent() {
+    let d = tempfile::tempdir().unwrap();
+    // tent is entropy-only: it stops at the first failed check and keeps the weights of the
+    // last check that passed (here the source model's: accuracy after = before).
+    let (out, err, j) = collapsing_tent(&d.path().join("stop"), &[]);
+    assert!(
+        err.contains("WARN") && err.contains("predictions collapsing: marginal entropy"),
+        "{err}"
+    );
+    let c = &j["collapse"];
+    let at = c["first_collapse_step"].as_u64().expect("a collapse");
+    assert!(at > 0 && at < 20 && at % 5 == 0, "{c}");
+    assert_eq!(c["stop_on_collapse"], true);
+    assert_eq!(
+        j["history"].as_array().unwrap().len() as u64,
+        at,
+        "stopped there"
+    );
+    let kept = c["kept_weights_of_step"].as_u64().expect("kept weights");
+    assert!(kept < at, "{c}");
+    assert!(
+        out.contains(&format!(
+            "predictions collapsed at step {at} of 20; stopped"
+        )),
+        "{out}"
+    );
+    let checks = c["checks"].as_array().unwrap();
+    let last = checks.last().unwrap();
+    assert!(
+        last["marginal_entropy"].as_f64().unwrap()
+            < checks[0]["marginal_entropy"].as_f64().unwrap() - 0.2,
+        "{c}"
+    );
+    if kept == 0 {
+        assert_eq!(
+            j["accuracy_after"], j["accuracy_before"],
+            "source weights written"
+        );
+    }
+    // --no-stop-on-collapse: warned, recorded, the run goes on to the end.
+    let (out, err, j) = collapsing_tent(&d.path().join("warn"), &["--no-stop-on-collapse"]);
+    let c = &j["collapse"];
+    assert!(err.contains("predictions collapsing"), "{err}");
+    assert_eq!(c["first_collapse_step"].as_u64(), Some(at), "{c}");
+    assert_eq!(c["stop_on_collapse"], false);
+    assert!(c["kept_weights_of_step"].is_null());
+    assert_eq!(j["history"].as_array().unwrap().len(), 20);
+    assert!(out.contains("the run went on"), "{out}");
+}
+
+#[test]
+fn adapt_print_config_needs_no_run_flags_and_round_trips() {
+    let d = tempfile::tempdir().unwrap();
+    let o = fieldtune(&[
+        "adapt",
+        "--recipe",
+        "tent",
+        "--lr",
+        "0.002",
+        "--print-config",
+    ]);
+    let (printed, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        printed.starts_with("# fieldtune adapt settings"),
+        "{printed}"
+    );
+    assert!(printed.contains("\nlr = 0.002 "), "{printed}");
+    for line in printed
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.contains(" = "))
+    {
+        assert!(line.contains(" # "), "no comment: {line}");
+        // Round numbers: a float value has at most 6 significant digits (no f64 noise).
+        let value = line
+            .split_once(" = ")
+            .unwrap()
+            .1
+            .split(" #")
+            .next()
+            .unwrap()
+            .trim();
+        if value.parse::<f64>().is_ok() && value.contains('.') {
+            let digits = value.replace(['-', '.'], "");
+            let significant = digits.trim_start_matches('0').trim_end_matches('0');
+            assert!(significant.len() <= 6, "float noise: {line}");
+        }
+    }
+    // Loaded again (flags are not needed any more), it prints the same settings.
+    let file = d.path().join("my.toml");
+    std::fs::write(&file, &printed).unwrap();
+    let again = fieldtune(&[
+        "adapt",
+        "--config",
+        file.to_str().unwrap(),
+        "--print-config",
+    ]);
+    assert!(again.status.success(), "{}", text(&again).1);
+    assert_eq!(text(&again).0, printed);
+    // Without --print-config the run flags are required again.
+    let o = fieldtune(&["adapt", "--config", file.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).1.contains("--model"), "{}", text(&o).1);
+}
+
+#[test]
+fn the_readme_tta_command_says_how_to_make_its_data() {
+    // data/fmnist-c is not shipped: an empty folder stands for a fresh clone's.
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("fmnist-c");
+    std::fs::create_dir(&data).unwrap();
+    let e = error_line(&[
+        "tta",
+        "--model",
+        "models/fmnist-cnn",
+        "--data",
+        data.to_str().unwrap(),
+        "--severity",
+        "5",
+    ]);
+    assert!(
+        e.contains("gaussian_noise-5")
+            && e.contains("15 of 15 missing")
+            && e.contains("scripts/data/corrupt_fmnist.py")
+            && e.contains("data/fmnist-c/DATA.md"),
+        "{e}"
+    );
+    // The README's command is the one this error answers, and says the same.
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let line = readme
+        .lines()
+        .find(|l| l.contains("fieldtune tta --model models/fmnist-cnn --data data/fmnist-c"))
+        .expect("README shows the tta command");
+    assert!(line.contains("corrupt_fmnist.py"), "{line}");
+    // Named domains that are missing are listed against the folders that are there.
+    std::fs::create_dir(data.join("clean")).unwrap();
+    let e = error_line(&[
+        "tta",
+        "--model",
+        "models/fmnist-cnn",
+        "--data",
+        data.to_str().unwrap(),
+        "--domains",
+        "clean,fog-3",
+    ]);
+    assert!(e.contains("fog-3") && e.contains("holds: clean"), "{e}");
+}
