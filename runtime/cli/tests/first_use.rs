@@ -336,3 +336,75 @@ fn the_readme_tta_command_says_how_to_make_its_data() {
     ]);
     assert!(e.contains("fog-3") && e.contains("holds: clean"), "{e}");
 }
+
+#[test]
+fn the_minimum_onnx_runtime_is_stated_in_the_readme_jetson_md_and_doctor() {
+    let min = fieldtune_engine::ORT_MIN_VERSION;
+    let min = format!("{}.{}", min.major, min.minor);
+    for doc in ["README.md", "docs/JETSON.md"] {
+        let text = std::fs::read_to_string(root().join(doc)).unwrap();
+        assert!(
+            text.contains(&format!("Minimum ONNX Runtime: {min}")),
+            "{doc} does not state the minimum ONNX Runtime {min}"
+        );
+    }
+    // With or without a library found.
+    let o = fieldtune(&["doctor"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        out.contains(&format!("minimum: ONNX Runtime {min} (C API level")),
+        "{out}"
+    );
+}
+
+#[test]
+fn test_sh_says_which_optional_features_are_on_and_the_readme_lists_every_package() {
+    let script = root().join("scripts/test-features.sh");
+    // No GStreamer development packages visible to pkg-config: the feature is off, said plainly.
+    let o = std::process::Command::new("bash")
+        .arg(&script)
+        .env("PKG_CONFIG_LIBDIR", "/nonexistent")
+        .env("PKG_CONFIG_PATH", "")
+        .output()
+        .unwrap();
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert_eq!(out.trim(), "fieldtune/linux-gpio");
+    assert!(
+        err.contains("feature gstreamer: OFF") && err.contains("feature linux-gpio: on"),
+        "{err}"
+    );
+    // Every package the script names is in the README.
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let names = std::fs::read_to_string(&script).unwrap();
+    let packages: Vec<&str> = names
+        .split(|c: char| c.is_whitespace() || ":;()".contains(c))
+        .filter(|w| {
+            w.starts_with("python3-")
+                || w.starts_with("libgstreamer")
+                || w.starts_with("gstreamer1.0-")
+                || *w == "pkg-config"
+                || *w == "fonts-dejavu-core"
+        })
+        .collect();
+    assert!(packages.len() >= 11, "{packages:?}");
+    for p in packages {
+        assert!(readme.contains(p), "README.md does not list {p}");
+    }
+    // With the packages present (as on this project's machines and CI), the feature is on.
+    if std::process::Command::new("pkg-config")
+        .args(["--exists", "gstreamer-app-1.0", "gstreamer-video-1.0"])
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        let o = std::process::Command::new("bash")
+            .arg(&script)
+            .output()
+            .unwrap();
+        assert_eq!(
+            text(&o).0.trim(),
+            "fieldtune/gstreamer,fieldtune/linux-gpio"
+        );
+    }
+}
