@@ -408,3 +408,171 @@ fn test_sh_says_which_optional_features_are_on_and_the_readme_lists_every_packag
         );
     }
 }
+
+#[test]
+fn doctor_board_strict_fails_on_differences_that_matter_only() {
+    // This machine is not a Jetson: the architecture (at least) differs.
+    let o = fieldtune(&["doctor", "--board", "jetson-orin-nano-8gb"]);
+    let (out, err) = text(&o);
+    assert!(
+        o.status.success(),
+        "without --strict a report is a success: {err}"
+    );
+    assert!(out.contains("that matter: arch"), "{out}");
+    let e = error_line(&["doctor", "--board", "jetson-orin-nano-8gb", "--strict"]);
+    assert!(
+        e.contains("--strict") && e.contains("jetson-orin-nano-8gb") && e.contains("arch"),
+        "{e}"
+    );
+    // --strict needs a board.
+    let o = fieldtune(&["doctor", "--strict"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o).1);
+}
+
+#[test]
+fn an_unreadable_or_non_truetype_report_font_is_an_error() {
+    let d = tempfile::tempdir().unwrap();
+    let events = root().join("runtime/field/tests/fixtures/events-v1.jsonl");
+    let png = d.path().join("r.png");
+    let report = |font: &str| {
+        vec![
+            "report".to_string(),
+            "--events".into(),
+            events.to_str().unwrap().into(),
+            "--out".into(),
+            png.to_str().unwrap().into(),
+            "--font".into(),
+            font.into(),
+        ]
+    };
+    let args = report("/nonexistent/nope.ttf");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let e = error_line(&args);
+    assert!(
+        e.contains("--font") && e.contains("/nonexistent/nope.ttf"),
+        "{e}"
+    );
+    let readme = root().join("README.md");
+    let args = report(readme.to_str().unwrap());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let e = error_line(&args);
+    assert!(e.contains("README.md is not a TrueType font"), "{e}");
+    assert!(!png.exists(), "nothing drawn");
+    // A real font draws.
+    let dejavu = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+    if Path::new(dejavu).is_file() {
+        let args = report(dejavu);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = fieldtune(&args);
+        assert!(o.status.success(), "{}", text(&o).1);
+        assert!(png.is_file());
+    }
+}
+
+#[test]
+fn logs_to_a_pipe_carry_no_colour_codes_and_the_engine_is_named_once() {
+    // The tests' stderr is a pipe, as a log file or journald is.
+    for engine in ["tract", "auto"] {
+        let o = common::fieldtune_log(
+            &[
+                "eval",
+                "--model",
+                "models/mnist-cnn/model.onnx",
+                "--data",
+                "data/opencv-digits",
+                "--engine",
+                engine,
+            ],
+            "info",
+        );
+        let (out, err) = text(&o);
+        assert!(o.status.success(), "{err}");
+        assert!(err.contains("INFO"), "info lines are logged: {err}");
+        assert!(
+            !err.contains('\x1b') && !out.contains('\x1b'),
+            "ANSI codes:\n{err:?}"
+        );
+        let lines = out
+            .lines()
+            .chain(err.lines())
+            .filter(|l| l.contains("engine:"))
+            .count();
+        assert_eq!(lines, 1, "{engine}: the engine line once:\n{out}\n{err}");
+    }
+}
+
+#[test]
+fn engine_flags_have_their_own_help_heading_only_on_commands_that_run_an_engine() {
+    let help = |args: &[&str]| {
+        let o = fieldtune(args);
+        assert!(o.status.success(), "{}", text(&o).1);
+        text(&o).0
+    };
+    for cmd in ["adapt", "eval", "bench", "tta", "demo", "run", "doctor"] {
+        let h = help(&[cmd, "--help"]);
+        let (own, engine) = h
+            .split_once("\nEngine:\n")
+            .unwrap_or_else(|| panic!("{cmd}:\n{h}"));
+        for flag in [
+            "--engine <ENGINE>",
+            "--ort-lib",
+            "--threads",
+            "--ep",
+            "--graph-opt",
+        ] {
+            assert!(
+                engine.contains(flag),
+                "{cmd}: {flag} not under Engine:\n{h}"
+            );
+            assert!(
+                !own.contains(flag),
+                "{cmd}: {flag} among the command's own:\n{h}"
+            );
+        }
+    }
+    for cmd in ["compile", "report"] {
+        let h = help(&[cmd, "--help"]);
+        assert!(
+            !h.contains("Engine:") && !h.contains("--ort-lib") && !h.contains("--engine"),
+            "{cmd}:\n{h}"
+        );
+        let o = fieldtune(&[cmd, "--engine", "tract"]);
+        assert_eq!(o.status.code(), Some(2), "{cmd} takes no --engine");
+    }
+    // Before the command they still work (scripts write `fieldtune --engine X run`); after it
+    // they win.
+    let o = fieldtune(&[
+        "--engine",
+        "tract",
+        "eval",
+        "--model",
+        "models/mnist-cnn",
+        "--data",
+        "data/opencv-digits",
+    ]);
+    assert!(text(&o).0.starts_with("engine: tract"), "{}", text(&o).0);
+    let o = fieldtune(&[
+        "--engine",
+        "ort",
+        "--ort-lib",
+        "/nonexistent",
+        "eval",
+        "--engine",
+        "tract",
+        "--model",
+        "models/mnist-cnn",
+        "--data",
+        "data/opencv-digits",
+    ]);
+    assert!(text(&o).0.starts_with("engine: tract"), "{}", text(&o).1);
+    let e = error_line(&[
+        "--engine",
+        "tract",
+        "compile",
+        "--model",
+        "models/mnist-cnn",
+        "--out",
+        "x.onnx",
+    ]);
+    assert!(e.contains("runs no engine"), "{e}");
+}

@@ -19,8 +19,8 @@ use crate::args::{EngineArgs, NormArgs, RecipeArgs};
 pub const ADAPT_ABOUT: &str = "Adapt a model to unlabeled frames of a new domain, anchored by a few labeled \
 examples of the source domain. Writes --out/model.onnx (the adapted weights as initializers), \
 --out/model.toml, --out/checkpoint.safetensors and --out/adapt.json (settings, loss history, accuracy). \
-The folder is replaced whole (old or new, never a mix); it may not be the model's folder, hold \
-the inputs, or hold other files.\n\n\
+An existing --out that is not empty is refused unless --force; it is then replaced whole (old or new, \
+never a mix), and may not be the model's folder, hold the inputs, or hold other files.\n\n\
 Recipes (--recipe):\n  uda-im  UDA, identity weak view, mild RandAugment, + information maximisation + anchor CE, 600 steps (default)\n  \
 uda     textbook UDA: 2 px shifted weak view, TSA\n  tent    entropy minimisation, no anchors\n  \
 fixmatch hard pseudo-labels (confidence > 0.95) for the strong view + anchor CE\n  \
@@ -47,9 +47,13 @@ pub struct AdaptArgs {
     /// for training).
     #[arg(long, required_unless_present = "print_config")]
     unlabeled: Option<PathBuf>,
-    /// Output model folder.
+    /// Output model folder. An existing folder that is not empty is refused unless --force.
     #[arg(long, required_unless_present = "print_config")]
     out: Option<PathBuf>,
+    /// Replace an existing --out folder (one holding only model-folder files: model.onnx,
+    /// model.toml, checkpoint.safetensors, adapt.json; anything else is never replaced).
+    #[arg(long)]
+    force: bool,
     /// Labeled images to score before and after (and every eval_every steps).
     #[arg(long)]
     eval: Option<PathBuf>,
@@ -73,6 +77,8 @@ pub struct AdaptArgs {
     no_stop_on_collapse: bool,
     #[command(flatten)]
     recipe: RecipeArgs,
+    #[command(flatten)]
+    pub(crate) engine: crate::args::EngineArgs,
 }
 
 pub fn run(a: AdaptArgs, engine_args: &EngineArgs) -> Result<()> {
@@ -100,6 +106,7 @@ pub fn run(a: AdaptArgs, engine_args: &EngineArgs) -> Result<()> {
             unlabeled,
             eval: a.eval.as_deref(),
             out,
+            force: a.force,
             dump_batches: a.dump_batches.as_deref(),
         },
         &cfg,
@@ -115,6 +122,8 @@ pub(crate) struct RunPaths<'a> {
     pub(crate) unlabeled: &'a Path,
     pub(crate) eval: Option<&'a Path>,
     pub(crate) out: &'a Path,
+    /// Replace `out` when it exists and is not empty.
+    pub(crate) force: bool,
     /// Where to write each step's batch, if anywhere.
     pub(crate) dump_batches: Option<&'a Path>,
 }
@@ -130,6 +139,7 @@ pub(crate) fn run_adapt(
         unlabeled,
         eval,
         out,
+        force,
         dump_batches,
     } = paths;
     // The folder is replaced whole: it may not be, or hold, anything this run reads.
@@ -138,6 +148,7 @@ pub(crate) fn run_adapt(
         .flatten()
         .collect();
     fieldtune_adapt::fsutil::refuse_overwrite(out, &inputs)?;
+    fieldtune_adapt::fsutil::refuse_non_empty(out, force)?;
     let (lab_imgs, labels) = match labeled {
         Some(d) => load_labeled(d, m)
             .with_context(|| format!("loading labeled anchors from {}", d.display()))?,

@@ -44,6 +44,8 @@ pub struct BenchArgs {
     json: bool,
     #[command(flatten)]
     recipe: RecipeArgs,
+    #[command(flatten)]
+    pub(crate) engine: crate::args::EngineArgs,
 }
 
 pub fn run(a: BenchArgs, engine_args: &EngineArgs) -> Result<()> {

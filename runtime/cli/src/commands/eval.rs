@@ -24,6 +24,8 @@ pub struct EvalArgs {
     /// Images per inference batch.
     #[arg(long, default_value_t = 250, value_parser = crate::args::batch_parser())]
     batch: usize,
+    #[command(flatten)]
+    pub(crate) engine: crate::args::EngineArgs,
 }
 
 pub fn run(a: EvalArgs, engine_args: &EngineArgs) -> Result<()> {

@@ -100,6 +100,8 @@ pub struct TtaArgs {
     /// Write all results as JSON.
     #[arg(long)]
     out: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) engine: crate::args::EngineArgs,
 }
 
 fn parse_method(s: &str) -> std::result::Result<Method, String> {
