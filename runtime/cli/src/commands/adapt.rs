@@ -67,9 +67,10 @@ pub struct AdaptArgs {
     dump_batches: Option<PathBuf>,
     /// Stop when the predictions collapse (the entropy of the mean prediction on a fixed
     /// sample of the unlabeled frames more than 0.2 nats below the source model's: the field
-    /// gate's check), and write the weights of the last check that passed. A mean confidence
-    /// saturating at 0.999 is warned about, never stopped for. Default for entropy-only objectives (tent); others warn and go on.
-    /// Config: [collapse] on_collapse = "auto" | "stop" | "warn", every, frames.
+    /// gate's check), and write the weights of the last check that passed. Default for
+    /// entropy-only objectives (tent); others warn and go on. A mean confidence saturating at
+    /// 0.999 is warned about, never stopped for. Config: [collapse] on_collapse = "auto" |
+    /// "stop" | "warn", every, frames.
     #[arg(long, overrides_with = "no_stop_on_collapse")]
     stop_on_collapse: bool,
     /// Only warn when the predictions collapse, also for entropy-only objectives.
