@@ -87,7 +87,7 @@ const ONNX: Target = Target {
         }
         let p = work.join("bare.onnx");
         std::fs::write(&p, d).unwrap();
-        let _ = ModelDir::open_path(&p, None);
+        let _ = ModelDir::open_path(&p, fieldtune_adapt::Normalisation::Raw);
     },
 };
 

@@ -45,6 +45,14 @@ pub struct Finding {
 }
 
 impl Finding {
+    /// A difference that changes what fieldtune gets on this machine: every `differs`
+    /// finding (architecture, CPU cores, memory, thermal zones, power mode, GPIO lines,
+    /// engines) except the device-tree model name, which only names the board.
+    /// `fieldtune doctor --board --strict` fails on these.
+    pub fn matters(&self) -> bool {
+        self.level == Level::Differs && self.topic != "model"
+    }
+
     fn new(level: Level, topic: &'static str, message: impl Into<String>) -> Self {
         Finding {
             level,

@@ -216,3 +216,30 @@ fn probing_this_machine_works() {
         println!("{x}");
     }
 }
+
+#[test]
+fn every_difference_but_the_model_name_matters() {
+    let p = Profile::load("jetson-orin-nano-8gb").unwrap();
+    assert!(compare(&p, &orin_nano_host()).iter().all(|f| !f.matters()));
+    let mut h = orin_nano_host();
+    h.device_tree_model = Some("NVIDIA Jetson Orin NX".into());
+    let f = compare(&p, &h);
+    let model = f.iter().find(|f| f.topic == "model").unwrap();
+    assert!(model.level == Level::Differs && !model.matters(), "{model}");
+    h.arch = "x86_64".into();
+    h.cpus_present = Some(8);
+    h.thermal_zones.clear();
+    let f = compare(&p, &h);
+    let matter: Vec<&str> = f.iter().filter(|f| f.matters()).map(|f| f.topic).collect();
+    assert_eq!(
+        matter,
+        ["arch", "cpu", "thermal", "thermal", "thermal"],
+        "{f:?}"
+    );
+    // A warning never matters.
+    h = orin_nano_host();
+    h.video_devices = 0;
+    let f = compare(&p, &h);
+    assert!(f.iter().any(|f| f.level == Level::Warn));
+    assert!(f.iter().all(|f| !f.matters()));
+}

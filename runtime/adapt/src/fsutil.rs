@@ -94,6 +94,33 @@ pub fn refuse_overwrite(output: &Path, inputs: &[&Path]) -> Result<()> {
     Ok(())
 }
 
+/// Refuses an output folder that exists and holds anything, unless `force` (`--force`): a
+/// run does not replace earlier results without being told to. The error names the folder,
+/// what it holds and the flag.
+pub fn refuse_non_empty(dir: &Path, force: bool) -> Result<()> {
+    if force {
+        return Ok(());
+    }
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Ok(()); // missing (made by the run), or not a folder (refused when written)
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    if names.is_empty() {
+        return Ok(());
+    }
+    names.sort();
+    Err(AdaptError::Io {
+        path: dir.to_path_buf(),
+        source: std::io::Error::other(format!(
+            "exists and is not empty (holds {}); pass --force to replace it whole, or choose another --out",
+            names.join(", ")
+        )),
+    })
+}
+
 /// Files an adapted model folder may hold; [`replace_dir`] refuses to replace a folder that
 /// holds anything else (it would be lost).
 pub const MODEL_DIR_FILES: &[&str] = &[

@@ -6,11 +6,13 @@
 pub mod batches;
 pub mod bench;
 pub mod checkpoint;
+pub mod collapse;
 pub mod error;
 pub mod eval;
 pub mod fsutil;
 pub mod model_dir;
 pub mod recipe;
+mod recipe_toml;
 pub mod session;
 pub mod trainer;
 pub mod tta;
@@ -18,7 +20,9 @@ pub mod tta;
 pub use batches::{prefetch, AdaptData, Batch, BatchMaker};
 pub use error::{AdaptError, Result};
 pub use eval::{evaluate, predict, EvalReport};
-pub use model_dir::ModelDir;
-pub use recipe::{AdaptConfig, LrSchedule, RECIPES};
+pub use model_dir::{ModelDir, Normalisation};
+pub use recipe::{AdaptConfig, CollapseWatch, LrSchedule, OnCollapse, RECIPES};
 pub use session::{train_spec, StepOutcome, StepShape, TrainSession};
-pub use trainer::{adapt, evaluate_params, AdaptOutcome, StepReport};
+pub use trainer::{
+    adapt, evaluate_params, AdaptOutcome, CollapseCheck, CollapseReport, StepReport,
+};

@@ -38,6 +38,21 @@ fn fmt_dims(dims: &[Dim]) -> String {
     format!("[{}]", d.join(", "))
 }
 
+/// How [`ModelDir::open_path`] normalises input pixels (after scaling them to 0..1).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum Normalisation {
+    /// As model.toml says; a bare .onnx without one is an error.
+    #[default]
+    Model,
+    /// These per-channel values (one value: every channel), replacing model.toml's.
+    Given { mean: Vec<f32>, std: Vec<f32> },
+    /// None: the model takes pixels scaled to 0..1 as they are (mean 0, std 1).
+    Raw,
+    /// The caller reads no images (e.g. it only compiles the train step): model.toml's
+    /// values where there is one, else mean 0, std 1.
+    Unused,
+}
+
 /// A loaded and cross-checked model folder.
 #[derive(Clone, Debug)]
 pub struct ModelDir {
@@ -53,30 +68,37 @@ impl ModelDir {
     /// Opens `dir`, decodes the ONNX file and checks that model.toml's input, output and
     /// image shape agree with the graph.
     pub fn open(dir: &Path) -> Result<ModelDir> {
-        let onnx = dir.join(MODEL_ONNX);
+        if !dir.is_dir() {
+            return Err(AdaptError::ModelDir {
+                path: dir.to_path_buf(),
+                reason: "not a folder; a model is a folder holding model.onnx and model.toml"
+                    .into(),
+            });
+        }
+        Self::described(&dir.join(MODEL_ONNX), &model_toml_path(dir), "")
+    }
+
+    /// `onnx` as `toml` describes it: the file is read, and its input, output and image
+    /// shape are checked against the graph; a mismatch names both files (and `hint`).
+    fn described(onnx: &Path, toml: &Path, hint: &str) -> Result<ModelDir> {
         let bad = |path: &Path, reason: String| AdaptError::ModelDir {
             path: path.to_path_buf(),
-            reason,
+            reason: format!("{reason}{hint}"),
         };
-        if !dir.is_dir() {
-            return Err(bad(
-                dir,
-                "not a folder; a model is a folder holding model.onnx and model.toml".into(),
-            ));
-        }
-        let config = ModelConfig::load(model_toml_path(dir))?;
-        let bytes = fieldtune_frames::read_regular(&onnx)?;
-        let model = decode_model(&bytes, &onnx)?;
-        let graph = Graph::from_model(&model).map_err(|e| bad(&onnx, e.to_string()))?;
+        let config = ModelConfig::load(toml)?;
+        let bytes = fieldtune_frames::read_regular(onnx)?;
+        let model = decode_model(&bytes, onnx)?;
+        let graph = Graph::from_model(&model).map_err(|e| bad(onnx, e.to_string()))?;
+        let t = toml.display();
         let input = graph
             .inputs
             .iter()
             .find(|i| i.name == config.input)
             .ok_or_else(|| {
                 bad(
-                    &onnx,
+                    onnx,
                     format!(
-                        "model.toml names input '{}', but the graph's inputs are: {}",
+                        "{t} names input '{}', but the graph's inputs are: {}",
                         config.input,
                         graph
                             .inputs
@@ -94,7 +116,7 @@ impl ModelDir {
         ];
         if input.dims.len() != 4 {
             return Err(bad(
-                &onnx,
+                onnx,
                 format!(
                     "input '{}' has rank {}, expected NCHW",
                     input.name,
@@ -106,10 +128,14 @@ impl ModelDir {
             if let Dim::Fixed(d) = input.dims[i + 1] {
                 if d != *w {
                     return Err(bad(
-                        &onnx,
+                        onnx,
                         format!(
-                            "input '{}' is {:?} but model.toml says channels={} height={} width={}",
-                            input.name, input.dims, config.channels, config.height, config.width
+                            "input '{}' is {} but {t} says channels={} height={} width={}",
+                            input.name,
+                            fmt_dims(&input.dims),
+                            config.channels,
+                            config.height,
+                            config.width
                         ),
                     ));
                 }
@@ -117,9 +143,9 @@ impl ModelDir {
         }
         let Some(output) = graph.outputs.iter().find(|o| o.name == config.output) else {
             return Err(bad(
-                &onnx,
+                onnx,
                 format!(
-                    "model.toml names output '{}', which the graph does not produce",
+                    "{t} names output '{}', which the graph does not produce",
                     config.output
                 ),
             ));
@@ -128,7 +154,7 @@ impl ModelDir {
         // the compiler, whose error names this file too).
         if !output.dims.is_empty() && output.dims.len() != 2 {
             return Err(bad(
-                &onnx,
+                onnx,
                 format!(
                     "output '{}' is {}; expected [batch, classes] logits",
                     output.name,
@@ -136,45 +162,92 @@ impl ModelDir {
                 ),
             ));
         }
+        if let Some(Dim::Fixed(k)) = output.dims.get(1) {
+            if *k != config.classes.len() {
+                return Err(bad(
+                    onnx,
+                    format!(
+                        "output '{}' has {k} classes but {t} names {}",
+                        output.name,
+                        config.classes.len()
+                    ),
+                ));
+            }
+        }
         Ok(ModelDir {
-            dir: dir.to_path_buf(),
-            onnx,
+            dir: onnx.parent().unwrap_or(Path::new(".")).to_path_buf(),
+            onnx: onnx.to_path_buf(),
             config,
             model,
             bytes,
         })
     }
 
-    /// Opens a model folder, or a bare `.onnx` file: then the input is the graph's first
-    /// non-initializer input (float32 NCHW, fixed C, H, W), the output its first output,
-    /// the classes are named `0..K-1` from the output's last dimension, and pixels are only
-    /// scaled to 0..1 unless `norm` gives a per-channel (mean, std). For a folder, `norm`
-    /// replaces model.toml's values.
-    pub fn open_path(path: &Path, norm: Option<(Vec<f32>, Vec<f32>)>) -> Result<ModelDir> {
+    /// Opens a model folder, or a `.onnx` file. A file with a model.toml beside it is read
+    /// as that model.toml describes it (said in a log line; the graph is checked against
+    /// it). A bare file without one: the input is the graph's first non-initializer input
+    /// (float32 NCHW, fixed C, H, W), the output its first output, the classes are named
+    /// `0..K-1` from the output's last dimension, and `norm` must say how pixels are
+    /// normalised ([`Normalisation::Model`] is an error then: a guess would score silently
+    /// wrong). Given values replace model.toml's.
+    pub fn open_path(path: &Path, norm: Normalisation) -> Result<ModelDir> {
         let mut m = if path.is_file() {
-            Self::from_onnx_file(path)?
+            let toml = path.parent().map(model_toml_path).filter(|t| t.is_file());
+            match toml {
+                Some(toml) => {
+                    let m = Self::described(
+                        path,
+                        &toml,
+                        " (a model.toml beside a .onnx describes it: fix it, or move the .onnx to its own folder)",
+                    )?;
+                    tracing::info!(
+                        "model: {} as described by {} beside it",
+                        path.display(),
+                        toml.display()
+                    );
+                    m
+                }
+                None => {
+                    if matches!(norm, Normalisation::Model) {
+                        return Err(AdaptError::ModelDir {
+                            path: path.to_path_buf(),
+                            reason: format!(
+                                "a bare .onnx has no model.toml ({} does not exist), so its input normalisation is unknown: give --mean/--std (e.g. --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 for torchvision ImageNet models), --raw-input if the model takes pixels scaled to 0..1 as they are, or write that model.toml",
+                                path.parent()
+                                    .map(model_toml_path)
+                                    .unwrap_or_else(|| MODEL_TOML.into())
+                                    .display()
+                            ),
+                        });
+                    }
+                    Self::from_onnx_file(path)?
+                }
+            }
         } else {
             Self::open(path)?
         };
-        if let Some((mean, std)) = norm {
-            let c = m.config.channels as usize;
-            let bad = |what: &str, n: usize| AdaptError::ModelDir {
+        let (mean, std) = match norm {
+            Normalisation::Model | Normalisation::Unused => return Ok(m),
+            Normalisation::Raw => (vec![0.0], vec![1.0]),
+            Normalisation::Given { mean, std } => (mean, std),
+        };
+        let c = m.config.channels as usize;
+        let bad = |what: &str, n: usize| AdaptError::ModelDir {
+            path: path.to_path_buf(),
+            reason: format!("--{what} has {n} values; the model has {c} channels"),
+        };
+        let expand = |v: Vec<f32>, what: &str| match v.len() {
+            1 => Ok(vec![v[0]; c]),
+            n if n == c => Ok(v),
+            n => Err(bad(what, n)),
+        };
+        m.config.mean = expand(mean, "mean")?;
+        m.config.std = expand(std, "std")?;
+        if m.config.std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+            return Err(AdaptError::ModelDir {
                 path: path.to_path_buf(),
-                reason: format!("--{what} has {n} values; the model has {c} channels"),
-            };
-            let expand = |v: Vec<f32>, what: &str| match v.len() {
-                1 => Ok(vec![v[0]; c]),
-                n if n == c => Ok(v),
-                n => Err(bad(what, n)),
-            };
-            m.config.mean = expand(mean, "mean")?;
-            m.config.std = expand(std, "std")?;
-            if m.config.std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
-                return Err(AdaptError::ModelDir {
-                    path: path.to_path_buf(),
-                    reason: "--std values must be positive".into(),
-                });
-            }
+                reason: "--std values must be positive".into(),
+            });
         }
         Ok(m)
     }
@@ -384,7 +457,7 @@ mod tests {
     }
 
     fn open_error(path: &Path) -> String {
-        ModelDir::open_path(path, None)
+        ModelDir::open_path(path, Normalisation::Raw)
             .expect_err("refused")
             .to_string()
     }
@@ -473,12 +546,17 @@ mod tests {
                 set_dims(&mut g.input[0], &dims)
             });
             let onnx = dir.join(MODEL_ONNX);
+            // Beside its model.toml: the graph against model.toml; bare: the bound.
+            let e = open_error(&onnx);
+            assert!(e.contains("model.toml says") && e.contains(&format!("{}", dims[3])));
+            std::fs::remove_file(dir.join(MODEL_TOML)).unwrap();
             let e = open_error(&onnx);
             let n = if what == "height" { dims[2] } else { dims[3] };
             assert!(
                 e.contains(&onnx.display().to_string())
                     && e.contains(what)
-                    && e.contains(&n.to_string()),
+                    && e.contains(&n.to_string())
+                    && e.contains("1..="),
                 "{dims:?}: {e}"
             );
         }
@@ -487,6 +565,7 @@ mod tests {
             set_dims(&mut g.output[0], &[1, 1 << 40])
         });
         let onnx = dir.join(MODEL_ONNX);
+        std::fs::remove_file(dir.join(MODEL_TOML)).unwrap();
         let e = open_error(&onnx);
         assert!(
             e.contains(&onnx.display().to_string())

@@ -23,6 +23,8 @@ pub mod bounds {
     pub const MAX_AUGMENT_THREADS: usize = 64;
     /// `cotta.views`.
     pub const MAX_VIEWS: usize = 64;
+    /// `collapse.frames`.
+    pub const MAX_PROBE_FRAMES: usize = 65_536;
 }
 
 /// Recipes fieldtune knows by name.
@@ -83,6 +85,47 @@ impl LrSchedule {
                 let p = (step - 1) as f64 / steps.max(1) as f64;
                 (lr as f64 * 0.5 * (1.0 + (std::f64::consts::PI * p).cos())) as f32
             }
+        }
+    }
+}
+
+/// What `adapt` does when a collapse check fails (fieldtune_adapt::collapse).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnCollapse {
+    /// `stop` for entropy-only objectives (tent), else `warn`.
+    #[default]
+    Auto,
+    /// Warn, stop, and write the weights of the last check that passed (the source weights
+    /// when none did).
+    Stop,
+    /// Warn and go on.
+    Warn,
+}
+
+/// `[collapse]`: `adapt` watches its predictions for collapse onto a few classes with the
+/// field gate's definition (fieldtune_adapt::collapse): a fixed sample of the unlabeled
+/// frames is predicted before the first step and every `every` steps (and after the last);
+/// a marginal entropy more than 0.2 nats below the source model's is collapse (a mean
+/// confidence saturating at 0.999 is only warned about). `fieldtune run` ignores this
+/// section (its gate decides).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CollapseWatch {
+    /// Steps between checks (0: no checks).
+    pub every: usize,
+    /// Unlabeled frames predicted at each check, evenly spread over the set.
+    pub frames: usize,
+    /// `auto`, `stop` or `warn`.
+    pub on_collapse: OnCollapse,
+}
+
+impl Default for CollapseWatch {
+    fn default() -> Self {
+        CollapseWatch {
+            every: 25,
+            frames: 256,
+            on_collapse: OnCollapse::Auto,
         }
     }
 }
@@ -150,6 +193,9 @@ pub struct AdaptConfig {
     pub eval_every: usize,
     /// Batch size of evaluation passes.
     pub eval_batch: usize,
+    /// Collapse watch (`[collapse]`).
+    #[serde(default)]
+    pub collapse: CollapseWatch,
 }
 
 impl AdaptConfig {
@@ -182,6 +228,7 @@ impl AdaptConfig {
             log_every: 25,
             eval_every: 0,
             eval_batch: 250,
+            collapse: CollapseWatch::default(),
         };
         Ok(match name {
             // Measured on MNIST CNN -> OpenCV digits (docs/BENCHMARKS.md): a milder strong view
@@ -331,6 +378,8 @@ impl AdaptConfig {
         range("batch_unlabeled", self.batch_unlabeled, 1, MAX_BATCH)?;
         range("batch_labeled", self.batch_labeled, 0, MAX_BATCH)?;
         range("eval_batch", self.eval_batch, 1, MAX_BATCH)?;
+        range("collapse.every", self.collapse.every, 0, MAX_STEPS)?;
+        range("collapse.frames", self.collapse.frames, 1, MAX_PROBE_FRAMES)?;
         range(
             "augment_threads",
             self.augment_threads,
@@ -371,9 +420,33 @@ impl AdaptConfig {
         Ok(())
     }
 
-    /// The settings as TOML (every key, with its current value).
+    /// Only entropy terms train: no anchors, no consistency, no diversity, no pseudo-labels,
+    /// no teacher targets, no rotation head (TENT). Such an objective rewards collapse.
+    pub fn entropy_only(&self) -> bool {
+        let l = &self.loss;
+        l.entropy_weight != 0.0
+            && l.ce_weight == 0.0
+            && l.consistency_weight == 0.0
+            && l.diversity_weight == 0.0
+            && l.pseudo_label_weight == 0.0
+            && self.cotta.is_none()
+            && self.rotation.is_none()
+    }
+
+    /// Whether a failed collapse check stops the run (`collapse.on_collapse`; `auto`: for
+    /// entropy-only objectives).
+    pub fn stops_on_collapse(&self) -> bool {
+        match self.collapse.on_collapse {
+            OnCollapse::Stop => true,
+            OnCollapse::Warn => false,
+            OnCollapse::Auto => self.entropy_only(),
+        }
+    }
+
+    /// The settings as commented TOML: every key with its value and a comment, floats as the
+    /// shortest text of their f32; [`AdaptConfig::from_toml`] reads it back unchanged.
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_default()
+        crate::recipe_toml::commented(&toml::to_string(self).unwrap_or_default())
     }
 }
 
@@ -480,5 +553,66 @@ mod tests {
             let back = AdaptConfig::from_toml(&c.to_toml(), Path::new("x.toml")).unwrap();
             assert_eq!(back, c);
         }
+    }
+
+    #[test]
+    fn collapse_stops_by_default_only_entropy_only_objectives() {
+        for (name, _) in RECIPES {
+            let c = AdaptConfig::preset(name).unwrap();
+            assert_eq!(c.stops_on_collapse(), *name == "tent", "{name}");
+            for (on, stops) in [(OnCollapse::Stop, true), (OnCollapse::Warn, false)] {
+                let mut c = c.clone();
+                c.collapse.on_collapse = on;
+                assert_eq!(c.stops_on_collapse(), stops, "{name} {on:?}");
+            }
+        }
+        let e = AdaptConfig::from_toml("[collapse]\nframes = 0\n", Path::new("c.toml"))
+            .expect_err("0 frames");
+        assert!(e.to_string().contains("collapse.frames"), "{e}");
+        let c = AdaptConfig::from_toml("[collapse]\non_collapse = \"stop\"\n", Path::new("c.toml"))
+            .unwrap();
+        assert_eq!(
+            (c.collapse.on_collapse, c.collapse.every),
+            (OnCollapse::Stop, 25)
+        );
+    }
+
+    #[test]
+    fn every_recipe_prints_commented_round_toml_that_reads_back_the_same() {
+        for (name, _) in RECIPES {
+            let mut c = AdaptConfig::preset(name).unwrap();
+            c.trainable = fieldtune_graph::Trainable::Names(vec!["fc*".into(), "*.bias".into()]);
+            let text = c.to_toml();
+            let back = AdaptConfig::from_toml(&text, Path::new("x.toml")).unwrap();
+            assert_eq!(back, c, "{name}:\n{text}");
+            for line in text
+                .lines()
+                .filter(|l| l.contains(" = ") && !l.starts_with('#'))
+            {
+                assert!(
+                    line.contains(" # "),
+                    "{name}: a key without a comment: {line}"
+                );
+                let value = line.split_once(" = ").unwrap().1;
+                // No float noise: no run of 6 zeros or nines after a decimal point.
+                assert!(
+                    !value.contains("000000") || value.contains("0.00000001"),
+                    "{name}: {line}"
+                );
+                assert!(!value.contains("99999"), "{name}: {line}");
+            }
+        }
+        let tent = AdaptConfig::preset("tent").unwrap().to_toml();
+        assert!(tent.contains("lr = 0.0003 "), "{tent}");
+        assert!(tent.contains("# [teacher] ema = 0.999"), "{tent}");
+        let last = AdaptConfig {
+            trainable: fieldtune_graph::Trainable::Last(2),
+            ..AdaptConfig::preset("uda-im").unwrap()
+        };
+        let text = last.to_toml();
+        assert_eq!(
+            AdaptConfig::from_toml(&text, Path::new("x.toml")).unwrap(),
+            last
+        );
     }
 }

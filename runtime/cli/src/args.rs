@@ -1,12 +1,12 @@
-//! Argument groups that several commands share: the engine settings (global), input
-//! normalisation for a bare .onnx, and the recipe settings with their resolution into an
+//! Argument groups that several commands share: the engine settings (their own `--help`
+//! heading, on the commands that run an engine), input normalisation for a bare .onnx, and the recipe settings with their resolution into an
 //! [`AdaptConfig`].
 
 use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Args, ValueEnum};
-use fieldtune_adapt::{AdaptConfig, RECIPES};
+use fieldtune_adapt::{AdaptConfig, Normalisation, RECIPES};
 use fieldtune_graph::{BatchNormMode, MeanTeacher, Trainable, UdaLoss};
 
 /// Upper bound of `--threads` (and of the run config's thread counts).
@@ -23,39 +23,77 @@ pub(crate) fn batch_parser() -> clap::builder::RangedU64ValueParser<usize> {
         .range(1..=fieldtune_adapt::recipe::bounds::MAX_BATCH as u64)
 }
 
-#[derive(Args)]
+/// The engine settings, under their own `--help` heading, on the commands that run an engine
+/// (and before the command: `fieldtune --engine tract run ...`; a value after the command
+/// wins, see [`EngineArgs::over`]).
+#[derive(Args, Clone, Default)]
+#[command(next_help_heading = "Engine")]
 pub(crate) struct EngineArgs {
-    /// Which engine runs the graphs: ONNX Runtime when its library is found, else tract (auto).
-    #[arg(long, global = true, value_enum, default_value_t = EngineChoice::Auto)]
-    pub(crate) engine: EngineChoice,
+    /// Which engine runs the graphs: ONNX Runtime when its library is found, else tract
+    /// (default: auto).
+    #[arg(long, value_enum)]
+    pub(crate) engine: Option<EngineChoice>,
     /// ONNX Runtime library (libonnxruntime.so or its folder). Otherwise: ORT_DYLIB_PATH,
     /// .ort/lib (scripts/install-ort.sh), Python's onnxruntime package, the system.
-    #[arg(long, global = true, value_name = "PATH")]
+    #[arg(long, value_name = "PATH")]
     pub(crate) ort_lib: Option<PathBuf>,
     /// Threads per operator: ONNX Runtime's intra-op threads, or the size of tract's thread pool
     /// for matrix products and large elementwise ops (default: one per core).
-    #[arg(long, global = true, value_name = "N", value_parser = threads_parser())]
+    #[arg(long, value_name = "N", value_parser = threads_parser())]
     pub(crate) threads: Option<usize>,
     /// ONNX Runtime execution providers in priority order: cpu, cuda[:N], tensorrt[:N]
-    /// (e.g. `tensorrt,cuda`). Each must register or the command fails; nodes a provider
-    /// cannot run go to the next one. Run `fieldtune doctor` to see what the library has.
-    /// (`fieldtune run` takes these settings from its config's [engine] section.)
-    #[arg(long, global = true, value_name = "CHAIN", default_value = "cpu")]
-    pub(crate) ep: String,
+    /// (e.g. `tensorrt,cuda`; default: cpu). Each must register or the command fails; nodes a
+    /// provider cannot run go to the next one. Run `fieldtune doctor` to see what the library
+    /// has. (`fieldtune run` takes these settings from its config's [engine] section.)
+    #[arg(long, value_name = "CHAIN")]
+    pub(crate) ep: Option<String>,
     /// Folder for TensorRT's engine and timing caches (the first run builds engines, which
     /// takes minutes on a Jetson; later runs load them).
-    #[arg(long, global = true, value_name = "DIR")]
+    #[arg(long, value_name = "DIR")]
     pub(crate) trt_cache: Option<PathBuf>,
-    /// ONNX Runtime graph optimization level.
-    #[arg(long, global = true, value_enum, default_value_t = GraphOpt::All)]
-    pub(crate) graph_opt: GraphOpt,
+    /// ONNX Runtime graph optimization level (default: all).
+    #[arg(long, value_enum)]
+    pub(crate) graph_opt: Option<GraphOpt>,
     /// Turn off ONNX Runtime's CPU memory arena (lower resident memory, slower allocation).
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub(crate) no_arena: bool,
     /// Turn on ONNX Runtime's memory pattern (one pre-planned block for all intermediate
     /// tensors; off by default: it makes a train step hold every activation's slot at once).
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub(crate) mem_pattern: bool,
+}
+
+impl EngineArgs {
+    /// These settings (given after the command) over `before` (given before it).
+    pub(crate) fn over(&self, before: &EngineArgs) -> EngineArgs {
+        EngineArgs {
+            engine: self.engine.or(before.engine),
+            ort_lib: self.ort_lib.clone().or_else(|| before.ort_lib.clone()),
+            threads: self.threads.or(before.threads),
+            ep: self.ep.clone().or_else(|| before.ep.clone()),
+            trt_cache: self.trt_cache.clone().or_else(|| before.trt_cache.clone()),
+            graph_opt: self.graph_opt.or(before.graph_opt),
+            no_arena: self.no_arena || before.no_arena,
+            mem_pattern: self.mem_pattern || before.mem_pattern,
+        }
+    }
+
+    /// Whether any setting was given.
+    pub(crate) fn any(&self) -> bool {
+        self.engine.is_some()
+            || self.ort_lib.is_some()
+            || self.threads.is_some()
+            || self.ep.is_some()
+            || self.trt_cache.is_some()
+            || self.graph_opt.is_some()
+            || self.no_arena
+            || self.mem_pattern
+    }
+
+    /// `--engine`, default auto.
+    pub(crate) fn choice(&self) -> EngineChoice {
+        self.engine.unwrap_or(EngineChoice::Auto)
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -66,7 +104,7 @@ pub(crate) enum GraphOpt {
     All,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
 pub(crate) enum EngineChoice {
     Auto,
     Ort,
@@ -123,21 +161,31 @@ pub(crate) struct RecipeArgs {
     batchnorm: Option<BnArg>,
 }
 
-/// Input normalisation for a bare .onnx model (or to override model.toml's).
+/// Input normalisation: for a bare .onnx without a model.toml beside it (then one of these
+/// is required), or to override model.toml's.
 #[derive(Args, Clone, Debug, Default)]
 pub(crate) struct NormArgs {
     /// Per-channel mean subtracted after scaling pixels to 0..1 (one value, or one per
-    /// channel, comma-separated). Default for a bare .onnx: none (0).
+    /// channel, comma-separated). Overrides model.toml's.
     #[arg(long, value_delimiter = ',', requires = "std")]
     mean: Option<Vec<f32>>,
-    /// Per-channel standard deviation divided by (default for a bare .onnx: none, 1).
+    /// Per-channel standard deviation divided by (with --mean).
     #[arg(long, value_delimiter = ',', requires = "mean")]
     std: Option<Vec<f32>>,
+    /// The model takes pixels scaled to 0..1 as they are (mean 0, std 1). A bare .onnx
+    /// without model.toml needs this or --mean/--std.
+    #[arg(long, conflicts_with_all = ["mean", "std"])]
+    raw_input: bool,
 }
 
 impl NormArgs {
-    pub(crate) fn pair(&self) -> Option<(Vec<f32>, Vec<f32>)> {
-        self.mean.clone().zip(self.std.clone())
+    /// The normalisation these flags ask for (none given: model.toml's).
+    pub(crate) fn normalisation(&self) -> Normalisation {
+        match (self.mean.clone(), self.std.clone()) {
+            (Some(mean), Some(std)) => Normalisation::Given { mean, std },
+            _ if self.raw_input => Normalisation::Raw,
+            _ => Normalisation::Model,
+        }
     }
 }
 

@@ -28,11 +28,13 @@ Image folders hold one sub-folder per class (e.g. anchors/0/*.png); an unlabeled
 `fieldtune adapt --help`."
 )]
 struct Cli {
-    #[command(flatten)]
-    engine: EngineArgs,
     /// More log output (-v: debug, -vv: trace). RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// Engine settings given before the command (`fieldtune --engine tract run ...`); the
+    /// same flags after it win.
+    #[command(flatten)]
+    engine: EngineArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -103,26 +105,60 @@ fn init_logging(verbose: u8) {
             "warn,fieldtune={level},fieldtune_adapt={level},fieldtune_field={level}"
         ))
     });
+    // Colour only on a terminal: a log file or journald gets plain text.
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let engine = &cli.engine;
+    let before = &cli.engine;
     match cli.command {
-        Command::Adapt(a) => commands::adapt::run(a, engine),
-        Command::Eval(a) => commands::eval::run(a, engine),
-        Command::Compile(a) => commands::compile::run(a),
-        Command::Doctor(a) => commands::doctor::run(a, engine),
-        Command::Demo(a) => commands::demo::run(a, engine),
-        Command::Run(a) => commands::run::run(a, engine),
-        Command::Report(a) => commands::report::run(a),
-        Command::Bench(a) => commands::bench::run(a, engine),
-        Command::Tta(a) => commands::tta::run(a, engine),
+        Command::Adapt(a) => {
+            let e = a.engine.over(before);
+            commands::adapt::run(a, &e)
+        }
+        Command::Eval(a) => {
+            let e = a.engine.over(before);
+            commands::eval::run(a, &e)
+        }
+        Command::Doctor(a) => {
+            let e = a.engine.over(before);
+            commands::doctor::run(a, &e)
+        }
+        Command::Demo(a) => {
+            let e = a.engine.over(before);
+            commands::demo::run(a, &e)
+        }
+        Command::Run(a) => {
+            let e = a.engine.over(before);
+            commands::run::run(a, &e)
+        }
+        Command::Bench(a) => {
+            let e = a.engine.over(before);
+            commands::bench::run(a, &e)
+        }
+        Command::Tta(a) => {
+            let e = a.engine.over(before);
+            commands::tta::run(a, &e)
+        }
+        Command::Compile(a) => {
+            no_engine("compile", before).and_then(|()| commands::compile::run(a))
+        }
+        Command::Report(a) => no_engine("report", before).and_then(|()| commands::report::run(a)),
     }
+}
+
+/// Engine settings before a command that runs no engine are a mistake, not ignored.
+fn no_engine(command: &str, before: &EngineArgs) -> Result<()> {
+    if before.any() {
+        anyhow::bail!("`fieldtune {command}` runs no engine: leave out the engine settings");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -142,7 +142,8 @@ fn cases() -> Vec<Case> {
         case("node reading an undefined tensor", |s| s.graph(|g| g.nodes[1].inputs[0] = "nowhere".into()), COMPILE, Fails(&["nowhere"])),
         case("Conv group i64::MAX", |s| s.graph(|g| { let n = g.nodes.iter_mut().find(|n| n.op == "Conv").unwrap(); n.attrs.retain(|a| a.name != "group"); n.attrs.push(fieldtune_graph::ir::attr::int("group", i64::MAX)) }), COMPILE, Fails(&["group"])),
         case("MaxPool kernel 0", |s| s.graph(|g| { let n = g.nodes.iter_mut().find(|n| n.op == "MaxPool").unwrap(); n.attrs.retain(|a| a.name != "kernel_shape"); n.attrs.push(fieldtune_graph::ir::attr::ints("kernel_shape", &[0, 2])) }), COMPILE, Fails(&["kernel"])),
-        case("bare .onnx with 2^62 classes", |s| s.graph(|g| g.outputs[0].dims[1] = fieldtune_graph::ir::Dim::Fixed(1 << 62)), &["eval", "--model", "{d}/model/model.onnx", "--data", "{d}/data", "--engine", "tract"], Fails(&["model.onnx", "classes"])),
+        case("bare .onnx with 2^62 classes", |s| { s.graph(|g| g.outputs[0].dims[1] = fieldtune_graph::ir::Dim::Fixed(1 << 62)); s.remove(TOML) }, &["eval", "--model", "{d}/model/model.onnx", "--raw-input", "--data", "{d}/data", "--engine", "tract"], Fails(&["model.onnx", "classes"])),
+        case(".onnx with 2^62 classes, model.toml beside", |s| s.graph(|g| g.outputs[0].dims[1] = fieldtune_graph::ir::Dim::Fixed(1 << 62)), &["eval", "--model", "{d}/model/model.onnx", "--data", "{d}/data", "--engine", "tract"], Fails(&["model.onnx", "model.toml", "4611686018427387904 classes", "names 10"])),
         case("compile --out onto model.toml", |_| {}, &["compile", "--model", "{d}/model", "--out", "{d}/model/model.toml"], Fails(&["would overwrite", "model.toml"])),
         // --- model.toml
         case("model.toml missing", |s| s.remove(TOML), EVAL, Fails(&["model.toml"])),
@@ -155,7 +156,7 @@ fn cases() -> Vec<Case> {
         case("model.toml height -1", |s| s.edit(TOML, "height = 28", "height = -1"), EVAL, Fails(&["model.toml", "height"])),
         case("model.toml width 2^32", |s| s.edit(TOML, "width = 28", "width = 4294967296"), EVAL, Fails(&["model.toml", "width"])),
         case("model.toml and model.onnx 60000 x 60000", |s| { s.edit(TOML, "height = 28", "height = 60000"); s.edit(TOML, "width = 28", "width = 60000"); s.graph(|g| { g.inputs[0].dims[2] = fieldtune_graph::ir::Dim::Fixed(60_000); g.inputs[0].dims[3] = fieldtune_graph::ir::Dim::Fixed(60_000) }) }, EVAL, Fails(&["model.toml", "height"])),
-        case("bare .onnx 60000 x 60000", |s| s.graph(|g| { g.inputs[0].dims[2] = fieldtune_graph::ir::Dim::Fixed(60_000); g.inputs[0].dims[3] = fieldtune_graph::ir::Dim::Fixed(60_000) }), &["eval", "--model", "{d}/model/model.onnx", "--data", "{d}/data", "--engine", "tract"], Fails(&["model.onnx", "60000"])),
+        case("bare .onnx 60000 x 60000", |s| { s.graph(|g| { g.inputs[0].dims[2] = fieldtune_graph::ir::Dim::Fixed(60_000); g.inputs[0].dims[3] = fieldtune_graph::ir::Dim::Fixed(60_000) }); s.remove(TOML) }, &["eval", "--model", "{d}/model/model.onnx", "--mean", "0.5", "--std", "0.25", "--data", "{d}/data", "--engine", "tract"], Fails(&["model.onnx", "60000"])),
         case("model.toml mean nan", |s| s.edit(TOML, "mean = [0.1307]", "mean = [nan]"), EVAL, Fails(&["model.toml", "mean"])),
         case("model.toml std 0", |s| s.edit(TOML, "std = [0.3081]", "std = [0.0]"), EVAL, Fails(&["model.toml", "std"])),
         case("model.toml no classes", |s| s.edit(TOML, "classes = [", "classes = []\nunused = ["), EVAL, Fails(&["model.toml"])),

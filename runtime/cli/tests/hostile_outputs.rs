@@ -111,7 +111,7 @@ fn adapt_replaces_its_output_folder_whole_and_leaves_nothing_beside_it() {
     let parent = d.path().join("outs");
     let out = parent.join("adapted");
     for seed in ["1", "2"] {
-        let o = fieldtune(&[
+        let args = [
             "adapt",
             "--model",
             "models/mnist-cnn",
@@ -129,7 +129,16 @@ fn adapt_replaces_its_output_folder_whole_and_leaves_nothing_beside_it() {
             seed,
             "--engine",
             "ort",
-        ]);
+        ];
+        if seed == "2" {
+            // The first run's folder is not replaced without --force, and stays as it was.
+            let before = std::fs::read(out.join("adapt.json")).unwrap();
+            refused(&args, &["adapted", "not empty", "adapt.json", "--force"]);
+            assert_eq!(std::fs::read(out.join("adapt.json")).unwrap(), before);
+        }
+        let mut args = args.to_vec();
+        args.push("--force");
+        let o = fieldtune(&args);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let names: Vec<String> = std::fs::read_dir(&parent)
             .unwrap()
@@ -174,8 +183,9 @@ fn adapt_replaces_its_output_folder_whole_and_leaves_nothing_beside_it() {
             "1",
             "--engine",
             "ort",
+            "--force",
         ],
-        &["notes.txt"],
+        &["notes.txt", "not part of a model folder"],
     );
     assert_eq!(std::fs::read(out.join("notes.txt")).unwrap(), b"mine");
 }

@@ -149,7 +149,7 @@ impl fmt::Display for DoctorReport {
         }
         writeln!(
             f,
-            "  supported: ONNX Runtime >= {}.{} (C API level {}); CI tests {} and newer",
+            "  minimum: ONNX Runtime {}.{} (C API level {}); CI tests {} and newer",
             self.ort_min_version.major,
             self.ort_min_version.minor,
             self.ort_min_version.minor,

@@ -420,7 +420,8 @@ pub(crate) fn catch_panic<T>(
 }
 
 /// Picks the engine: `Ort` and `Tract` as asked; `Auto` = ONNX Runtime when its library loads,
-/// else tract. Logs one `info` line saying which engine runs and why.
+/// else tract. Logs which engine runs and why at `debug` (callers print their own line, once);
+/// an ONNX Runtime that is found but fails to load is a `warn`.
 ///
 /// With `Auto`, a library named explicitly (`ort_opts.lib` or `ORT_DYLIB_PATH`) that fails to
 /// load is an error, not a fallback, and so is a requested execution provider that the loaded
@@ -434,12 +435,12 @@ pub fn select_engine(
     match pref {
         EnginePreference::Tract => {
             let e = TractEngine::with_threads(tract_threads);
-            tracing::info!("engine: {} (requested)", e.describe());
+            tracing::debug!("engine: {} (requested)", e.describe());
             Ok(Box::new(e))
         }
         EnginePreference::Ort => {
             let e = OrtEngine::new(ort_opts)?;
-            tracing::info!("engine: {} (requested)", e.describe());
+            tracing::debug!("engine: {} (requested)", e.describe());
             Ok(Box::new(e))
         }
         EnginePreference::Auto => {
@@ -447,12 +448,12 @@ pub fn select_engine(
                 || std::env::var_os("ORT_DYLIB_PATH").is_some_and(|v| !v.is_empty());
             match OrtEngine::new(ort_opts) {
                 Ok(e) => {
-                    tracing::info!("engine: {} (found ONNX Runtime)", e.describe());
+                    tracing::debug!("engine: {} (found ONNX Runtime)", e.describe());
                     Ok(Box::new(e))
                 }
                 Err(EngineError::OrtNotFound { searched }) => {
                     let e = TractEngine::with_threads(tract_threads);
-                    tracing::info!(
+                    tracing::debug!(
                         "ONNX Runtime not found (looked in: {}); using {}",
                         searched.join(", "),
                         e.describe()
@@ -461,7 +462,7 @@ pub fn select_engine(
                 }
                 Err(EngineError::OrtLoad { path, message }) if !explicit => {
                     let e = TractEngine::with_threads(tract_threads);
-                    tracing::info!(
+                    tracing::warn!(
                         "ONNX Runtime at {} could not be loaded ({message}); using {}",
                         path.display(),
                         e.describe()

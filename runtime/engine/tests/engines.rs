@@ -491,7 +491,7 @@ fn loaded_library_meets_the_minimum_and_features_are_gated() {
     assert_eq!(r.ort_min_version, ORT_MIN_VERSION);
     let text = r.to_string();
     let min = format!(
-        "supported: ONNX Runtime >= {}.{}",
+        "minimum: ONNX Runtime {}.{} (",
         ORT_MIN_VERSION.major, ORT_MIN_VERSION.minor
     );
     assert!(text.contains(&min), "{text}");

@@ -5,97 +5,21 @@
 //!   entropy of the mean prediction, i.e. information maximisation; lower is better) improves
 //!   by more than `min_objective_gain`;
 //! - the predictions have not collapsed: the entropy of the probe's mean prediction falls by at
-//!   most `max_marginal_entropy_drop`, and the new model agrees with the live one on at least
+//!   most `max_marginal_entropy_drop` (fieldtune_adapt::collapse, shared with `adapt`), and the new model agrees with the live one on at least
 //!   `min_agreement` of the probe frames (DESIGN.md: an anchor check alone would commit a model
 //!   that predicts one class for every target frame). Agreement is waived where the new
 //!   model's marginal entropy exceeds the live one's by more than `agreement_waiver_spread`:
 //!   after a severe shift the live model itself has collapsed onto a few classes, and a
 //!   candidate that repairs it must disagree with it (the anchors still catch a relabelling).
 
-use fieldtune_engine::Session;
-use fieldtune_frames::{to_tensor, Image8, ModelConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ge, gt, GateConfig};
-use crate::error::{FieldError, Result};
 use crate::nan::f64_or_nan;
-use crate::stats::softmax_stats;
-
-/// What a model does on a set of frames.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct ProbeStats {
-    /// Arg-max class per frame.
-    #[serde(skip)]
-    pub classes: Vec<usize>,
-    pub mean_entropy: f64,
-    /// Entropy of the mean predicted distribution.
-    pub marginal_entropy: f64,
-    pub mean_confidence: f64,
-    /// `mean_entropy - marginal_entropy` (lower is better).
-    pub objective: f64,
-    /// Every output finite.
-    pub finite: bool,
-}
-
-/// Runs `session` on `images` in batches and summarises the softmax outputs.
-pub fn probe(
-    session: &mut dyn Session,
-    cfg: &ModelConfig,
-    images: &[Image8],
-    batch: usize,
-) -> Result<ProbeStats> {
-    let k = cfg.classes.len();
-    let mut mean = vec![0f64; k];
-    let mut out = ProbeStats {
-        finite: true,
-        ..ProbeStats::default()
-    };
-    for chunk in images.chunks(batch.max(1)) {
-        let refs: Vec<&Image8> = chunk.iter().collect();
-        let x = to_tensor(&refs, cfg)?;
-        let y = session
-            .run_fetch(&[(cfg.input.as_str(), &x)], &[cfg.output.as_str()])?
-            .remove(0);
-        let v = y
-            .as_f32()
-            .filter(|v| v.len() == chunk.len() * k)
-            .ok_or_else(|| {
-                FieldError::Adapt(fieldtune_adapt::AdaptError::Mismatch {
-                    what: format!("output '{}'", cfg.output),
-                    reason: format!("shape {:?}, expected [{}, {k}]", y.shape(), chunk.len()),
-                })
-            })?;
-        for row in v.chunks(k) {
-            match softmax_stats(row) {
-                Some((c, p, h)) => {
-                    out.classes.push(c);
-                    out.mean_confidence += p;
-                    out.mean_entropy += h;
-                    let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-                    let z: f64 = row.iter().map(|&x| ((x - max) as f64).exp()).sum();
-                    for (m, &x) in mean.iter_mut().zip(row) {
-                        *m += ((x - max) as f64).exp() / z;
-                    }
-                }
-                None => {
-                    out.finite = false;
-                    out.classes.push(usize::MAX);
-                }
-            }
-        }
-    }
-    let n = images.len().max(1) as f64;
-    out.mean_entropy /= n;
-    out.mean_confidence /= n;
-    out.marginal_entropy = -mean
-        .iter()
-        .map(|m| m / n)
-        .filter(|&m| m > 0.0)
-        .map(|m| m * m.ln())
-        .sum::<f64>();
-    out.objective = out.mean_entropy - out.marginal_entropy;
-    Ok(out)
-}
+use fieldtune_adapt::collapse::marginal_entropy_collapse;
+/// What a model does on the probe, and running it: the definition `adapt`'s collapse watch
+/// shares (fieldtune_adapt::collapse).
+pub use fieldtune_adapt::collapse::{probe, ProbeStats};
 
 /// Everything the gate looks at.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -182,12 +106,11 @@ pub fn decide(cfg: &GateConfig, input: &GateInput) -> GateVerdict {
         ));
     }
     let (mb, ma) = (input.before.marginal_entropy, input.after.marginal_entropy);
-    if !ge(ma, mb - cfg.max_marginal_entropy_drop) {
-        reasons.push(format!(
-            "predictions collapsing: marginal entropy {ma:.4} fell more than {} below {mb:.4}",
-            cfg.max_marginal_entropy_drop
-        ));
-    }
+    reasons.extend(marginal_entropy_collapse(
+        mb,
+        ma,
+        cfg.max_marginal_entropy_drop,
+    ));
     let agree = agreement(&input.before.classes, &input.after.classes);
     let waived = cfg.agreement_waiver_spread > 0.0 && gt(ma - mb, cfg.agreement_waiver_spread);
     if !waived && !ge(agree, cfg.min_agreement) {

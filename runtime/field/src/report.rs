@@ -33,15 +33,27 @@ pub const FONT_CANDIDATES: &[&str] = &[
 
 static FONT: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
 
+/// Registers the font to draw with. A font asked for (`--font`, else `FIELDTUNE_FONT`) that
+/// cannot be read or is not a TrueType font is an error naming it; without one, the first
+/// usable of [`FONT_CANDIDATES`].
 fn ensure_font(explicit: Option<&Path>, out: &Path) -> Result<()> {
+    let asked = explicit.map(|p| (p.to_path_buf(), "--font")).or_else(|| {
+        std::env::var_os("FIELDTUNE_FONT").map(|p| (PathBuf::from(p), "FIELDTUNE_FONT"))
+    });
+    if let Some((p, what)) = asked {
+        let bad = |reason: String| FieldError::Report {
+            path: out.into(),
+            reason: format!("{what}: {reason}"),
+        };
+        // A regular file only: a FIFO or a device would block or never end.
+        let bytes = fieldtune_frames::read_regular(&p).map_err(|e| bad(e.to_string()))?;
+        let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+        return register_font("sans-serif", FontStyle::Normal, bytes)
+            .map_err(|_| bad(format!("{} is not a TrueType font", p.display())));
+    }
     let res = FONT.get_or_init(|| {
         let mut tried = Vec::new();
-        let env = std::env::var_os("FIELDTUNE_FONT").map(PathBuf::from);
-        let cands = explicit
-            .map(Path::to_path_buf)
-            .into_iter()
-            .chain(env)
-            .chain(FONT_CANDIDATES.iter().map(PathBuf::from));
+        let cands = FONT_CANDIDATES.iter().map(PathBuf::from);
         for p in cands {
             match std::fs::read(&p) {
                 Ok(bytes) => {

@@ -137,30 +137,8 @@ impl StatsWindow {
     }
 }
 
-/// Softmax statistics of one logit row: (argmax, max probability, entropy in nats). `None`
-/// when a logit is not finite.
-pub fn softmax_stats(logits: &[f32]) -> Option<(usize, f64, f64)> {
-    let mut arg = 0;
-    let mut max = f32::NEG_INFINITY;
-    for (i, &x) in logits.iter().enumerate() {
-        if !x.is_finite() {
-            return None;
-        }
-        if x > max {
-            max = x;
-            arg = i;
-        }
-    }
-    let z: f64 = logits.iter().map(|&x| ((x - max) as f64).exp()).sum();
-    let log_z = z.ln();
-    // H = log Z - sum p_i (x_i - max)
-    let mut h = log_z;
-    for &x in logits {
-        let d = (x - max) as f64;
-        h -= d.exp() / z * d;
-    }
-    Some((arg, 1.0 / z, h.max(0.0)))
-}
+/// Softmax statistics of one logit row (defined with the collapse checks it feeds).
+pub use fieldtune_adapt::collapse::softmax_stats;
 
 #[cfg(test)]
 mod tests {
@@ -182,19 +160,5 @@ mod tests {
         h.merge(&g);
         assert_eq!(h.summary().max_ms, 50.0);
         assert_eq!(LatencyHist::default().summary().p99_ms, 0.0);
-    }
-
-    #[test]
-    fn softmax_stats_match_the_definition() {
-        let (c, p, h) = softmax_stats(&[0.0, 0.0]).unwrap();
-        assert_eq!(c, 0);
-        assert!((p - 0.5).abs() < 1e-12 && (h - 2f64.ln()).abs() < 1e-12);
-        let (c, p, h) = softmax_stats(&[1.0, 3.0, -2.0]).unwrap();
-        let z: f64 = [1f64, 3.0, -2.0].iter().map(|x| x.exp()).sum();
-        let ps: Vec<f64> = [1f64, 3.0, -2.0].iter().map(|x| x.exp() / z).collect();
-        let want_h: f64 = -ps.iter().map(|p| p * p.ln()).sum::<f64>();
-        assert_eq!(c, 1);
-        assert!((p - ps[1]).abs() < 1e-6 && (h - want_h).abs() < 1e-6);
-        assert!(softmax_stats(&[f32::NAN, 1.0]).is_none());
     }
 }

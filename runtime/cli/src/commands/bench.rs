@@ -18,7 +18,9 @@ the ratios (docs/BENCHMARKS.md).";
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Model folder (model.onnx + model.toml), or a bare .onnx file.
+    /// Model folder (model.onnx + model.toml), or a .onnx file: read as the model.toml
+    /// beside it says; without one, input shape from the graph, classes 0..K-1, and
+    /// --mean/--std or --raw-input.
     #[arg(long)]
     model: PathBuf,
     #[command(flatten)]
@@ -42,6 +44,8 @@ pub struct BenchArgs {
     json: bool,
     #[command(flatten)]
     recipe: RecipeArgs,
+    #[command(flatten)]
+    pub(crate) engine: crate::args::EngineArgs,
 }
 
 pub fn run(a: BenchArgs, engine_args: &EngineArgs) -> Result<()> {

@@ -4,16 +4,17 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 use fieldtune_graph::ir::Dim;
 
-use super::open_model;
 use crate::args::{NormArgs, RecipeArgs};
 
 #[derive(Args)]
 pub struct CompileArgs {
-    /// Model folder (model.onnx + model.toml), or a bare .onnx file.
+    /// Model folder (model.onnx + model.toml), or a .onnx file: read as the model.toml
+    /// beside it says; without one, input shape from the graph, classes 0..K-1, and
+    /// --mean/--std or --raw-input.
     #[arg(long)]
     model: PathBuf,
     #[command(flatten)]
@@ -26,7 +27,13 @@ pub struct CompileArgs {
 }
 
 pub fn run(a: CompileArgs) -> Result<()> {
-    let m = open_model(&a.model, &a.norm)?;
+    // The train step does not depend on the normalisation: a bare .onnx needs none here.
+    let norm = match a.norm.normalisation() {
+        fieldtune_adapt::Normalisation::Model => fieldtune_adapt::Normalisation::Unused,
+        n => n,
+    };
+    let m = fieldtune_adapt::ModelDir::open_path(&a.model, norm)
+        .with_context(|| format!("opening model {}", a.model.display()))?;
     let cfg = a.recipe.resolve()?;
     let (onnx, toml) = (a.model.join("model.onnx"), a.model.join("model.toml"));
     fieldtune_adapt::fsutil::refuse_overwrite(&a.out, &[&a.model, &onnx, &toml, &m.dir])?;

@@ -18,9 +18,12 @@ pub struct DemoArgs {
     steps: Option<usize>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Where to write the adapted model.
+    /// Where to write the adapted model (replaced on every run: it may hold only a model
+    /// folder's files).
     #[arg(long, default_value = "out/demo")]
     out: PathBuf,
+    #[command(flatten)]
+    pub(crate) engine: crate::args::EngineArgs,
 }
 
 pub fn run(args: DemoArgs, engine_args: &EngineArgs) -> Result<()> {
@@ -48,6 +51,8 @@ pub fn run(args: DemoArgs, engine_args: &EngineArgs) -> Result<()> {
             unlabeled: &target,
             eval: Some(&target),
             out: &args.out,
+            // The demo replaces its own output folder on every run.
+            force: true,
             dump_batches: None,
         },
         &cfg,

@@ -1,7 +1,7 @@
 //! `fieldtune doctor`: which engines and execution providers are present; with --board, how
 //! this machine compares with a board profile, and the engine plan `fieldtune run` would get.
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::Args;
 use fieldtune_board_profile::{check_engines, check_host, Level, Profile};
 use fieldtune_engine::{doctor_report, EnginePreference};
@@ -15,6 +15,13 @@ pub struct DoctorArgs {
     /// jetson-agx-orin-64gb, jetson-xavier-nx, x86-cpu, raspberry-pi-5) or a .toml file.
     #[arg(long, value_name = "NAME|PATH")]
     board: Option<String>,
+    /// With --board: exit with status 1 when a check differs in a way that matters (every
+    /// `differs` but the device-tree model name: architecture, CPU cores, memory, thermal
+    /// zones, power mode, GPIO lines, engines). Warnings never fail.
+    #[arg(long, requires = "board")]
+    strict: bool,
+    #[command(flatten)]
+    pub(crate) engine: crate::args::EngineArgs,
 }
 
 pub fn run(a: DoctorArgs, engine_args: &EngineArgs) -> Result<()> {
@@ -38,9 +45,20 @@ pub fn run(a: DoctorArgs, engine_args: &EngineArgs) -> Result<()> {
             .iter()
             .filter(|f| f.level == Level::Differs)
             .count();
+        let matter: Vec<&str> = findings
+            .iter()
+            .filter(|f| f.matters())
+            .map(|f| f.topic)
+            .collect();
         println!(
-            "  {differ} of {} checks differ from the profile",
-            findings.len()
+            "  {differ} of {} checks differ from the profile ({} that matter{})",
+            findings.len(),
+            matter.len(),
+            if matter.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", dedup(&matter))
+            }
         );
         // What `fieldtune run` with `[budget] board` and `[engine] inference/train = "auto"`
         // would get on this machine.
@@ -61,6 +79,25 @@ pub fn run(a: DoctorArgs, engine_args: &EngineArgs) -> Result<()> {
             ),
             Err(e) => println!("engine plan: none: {e}"),
         }
+        if a.strict && !matter.is_empty() {
+            bail!(
+                "--strict: {} checks differ from board {} in ways that matter ({})",
+                matter.len(),
+                b.name,
+                dedup(&matter)
+            );
+        }
     }
     Ok(())
+}
+
+/// `topics` without repeats, in order, comma-separated.
+fn dedup(topics: &[&str]) -> String {
+    let mut seen: Vec<&str> = Vec::new();
+    for t in topics {
+        if !seen.contains(t) {
+            seen.push(t);
+        }
+    }
+    seen.join(", ")
 }

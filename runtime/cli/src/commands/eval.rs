@@ -11,7 +11,9 @@ use crate::args::{EngineArgs, NormArgs};
 
 #[derive(Args)]
 pub struct EvalArgs {
-    /// Model folder (model.onnx + model.toml), or a bare .onnx file.
+    /// Model folder (model.onnx + model.toml), or a .onnx file: read as the model.toml
+    /// beside it says; without one, input shape from the graph, classes 0..K-1, and
+    /// --mean/--std or --raw-input.
     #[arg(long)]
     model: PathBuf,
     #[command(flatten)]
@@ -22,6 +24,8 @@ pub struct EvalArgs {
     /// Images per inference batch.
     #[arg(long, default_value_t = 250, value_parser = crate::args::batch_parser())]
     batch: usize,
+    #[command(flatten)]
+    pub(crate) engine: crate::args::EngineArgs,
 }
 
 pub fn run(a: EvalArgs, engine_args: &EngineArgs) -> Result<()> {

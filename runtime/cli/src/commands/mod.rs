@@ -25,7 +25,7 @@ use crate::args::{EngineArgs, EngineChoice, GraphOpt, NormArgs};
 
 /// The engine the global engine settings ask for; prints which one it is and why.
 pub(crate) fn engine(args: &EngineArgs) -> Result<Box<dyn Engine>> {
-    let pref = match args.engine {
+    let pref = match args.choice() {
         EngineChoice::Auto => EnginePreference::Auto,
         EngineChoice::Ort => EnginePreference::Ort,
         EngineChoice::Tract => EnginePreference::Tract,
@@ -33,10 +33,13 @@ pub(crate) fn engine(args: &EngineArgs) -> Result<Box<dyn Engine>> {
     let opts = OrtOptions {
         lib: args.ort_lib.clone(),
         intra_threads: args.threads,
-        providers: ExecutionProvider::parse_chain(&args.ep, args.trt_cache.as_deref())
-            .map_err(anyhow::Error::msg)
-            .context("--ep")?,
-        graph_optimization: match args.graph_opt {
+        providers: ExecutionProvider::parse_chain(
+            args.ep.as_deref().unwrap_or("cpu"),
+            args.trt_cache.as_deref(),
+        )
+        .map_err(anyhow::Error::msg)
+        .context("--ep")?,
+        graph_optimization: match args.graph_opt.unwrap_or(GraphOpt::All) {
             GraphOpt::Disable => GraphOptimization::Disable,
             GraphOpt::Basic => GraphOptimization::Basic,
             GraphOpt::Extended => GraphOptimization::Extended,
@@ -47,7 +50,7 @@ pub(crate) fn engine(args: &EngineArgs) -> Result<Box<dyn Engine>> {
         gpu: Default::default(),
     };
     let e = select_engine(pref, opts).context("selecting the engine")?;
-    let why = match (args.engine, e.kind()) {
+    let why = match (args.choice(), e.kind()) {
         (EngineChoice::Auto, fieldtune_engine::EngineKind::Tract) => {
             " (ONNX Runtime not found: run scripts/install-ort.sh, or pass --ort-lib; `fieldtune doctor` lists where it looked)"
         }
@@ -60,7 +63,7 @@ pub(crate) fn engine(args: &EngineArgs) -> Result<Box<dyn Engine>> {
 
 /// Opens a model folder or bare .onnx, naming the path on failure.
 pub(crate) fn open_model(path: &Path, norm: &NormArgs) -> Result<ModelDir> {
-    ModelDir::open_path(path, norm.pair())
+    ModelDir::open_path(path, norm.normalisation())
         .with_context(|| format!("opening model {}", path.display()))
 }
 

@@ -14,8 +14,8 @@ pub struct ReportArgs {
     /// The PNG to write.
     #[arg(long, value_name = "FILE", default_value = "report.png")]
     out: PathBuf,
-    /// A TrueType font for the labels (default: DejaVu Sans from fonts-dejavu-core, or
-    /// FIELDTUNE_FONT).
+    /// A TrueType font for the labels (default: FIELDTUNE_FONT, else DejaVu Sans from
+    /// fonts-dejavu-core). One that cannot be read or is not TrueType is an error.
     #[arg(long, value_name = "FILE")]
     font: Option<PathBuf>,
     /// Image width in pixels (200..=8192).

@@ -51,10 +51,12 @@ pub struct RunArgs {
     /// Verify the checkpoints in the config's state folder and exit.
     #[arg(long)]
     check_state: bool,
+    #[command(flatten)]
+    pub(crate) engine: crate::args::EngineArgs,
 }
 
 fn preference(e: &EngineArgs) -> EnginePreference {
-    match e.engine {
+    match e.choice() {
         EngineChoice::Auto => EnginePreference::Auto,
         EngineChoice::Ort => EnginePreference::Ort,
         EngineChoice::Tract => EnginePreference::Tract,

@@ -51,7 +51,9 @@ scripts/data/corrupt_fmnist.py).";
 
 #[derive(Args)]
 pub struct TtaArgs {
-    /// Model folder (model.onnx + model.toml), or a bare .onnx file.
+    /// Model folder (model.onnx + model.toml), or a .onnx file: read as the model.toml
+    /// beside it says; without one, input shape from the graph, classes 0..K-1, and
+    /// --mean/--std or --raw-input.
     #[arg(long, required_unless_present = "print_config")]
     model: Option<PathBuf>,
     #[command(flatten)]
@@ -98,6 +100,8 @@ pub struct TtaArgs {
     /// Write all results as JSON.
     #[arg(long)]
     out: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) engine: crate::args::EngineArgs,
 }
 
 fn parse_method(s: &str) -> std::result::Result<Method, String> {
@@ -123,6 +127,48 @@ fn method_settings(m: Method, files: &HashMap<Method, PathBuf>) -> Result<Option
         None => Ok(m.preset()),
         Some(path) => Ok(Some(tta::settings_from_file(m, path)?)),
     }
+}
+
+/// Every domain folder exists, or an error that says how to make them: the corruption
+/// folders of `--severity` come from scripts/data/corrupt_fmnist.py (Fashion-MNIST-C is not
+/// shipped); other names are listed against the folders that are there.
+fn check_domains(data: &Path, names: &[String], severity: Option<u32>) -> Result<()> {
+    let missing: Vec<&String> = names.iter().filter(|n| !data.join(n).is_dir()).collect();
+    let Some(first) = missing.first() else {
+        return Ok(());
+    };
+    let mut present: Vec<String> = std::fs::read_dir(data)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| e.path().is_dir())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    present.sort();
+    let there = match present.len() {
+        0 => format!("{} holds no domain folders", data.display()),
+        n if n <= 8 => format!("{} holds: {}", data.display(), present.join(", ")),
+        n => format!(
+            "{} holds {n} folders: {}, ...",
+            data.display(),
+            present[..8].join(", ")
+        ),
+    };
+    let how = match severity {
+        Some(s) => format!(
+            "--severity {s} reads the 15 corruption folders <corruption>-{s}, which \
+             scripts/data/corrupt_fmnist.py writes to data/fmnist-c (Fashion-MNIST-C is not \
+             shipped: data/fmnist-c/DATA.md says how to make it, about 5 minutes)"
+        ),
+        None => "--domains names folders under --data".to_string(),
+    };
+    bail!(
+        "{}: no such domain folder ({} of {} missing); {there}. {how}",
+        data.join(first).display(),
+        missing.len(),
+        names.len()
+    )
 }
 
 fn load_domains(
@@ -177,6 +223,7 @@ pub fn run(a: TtaArgs, engine_args: &EngineArgs) -> Result<()> {
         (None, Some(s)) => CORRUPTIONS.iter().map(|c| format!("{c}-{s}")).collect(),
         (None, None) => bail!("give --domains or --severity"),
     };
+    check_domains(data, &names, a.severity)?;
     let domains = load_domains(data, &names, &m, a.limit)?;
     let settings: HashMap<Method, Option<AdaptConfig>> = a
         .methods

@@ -32,3 +32,13 @@ pub fn text(o: &Output) -> (String, String) {
         String::from_utf8_lossy(&o.stderr).into_owned(),
     )
 }
+
+/// Runs the `fieldtune` binary with `args` from the repository root, logging at `level`.
+pub fn fieldtune_log(args: &[&str], level: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fieldtune"))
+        .args(args)
+        .current_dir(root())
+        .env("RUST_LOG", level)
+        .output()
+        .unwrap()
+}

@@ -347,7 +347,8 @@ pub struct GateConfig {
     /// checks still apply). 0: never waived.
     pub agreement_waiver_spread: f64,
     /// The entropy of the probe's mean prediction may fall by at most this (nats): guards
-    /// against collapse onto a few classes.
+    /// against collapse onto a few classes. The default is `fieldtune adapt`'s collapse
+    /// threshold too (fieldtune_adapt::collapse).
     pub max_marginal_entropy_drop: f64,
     /// Failed rounds in a row after which the live model is reset to the source weights.
     pub max_failures: u32,
@@ -364,7 +365,7 @@ impl Default for GateConfig {
             min_objective_gain: 0.0,
             min_agreement: 0.7,
             agreement_waiver_spread: 0.25,
-            max_marginal_entropy_drop: 0.2,
+            max_marginal_entropy_drop: fieldtune_adapt::collapse::MAX_MARGINAL_ENTROPY_DROP,
             max_failures: 3,
             no_gain_tolerance: 0.02,
         }
