@@ -5,7 +5,9 @@
 # the unit's ExecStart as the service user with the unit's working directory, environment
 # (NOTIFY_SOCKET with a listener that must see READY=1, WATCHDOG=1 and STOPPING=1) and no new
 # privileges: the shipped demo, bounded by its stream's end; checks the state and checkpoints
-# it wrote; installs a second version over it (state and last good checkpoint byte-identical,
+# it wrote; runs the same ExecStart with the config switched to a GStreamer source (300
+# videotestsrc frames, each classified: the binary links GStreamer, which the package's Depends
+# bring); installs a second version over it (state and last good checkpoint byte-identical,
 # a local conffile edit kept); `dpkg -r` keeps state and config; `dpkg -P` removes them and
 # the user. Any mismatch fails. Cleans up on exit, so it can run again.
 #
@@ -111,10 +113,15 @@ exec_start=$(sed -n 's/^ExecStart=//p' "${unit}")
 workdir=$(sed -n 's/^WorkingDirectory=//p' "${unit}")
 read -r -a cmd <<< "${exec_start}"
 [[ "${cmd[0]}" == /usr/bin/fieldtune ]] || fail "unexpected ExecStart: ${exec_start}"
-# A notify socket like systemd's: the service must report READY=1, WATCHDOG=1 pings (every
-# half of WATCHDOG_USEC; 12 s here so a ~40 s demo sees several) and STOPPING=1.
 chmod 755 "${work}"
-python3 - "${work}/notify" "${work}/notify.log" <<'PY' &
+# Runs ExecStart as the service user, in the unit's working directory, without new privileges,
+# beside a notify socket like systemd's (WATCHDOG_USEC 12 s, so a ~40 s demo sees several
+# pings); $1 names the run's files in ${work}: $1.log (output), $1.notify (one line per
+# message). The service must report READY=1 before STOPPING=1 and exit 0.
+service_run() {
+    local name=$1 rc run_s t0
+    rm -f "${work}/notify"
+    python3 - "${work}/notify" "${work}/${name}.notify" <<'PY' &
 import os, socket, sys
 path, log = sys.argv[1], sys.argv[2]
 s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -128,29 +135,32 @@ with open(log, "a") as f:
         if "STOPPING=1" in msg:
             break
 PY
-listener_pid=$!
-for _ in $(seq 50); do [[ -S "${work}/notify" ]] && break; sleep 0.1; done
-[[ -S "${work}/notify" ]] || fail "notify listener did not start"
-t0=$(now)
-set +e
-(cd "${workdir}" && timeout 600 setpriv --reuid fieldtune --regid fieldtune --init-groups \
-    --no-new-privs env -i PATH=/usr/bin:/bin HOME="${state}" USER=fieldtune LOGNAME=fieldtune \
-    NOTIFY_SOCKET="${work}/notify" WATCHDOG_USEC=12000000 "${cmd[@]}") \
-    >"${work}/run.log" 2>&1
-rc=$?
-set -e
-run_s=$(since "$t0")
-tail -n 25 "${work}/run.log"
-[[ ${rc} == 0 ]] || fail "ExecStart exited ${rc} (log above)"
-echo "[time] service run (ExecStart as fieldtune): ${run_s} s"
-wait "${listener_pid}" 2>/dev/null || true
-listener_pid=""
-echo "notifications: $(tr '\n' '|' < "${work}/notify.log")"
-grep -q '^READY=1' "${work}/notify.log" || fail "no READY=1"
-[[ $(grep -c '^WATCHDOG=1' "${work}/notify.log") -ge 2 ]] || fail "fewer than 2 WATCHDOG=1 pings"
-grep -q '^STOPPING=1' "${work}/notify.log" || fail "no STOPPING=1"
-[[ "$(grep -n '^READY=1' "${work}/notify.log" | cut -d: -f1)" -lt \
-   "$(grep -n '^STOPPING=1' "${work}/notify.log" | cut -d: -f1)" ]] || fail "STOPPING=1 before READY=1"
+    listener_pid=$!
+    for _ in $(seq 50); do [[ -S "${work}/notify" ]] && break; sleep 0.1; done
+    [[ -S "${work}/notify" ]] || fail "notify listener did not start"
+    t0=$(now)
+    set +e
+    (cd "${workdir}" && timeout 600 setpriv --reuid fieldtune --regid fieldtune --init-groups \
+        --no-new-privs env -i PATH=/usr/bin:/bin HOME="${state}" USER=fieldtune LOGNAME=fieldtune \
+        NOTIFY_SOCKET="${work}/notify" WATCHDOG_USEC=12000000 "${cmd[@]}") \
+        >"${work}/${name}.log" 2>&1
+    rc=$?
+    set -e
+    run_s=$(since "$t0")
+    tail -n 25 "${work}/${name}.log"
+    [[ ${rc} == 0 ]] || fail "ExecStart (${name}) exited ${rc} (log above)"
+    echo "[time] service run, ${name} (ExecStart as fieldtune): ${run_s} s"
+    wait "${listener_pid}" 2>/dev/null || true
+    listener_pid=""
+    local log="${work}/${name}.notify"
+    echo "notifications: $(tr '\n' '|' < "${log}")"
+    grep -q '^READY=1' "${log}" || fail "${name}: no READY=1"
+    grep -q '^STOPPING=1' "${log}" || fail "${name}: no STOPPING=1"
+    [[ "$(grep -n '^READY=1' "${log}" | cut -d: -f1)" -lt "$(grep -n '^STOPPING=1' "${log}" | cut -d: -f1)" ]] \
+        || fail "${name}: STOPPING=1 before READY=1"
+}
+service_run demo
+[[ $(grep -c '^WATCHDOG=1' "${work}/demo.notify") -ge 2 ]] || fail "fewer than 2 WATCHDOG=1 pings"
 
 echo "-- state written in ${state}"
 ls -l "${state}"
@@ -162,6 +172,29 @@ grep -q '"event":"committed"' "${state}/events.jsonl" || fail "no committed roun
 setpriv --reuid fieldtune --regid fieldtune --init-groups \
     /usr/bin/fieldtune run --config "${conf}" --check-state | tee "${work}/check.txt"
 grep -q 'last-good.safetensors: ok' "${work}/check.txt" || fail "last-good does not verify"
+
+echo "-- the unit's ExecStart on a GStreamer source (videotestsrc; a camera's config differs only in its pipeline)"
+cp -p "${conf}" "${work}/fieldtune.toml.shipped"
+cat > "${conf}" <<EOF
+model = "/usr/share/fieldtune/models/mnist-cnn"
+state_dir = "${state}"
+[source]
+kind = "gstreamer"
+pipeline = "videotestsrc num-buffers=300 pattern=ball ! video/x-raw,width=64,height=48,framerate=30/1 ! videoconvert ! appsink name=sink"
+[pipeline]
+when_full = "block"
+[output]
+path = "${state}/gst-predictions.jsonl"
+[trigger]
+drift = false
+manual_signal = false
+EOF
+service_run gstreamer
+grep -q 'serving gstreamer `videotestsrc' "${work}/gstreamer.log" || fail "the service did not serve the GStreamer source"
+frames=$(grep -c '"class_id":[0-9]' "${state}/gst-predictions.jsonl" || true)
+[[ "${frames}" == 300 ]] || fail "GStreamer source: ${frames} predictions in ${state}/gst-predictions.jsonl, want 300"
+echo "GStreamer source through ExecStart: ${frames} videotestsrc frames classified"
+cp -p "${work}/fieldtune.toml.shipped" "${conf}"
 (cd "${state}" && find . -type f ! -name '*.lock' -print0 | sort -z | xargs -0 sha256sum) > "${work}/state.sha256"
 echo "state files: $(wc -l < "${work}/state.sha256")"
 

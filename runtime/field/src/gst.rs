@@ -9,6 +9,7 @@
 //! - USB / V4L2 camera: `v4l2src device=/dev/video0 ! videoconvert ! appsink name=sink`
 //! - test pattern: `videotestsrc is-live=true ! videoconvert ! appsink name=sink`
 
+use std::fmt;
 use std::time::Duration;
 
 use gstreamer as gst;
@@ -176,5 +177,124 @@ impl Drop for GstSource {
     fn drop(&mut self) {
         self.current = None;
         let _ = self.pipeline.set_state(gst::State::Null);
+    }
+}
+
+/// A GStreamer element the documented pipelines use: its name, what it is for, and the
+/// Debian/Ubuntu package that has it.
+#[derive(Clone, Copy, Debug)]
+pub struct Element {
+    pub name: &'static str,
+    pub used_for: &'static str,
+    pub package: &'static str,
+}
+
+/// The elements `fieldtune doctor` looks for: those of the pipelines in docs/FIELD.md and
+/// docs/JETSON.md (files, USB and CSI cameras, the test pattern).
+pub const PIPELINE_ELEMENTS: &[Element] = &[
+    el(
+        "appsink",
+        "every pipeline's end",
+        "gstreamer1.0-plugins-base",
+    ),
+    el(
+        "videoconvert",
+        "every pipeline (to GRAY8/RGB)",
+        "gstreamer1.0-plugins-base",
+    ),
+    el("filesrc", "video files", "libgstreamer1.0-0"),
+    el("decodebin", "video files", "gstreamer1.0-plugins-base"),
+    el(
+        "jpegdec",
+        "MJPEG files and cameras",
+        "gstreamer1.0-plugins-good",
+    ),
+    el("v4l2src", "USB / V4L2 cameras", "gstreamer1.0-plugins-good"),
+    el("videotestsrc", "test pattern", "gstreamer1.0-plugins-base"),
+    el(
+        "nvarguscamerasrc",
+        "Jetson CSI cameras",
+        "nvidia-l4t-gstreamer (JetPack)",
+    ),
+    el(
+        "nvvidconv",
+        "Jetson CSI cameras",
+        "nvidia-l4t-gstreamer (JetPack)",
+    ),
+];
+
+const fn el(name: &'static str, used_for: &'static str, package: &'static str) -> Element {
+    Element {
+        name,
+        used_for,
+        package,
+    }
+}
+
+/// What `fieldtune doctor` says about GStreamer: the library's version and which elements
+/// are there.
+#[derive(Clone, Debug)]
+pub struct GstReport {
+    /// `Ok(version)`, or why GStreamer could not be initialised.
+    pub version: std::result::Result<String, String>,
+    /// Each element looked for and whether its factory was found.
+    pub elements: Vec<(Element, bool)>,
+}
+
+impl GstReport {
+    /// Initialises GStreamer (scanning its plugins) and looks each element's factory up.
+    pub fn probe(elements: &[Element]) -> GstReport {
+        if let Err(e) = gst::init() {
+            return GstReport {
+                version: Err(e.to_string()),
+                elements: elements.iter().map(|e| (*e, false)).collect(),
+            };
+        }
+        GstReport {
+            version: Ok({
+                let (major, minor, micro, _) = gst::version();
+                format!("{major}.{minor}.{micro}")
+            }),
+            elements: elements
+                .iter()
+                .map(|e| (*e, gst::ElementFactory::find(e.name).is_some()))
+                .collect(),
+        }
+    }
+
+    /// The elements not found.
+    pub fn missing(&self) -> impl Iterator<Item = &Element> {
+        self.elements.iter().filter(|(_, ok)| !ok).map(|(e, _)| e)
+    }
+}
+
+impl fmt::Display for GstReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.version {
+            Ok(v) => writeln!(f, "GStreamer: {v}")?,
+            Err(e) => {
+                return write!(
+                    f,
+                    "GStreamer: cannot initialise ({e}); folder sources work without it"
+                )
+            }
+        }
+        for (e, ok) in &self.elements {
+            if *ok {
+                writeln!(f, "  ok       {:<17} {}", e.name, e.used_for)?;
+            } else {
+                writeln!(
+                    f,
+                    "  missing  {:<17} {}: install {}",
+                    e.name, e.used_for, e.package
+                )?;
+            }
+        }
+        let missing = self.missing().count();
+        write!(
+            f,
+            "  {missing} of {} elements missing (pipelines naming them fail at start; folder sources need none)",
+            self.elements.len()
+        )
     }
 }

@@ -216,6 +216,45 @@ fn pipeline_mistakes_are_one_clear_error() {
     assert!(e.contains("appsink name=sink"), "{e}");
 }
 
+/// `fieldtune doctor`'s GStreamer lines: the version, each element found, and each missing
+/// one with the package that has it.
+#[test]
+fn doctor_report_names_present_and_missing_elements() {
+    use fieldtune_field::gst::{Element, GstReport, PIPELINE_ELEMENTS};
+    let mut wanted = PIPELINE_ELEMENTS.to_vec();
+    wanted.push(Element {
+        name: "nosuchelement",
+        used_for: "nothing",
+        package: "no-such-package",
+    });
+    let report = GstReport::probe(&wanted);
+    let text = report.to_string();
+    assert!(text.starts_with("GStreamer: 1."), "{text}");
+    // CI installs gstreamer1.0-plugins-base and -good (.ci/run).
+    for name in [
+        "appsink",
+        "videoconvert",
+        "filesrc",
+        "decodebin",
+        "videotestsrc",
+        "jpegdec",
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.split_whitespace().take(2).eq(["ok", name])),
+            "{name} not found:\n{text}"
+        );
+    }
+    assert!(
+        text.contains("missing  nosuchelement     nothing: install no-such-package"),
+        "{text}"
+    );
+    assert_eq!(
+        report.missing().map(|e| e.name).collect::<Vec<_>>().last(),
+        Some(&"nosuchelement")
+    );
+}
+
 /// V4L2 cameras go through `v4l2src`. This machine has no camera: the test checks the
 /// error for a device that is not there and, where /dev/video0 exists, reads frames.
 #[test]

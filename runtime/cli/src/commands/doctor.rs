@@ -1,5 +1,6 @@
 //! `fieldtune doctor`: which engines and execution providers are present; with --board, how
-//! this machine compares with a board profile, and the engine plan `fieldtune run` would get.
+//! this machine compares with a board profile, and the engine plan `fieldtune run` would get;
+//! with GStreamer built in, its version and which of the documented pipelines' elements exist.
 
 use anyhow::{bail, Result};
 use clap::Args;
@@ -29,6 +30,7 @@ pub fn run(a: DoctorArgs, engine_args: &EngineArgs) -> Result<()> {
     let profile = a.board.as_deref().map(Profile::load).transpose()?;
     let report = doctor_report(engine_args.ort_lib.as_deref());
     println!("{report}");
+    print_gstreamer();
     if let Some(profile) = profile {
         let b = &profile.board;
         println!("board {}: {}", b.name, b.description);
@@ -100,4 +102,17 @@ fn dedup(topics: &[&str]) -> String {
         }
     }
     seen.join(", ")
+}
+
+/// GStreamer's version and the elements the documented pipelines need, each missing one with
+/// the package that has it.
+#[cfg(feature = "gstreamer")]
+fn print_gstreamer() {
+    use fieldtune_field::gst::{GstReport, PIPELINE_ELEMENTS};
+    println!("{}", GstReport::probe(PIPELINE_ELEMENTS));
+}
+
+#[cfg(not(feature = "gstreamer"))]
+fn print_gstreamer() {
+    println!("GStreamer: not built in (`--features gstreamer`); folder sources only");
 }
