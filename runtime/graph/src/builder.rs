@@ -420,6 +420,55 @@ mod tests {
         assert_eq!(ops, ["Reshape"], "the shape chain folds away");
     }
 
+    /// The exporter's `expand(n, -1, -1)` (Where over Equal) and Swin's window padding (Mod)
+    /// fold to constants; Mod takes the divisor's sign, as ONNX's default (fmod=0) does.
+    #[test]
+    fn equal_where_and_mod_fold_in_shape_chains() {
+        let mut b = Builder::new(17);
+        let shape = b.ints(&[4, -1, -7, 7]);
+        let m1 = b.ints(&[-1]);
+        let is_m1 = b.op("Equal", &[&shape, &m1], vec![]).unwrap();
+        let one = b.ints(&[1]);
+        let fixed = b.op("Where", &[&is_m1, &one, &shape], vec![]).unwrap();
+        assert_eq!(b.value(&fixed).unwrap().ints(), Some(&[4i64, 1, -7, 7][..]));
+        let three = b.ints(&[3, 3, 3, -3]);
+        let r = b.op("Mod", &[&fixed, &three], vec![]).unwrap();
+        assert_eq!(b.value(&r).unwrap().ints(), Some(&[1i64, 1, 2, -2][..]));
+        // A transposed constant (Swin's pad lists) folds.
+        let m =
+            b.constant(fieldtune_tensor::Tensor::i64(vec![2, 3], vec![1, 2, 3, 4, 5, 6]).unwrap());
+        let t = b
+            .op("Transpose", &[&m], vec![attr::ints("perm", &[1, 0])])
+            .unwrap();
+        assert_eq!(
+            b.value(&t).unwrap().ints(),
+            Some(&[1i64, 4, 2, 5, 3, 6][..])
+        );
+        // ... and so does a step -1 slice of a 2-D constant (reversing the pad pairs).
+        let (st, en, ax, sp) = (
+            b.ints(&[-1]),
+            b.ints(&[i64::MIN]),
+            b.ints(&[0]),
+            b.ints(&[-1]),
+        );
+        let rev = b.op("Slice", &[&t, &st, &en, &ax, &sp], vec![]).unwrap();
+        assert_eq!(
+            b.value(&rev).unwrap().ints(),
+            Some(&[3i64, 6, 2, 5, 1, 4][..])
+        );
+        // fmod=1 (the dividend's sign) is not folded.
+        let f = b
+            .op("Mod", &[&fixed, &three], vec![attr::int("fmod", 1)])
+            .unwrap();
+        assert_eq!(b.value(&f).unwrap().ints(), None);
+        // Where and the default Mod became initializers; of what the output needs, only the
+        // fmod=1 Mod stays a node (the comparison is dead once Where folded).
+        b.output(&f).unwrap();
+        let g = b.finish("t");
+        let ops: Vec<&str> = g.nodes.iter().map(|n| n.op.as_str()).collect();
+        assert_eq!(ops, ["Mod"]);
+    }
+
     #[test]
     fn conv_and_pool_shapes_resolve_auto_pad() {
         let mut b = Builder::new(17);

@@ -30,7 +30,7 @@ pub const OPS: &[OpDef] = &[
     def("Pow", nary, false, rule_all(pow)),
     def("Max", nary, false, rule_all(max_min)),
     def("Min", nary, false, rule_all(max_min)),
-    def("Mod", nary, false, Grad::NoRule),
+    def("Mod", nary, true, Grad::NoRule),
     def("Greater", compare, false, Grad::Never),
     def("Less", compare, false, Grad::Never),
     def("Equal", compare, false, Grad::Never),
@@ -117,7 +117,9 @@ fn nary(node: &Node, ins: &[Option<&Value>]) -> Result<Vec<Value>> {
     }
     let a = req(node, ins, 0)?;
     let mut v = Value::new(a.elem, shape.clone());
-    if ins.len() == 2 && a.elem == Elem::I64 && v.numel() <= FOLD_LIMIT {
+    // Integer Mod folds in its default (fmod=0, Python-style) form only.
+    let foldable = !(op == "Mod" && node.int("fmod", 0) != 0);
+    if foldable && ins.len() == 2 && a.elem == Elem::I64 && v.numel() <= FOLD_LIMIT {
         let c = req(node, ins, 1)?;
         if let (Some(x), Some(y)) = (a.ints(), c.ints()) {
             v.konst = fold_binary_i64(op, x, &a.shape, y, &c.shape, &shape);

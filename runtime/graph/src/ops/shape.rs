@@ -19,7 +19,7 @@ pub const OPS: &[OpDef] = &[
     def("Flatten", flatten, true, rule(reshape_back)),
     def("Unsqueeze", unsqueeze_squeeze, true, rule(reshape_back)),
     def("Squeeze", unsqueeze_squeeze, true, rule(reshape_back)),
-    def("Transpose", transpose, false, rule(transpose_back)),
+    def("Transpose", transpose, true, rule(transpose_back)),
     def("Expand", expand, false, rule(expand_back)),
 ];
 
@@ -241,10 +241,27 @@ fn transpose(node: &Node, ins: &[Option<&Value>]) -> Result<Vec<Value>> {
             format!("perm {perm:?} is not a permutation of rank {r}"),
         ));
     }
-    Ok(vec![Value::new(
-        x.elem,
-        perm.iter().map(|&p| x.shape[p]).collect(),
-    )])
+    let shape: Vec<usize> = perm.iter().map(|&p| x.shape[p]).collect();
+    let mut v = Value::new(x.elem, shape.clone());
+    // A constant i64 tensor (exporters transpose pad lists: Swin's window padding) folds.
+    if let Some(k) = x.ints().filter(|k| k.len() <= FOLD_LIMIT) {
+        let out_strides: Vec<usize> = (0..r)
+            .map(|i| shape[i + 1..].iter().product::<usize>())
+            .collect();
+        let in_strides: Vec<usize> = (0..r)
+            .map(|i| x.shape[i + 1..].iter().product::<usize>())
+            .collect();
+        let vals = (0..k.len())
+            .map(|flat| {
+                let src: usize = (0..r)
+                    .map(|d| (flat / out_strides[d]) % shape[d] * in_strides[perm[d]])
+                    .sum();
+                k[src]
+            })
+            .collect();
+        v.konst = Tensor::i64(shape, vals).ok();
+    }
+    Ok(vec![v])
 }
 
 fn expand(node: &Node, ins: &[Option<&Value>]) -> Result<Vec<Value>> {

@@ -7,7 +7,7 @@ use crate::error::{GraphError, Result};
 use crate::ir::{attr, Elem, Node};
 
 use super::entry::{def, dy, only, req, rule, rule_all, vec_i64, Grad, Grads, OpDef};
-use super::value::{norm_axis, Value};
+use super::value::{norm_axis, Value, FOLD_LIMIT};
 
 pub const OPS: &[OpDef] = &[
     def("Concat", concat, true, rule_all(concat_back)),
@@ -190,10 +190,23 @@ fn slice(node: &Node, ins: &[Option<&Value>]) -> Result<Vec<Value>> {
     })?;
     let shape = sl.out_shape(&x.shape);
     let mut v = Value::new(x.elem, shape.clone());
-    if let (Some(d), 1) = (x.ints(), r) {
-        let (s, st) = (sl.start[0] as i64, sl.step[0]);
-        let picked: Vec<i64> = (0..shape[0] as i64)
-            .map(|k| d[(s + k * st) as usize])
+    // Constant i64 tensors of any rank fold (exporters reverse a [rank, 2] pad list with a
+    // step -1 slice).
+    if let Some(d) = x.ints().filter(|d| d.len() <= FOLD_LIMIT) {
+        let n: usize = shape.iter().product();
+        let in_strides: Vec<i64> = (0..r)
+            .map(|i| x.shape[i + 1..].iter().product::<usize>() as i64)
+            .collect();
+        let picked: Vec<i64> = (0..n)
+            .map(|flat| {
+                let (mut rem, mut src) = (flat, 0i64);
+                for a in (0..r).rev() {
+                    let k = (rem % shape[a]) as i64;
+                    rem /= shape[a];
+                    src += (sl.start[a] as i64 + k * sl.step[a]) * in_strides[a];
+                }
+                d[src as usize]
+            })
             .collect();
         v.konst = Tensor::i64(shape, picked).ok();
     }

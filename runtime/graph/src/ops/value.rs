@@ -129,6 +129,14 @@ pub fn fold_binary_i64(
             "Sub" => x.checked_sub(y)?,
             "Mul" => x.checked_mul(y)?,
             "Div" if y != 0 => x / y,
+            // Mod with fmod=0: the remainder takes the divisor's sign (Python's %).
+            "Mod" if y != 0 => x.checked_rem(y).map(|r| {
+                if r != 0 && (r < 0) != (y < 0) {
+                    r + y
+                } else {
+                    r
+                }
+            })?,
             "Equal" => i64::from(x == y),
             "Greater" => i64::from(x > y),
             "Less" => i64::from(x < y),
