@@ -169,27 +169,31 @@ fn an_op_without_gradient_rule_is_refused_by_name_and_node() {
     use fieldtune_graph::ir::{Graph, Node};
     let model = fieldtune_graph::load_model(&root().join("models/mnist-cnn/model.onnx")).unwrap();
     let mut g = Graph::from_model(&model).unwrap();
-    // Route the first ReLU's output through an Abs (no gradient rule) before the pool.
+    // Route the first ReLU's output through a float Mod (no gradient rule) before the pool.
     let relu = g.nodes.iter().position(|n| n.op == "Relu").unwrap();
     let out = g.nodes[relu].outputs[0].clone();
     for n in g.nodes.iter_mut().skip(relu + 1) {
         for i in n.inputs.iter_mut() {
             if *i == out {
-                *i = "abs_out".into();
+                *i = "mod_out".into();
             }
         }
     }
     g.nodes.insert(
         relu + 1,
         Node {
-            name: "my_abs".into(),
-            op: "Abs".into(),
+            name: "my_mod".into(),
+            op: "Mod".into(),
             domain: String::new(),
-            inputs: vec![out],
-            outputs: vec!["abs_out".into()],
-            attrs: vec![],
+            inputs: vec![out, "mod_by".into()],
+            outputs: vec!["mod_out".into()],
+            attrs: vec![fieldtune_graph::ir::attr::int("fmod", 1)],
         },
     );
+    g.initializers.push((
+        "mod_by".into(),
+        fieldtune_tensor::Tensor::f32(vec![], vec![7.0]).unwrap(),
+    ));
     let bytes = fieldtune_graph::encode_model(&g.to_model("test"));
     let d = tempfile::tempdir().unwrap();
     let m = model_copy(d.path(), None, Some(&bytes));
@@ -201,7 +205,7 @@ fn an_op_without_gradient_rule_is_refused_by_name_and_node() {
             "--out",
             d.path().join("s.onnx").to_str().unwrap(),
         ],
-        &["my_abs", "Abs", "no gradient rule"],
+        &["my_mod", "Mod", "no gradient rule"],
     );
 }
 
