@@ -15,10 +15,11 @@
 //! one class for every frame, with full confidence, while its loss looks better than ever.
 
 use fieldtune_engine::Session;
-use fieldtune_frames::{to_tensor, Image8, ModelConfig};
+use fieldtune_frames::{Image8, ModelConfig};
 use serde::Serialize;
 
-use crate::error::{AdaptError, Result};
+use crate::error::Result;
+use crate::eval::for_each_logits;
 
 /// The largest fall of the marginal entropy (nats) that is not collapse: the field gate's
 /// default `max_marginal_entropy_drop` and `adapt`'s threshold.
@@ -82,38 +83,24 @@ pub fn probe(
         finite: true,
         ..ProbeStats::default()
     };
-    for chunk in images.chunks(batch.max(1)) {
-        let refs: Vec<&Image8> = chunk.iter().collect();
-        let x = to_tensor(&refs, cfg)?;
-        let y = session
-            .run_fetch(&[(cfg.input.as_str(), &x)], &[cfg.output.as_str()])?
-            .remove(0);
-        let v = y
-            .as_f32()
-            .filter(|v| v.len() == chunk.len() * k)
-            .ok_or_else(|| AdaptError::Mismatch {
-                what: format!("output '{}'", cfg.output),
-                reason: format!("shape {:?}, expected [{}, {k}]", y.shape(), chunk.len()),
-            })?;
-        for row in v.chunks(k) {
-            match softmax_stats(row) {
-                Some((c, p, h)) => {
-                    out.classes.push(c);
-                    out.mean_confidence += p;
-                    out.mean_entropy += h;
-                    let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-                    let z: f64 = row.iter().map(|&x| ((x - max) as f64).exp()).sum();
-                    for (m, &x) in mean.iter_mut().zip(row) {
-                        *m += ((x - max) as f64).exp() / z;
-                    }
-                }
-                None => {
-                    out.finite = false;
-                    out.classes.push(usize::MAX);
+    for_each_logits(session, cfg, images, batch, |row| {
+        match softmax_stats(row) {
+            Some((c, p, h)) => {
+                out.classes.push(c);
+                out.mean_confidence += p;
+                out.mean_entropy += h;
+                let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                let z: f64 = row.iter().map(|&x| ((x - max) as f64).exp()).sum();
+                for (m, &x) in mean.iter_mut().zip(row) {
+                    *m += ((x - max) as f64).exp() / z;
                 }
             }
+            None => {
+                out.finite = false;
+                out.classes.push(usize::MAX);
+            }
         }
-    }
+    })?;
     let n = images.len().max(1) as f64;
     out.mean_entropy /= n;
     out.mean_confidence /= n;

@@ -68,15 +68,16 @@ impl EvalReport {
     }
 }
 
-/// Class and max-softmax probability per image, in batches of `batch`.
-pub fn predict(
+/// Runs `session` on `images` in batches of `batch` and hands `row` each image's logits, in
+/// order; an output that is not `[batch, classes]` float logits is an error naming it.
+pub fn for_each_logits(
     session: &mut dyn Session,
     cfg: &ModelConfig,
     images: &[Image8],
     batch: usize,
-) -> Result<Vec<(usize, f32)>> {
+    mut row: impl FnMut(&[f32]),
+) -> Result<()> {
     let k = cfg.classes.len();
-    let mut out = Vec::with_capacity(images.len());
     for chunk in images.chunks(batch.max(1)) {
         let refs: Vec<&Image8> = chunk.iter().collect();
         let x = to_tensor(&refs, cfg)?;
@@ -97,18 +98,28 @@ pub fn predict(
             what: cfg.output.clone(),
             reason: "not float".into(),
         })?;
-        for row in v.chunks(k) {
-            let (arg, max) = row
-                .iter()
-                .enumerate()
-                .fold(
-                    (0, f32::NEG_INFINITY),
-                    |a, (i, &x)| if x > a.1 { (i, x) } else { a },
-                );
-            let z: f32 = row.iter().map(|x| (x - max).exp()).sum();
-            out.push((arg, 1.0 / z));
-        }
+        v.chunks(k).for_each(&mut row);
     }
+    Ok(())
+}
+
+/// Class and max-softmax probability per image, in batches of `batch`.
+pub fn predict(
+    session: &mut dyn Session,
+    cfg: &ModelConfig,
+    images: &[Image8],
+    batch: usize,
+) -> Result<Vec<(usize, f32)>> {
+    let mut out = Vec::with_capacity(images.len());
+    for_each_logits(session, cfg, images, batch, |row| {
+        let (arg, max) =
+            row.iter().enumerate().fold(
+                (0, f32::NEG_INFINITY),
+                |a, (i, &x)| if x > a.1 { (i, x) } else { a },
+            );
+        let z: f32 = row.iter().map(|x| (x - max).exp()).sum();
+        out.push((arg, 1.0 / z));
+    })?;
     Ok(out)
 }
 
