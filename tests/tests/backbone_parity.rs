@@ -344,3 +344,25 @@ fn vit_tiny_matches_pytorch() {
         ],
     );
 }
+
+/// A ConvNeXt (channel LayerNorm through Transpose, depthwise 7x7 convolutions, channels-last
+/// Linear layers with exact GELU, per-channel layer scale): all parameters, the head, and the
+/// last two parameter tensors.
+#[test]
+fn convnext_tiny_matches_pytorch() {
+    let case = |trainable| Case {
+        trainable,
+        batchnorm: BatchNormMode::Train,
+        weak_trains: true,
+    };
+    parity(
+        "convnext-tiny",
+        3,
+        4,
+        &[
+            case(Trainable::All),
+            case(Trainable::Head),
+            case(Trainable::Last(2)),
+        ],
+    );
+}
