@@ -237,6 +237,28 @@ fn matmul_2d_and_batched_broadcast() {
     });
 }
 
+/// Two-operand Einsum as exporters emit it for attention (MaxViT): a batched product with
+/// the contracted letter last in both operands, then one contracting the middle letter.
+#[test]
+fn einsum_batched_attention_forms() {
+    check("Einsum", |seed| {
+        let mut r = rng(seed);
+        let d = dims(seed, 2, 4, 3);
+        let q = uniform(&mut r, &[2, d[0], d[1], d[2]], -1.0, 1.0);
+        let k = uniform(&mut r, &[2, d[0], 3, d[2]], -1.0, 1.0);
+        let build = |b: &mut Builder, x: &[String]| {
+            let eq = |e: &str| vec![attr::string("equation", e)];
+            let s = b.op("Einsum", &[&x[0], &x[1]], eq("b g i d, b g j d -> b g i j"))?;
+            b.op("Einsum", &[&s, &x[1]], eq("BGIJ,BGJD->BGID"))
+        };
+        (
+            vec![("q".into(), q), ("k".into(), k)],
+            1e-2,
+            Box::new(build),
+        )
+    });
+}
+
 #[test]
 fn add_sub_mul_div_broadcasting() {
     for op in ["Add", "Sub", "Mul", "Div"] {
@@ -317,6 +339,7 @@ fn elementwise_loss_ops() {
         "Tanh",
         "Identity",
         "Reciprocal",
+        "Einsum",
         "Erf",
     ] {
         check(op, move |seed| {
@@ -329,6 +352,27 @@ fn elementwise_loss_ops() {
             )
         });
     }
+}
+
+/// Strided slices (Swin's patch merging takes `x[:, 0::2, 1::2, :]`): steps 2 and 3 on two
+/// axes, with an end that leaves a remainder.
+#[test]
+fn slice_with_steps() {
+    check("Slice (steps)", |seed| {
+        let mut r = rng(seed);
+        let d = dims(seed, 2, 4, 2);
+        let x = uniform(&mut r, &[2, 2 * d[0] + 1, 3 * d[1] + 2, 3], -1.0, 1.0);
+        let build = move |b: &mut Builder, n: &[String]| {
+            let (s, e, ax, st) = (
+                b.ints(&[0, 1]),
+                b.ints(&[(2 * d[0]) as i64, i64::MAX]),
+                b.ints(&[1, 2]),
+                b.ints(&[2, 3]),
+            );
+            b.op("Slice", &[&n[0], &s, &e, &ax, &st], vec![])
+        };
+        (vec![("x".into(), x)], 1e-3, Box::new(build))
+    });
 }
 
 #[test]

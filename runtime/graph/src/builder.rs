@@ -220,7 +220,12 @@ impl Builder {
                 self.claim(o)?;
             }
         }
-        let fold = folds(&node.op) && node.outputs.len() == 1 && outs[0].konst.is_some();
+        // Bool values carry their constant as 0/1 i64s for folding downstream; they are
+        // never written as initializers (the i64 would change the tensor's type).
+        let fold = folds(&node.op)
+            && node.outputs.len() == 1
+            && outs[0].konst.is_some()
+            && outs[0].elem != Elem::Bool;
         if fold {
             let t = outs[0].konst.clone().expect("checked");
             self.inits.push((node.outputs[0].clone(), t));
@@ -467,6 +472,77 @@ mod tests {
         let g = b.finish("t");
         let ops: Vec<&str> = g.nodes.iter().map(|n| n.op.as_str()).collect();
         assert_eq!(ops, ["Mod"]);
+    }
+
+    /// Swin's export: a bool Constant (Dropout's training_mode) stays a node (an i64
+    /// initializer would change its type); Range over integer constants folds; ScatterND
+    /// keeps the data's shape and checks the updates'.
+    #[test]
+    fn bool_constants_stay_nodes_and_range_folds() {
+        use crate::proto::{tensor_proto::DataType, TensorProto};
+        let mut b = Builder::new(17);
+        let x = b.input("x", Elem::F32, &[2, 3]).unwrap();
+        let t = TensorProto {
+            data_type: DataType::Bool as i32,
+            raw_data: vec![1],
+            ..Default::default()
+        };
+        let on = b
+            .op("Constant", &[], vec![attr::tensor("value", t)])
+            .unwrap();
+        assert_eq!(b.value(&on).unwrap().elem, Elem::Bool);
+        assert_eq!(b.value(&on).unwrap().ints(), Some(&[1i64][..]));
+        let ratio = b.scalar(0.0);
+        let y = b.op("Dropout", &[&x, &ratio, &on], vec![]).unwrap();
+        let start = b.constant(fieldtune_tensor::Tensor::i64(vec![], vec![7]).unwrap());
+        let limit = b.constant(fieldtune_tensor::Tensor::i64(vec![], vec![-2]).unwrap());
+        let delta = b.constant(fieldtune_tensor::Tensor::i64(vec![], vec![-3]).unwrap());
+        let r = b.op("Range", &[&start, &limit, &delta], vec![]).unwrap();
+        assert_eq!(b.value(&r).unwrap().ints(), Some(&[7i64, 4, 1][..]));
+        let empty = b.op("Range", &[&limit, &start, &delta], vec![]).unwrap();
+        assert_eq!(b.shape(&empty).unwrap(), vec![0usize]);
+        let data = b.input("data", Elem::F32, &[4, 5]).unwrap();
+        let idx = b.constant(fieldtune_tensor::Tensor::i64(vec![2, 1], vec![0, 3]).unwrap());
+        let upd = b.input("upd", Elem::F32, &[2, 5]).unwrap();
+        let sc = b.op("ScatterND", &[&data, &idx, &upd], vec![]).unwrap();
+        assert_eq!(b.shape(&sc).unwrap(), vec![4, 5]);
+        let bad = b.input("bad", Elem::F32, &[2, 4]).unwrap();
+        let err = b
+            .op("ScatterND", &[&data, &idx, &bad], vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("[2, 5]"), "{err}");
+        b.output(&y).unwrap();
+        let g = b.finish("t");
+        let ops: Vec<&str> = g.nodes.iter().map(|n| n.op.as_str()).collect();
+        assert_eq!(
+            ops,
+            ["Constant", "Dropout"],
+            "the bool constant stays a node"
+        );
+        assert!(g.initializers.iter().all(|(n, _)| n != &on));
+    }
+
+    #[test]
+    fn einsum_shapes_and_refusals() {
+        let mut b = Builder::new(17);
+        let q = b.input("q", Elem::F32, &[2, 3, 4, 5]).unwrap();
+        let k = b.input("k", Elem::F32, &[2, 3, 6, 5]).unwrap();
+        let eq = |e: &str| vec![attr::string("equation", e)];
+        let s = b
+            .op("Einsum", &[&q, &k], eq("B H I D, B H J D -> B H I J"))
+            .unwrap();
+        assert_eq!(b.shape(&s).unwrap(), vec![2, 3, 4, 6]);
+        for (e, want) in [
+            ("bhid,bhjd", "explicit output"),
+            ("...id,...jd->...ij", "ellipsis"),
+            ("bhii,bhjd->bhij", "diagonal"),
+            ("bhid,bhjd->bhiz", "in no operand"),
+            ("bhid,bhid->bhi", "'i' is 4 in one operand and 6"),
+        ] {
+            let err = b.op("Einsum", &[&q, &k], eq(e)).unwrap_err().to_string();
+            assert!(err.contains(want), "{e}: {err}");
+        }
     }
 
     #[test]

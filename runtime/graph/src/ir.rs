@@ -276,6 +276,7 @@ impl Graph {
             });
         }
         untie_initializer_copies(&mut nodes, &mut initializers, &outputs);
+        drop_unread_dropout_masks(&mut nodes, &outputs);
         Ok(Graph {
             name: g.name.clone(),
             opset,
@@ -493,6 +494,43 @@ pub fn tensor_from_proto(t: &TensorProto) -> Result<Tensor> {
     Tensor::new(shape, data).map_err(|e| bad(e.to_string()))
 }
 
+/// A bool TensorProto's values as a 0/1 i64 tensor, `None` when `t` is not bool. Bool
+/// tensors are read only where an op's value carries them (Constant); they are never stored
+/// as initializers.
+pub fn bool_from_proto(t: &TensorProto) -> Result<Option<Tensor>> {
+    if t.data_type != DataType::Bool as i32 {
+        return Ok(None);
+    }
+    let bad = |reason: String| GraphError::Tensor {
+        tensor: t.name.clone(),
+        reason,
+    };
+    let shape: Vec<usize> = t
+        .dims
+        .iter()
+        .map(|&d| usize::try_from(d).map_err(|_| bad(format!("negative dimension {d}"))))
+        .collect::<Result<_>>()?;
+    let n = shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| bad(format!("shape {shape:?} has too many elements")))?;
+    // One byte per element in raw data, else one int32 per element.
+    let vals: Vec<i64> = if !t.raw_data.is_empty() {
+        t.raw_data.iter().map(|&b| i64::from(b != 0)).collect()
+    } else {
+        t.int32_data.iter().map(|&b| i64::from(b != 0)).collect()
+    };
+    if vals.len() != n {
+        return Err(bad(format!(
+            "bool data has {} elements, shape {shape:?} needs {n}",
+            vals.len()
+        )));
+    }
+    Tensor::i64(shape, vals)
+        .map(Some)
+        .map_err(|e| bad(e.to_string()))
+}
+
 /// Converts a tensor to a TensorProto with raw little-endian data.
 pub fn tensor_to_proto(name: &str, t: &Tensor) -> TensorProto {
     let (data_type, raw_data) = match t.data() {
@@ -511,6 +549,22 @@ pub fn tensor_to_proto(name: &str, t: &Tensor) -> TensorProto {
         data_type: data_type as i32,
         raw_data,
         ..Default::default()
+    }
+}
+
+/// Exporters of modules with dropout layers (Swin's attention) may name Dropout's optional
+/// mask output although nothing reads it; such an output is removed, so the node is the plain
+/// one-output Dropout the op table knows. A mask that is read stays (and is refused by name).
+fn drop_unread_dropout_masks(nodes: &mut [Node], outputs: &[Io]) {
+    let read: std::collections::HashSet<String> = nodes
+        .iter()
+        .flat_map(|n| n.inputs.iter().cloned())
+        .chain(outputs.iter().map(|o| o.name.clone()))
+        .collect();
+    for n in nodes.iter_mut() {
+        if n.op == "Dropout" && n.outputs.len() == 2 && !read.contains(&n.outputs[1]) {
+            n.outputs.truncate(1);
+        }
     }
 }
 
@@ -618,4 +672,43 @@ pub fn with_initializers(
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A Dropout whose mask output nothing reads loses it on load (Swin's export); a read
+    /// mask stays.
+    #[test]
+    fn unread_dropout_masks_are_dropped_on_load() {
+        let mut b = crate::builder::Builder::new(17);
+        let x = b.input("x", Elem::F32, &[2, 3]).unwrap();
+        b.output(&x).unwrap();
+        let mut g = b.finish("t");
+        let node = |name: &str, outs: &[&str]| Node {
+            name: name.into(),
+            op: "Dropout".into(),
+            domain: String::new(),
+            inputs: vec!["x".into()],
+            outputs: outs.iter().map(|s| s.to_string()).collect(),
+            attrs: vec![],
+        };
+        g.nodes = vec![node("d0", &["y0", "m0"]), node("d1", &["y1", "m1"])];
+        g.outputs = vec![
+            Io {
+                name: "y0".into(),
+                elem: Elem::F32,
+                dims: vec![Dim::Fixed(2), Dim::Fixed(3)],
+            },
+            Io {
+                name: "m1".into(),
+                elem: Elem::Bool,
+                dims: vec![Dim::Fixed(2), Dim::Fixed(3)],
+            },
+        ];
+        let back = Graph::from_model(&g.to_model("test")).unwrap();
+        let outs: Vec<usize> = back.nodes.iter().map(|n| n.outputs.len()).collect();
+        assert_eq!(outs, [1, 2]);
+    }
 }

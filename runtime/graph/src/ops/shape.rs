@@ -1,11 +1,11 @@
-//! Constants, shape queries and layout ops: Constant, Shape, Size, ConstantOfShape, Reshape,
-//! Flatten, Unsqueeze, Squeeze, Transpose, Expand.
+//! Constants, shape queries and layout ops: Constant, Shape, Size, ConstantOfShape, Range,
+//! Reshape, Flatten, Unsqueeze, Squeeze, Transpose, Expand.
 
 use fieldtune_tensor::{Tensor, TensorData};
 
 use crate::builder::Builder;
 use crate::error::{GraphError, Result};
-use crate::ir::{attr, tensor_from_proto, Node};
+use crate::ir::{attr, bool_from_proto, tensor_from_proto, Elem, Node};
 
 use super::entry::{def, dy, only, req, rule, unbroadcast, Grad, Grads, OpDef};
 use super::value::{broadcast, norm_axis, reshaped, Value, FOLD_LIMIT};
@@ -15,6 +15,7 @@ pub const OPS: &[OpDef] = &[
     def("Shape", shape, true, Grad::Never),
     def("Size", size, true, Grad::Never),
     def("ConstantOfShape", constant_of_shape, true, Grad::Never),
+    def("Range", range, true, Grad::Never),
     def("Reshape", reshape, true, rule(reshape_back)),
     def("Flatten", flatten, true, rule(reshape_back)),
     def("Unsqueeze", unsqueeze_squeeze, true, rule(reshape_back)),
@@ -29,6 +30,13 @@ fn constant(node: &Node, _: &[Option<&Value>]) -> Result<Vec<Value>> {
         let tp =
             a.t.as_ref()
                 .ok_or_else(|| err("value attribute holds no tensor".into()))?;
+        if let Some(bits) = bool_from_proto(tp)? {
+            // A bool constant (e.g. Dropout's training_mode): its 0/1 value for folding
+            // comparisons downstream; the node itself stays (see the builder).
+            let mut v = Value::konst(bits);
+            v.elem = Elem::Bool;
+            return Ok(vec![v]);
+        }
         tensor_from_proto(tp)?
     } else if let Some(a) = node.attr("value_float") {
         Tensor::scalar_f32(a.f)
@@ -88,6 +96,40 @@ fn constant_of_shape(node: &Node, ins: &[Option<&Value>]) -> Result<Vec<Value>> 
     }
     .map_err(|e| err(e.to_string()))?;
     Ok(vec![Value::konst(k)])
+}
+
+/// Range over constant integer scalars (exporters' `arange` in index and mask chains) folds;
+/// a float range or non-constant bounds are refused by name.
+fn range(node: &Node, ins: &[Option<&Value>]) -> Result<Vec<Value>> {
+    let err = |r: String| GraphError::node(node, r);
+    let scalar = |i: usize, what: &str| -> Result<i64> {
+        match req(node, ins, i)?.ints() {
+            Some([v]) => Ok(*v),
+            _ => Err(err(format!(
+                "Range's {what} must be a constant integer scalar (float or computed ranges are not supported)"
+            ))),
+        }
+    };
+    let (start, limit, delta) = (
+        scalar(0, "start")?,
+        scalar(1, "limit")?,
+        scalar(2, "delta")?,
+    );
+    if delta == 0 {
+        return Err(err("Range's delta is 0".into()));
+    }
+    // ONNX: max(ceil((limit - start) / delta), 0) elements.
+    let span = i128::from(limit) - i128::from(start);
+    let d = i128::from(delta);
+    let n = ((span + d - d.signum()) / d).max(0);
+    let n = usize::try_from(n)
+        .ok()
+        .filter(|&n| n <= FOLD_LIMIT)
+        .ok_or_else(|| err(format!("Range gives {n} elements, more than {FOLD_LIMIT}")))?;
+    let vals: Vec<i64> = (0..n as i64).map(|i| start + i * delta).collect();
+    Ok(vec![Value::konst(
+        Tensor::i64(vec![n], vals).map_err(|e| err(e.to_string()))?,
+    )])
 }
 
 /// A shape given as i64 values (a shape input), each checked to be a dimension: at least 0

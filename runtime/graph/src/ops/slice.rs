@@ -1,4 +1,4 @@
-//! Joining, cutting and indexing: Concat, Split, Slice, Pad, Gather, ScatterElements.
+//! Joining, cutting and indexing: Concat, Split, Slice, Pad, Gather, ScatterElements, ScatterND.
 
 use fieldtune_tensor::Tensor;
 
@@ -16,6 +16,7 @@ pub const OPS: &[OpDef] = &[
     def("Pad", pad, false, rule(pad_back)),
     def("Gather", gather, true, rule(gather_back)),
     def("ScatterElements", scatter_elements, false, Grad::NoRule),
+    def("ScatterND", scatter_nd, false, Grad::NoRule),
 ];
 
 fn axis_of(node: &Node, rank: usize) -> Result<usize> {
@@ -264,6 +265,36 @@ fn scatter_elements(node: &Node, ins: &[Option<&Value>]) -> Result<Vec<Value>> {
     Ok(vec![Value::new(x.elem, x.shape.clone())])
 }
 
+/// ScatterND (exporters' indexed assignment, e.g. Swin's shifted-window mask): the data's
+/// shape; indices [.., k] address k leading axes and updates fill the rest.
+fn scatter_nd(node: &Node, ins: &[Option<&Value>]) -> Result<Vec<Value>> {
+    let (x, i, u) = (req(node, ins, 0)?, req(node, ins, 1)?, req(node, ins, 2)?);
+    if node.string("reduction").is_some_and(|r| r != "none") {
+        return Err(GraphError::node(
+            node,
+            "ScatterND with a reduction is not supported",
+        ));
+    }
+    let k = i.shape.last().copied().unwrap_or(0);
+    let want: Vec<usize> = i.shape[..i.shape.len().saturating_sub(1)]
+        .iter()
+        .chain(x.shape.get(k..).unwrap_or(&[]))
+        .copied()
+        .collect();
+    if i.elem != Elem::I64
+        || u.elem != x.elem
+        || i.shape.is_empty()
+        || k > x.shape.len()
+        || u.shape != want
+    {
+        return Err(GraphError::node(node, format!(
+            "data {:?}, indices {:?} (int64, last axis at most the data's rank) and updates {:?} (the data's type) do not fit: updates must be {want:?}",
+            x.shape, i.shape, u.shape
+        )));
+    }
+    Ok(vec![Value::new(x.elem, x.shape.clone())])
+}
+
 fn concat_back(b: &mut Builder, n: &Node, gy: &[Option<String>]) -> Grads {
     let dy = dy(n, gy)?;
     let xs = b.shape(&n.inputs[0])?;
@@ -324,20 +355,43 @@ fn slice_back(b: &mut Builder, n: &Node, gy: &[Option<String>]) -> Grads {
     let steps = get(4).unwrap_or_else(|| vec![1; starts.len()]);
     let sl = SliceSpec::resolve(&xs, &starts, &ends, &axes, &steps)
         .ok_or_else(|| GraphError::node(n, "bad slice"))?;
-    if sl.step.iter().any(|&s| s != 1) {
+    if sl.step.iter().any(|&s| s < 1) {
         return Err(GraphError::NoGradRule {
             node: n.name.clone(),
-            op: "Slice (step != 1)".into(),
+            op: "Slice (negative step)".into(),
         });
     }
     let r = xs.len();
+    // A strided axis (step s > 1, Swin's patch merging `x[..., 0::2, 0::2, :]`): each
+    // gradient value is followed by s - 1 zeros (Unsqueeze, Pad, Reshape), and the last
+    // zeros cut, so the axis spans (count - 1) * s + 1 input cells from the start.
+    let mut g = dy;
+    let mut span = sl.count.clone();
+    for d in 0..r {
+        let (step, c) = (sl.step[d] as usize, sl.count[d]);
+        if step == 1 || c == 0 {
+            continue;
+        }
+        let mut shape = b.shape(&g)?;
+        let ax = b.ints(&[d as i64 + 1]);
+        let u = b.op("Unsqueeze", &[&g, &ax], vec![])?;
+        let mut pads = vec![0i64; 2 * (r + 1)];
+        pads[r + 1 + d + 1] = step as i64 - 1;
+        let p = b.ints(&pads);
+        let spread = b.op("Pad", &[&u, &p], vec![])?;
+        shape[d] = c * step;
+        let flat = b.reshape(&spread, &shape)?;
+        span[d] = (c - 1) * step + 1;
+        let (st, en, a) = (b.ints(&[0]), b.ints(&[span[d] as i64]), b.ints(&[d as i64]));
+        g = b.op("Slice", &[&flat, &st, &en, &a], vec![])?;
+    }
     let mut pads = vec![0i64; 2 * r];
     for d in 0..r {
         pads[d] = sl.start[d] as i64;
-        pads[d + r] = (xs[d] - sl.start[d] - sl.count[d]) as i64;
+        pads[d + r] = (xs[d] - sl.start[d] - span[d]) as i64;
     }
     let p = b.ints(&pads);
-    Ok(only(n, b.op("Pad", &[&dy, &p], vec![])?))
+    Ok(only(n, b.op("Pad", &[&g, &p], vec![])?))
 }
 
 /// Pad (constant mode): the gradient is the output's, sliced back to the input's cells.
