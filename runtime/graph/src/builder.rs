@@ -577,4 +577,38 @@ mod tests {
         let err = b.op("Conv", &[&x, &w2], vec![]).unwrap_err().to_string();
         assert!(err.contains("Conv") && err.contains("group"), "{err}");
     }
+
+    /// A Dropout whose mask output nothing reads loses it on load (Swin's export); a read
+    /// mask stays.
+    #[test]
+    fn unread_dropout_masks_are_dropped_on_load() {
+        let mut b = Builder::new(17);
+        let x = b.input("x", Elem::F32, &[2, 3]).unwrap();
+        b.output(&x).unwrap();
+        let mut g = b.finish("t");
+        let node = |name: &str, outs: &[&str]| Node {
+            name: name.into(),
+            op: "Dropout".into(),
+            domain: String::new(),
+            inputs: vec!["x".into()],
+            outputs: outs.iter().map(|s| s.to_string()).collect(),
+            attrs: vec![],
+        };
+        g.nodes = vec![node("d0", &["y0", "m0"]), node("d1", &["y1", "m1"])];
+        g.outputs = vec![
+            crate::ir::Io {
+                name: "y0".into(),
+                elem: Elem::F32,
+                dims: vec![crate::ir::Dim::Fixed(2), crate::ir::Dim::Fixed(3)],
+            },
+            crate::ir::Io {
+                name: "m1".into(),
+                elem: Elem::Bool,
+                dims: vec![crate::ir::Dim::Fixed(2), crate::ir::Dim::Fixed(3)],
+            },
+        ];
+        let back = crate::ir::Graph::from_model(&g.to_model("test")).unwrap();
+        let outs: Vec<usize> = back.nodes.iter().map(|n| n.outputs.len()).collect();
+        assert_eq!(outs, [1, 2]);
+    }
 }
