@@ -122,6 +122,22 @@ def mobilenetv2():
     return net, (3, 224, 224), [0.485, 0.456, 0.406], [0.229, 0.224, 0.225], classes
 
 
+def like_trained(net, other=None):
+    """Moves a randomly built transformer-style net's parameters away from their init, as after
+    training: LayerNorm scales from U(0.6, 1.4), biases from U(-0.2, 0.2) (identical zero tensors
+    would be deduplicated by the exporter into one shared initializer); `other(name, p)` sees
+    every other parameter, in order (the draws' order fixes the committed models' bytes)."""
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.LayerNorm):
+                m.weight.uniform_(0.6, 1.4)
+        for name, p in net.named_parameters():
+            if name.endswith("bias"):
+                p.uniform_(-0.2, 0.2)
+            elif other is not None:
+                other(name, p)
+
+
 def vit_tiny():
     from torchvision.models.vision_transformer import VisionTransformer
 
@@ -131,14 +147,7 @@ def vit_tiny():
     with torch.no_grad():
         # torchvision zero-initialises the head; random weights give gradients everywhere.
         net.heads.head.weight.normal_(0.0, 0.2)
-        for m in net.modules():
-            if isinstance(m, nn.LayerNorm):
-                m.weight.uniform_(0.6, 1.4)
-        # Biases away from their zero init (as after training; identical zero tensors would be
-        # deduplicated by the exporter into one shared initializer).
-        for name, p in net.named_parameters():
-            if name.endswith("bias"):
-                p.uniform_(-0.2, 0.2)
+    like_trained(net)
     return net, (3, 32, 32), [0.5, 0.5, 0.5], [0.25, 0.25, 0.25], DIGITS
 
 
@@ -148,18 +157,13 @@ def convnext_tiny():
     torch.manual_seed(0)
     net = ConvNeXt([CNBlockConfig(16, 32, 1), CNBlockConfig(32, None, 1)], stochastic_depth_prob=0.0,
                    num_classes=10)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.LayerNorm):
-                m.weight.uniform_(0.6, 1.4)
-        for name, p in net.named_parameters():
-            if name.endswith("bias"):
-                # Away from the zero init (see vit_tiny).
-                p.uniform_(-0.2, 0.2)
-            elif name.endswith("layer_scale"):
-                # torchvision starts the layer scale at 1e-6, which hides the block's gradients;
-                # as after training, the blocks contribute.
-                p.uniform_(0.3, 0.7)
+    def layer_scale(name, p):
+        # torchvision starts the layer scale at 1e-6, which hides the blocks' gradients; as
+        # after training, the blocks contribute.
+        if name.endswith("layer_scale"):
+            p.uniform_(0.3, 0.7)
+
+    like_trained(net, other=layer_scale)
     return net, (3, 32, 32), [0.5, 0.5, 0.5], [0.25, 0.25, 0.25], DIGITS
 
 

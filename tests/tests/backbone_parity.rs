@@ -324,45 +324,28 @@ fn mobilenetv2_224_matches_pytorch() {
     parity("mobilenetv2", 2, 2, &modes()[..3]);
 }
 
-/// A vision transformer (LayerNormalization, exact GELU, softmax attention, class token):
-/// all parameters, the head, and the last two parameter tensors.
+/// The cases of a model without BatchNorm: all parameters, the head, and the last two
+/// parameter tensors.
+fn no_batchnorm_cases() -> Vec<Case> {
+    [Trainable::All, Trainable::Head, Trainable::Last(2)]
+        .into_iter()
+        .map(|trainable| Case {
+            trainable,
+            batchnorm: BatchNormMode::Train,
+            weak_trains: true,
+        })
+        .collect()
+}
+
+/// A vision transformer (LayerNormalization, exact GELU, softmax attention, class token).
 #[test]
 fn vit_tiny_matches_pytorch() {
-    let case = |trainable| Case {
-        trainable,
-        batchnorm: BatchNormMode::Train,
-        weak_trains: true,
-    };
-    parity(
-        "vit-tiny",
-        3,
-        4,
-        &[
-            case(Trainable::All),
-            case(Trainable::Head),
-            case(Trainable::Last(2)),
-        ],
-    );
+    parity("vit-tiny", 3, 4, &no_batchnorm_cases());
 }
 
 /// A ConvNeXt (channel LayerNorm through Transpose, depthwise 7x7 convolutions, channels-last
-/// Linear layers with exact GELU, per-channel layer scale): all parameters, the head, and the
-/// last two parameter tensors.
+/// Linear layers with exact GELU, per-channel layer scale).
 #[test]
 fn convnext_tiny_matches_pytorch() {
-    let case = |trainable| Case {
-        trainable,
-        batchnorm: BatchNormMode::Train,
-        weak_trains: true,
-    };
-    parity(
-        "convnext-tiny",
-        3,
-        4,
-        &[
-            case(Trainable::All),
-            case(Trainable::Head),
-            case(Trainable::Last(2)),
-        ],
-    );
+    parity("convnext-tiny", 3, 4, &no_batchnorm_cases());
 }

@@ -428,9 +428,9 @@ fn io_to_proto(io: &Io) -> ValueInfoProto {
     }
 }
 
-/// Converts a TensorProto holding f32 or i64 (raw or typed fields; externally stored data is
-/// refused by name).
-pub fn tensor_from_proto(t: &TensorProto) -> Result<Tensor> {
+/// A TensorProto's shape and element count, checked (no negative dimension, no overflow);
+/// data stored outside the model file is refused by name.
+fn proto_shape(t: &TensorProto) -> Result<(Vec<usize>, usize)> {
     let bad = |reason: String| GraphError::Tensor {
         tensor: t.name.clone(),
         reason,
@@ -450,6 +450,17 @@ pub fn tensor_from_proto(t: &TensorProto) -> Result<Tensor> {
         .iter()
         .try_fold(1usize, |a, &d| a.checked_mul(d))
         .ok_or_else(|| bad(format!("shape {shape:?} has too many elements")))?;
+    Ok((shape, n))
+}
+
+/// Converts a TensorProto holding f32 or i64 (raw or typed fields; externally stored data is
+/// refused by name).
+pub fn tensor_from_proto(t: &TensorProto) -> Result<Tensor> {
+    let bad = |reason: String| GraphError::Tensor {
+        tensor: t.name.clone(),
+        reason,
+    };
+    let (shape, n) = proto_shape(t)?;
     // Raw little-endian bytes in `width`-byte elements, checked against the shape.
     let raw = |width: usize| -> Result<Option<std::slice::ChunksExact<'_, u8>>> {
         if t.raw_data.is_empty() {
@@ -505,15 +516,7 @@ pub fn bool_from_proto(t: &TensorProto) -> Result<Option<Tensor>> {
         tensor: t.name.clone(),
         reason,
     };
-    let shape: Vec<usize> = t
-        .dims
-        .iter()
-        .map(|&d| usize::try_from(d).map_err(|_| bad(format!("negative dimension {d}"))))
-        .collect::<Result<_>>()?;
-    let n = shape
-        .iter()
-        .try_fold(1usize, |a, &d| a.checked_mul(d))
-        .ok_or_else(|| bad(format!("shape {shape:?} has too many elements")))?;
+    let (shape, n) = proto_shape(t)?;
     // One byte per element in raw data, else one int32 per element.
     let vals: Vec<i64> = if !t.raw_data.is_empty() {
         t.raw_data.iter().map(|&b| i64::from(b != 0)).collect()
