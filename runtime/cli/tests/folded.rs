@@ -29,7 +29,10 @@ fn low_contrast(dir: &Path) {
     }
 }
 
-fn structure(m: &ModelProto) -> (Vec<(String, Vec<String>)>, HashSet<(String, Vec<i64>)>) {
+/// Each node's op and inputs, and the initializers' names and shapes.
+type Structure = (Vec<(String, Vec<String>)>, HashSet<(String, Vec<i64>)>);
+
+fn structure(m: &ModelProto) -> Structure {
     let g = m.graph.as_ref().unwrap();
     (
         g.node

@@ -17,7 +17,6 @@ use fieldtune_tensor::Tensor;
 use crate::error::{GraphError, Result};
 use crate::ir::{tensor_from_proto, tensor_to_proto, with_initializers, Graph, Node};
 use crate::proto::ModelProto;
-use crate::spec::Trainable;
 
 /// Suffix of a per-channel scale after a convolution whose weight is the prefix.
 pub const SCALE_SUFFIX: &str = ".affine_scale";
@@ -27,16 +26,6 @@ pub const SHIFT_SUFFIX: &str = ".affine_shift";
 /// Whether `name` is an inserted affine parameter.
 pub fn is_affine_param(name: &str) -> bool {
     name.ends_with(SCALE_SUFFIX) || name.ends_with(SHIFT_SUFFIX)
-}
-
-/// Whether a train step of `g` under `trainable` gets affine parameters: `--train affine`, or
-/// `--train bn` on a model without BatchNormalization.
-pub fn wanted(g: &Graph, trainable: &Trainable) -> bool {
-    match trainable {
-        Trainable::Affine => true,
-        Trainable::Bn => !g.nodes.iter().any(|n| n.op == "BatchNormalization"),
-        _ => false,
-    }
 }
 
 /// Inserts the identity affine after each Conv whose weight is a float initializer and whose

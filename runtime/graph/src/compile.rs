@@ -113,6 +113,17 @@ fn trainable_candidates(g: &Graph) -> (Vec<String>, Vec<String>) {
     (ordered, bn)
 }
 
+/// Whether the train step of `g` under `trainable` gets the per-channel affine of
+/// [`crate::affine`]: `affine`, or `bn` on a model without BatchNormalization (folded into the
+/// convolutions at export).
+fn affine_wanted(g: &Graph, trainable: &Trainable) -> bool {
+    match trainable {
+        Trainable::Affine => true,
+        Trainable::Bn => !g.nodes.iter().any(|n| n.op == "BatchNormalization"),
+        _ => false,
+    }
+}
+
 /// The running mean and variance initializers of the model's BatchNormalization nodes.
 fn running_stats(g: &Graph) -> Vec<String> {
     let inits = g.initializer_map();
@@ -292,7 +303,7 @@ fn gradient_pass(
 /// outputs.
 pub fn compile_train_step(model: &ModelProto, spec: &TrainSpec) -> Result<TrainStep> {
     let mut g = Graph::from_model(model)?;
-    if crate::affine::wanted(&g, &spec.trainable) {
+    if affine_wanted(&g, &spec.trainable) {
         crate::affine::insert(&mut g)?;
     }
     let image = image_shape(&g, &spec.input)?;
