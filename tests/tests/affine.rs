@@ -260,3 +260,62 @@ fn selections_say_what_exists() {
     let step = compile_train_step(&model, &spec(Trainable::Affine)).unwrap();
     assert_eq!(step.params.len(), 6);
 }
+
+#[test]
+fn folding_reads_a_bias_an_exporter_shares_through_identity() {
+    // torch's default export shares equal initializers through Identity nodes (ResNet18's
+    // biases): conv b reads `b.bias`, an Identity copy of `a.bias`.
+    use fieldtune_graph::ir::{Elem, Io, Node};
+    let node = |name: &str, op: &str, i: &[&str], o: &str| Node {
+        name: name.into(),
+        op: op.into(),
+        domain: String::new(),
+        inputs: i.iter().map(|s| s.to_string()).collect(),
+        outputs: vec![o.into()],
+        attrs: vec![],
+    };
+    let mut r = rng(4);
+    let g = Graph {
+        name: "shared".into(),
+        opset: 17,
+        nodes: vec![
+            node("copy", "Identity", &["a.bias"], "b.bias"),
+            node("a", "Conv", &["input", "a.weight", "a.bias"], "ya"),
+            node("b", "Conv", &["ya", "b.weight", "b.bias"], "logits"),
+        ],
+        inputs: vec![Io::fixed("input", Elem::F32, &[2, 2, 6, 6])],
+        outputs: vec![Io::fixed("logits", Elem::F32, &[2, 2, 2, 2])],
+        initializers: vec![
+            ("a.weight".into(), uniform(&mut r, &[2, 2, 3, 3], -0.5, 0.5)),
+            ("a.bias".into(), uniform(&mut r, &[2], -0.5, 0.5)),
+            ("b.weight".into(), uniform(&mut r, &[2, 2, 3, 3], -0.5, 0.5)),
+        ],
+    };
+    let model = g.to_model("shared-bias test");
+    let mut p = HashMap::new();
+    for (w, seed) in [("a.weight", 1), ("b.weight", 2)] {
+        p.insert(
+            format!("{w}.affine_scale"),
+            uniform(&mut rng(seed), &[1, 2, 1, 1], 0.5, 1.5),
+        );
+        p.insert(
+            format!("{w}.affine_shift"),
+            uniform(&mut rng(seed + 10), &[1, 2, 1, 1], -0.5, 0.5),
+        );
+    }
+    let (inserted, added) = with_affine(&model);
+    assert_eq!(added.len(), 4);
+    let trained_graph = with_initializers(&inserted, &p).unwrap();
+    let out = fold_into_model(&model, &p).unwrap();
+    let x = uniform(&mut rng(9), &[2, 2, 6, 6], -1.0, 1.0);
+    for e in engines() {
+        let a = logits(e.as_ref(), &trained_graph, &x);
+        let b = logits(e.as_ref(), &out, &x);
+        let d = b.max_rel_diff(&a).unwrap();
+        assert!(
+            d <= 1e-5,
+            "{}: folded model differs by {d:.2e}",
+            e.describe()
+        );
+    }
+}

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use fieldtune_tensor::Tensor;
 
 use crate::error::{GraphError, Result};
-use crate::ir::{tensor_from_proto, tensor_to_proto, with_initializers, Graph, Node};
+use crate::ir::{tensor_to_proto, with_initializers, Graph, Node};
 use crate::proto::ModelProto;
 
 /// Suffix of a per-channel scale after a convolution whose weight is the prefix.
@@ -100,7 +100,8 @@ fn node(conv: &str, op: &str, inputs: [&str; 2], output: &str) -> Node {
 /// convolutions: `W'[o] = W[o] * scale[o]` and `b'[o] = b[o] * scale[o] + shift[o]`, where W
 /// and b are `params`' values when it has them, else the model's. A convolution without a
 /// bias gets one, `<weight>.folded_bias`. Other names go in as they are (an unknown one is an
-/// error naming it).
+/// error naming it). An initializer the exporter shares through Identity nodes becomes one per
+/// reader, as [`with_initializers`] makes it for any update.
 pub fn fold_into_model(model: &ModelProto, params: &HashMap<String, Tensor>) -> Result<ModelProto> {
     let scales: Vec<&str> = params
         .keys()
@@ -120,6 +121,11 @@ pub fn fold_into_model(model: &ModelProto, params: &HashMap<String, Tensor>) -> 
             return Err(bad(k, "has an affine shift but no affine scale"));
         }
     }
+    // The model's values as the compiler reads them: initializers that an exporter shares
+    // through Identity nodes (e.g. equal biases) are separate there, and `with_initializers`
+    // unties them the same way when an update names one.
+    let ir = Graph::from_model(model)?;
+    let base = ir.initializer_map();
     let g = out.graph.as_mut().ok_or(GraphError::NoGraph)?;
     for w in scales {
         let scale = &params[&format!("{w}{SCALE_SUFFIX}")];
@@ -132,14 +138,9 @@ pub fn fold_into_model(model: &ModelProto, params: &HashMap<String, Tensor>) -> 
             .find(|n| n.op_type == "Conv" && n.input.get(1).map(String::as_str) == Some(w))
             .ok_or_else(|| bad(w, "is the weight of no Conv in the model"))?;
         let init = |name: &str| -> Result<Tensor> {
-            match updates.get(name) {
+            match updates.get(name).or_else(|| base.get(name).copied()) {
                 Some(t) => Ok(t.clone()),
-                None => g
-                    .initializer
-                    .iter()
-                    .find(|t| t.name == name)
-                    .ok_or_else(|| bad(name, "is not an initializer of the model"))
-                    .and_then(tensor_from_proto),
+                None => Err(bad(name, "is not an initializer of the model")),
             }
         };
         let weight = init(w)?;
