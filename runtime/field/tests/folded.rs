@@ -6,11 +6,8 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use common::{config, events, kinds, options};
+use common::{config, events, kinds, options, stop_when};
 use fieldtune_adapt::{checkpoint, predict, ModelDir};
 use fieldtune_engine::{Engine, TractEngine};
 use fieldtune_field::source::ImageFolderSource;
@@ -51,21 +48,7 @@ inference = "ort:cpu"
         tmp.path(),
     );
     // The stream loops until 100 frames were answered after a commit (or a bound passes).
-    let stop = Arc::new(AtomicBool::new(false));
-    let watcher = {
-        let (stop, out) = (stop.clone(), tmp.path().join("predictions.jsonl"));
-        std::thread::spawn(move || {
-            let t0 = Instant::now();
-            while t0.elapsed() < Duration::from_secs(240) {
-                std::thread::sleep(Duration::from_millis(200));
-                let text = std::fs::read_to_string(&out).unwrap_or_default();
-                if text.matches("\"version\":1").count() >= 100 {
-                    break;
-                }
-            }
-            stop.store(true, Ordering::Relaxed);
-        })
-    };
+    let (stop, watcher) = stop_when(tmp.path().join("predictions.jsonl"), "\"version\":1", 100);
     let summary = fieldtune_field::run(&cfg, &options(&path), Some(stop)).expect("run");
     watcher.join().unwrap();
     let ev = events(&cfg);
