@@ -319,3 +319,27 @@ fn folding_reads_a_bias_an_exporter_shares_through_identity() {
         );
     }
 }
+
+#[test]
+fn folding_refuses_a_weight_that_is_no_conv_weight_by_name() {
+    // A checkpoint can name anything: an affine for a Conv whose weight is a scalar is refused.
+    let model = folded();
+    let mut g = Graph::from_model(&model).unwrap();
+    for (n, t) in g.initializers.iter_mut() {
+        if n == "onnx::Conv_36" {
+            *t = Tensor::scalar_f32(1.0);
+        }
+    }
+    let m = g.to_model("scalar weight");
+    let mut p = HashMap::new();
+    p.insert(
+        "onnx::Conv_36.affine_scale".to_string(),
+        Tensor::zeros_f32(vec![1, 16, 1, 1]),
+    );
+    p.insert(
+        "onnx::Conv_36.affine_shift".to_string(),
+        Tensor::zeros_f32(vec![1, 16, 1, 1]),
+    );
+    let e = fold_into_model(&m, &p).unwrap_err().to_string();
+    assert!(e.contains("onnx::Conv_36") && e.contains("shape []"), "{e}");
+}

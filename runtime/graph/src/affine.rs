@@ -144,6 +144,12 @@ pub fn fold_into_model(model: &ModelProto, params: &HashMap<String, Tensor>) -> 
             }
         };
         let weight = init(w)?;
+        if weight.shape().len() < 3 {
+            return Err(bad(
+                w,
+                &format!("a Conv weight of shape {:?}", weight.shape()),
+            ));
+        }
         let co = weight.shape()[0];
         let bias_name = match conv.input.get(2).filter(|b| !b.is_empty()) {
             Some(b) => b.clone(),
