@@ -343,3 +343,27 @@ fn folding_refuses_a_weight_that_is_no_conv_weight_by_name() {
     let e = fold_into_model(&m, &p).unwrap_err().to_string();
     assert!(e.contains("onnx::Conv_36") && e.contains("shape []"), "{e}");
 }
+
+#[test]
+fn a_weight_two_convolutions_share_gets_no_affine() {
+    // Folding a scale into a shared weight would change both convolutions.
+    use fieldtune_graph::ir::{Elem, Io, Node};
+    let conv = |name: &str, x: &str, y: &str| Node {
+        name: name.into(),
+        op: "Conv".into(),
+        domain: String::new(),
+        inputs: vec![x.into(), "w".into()],
+        outputs: vec![y.into()],
+        attrs: vec![],
+    };
+    let mut g = Graph {
+        name: "shared".into(),
+        opset: 17,
+        nodes: vec![conv("a", "input", "ya"), conv("b", "ya", "logits")],
+        inputs: vec![Io::fixed("input", Elem::F32, &[1, 2, 6, 6])],
+        outputs: vec![Io::fixed("logits", Elem::F32, &[1, 2, 2, 2])],
+        initializers: vec![("w".into(), uniform(&mut rng(3), &[2, 2, 3, 3], -0.5, 0.5))],
+    };
+    assert!(insert(&mut g).unwrap().is_empty());
+    assert_eq!(g.nodes.len(), 2);
+}

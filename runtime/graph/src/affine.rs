@@ -28,8 +28,8 @@ pub fn is_affine_param(name: &str) -> bool {
     name.ends_with(SCALE_SUFFIX) || name.ends_with(SHIFT_SUFFIX)
 }
 
-/// Inserts the identity affine after each Conv whose weight is a float initializer and whose
-/// output no BatchNormalization reads. Returns the new parameters' names (scale, shift per
+/// Inserts the identity affine after each Conv whose weight is a float initializer that no
+/// other Conv reads and whose output no BatchNormalization reads. Returns the new parameters' names (scale, shift per
 /// convolution, in graph order). The Conv's output keeps its name (the Add writes it), so
 /// every reader is unchanged.
 pub fn insert(g: &mut Graph) -> Result<Vec<String>> {
@@ -52,8 +52,13 @@ pub fn insert(g: &mut Graph) -> Result<Vec<String>> {
             .iter()
             .any(|m| m.op == "BatchNormalization" && m.input(0) == Some(y.as_str()));
         let (scale, shift) = (format!("{w}{SCALE_SUFFIX}"), format!("{w}{SHIFT_SUFFIX}"));
-        // A weight shared by two convolutions gets one affine, after its first use.
-        if followed_by_bn || added.contains(&scale) {
+        // A weight two convolutions share gets none: folding would change both.
+        let shared = old
+            .iter()
+            .filter(|m| conv_weight(m, &weights) == Some(w))
+            .count()
+            > 1;
+        if followed_by_bn || shared {
             nodes.push(n.clone());
             continue;
         }
