@@ -10,7 +10,7 @@ smallest size the model takes), two exports: `preserve` (eval mode, TrainingMode
 constant folding: BatchNormalization nodes kept) and `default` (torch.onnx.export's defaults:
 BatchNorm folded into the convolutions). Each export gets a model.toml and goes through
 `fieldtune compile --train all` on each engine, then (unless --no-adapt) two steps of
-`fieldtune adapt --objective tent` with `--train bn` (PRESERVE exports) and `--train all` on
+`fieldtune adapt --objective tent` with `--train bn` (on a default export: the inserted per-channel affine) and `--train all` on
 each engine, on 16 frames of data/opencv-digits (grayscale, resized to the model's input by
 fieldtune). Per run it records success, wall time and peak RSS (GNU time), and the first error
 line on failure. Writes a Markdown table (--out) and the raw results (--json).
@@ -158,7 +158,9 @@ def sweep_one(name, a, work, frame_dir):
             (d / f"step-{eng}.onnx").unlink(missing_ok=True)
             if a.no_adapt:
                 continue
-            for train in (["bn", "all"] if variant == "preserve" else ["all"]):
+            # `bn` on a default (folded) export trains the per-channel affine fieldtune inserts
+            # after each convolution (runtime/graph/src/affine.rs).
+            for train in ["bn", "all"]:
                 out = d / f"adapted-{eng}-{train}"
                 ok, dt, peak, err = run([a.bin, "adapt", "--engine", eng, "--model", d, "--objective", "tent",
                                          "--train", train, "--steps", "2", "--batch", "4",
@@ -200,7 +202,7 @@ def table(rows, a):
             cols = [cell(v.get(f"compile_{e}")) for e in a.engines]
             if not a.no_adapt:
                 for e in a.engines:
-                    bn = cell(v.get(f"adapt_{e}_bn")) if variant == "preserve" else "-"
+                    bn = cell(v.get(f"adapt_{e}_bn"))
                     cols.append(f"{bn} / {cell(v.get(f'adapt_{e}_all'))}")
             first = (fails[0].replace("|", "\\|") if fails else "")
             out.append(f"| {row['model']} | {row['params_m']} | {row['side']} | {variant} | {len(v.get('ops', []))} | "

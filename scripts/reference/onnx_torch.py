@@ -49,6 +49,9 @@ class OnnxModule:
         for n in self.graph.node:
             ins = [env[i] if i else None for i in n.input]
             outs = self._run(n, ins, _attrs(n))
+            # A trained per-channel affine after this convolution (folded-BatchNorm models).
+            if n.op_type == "Conv" and n.input[1] + ".affine_scale" in params:
+                outs = [outs[0] * params[n.input[1] + ".affine_scale"] + params[n.input[1] + ".affine_shift"]]
             for name, v in zip(n.output, outs):
                 env[name] = v
         return env[output or self.output]

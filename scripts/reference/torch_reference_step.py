@@ -8,7 +8,9 @@ CASE holds the initial parameters under their ONNX names (and the rotation head'
 `rotation.weight` / `rotation.bias` when the spec has one), and per step k (1-based) the
 batches `x_labeled.k`, `y_labeled.k`, `x_weak.k`, `x_strong.k` (and CoTTA's
 `x_teacher_aug.k`); its metadata holds `spec` (fieldtune's TrainSpec as JSON), `lr` and
-`steps`. OUT receives the parameters after the last step, every loss term of every step as
+`steps`. Per-channel affine parameters `<conv weight>.affine_scale` / `.affine_shift` (the
+folded-BatchNorm form of `--train bn`) train as a scale and shift after their convolution,
+whose weights stay frozen. OUT receives the parameters after the last step, every loss term of every step as
 `term.k`, and `rng.check` (the numpy generator's stream "check" at step 5, seed 11, 1000
 values) so the caller can compare it with its own generator bit for bit.
 
@@ -42,6 +44,11 @@ def main(model_path, case_path, out_path):
     steps = int(meta["steps"])
     net = OnnxModule(model_path)
     params = {k: torch.tensor(tensors[k], requires_grad=True) for k in net.float_initializers() if k in tensors}
+    # The per-channel affine of a folded-BatchNorm model (`--train bn` without BatchNorm): OnnxModule
+    # applies `<conv weight>.affine_scale` / `.affine_shift` after that Conv when params hold them.
+    for k in tensors:
+        if k.endswith((".affine_scale", ".affine_shift")):
+            params[k] = torch.tensor(tensors[k], requires_grad=True)
     for k in ("rotation.weight", "rotation.bias"):
         if k in tensors:
             params[k] = torch.tensor(tensors[k], requires_grad=True)

@@ -1,13 +1,16 @@
 //! The whole MNIST CNN with the UDA loss: parameters after 3 optimizer steps of fieldtune's
 //! compiled train step, on ONNX Runtime and on tract, against PyTorch autograd + torch.optim
 //! (scripts/reference/torch_reference_step.py, Debian's python3-torch) on the same batches.
+//! Also the per-channel affine that `--train bn` trains on a folded-BatchNorm export
+//! (models/fmnist-cnn-folded), against conv weights frozen and a per-channel scale and shift
+//! after each convolution trained by torch.
 
 use std::collections::{BTreeMap, HashMap};
 
 use fieldtune_engine::StatefulSession;
 use fieldtune_graph::{
     compile_train_step, encode_model, inputs, load_model, Cotta, MeanTeacher, Optimizer, Rotation,
-    TrainSpec, Tsa, UdaLoss,
+    TrainSpec, Trainable, Tsa, UdaLoss,
 };
 use fieldtune_tensor::{st, Tensor};
 use fieldtune_tests::{engines, reference_python, rel_l2, repo_root, rng, uda_batch, uniform};
@@ -33,8 +36,17 @@ fn parity(spec: TrainSpec, label: &str) {
 }
 
 fn parity_on(spec: TrainSpec, label: &str, engines: Vec<Box<dyn fieldtune_engine::Engine>>) {
+    parity_of("models/mnist-cnn/model.onnx", spec, label, engines)
+}
+
+fn parity_of(
+    model: &str,
+    spec: TrainSpec,
+    label: &str,
+    engines: Vec<Box<dyn fieldtune_engine::Engine>>,
+) {
     let root = repo_root();
-    let model_path = root.join("models/mnist-cnn/model.onnx");
+    let model_path = root.join(model);
     let model = load_model(&model_path).expect("model");
     let step = compile_train_step(&model, &spec).expect("compile");
     let bytes = encode_model(&step.to_model());
@@ -220,6 +232,37 @@ fn adamw_uda_with_tsa_and_information_maximisation_matches_pytorch() {
         ..TrainSpec::default()
     };
     parity(spec, "adamw");
+}
+
+#[test]
+fn folded_batchnorm_affine_tent_and_uda_match_pytorch() {
+    // TENT's objective (entropy only) and UDA with anchors, both on the affine parameters only.
+    let tent = TrainSpec {
+        batch_labeled: 0,
+        batch_unlabeled: 32,
+        trainable: Trainable::Bn,
+        loss: UdaLoss {
+            ce_weight: 0.0,
+            consistency_weight: 0.0,
+            diversity_weight: 0.0,
+            ..UdaLoss::default()
+        },
+        ..TrainSpec::default()
+    };
+    let uda = TrainSpec {
+        batch_labeled: 16,
+        batch_unlabeled: 24,
+        trainable: Trainable::Bn,
+        ..TrainSpec::default()
+    };
+    for (spec, label) in [(tent, "folded-tent"), (uda, "folded-uda")] {
+        parity_of(
+            "models/fmnist-cnn-folded/model.onnx",
+            spec,
+            label,
+            engines(),
+        );
+    }
 }
 
 #[test]

@@ -6,11 +6,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use fieldtune_frames::{model_toml_path, ModelConfig};
+use fieldtune_graph::affine::fold_into_model;
 use fieldtune_graph::ir::{Dim, Graph};
 use fieldtune_graph::proto::ModelProto;
-use fieldtune_graph::{
-    compile_train_step, decode_model, encode_model, with_initializers, TrainSpec, TrainStep,
-};
+use fieldtune_graph::{compile_train_step, decode_model, encode_model, TrainSpec, TrainStep};
 use fieldtune_tensor::Tensor;
 
 use crate::checkpoint;
@@ -363,9 +362,12 @@ impl ModelDir {
         })
     }
 
-    /// The ONNX bytes with `params` replacing the matching initializers.
+    /// The ONNX bytes with `params` replacing the matching initializers; per-channel affine
+    /// parameters (`--train bn` on a folded-BatchNorm model, `--train affine`) are folded into
+    /// their convolutions, so the bytes have this model's graph. Every adapted model that is
+    /// written or served (the `adapt` writer, the field runtime's commits) comes from here.
     pub fn with_params(&self, params: &HashMap<String, Tensor>) -> Result<Vec<u8>> {
-        Ok(encode_model(&with_initializers(&self.model, params)?))
+        Ok(encode_model(&fold_into_model(&self.model, params)?))
     }
 
     /// Writes an adapted model folder to `out`: model.onnx with the new initializers,

@@ -37,7 +37,7 @@ const DOCS: &[(&str, &str)] = &[
     ),
     (
         "trainable",
-        "\"all\" | \"bn\" | \"head\" | { last = K } | { names = [\"glob\", ...] }",
+        "\"all\" | \"bn\" | \"affine\" | \"head\" | { last = K } | { names = [\"glob\", ...] }",
     ),
     ("trainable.last", "the last K blocks train"),
     ("trainable.names", "parameters matching these globs train"),

@@ -138,9 +138,12 @@ pub(crate) struct RecipeArgs {
     /// recipe uses anchors). --batch-labeled / --batch-unlabeled win over it.
     #[arg(long, value_name = "N", value_parser = batch_parser())]
     batch: Option<usize>,
-    /// What trains: all, bn (BatchNorm scale and bias, TENT-style), head (the last block),
-    /// last:K (the last K blocks; a block is a parameter name up to its first numeric part,
-    /// e.g. features.17), or comma-separated name globs (e.g. 'fc*,*.bias').
+    /// What trains: all, bn (BatchNorm scale and bias, TENT-style; on a model whose BatchNorm
+    /// was folded into the convolutions at export, the same as affine), affine (a per-channel
+    /// scale and shift inserted after each Conv that no BatchNorm follows, folded back into the
+    /// Conv weights when the model is written), head (the last block), last:K (the last K
+    /// blocks; a block is a parameter name up to its first numeric part, e.g. features.17), or
+    /// comma-separated name globs (e.g. 'fc*,*.bias').
     #[arg(long, value_name = "SELECTION", value_parser = parse_trainable)]
     train: Option<Trainable>,
     /// The unlabeled objective, replacing the recipe's loss terms: uda (masked, sharpened KL

@@ -6,11 +6,8 @@ mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use common::{config, events, kinds, options, predictions, Line};
+use common::{config, events, kinds, options, predictions, stop_when, Line};
 use fieldtune_adapt::{checkpoint, predict, ModelDir};
 use fieldtune_engine::{Engine, TractEngine};
 use fieldtune_field::source::ImageFolderSource;
@@ -190,21 +187,7 @@ inference_errors = [[50, 1000000000]]
     );
     let (cfg, path) = config(&text, tmp.path());
     // The stream loops until 300 frames were answered after the commit (or a bound passes).
-    let stop = Arc::new(AtomicBool::new(false));
-    let watcher = {
-        let (stop, out) = (stop.clone(), tmp.path().join("predictions.jsonl"));
-        std::thread::spawn(move || {
-            let t0 = Instant::now();
-            while t0.elapsed() < Duration::from_secs(300) {
-                std::thread::sleep(Duration::from_millis(200));
-                let text = std::fs::read_to_string(&out).unwrap_or_default();
-                if text.matches("\"version\":1").count() >= 300 {
-                    break;
-                }
-            }
-            stop.store(true, Ordering::Relaxed);
-        })
-    };
+    let (stop, watcher) = stop_when(tmp.path().join("predictions.jsonl"), "\"version\":1", 300);
     let summary = fieldtune_field::run(&cfg, &options(&path), Some(stop)).expect("run");
     watcher.join().unwrap();
     let lines = predictions(&tmp.path().join("predictions.jsonl"));
@@ -338,21 +321,7 @@ train_error_rounds = [1]
     );
     let (cfg, path) = config(&text, tmp.path());
     // The stream loops until a second round ended (or a bound passes).
-    let stop = Arc::new(AtomicBool::new(false));
-    let watcher = {
-        let (stop, log) = (stop.clone(), cfg.events_path());
-        std::thread::spawn(move || {
-            let t0 = Instant::now();
-            while t0.elapsed() < Duration::from_secs(300) {
-                std::thread::sleep(Duration::from_millis(200));
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
-                if text.matches("\"event\":\"round_ended\"").count() >= 2 {
-                    break;
-                }
-            }
-            stop.store(true, Ordering::Relaxed);
-        })
-    };
+    let (stop, watcher) = stop_when(cfg.events_path(), "\"event\":\"round_ended\"", 2);
     fieldtune_field::run(&cfg, &options(&path), Some(stop)).expect("run");
     watcher.join().unwrap();
     let ev = events(&cfg);

@@ -113,6 +113,17 @@ fn trainable_candidates(g: &Graph) -> (Vec<String>, Vec<String>) {
     (ordered, bn)
 }
 
+/// Whether the train step of `g` under `trainable` gets the per-channel affine of
+/// [`crate::affine`]: `affine`, or `bn` on a model without BatchNormalization (folded into the
+/// convolutions at export).
+fn affine_wanted(g: &Graph, trainable: &Trainable) -> bool {
+    match trainable {
+        Trainable::Affine => true,
+        Trainable::Bn => !g.nodes.iter().any(|n| n.op == "BatchNormalization"),
+        _ => false,
+    }
+}
+
 /// The running mean and variance initializers of the model's BatchNormalization nodes.
 fn running_stats(g: &Graph) -> Vec<String> {
     let inits = g.initializer_map();
@@ -214,8 +225,8 @@ fn declare_model(b: &mut Builder, g: &Graph, spec: &TrainSpec) -> Result<ModelIn
 }
 
 /// Why a trainable selection matched nothing, and what would: the model's parameter names
-/// (the first 12, and how many more) and, for `bn` on a model without BatchNormalization, how
-/// to export one that keeps it.
+/// (the first 12, and how many more) and, for `bn` on a model without BatchNormalization nor
+/// convolutions, how to export one that keeps it.
 fn empty_selection(t: &Trainable, ordered: &[String], bn_affine: &[String]) -> String {
     let shown: Vec<&str> = ordered.iter().take(12).map(String::as_str).collect();
     let more = ordered.len().saturating_sub(shown.len());
@@ -229,9 +240,15 @@ fn empty_selection(t: &Trainable, ordered: &[String], bn_affine: &[String]) -> S
     let why = match t {
         Trainable::Bn if bn_affine.is_empty() => {
             "no initializer matches the trainable selection `bn`: the model has no BatchNormalization \
-             (a default torch.onnx.export folds it into the convolutions; export with \
+             and no Conv with an initializer weight to put a per-channel affine after \
+             (a default torch.onnx.export folds BatchNorm into the convolutions; export with \
              training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False to keep it), \
              or choose --train all, head, last:K or name globs"
+                .to_string()
+        }
+        Trainable::Affine => {
+            "no initializer matches the trainable selection `affine`: the model has no Conv with an \
+             initializer weight that no BatchNormalization follows"
                 .to_string()
         }
         Trainable::Names(globs) => format!(
@@ -285,7 +302,10 @@ fn gradient_pass(
 /// gradients, the optimizer update (then the teacher's EMA and CoTTA's restore) and the
 /// outputs.
 pub fn compile_train_step(model: &ModelProto, spec: &TrainSpec) -> Result<TrainStep> {
-    let g = Graph::from_model(model)?;
+    let mut g = Graph::from_model(model)?;
+    if affine_wanted(&g, &spec.trainable) {
+        crate::affine::insert(&mut g)?;
+    }
     let image = image_shape(&g, &spec.input)?;
     if spec.batch_unlabeled == 0 {
         return Err(GraphError::Spec(

@@ -3,6 +3,7 @@
 //! [`compile_train_step`] and the test-time inference graph [`predict_graph`]. It knows
 //! nothing of engines, frames or boards.
 
+pub mod affine;
 pub mod autodiff;
 pub mod builder;
 pub mod compile;

@@ -14,7 +14,8 @@ use crate::proto::ModelProto;
 /// The inference graph of `model` (image input `input`, logits output `output`) at a static
 /// batch, with BatchNormalization normalising by the statistics of the batch (when
 /// `batch_stats`) and the initializers named in `fed` as graph inputs, so the current weights
-/// of a resident train step can be fed in.
+/// of a resident train step can be fed in. When `fed` names per-channel affine parameters
+/// ([`crate::affine`]), they are inserted first, as the train step has them.
 pub fn predict_graph(
     model: &ModelProto,
     input: &str,
@@ -23,7 +24,10 @@ pub fn predict_graph(
     batch_stats: bool,
     fed: &HashSet<String>,
 ) -> Result<Graph> {
-    let g = Graph::from_model(model)?;
+    let mut g = Graph::from_model(model)?;
+    if fed.iter().any(|n| crate::affine::is_affine_param(n)) {
+        crate::affine::insert(&mut g)?;
+    }
     let [c, h, w] = image_shape(&g, input)?;
     let mut b = Builder::new(g.opset.max(TRAIN_OPSET));
     b.input(input, Elem::F32, &[batch, c, h, w])?;

@@ -101,16 +101,22 @@ impl Default for Optimizer {
     }
 }
 
-/// Which initializers train. In a config file: `"all"`, `"bn"`, `"head"`, `{ last = K }` or
-/// `{ names = ["glob", ...] }`; on the command line `all|bn|head|last:K|GLOB[,GLOB..]`.
+/// Which initializers train. In a config file: `"all"`, `"bn"`, `"affine"`, `"head"`,
+/// `{ last = K }` or `{ names = ["glob", ...] }`; on the command line
+/// `all|bn|affine|head|last:K|GLOB[,GLOB..]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Trainable {
     /// Every float initializer with at least one dimension that reaches the loss.
     #[default]
     All,
-    /// The scale and bias of every BatchNormalization (TENT-style).
+    /// The scale and bias of every BatchNormalization (TENT-style). On a model without
+    /// BatchNormalization (folded into the convolutions at export) it is [`Trainable::Affine`].
     Bn,
+    /// A per-channel scale and shift inserted after each Conv that no BatchNormalization
+    /// follows, initialised to the identity and folded back into the convolution when the
+    /// adapted model is written (see [`crate::affine`]).
+    Affine,
     /// The last block (see [`Trainable::Last`]): the classifier.
     Head,
     /// The parameters of the last K blocks. A block is a parameter name up to and including
@@ -123,11 +129,12 @@ pub enum Trainable {
 }
 
 impl Trainable {
-    /// Parses the command-line form `all|bn|head|last:K|GLOB[,GLOB..]`.
+    /// Parses the command-line form `all|bn|affine|head|last:K|GLOB[,GLOB..]`.
     pub fn parse(s: &str) -> std::result::Result<Trainable, String> {
         Ok(match s {
             "all" => Trainable::All,
             "bn" => Trainable::Bn,
+            "affine" => Trainable::Affine,
             "head" => Trainable::Head,
             _ => match s.strip_prefix("last:") {
                 Some(k) => match k.parse::<usize>() {
@@ -154,13 +161,19 @@ impl Trainable {
     }
 
     /// The selected names among `candidates`, given the BatchNormalization affine
-    /// parameters and the candidates in order of first use.
+    /// parameters and the candidates in order of first use. `bn` on a model without
+    /// BatchNormalization, and `affine`, select the inserted per-channel affine parameters.
     pub fn select(&self, ordered: &[String], bn_affine: &[String]) -> Vec<String> {
         match self {
             Trainable::All => ordered.to_vec(),
-            Trainable::Bn => ordered
+            Trainable::Bn if !bn_affine.is_empty() => ordered
                 .iter()
                 .filter(|n| bn_affine.contains(n))
+                .cloned()
+                .collect(),
+            Trainable::Bn | Trainable::Affine => ordered
+                .iter()
+                .filter(|n| crate::affine::is_affine_param(n))
                 .cloned()
                 .collect(),
             Trainable::Names(globs) => ordered
@@ -421,6 +434,14 @@ mod tests {
         assert_eq!(Trainable::Bn.select(&ordered, &bn), bn);
         assert_eq!(Trainable::parse("last:2"), Ok(Trainable::Last(2)));
         assert_eq!(Trainable::parse("bn"), Ok(Trainable::Bn));
+        assert_eq!(Trainable::parse("affine"), Ok(Trainable::Affine));
+        let folded = vec![
+            "c1.weight".to_string(),
+            "c1.weight.affine_scale".to_string(),
+            "c1.weight.affine_shift".to_string(),
+        ];
+        assert_eq!(Trainable::Bn.select(&folded, &[]), folded[1..].to_vec());
+        assert_eq!(Trainable::Affine.select(&folded, &[]), folded[1..].to_vec());
         assert_eq!(
             Trainable::parse("fc*,*.bias"),
             Ok(Trainable::Names(vec!["fc*".into(), "*.bias".into()]))

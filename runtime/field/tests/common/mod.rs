@@ -70,3 +70,32 @@ pub fn predictions(path: &Path) -> Vec<Line> {
         })
         .collect()
 }
+
+/// A stop flag for `fieldtune_field::run` that a watcher thread sets once `file` holds `needle`
+/// `count` times (e.g. frames answered by version 1, rounds ended) or 300 s passed; join the
+/// thread after the run.
+pub fn stop_when(
+    file: PathBuf,
+    needle: &'static str,
+    count: usize,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    std::thread::JoinHandle<()>,
+) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let watcher = std::thread::spawn(move || {
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(300) {
+            std::thread::sleep(Duration::from_millis(200));
+            let text = std::fs::read_to_string(&file).unwrap_or_default();
+            if text.matches(needle).count() >= count {
+                break;
+            }
+        }
+        flag.store(true, Ordering::Relaxed);
+    });
+    (stop, watcher)
+}
