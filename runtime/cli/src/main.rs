@@ -51,7 +51,8 @@ enum Command {
     /// Which engines and execution providers are present, and from where; with --board, how
     /// this machine and its engines compare with a board profile.
     Doctor(commands::doctor::DoctorArgs),
-    /// Adapt the shipped MNIST CNN to OpenCV digits and report accuracy before and after.
+    /// Adapt the shipped MNIST CNN to OpenCV digits and report accuracy before and after;
+    /// --rgb: TENT on MobileNetV2 over ImageNet photos with a contrast shift.
     Demo(commands::demo::DemoArgs),
     /// Serve a model on a frame stream and adapt it in the background (gated, checkpointed).
     #[command(long_about = commands::run::RUN_ABOUT, after_help = commands::run::RUN_AFTER)]

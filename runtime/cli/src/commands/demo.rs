@@ -1,5 +1,5 @@
 //! `fieldtune demo`: adapts the shipped MNIST CNN to OpenCV digits and reports accuracy
-//! before and after.
+//! before and after; `--rgb` runs the camera-sized RGB demo instead (`demo_rgb.rs`).
 
 use std::path::PathBuf;
 
@@ -8,26 +8,51 @@ use clap::Args;
 use fieldtune_adapt::AdaptConfig;
 
 use super::adapt::{run_adapt, RunPaths};
-use super::{engine, open_model};
+use super::{engine, find_checkout, open_model};
 use crate::args::{EngineArgs, NormArgs};
 
 #[derive(Args)]
 pub struct DemoArgs {
-    /// Optimizer steps (default: the uda-im recipe's).
+    /// The camera-sized RGB demo: MobileNetV2 (models/mobilenetv2) adapted with TENT to 20
+    /// ImageNet photos under a contrast shift (data/imagenet-samples), on either engine.
+    #[arg(long)]
+    rgb: bool,
+    /// With --rgb: the shifted photos, a folder of data/imagenet-samples other than clean.
+    #[arg(
+        long,
+        requires = "rgb",
+        default_value = "contrast-5",
+        value_name = "NAME"
+    )]
+    shift: String,
+    /// Optimizer steps (default: the uda-im recipe's; with --rgb 20).
     #[arg(long)]
     steps: Option<usize>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Where to write the adapted model (replaced on every run: it may hold only a model
-    /// folder's files).
-    #[arg(long, default_value = "out/demo")]
-    out: PathBuf,
+    /// folder's files). Default out/demo, with --rgb out/demo-rgb.
+    #[arg(long)]
+    out: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) engine: crate::args::EngineArgs,
 }
 
 pub fn run(args: DemoArgs, engine_args: &EngineArgs) -> Result<()> {
-    let root = find_repo().context("the demo needs the shipped model and data (models/mnist-cnn, data/opencv-digits): run it from the fieldtune checkout")?;
+    if args.rgb {
+        let rgb = super::demo_rgb::RgbDemo {
+            shift: &args.shift,
+            steps: args.steps,
+            seed: args.seed,
+            out: args.out.as_deref(),
+        };
+        return super::demo_rgb::run(rgb, engine_args);
+    }
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("out/demo"));
+    let root = find_checkout(&["models/mnist-cnn/model.onnx", "data/opencv-digits"]).context("the demo needs the shipped model and data (models/mnist-cnn, data/opencv-digits): run it from the fieldtune checkout")?;
     let model = root.join("models/mnist-cnn");
     let target = root.join("data/opencv-digits");
     println!(
@@ -50,7 +75,7 @@ pub fn run(args: DemoArgs, engine_args: &EngineArgs) -> Result<()> {
             labeled: Some(&anchors),
             unlabeled: &target,
             eval: Some(&target),
-            out: &args.out,
+            out: &out,
             // The demo replaces its own output folder on every run.
             force: true,
             dump_batches: None,
@@ -68,23 +93,4 @@ pub fn run(args: DemoArgs, engine_args: &EngineArgs) -> Result<()> {
         100.0 * (a.accuracy() - b.accuracy())
     );
     Ok(())
-}
-
-/// The fieldtune checkout: the current folder or an ancestor (of it or of the executable)
-/// holding models/mnist-cnn.
-fn find_repo() -> Option<PathBuf> {
-    let mut starts = vec![std::env::current_dir().ok()?];
-    if let Ok(exe) = std::env::current_exe() {
-        starts.push(exe);
-    }
-    for s in starts {
-        for dir in s.ancestors() {
-            if dir.join("models/mnist-cnn/model.onnx").is_file()
-                && dir.join("data/opencv-digits").is_dir()
-            {
-                return Some(dir.to_path_buf());
-            }
-        }
-    }
-    None
 }

@@ -5,6 +5,7 @@ pub mod adapt;
 pub mod bench;
 pub mod compile;
 pub mod demo;
+mod demo_rgb;
 pub mod doctor;
 pub mod eval;
 pub mod report;
@@ -12,7 +13,7 @@ pub mod run;
 pub mod tta;
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use fieldtune_adapt::{evaluate, EvalReport, ModelDir};
@@ -94,4 +95,18 @@ pub(crate) fn eval_model(
     };
     let mut s = e.load(&bytes, &m.label(""))?;
     Ok(evaluate(s.as_mut(), &m.config, images, labels, batch)?)
+}
+
+/// The fieldtune checkout: the current folder or an ancestor (of it or of the executable)
+/// holding every path of `markers` (files or folders, relative to the checkout).
+pub(crate) fn find_checkout(markers: &[&str]) -> Option<PathBuf> {
+    let mut starts = vec![std::env::current_dir().ok()?];
+    if let Ok(exe) = std::env::current_exe() {
+        starts.push(exe);
+    }
+    starts.into_iter().find_map(|s| {
+        s.ancestors()
+            .find(|dir| markers.iter().all(|m| dir.join(m).exists()))
+            .map(Path::to_path_buf)
+    })
 }
