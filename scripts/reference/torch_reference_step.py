@@ -4,8 +4,9 @@ on an ONNX model with torch autograd and torch.optim, from the inputs fieldtune 
 
     /usr/bin/python3 scripts/reference/torch_reference_step.py MODEL.onnx CASE.safetensors OUT.safetensors
 
-CASE holds the initial parameters under their ONNX names (and the rotation head's
-`rotation.weight` / `rotation.bias` when the spec has one), and per step k (1-based) the
+CASE holds the initial parameters under their ONNX names (and the pretext heads'
+`rotation.*` / `jigsaw.*` when the spec has them, with the jigsaw's tile permutations
+`jigsaw.permutations` [P, 4]), and per step k (1-based) the
 batches `x_labeled.k`, `y_labeled.k`, `x_weak.k`, `x_strong.k` (and CoTTA's
 `x_teacher_aug.k`); its metadata holds `spec` (fieldtune's TrainSpec as JSON), `lr` and
 `steps`. OUT receives the parameters after the last step, every loss term of every step as
@@ -19,6 +20,11 @@ after the optimizer step and the teacher's EMA, each parameter element is reset 
 source value where the generator's stream "restore/<name>" at this step is below `restore`.
 Rotation (spec.rotation): the weak view rotated by torch.rot90 k = 0..3, the model up to the
 feature tensor (global average pooled when 4-D), the linear head, cross-entropy over 4.
+Jigsaw (spec.jigsaw): examples i = p, p + P, ... of the weak view with their 2x2 tiles in
+permutation p (position j gets tile perm[j]), stacked by p; the head as rotation's, over P.
+Feature consistency (spec.feature_consistency): the feature rows (pooled as rotation's) of
+the strong view against the weak view's without gradient (the teacher's when there is one),
+rows normalised by sqrt(sum x^2 + 1e-8); 1 - cos or the squared distance, mean over rows.
 """
 import json
 import os
@@ -42,16 +48,20 @@ def main(model_path, case_path, out_path):
     steps = int(meta["steps"])
     net = OnnxModule(model_path)
     params = {k: torch.tensor(tensors[k], requires_grad=True) for k in net.float_initializers() if k in tensors}
-    for k in ("rotation.weight", "rotation.bias"):
+    heads = ("rotation.weight", "rotation.bias", "jigsaw.weight", "jigsaw.bias")
+    for k in heads:
         if k in tensors:
             params[k] = torch.tensor(tensors[k], requires_grad=True)
-    source = {k: torch.tensor(tensors[k]) for k in params if not k.startswith("rotation.")}
+    source = {k: torch.tensor(tensors[k]) for k in params if k not in heads}
     seed = int(spec.get("seed", 0))
     cotta_cfg = spec.get("cotta")
     rot_cfg = spec.get("rotation")
+    fc_cfg = spec.get("feature_consistency")
+    jig_cfg = spec.get("jigsaw")
+    classifier_input = [n for n in net.graph.node if n.op_type in ("Gemm", "MatMul")][-1].input[0]
     feature = None
     if rot_cfg:
-        feature = rot_cfg.get("feature") or [n for n in net.graph.node if n.op_type in ("Gemm", "MatMul")][-1].input[0]
+        feature = rot_cfg.get("feature") or classifier_input
     opt_cfg = spec["optimizer"]
     plist = [params[k] for k in sorted(params)]
     if opt_cfg["kind"] == "adamw":
@@ -103,6 +113,24 @@ def main(model_path, case_path, out_path):
             total = total + rot_cfg["weight"] * ce_r
             terms["loss_rotation"] = ce_r
             terms["rotation_accuracy"] = (lrot.argmax(1) == labels).float().mean()
+        if fc_cfg:
+            f = fc_cfg.get("feature") or classifier_input
+            fs = rows(net(xs, params, output=f))
+            with torch.no_grad():
+                fw = rows(net(xw, teacher if teacher is not None else params, output=f))
+            a, b = unit(fw), unit(fs)
+            d = 1 - (a * b).sum(1) if fc_cfg["distance"] == "cosine" else ((a - b) ** 2).sum(1)
+            lfc = d.mean()
+            total = total + fc_cfg["weight"] * lfc
+            terms["loss_feature_consistency"] = lfc
+        if jig_cfg:
+            xj, labels = puzzles(xw, tensors["jigsaw.permutations"])
+            feat = rows(net(xj, params, output=jig_cfg.get("feature") or classifier_input))
+            lj = feat @ params["jigsaw.weight"].t() + params["jigsaw.bias"]
+            ce_j = F.cross_entropy(lj, labels)
+            total = total + jig_cfg["weight"] * ce_j
+            terms["loss_jigsaw"] = ce_j
+            terms["jigsaw_accuracy"] = (lj.argmax(1) == labels).float().mean()
         terms["loss"] = total
         total.backward()
         gn = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in plist)).float()
@@ -127,6 +155,30 @@ def main(model_path, case_path, out_path):
         out[f"teacher.{name}"] = p.numpy()
     out["rng.check"] = rng.uniform(11, "check", 5, (1000,))
     st.save(out_path, out)
+
+
+def rows(feat):
+    """A feature tensor as [N, D] rows: 4-D maps globally average-pooled, others flattened."""
+    return feat.mean((2, 3)) if feat.dim() == 4 else feat.reshape(feat.shape[0], -1)
+
+
+def unit(x):
+    return x / torch.sqrt((x * x).sum(1, keepdim=True) + 1e-8)
+
+
+def puzzles(x, perms):
+    """The 2x2 jigsaw puzzles of x [B, C, H, W] and their labels, as fieldtune builds them."""
+    p = len(perms)
+    h2, w2 = x.shape[2] // 2, x.shape[3] // 2
+    parts, labels = [], []
+    for k, perm in enumerate(perms[: x.shape[0]]):
+        r = x[k::p]
+        tiles = [r[:, :, (t // 2) * h2:(t // 2 + 1) * h2, (t % 2) * w2:(t % 2 + 1) * w2] for t in range(4)]
+        top = torch.cat([tiles[perm[0]], tiles[perm[1]]], 3)
+        bottom = torch.cat([tiles[perm[2]], tiles[perm[3]]], 3)
+        parts.append(torch.cat([top, bottom], 2))
+        labels += [k] * r.shape[0]
+    return torch.cat(parts), torch.tensor(labels)
 
 
 if __name__ == "__main__":

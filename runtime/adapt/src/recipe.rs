@@ -4,8 +4,10 @@
 use std::path::Path;
 
 pub use fieldtune_augment::{AugmentConfig, RandAugment, WeakAugment};
+use fieldtune_graph::loss::MAX_PERMUTATIONS;
 use fieldtune_graph::{
-    BatchNormMode, Cotta, MeanTeacher, Optimizer, Rotation, Trainable, Tsa, UdaLoss,
+    BatchNormMode, Cotta, FeatureConsistency, Jigsaw, MeanTeacher, Optimizer, Rotation, Trainable,
+    Tsa, UdaLoss,
 };
 use serde::{Deserialize, Serialize};
 
@@ -52,6 +54,14 @@ pub const RECIPES: &[(&str, &str)] = &[
     (
         "rotation",
         "test-time training: rotation prediction (0/90/180/270 degrees) with a linear head on the classifier's input; no labeled anchors",
+    ),
+    (
+        "jigsaw",
+        "test-time training: 2x2 jigsaw puzzles, a linear head on the classifier's input predicts which of 4 tile permutations; no labeled anchors",
+    ),
+    (
+        "feature-consistency",
+        "weak and strong views agree in the classifier's input (cosine) + labeled CE; no logit consistency",
     ),
 ];
 
@@ -187,6 +197,16 @@ pub struct AdaptConfig {
     /// with the model and is not saved with the adapted model. Default off.
     #[serde(default)]
     pub rotation: Option<Rotation>,
+    /// Jigsaw puzzles (`[jigsaw] weight = 1.0, permutations = 4`, optional `feature`): the
+    /// unlabeled weak view's 2x2 tiles rearranged by one of P permutations chosen from the
+    /// seed, a P-way head predicts which; the head is not saved. Default off.
+    #[serde(default)]
+    pub jigsaw: Option<Jigsaw>,
+    /// Feature consistency (`[feature_consistency] weight = 1.0, distance = "cosine"`,
+    /// optional `feature`): the strong view's feature rows are pulled towards the weak
+    /// view's; combinable with UDA's logit consistency by weight. Default off.
+    #[serde(default)]
+    pub feature_consistency: Option<FeatureConsistency>,
     /// Log the loss terms every this many steps.
     pub log_every: usize,
     /// Evaluate on the eval set every this many steps (0: only before and after).
@@ -225,6 +245,8 @@ impl AdaptConfig {
             cotta: None,
             teacher_augment: default_teacher_augment(),
             rotation: None,
+            jigsaw: None,
+            feature_consistency: None,
             log_every: 25,
             eval_every: 0,
             eval_batch: 250,
@@ -316,6 +338,36 @@ impl AdaptConfig {
                     ..UdaLoss::default()
                 },
                 rotation: Some(Rotation::default()),
+                ..base
+            },
+            "jigsaw" => AdaptConfig {
+                batch_labeled: 0,
+                weak: AugmentConfig::Identity,
+                strong: AugmentConfig::Identity,
+                loss: UdaLoss {
+                    ce_weight: 0.0,
+                    consistency_weight: 0.0,
+                    entropy_weight: 0.0,
+                    diversity_weight: 0.0,
+                    ..UdaLoss::default()
+                },
+                jigsaw: Some(Jigsaw::default()),
+                ..base
+            },
+            "feature-consistency" => AdaptConfig {
+                weak: AugmentConfig::Identity,
+                strong: AugmentConfig::RandAugment(RandAugment {
+                    n: 2,
+                    max_magnitude: 0.3,
+                    cutout: 0.0,
+                }),
+                loss: UdaLoss {
+                    consistency_weight: 0.0,
+                    entropy_weight: 0.0,
+                    diversity_weight: 0.0,
+                    ..UdaLoss::default()
+                },
+                feature_consistency: Some(FeatureConsistency::default()),
                 ..base
             },
             other => {
@@ -415,13 +467,27 @@ impl AdaptConfig {
                 return Err(bad("rotation.weight", "must be a positive number"));
             }
         }
+        if let Some(j) = &self.jigsaw {
+            if !(j.weight.is_finite() && j.weight > 0.0) {
+                return Err(bad("jigsaw.weight", "must be a positive number"));
+            }
+            range("jigsaw.permutations", j.permutations, 2, MAX_PERMUTATIONS)?;
+        }
+        if let Some(f) = &self.feature_consistency {
+            if !(f.weight.is_finite() && f.weight > 0.0) {
+                return Err(bad(
+                    "feature_consistency.weight",
+                    "must be a positive number",
+                ));
+            }
+        }
         self.weak.build()?;
         self.strong.build()?;
         Ok(())
     }
 
     /// Only entropy terms train: no anchors, no consistency, no diversity, no pseudo-labels,
-    /// no teacher targets, no rotation head (TENT). Such an objective rewards collapse.
+    /// no teacher targets, no pretext head, no feature consistency (TENT). Such an objective rewards collapse.
     pub fn entropy_only(&self) -> bool {
         let l = &self.loss;
         l.entropy_weight != 0.0
@@ -431,6 +497,8 @@ impl AdaptConfig {
             && l.pseudo_label_weight == 0.0
             && self.cotta.is_none()
             && self.rotation.is_none()
+            && self.jigsaw.is_none()
+            && self.feature_consistency.is_none()
     }
 
     /// Whether a failed collapse check stops the run (`collapse.on_collapse`; `auto`: for

@@ -152,7 +152,10 @@ pub(crate) struct RecipeArgs {
     /// unaugmented frames, stochastic restore of 1% of the weights to the source model per
     /// step; no anchors), rotation (test-time training: predict the rotation, 0/90/180/270
     /// degrees, of each frame with a linear head on the classifier's input; square images;
-    /// no anchors; the head is not saved).
+    /// no anchors; the head is not saved), jigsaw (test-time training: predict which of 4
+    /// permutations of its 2x2 tiles a frame shows; even sides; no anchors; head not saved),
+    /// feature-consistency (weak and strong views agree in the classifier's input, cosine,
+    /// + anchor CE; for models whose logits are too unsure for the UDA mask).
     #[arg(long, value_enum)]
     objective: Option<Objective>,
     /// BatchNorm while adapting: train (batch statistics, running statistics updated) or
@@ -197,6 +200,8 @@ enum Objective {
     Teacher,
     Cotta,
     Rotation,
+    Jigsaw,
+    FeatureConsistency,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -229,7 +234,10 @@ impl RecipeArgs {
             cfg.lr = v;
         }
         if let Some(o) = self.objective {
-            let ce = if matches!(o, Objective::Tent | Objective::Cotta | Objective::Rotation) {
+            let ce = if matches!(
+                o,
+                Objective::Tent | Objective::Cotta | Objective::Rotation | Objective::Jigsaw
+            ) {
                 0.0
             } else {
                 1.0
@@ -241,7 +249,11 @@ impl RecipeArgs {
                 entropy_weight: match o {
                     Objective::Tent => 1.0,
                     Objective::Uda | Objective::Teacher => cfg.loss.entropy_weight,
-                    Objective::Fixmatch | Objective::Cotta | Objective::Rotation => 0.0,
+                    Objective::Fixmatch
+                    | Objective::Cotta
+                    | Objective::Rotation
+                    | Objective::Jigsaw
+                    | Objective::FeatureConsistency => 0.0,
                 },
                 diversity_weight: if consistency {
                     cfg.loss.diversity_weight
@@ -270,6 +282,16 @@ impl RecipeArgs {
             }
             cfg.rotation = match o {
                 Objective::Rotation => Some(cfg.rotation.clone().unwrap_or_default()),
+                _ => None,
+            };
+            cfg.jigsaw = match o {
+                Objective::Jigsaw => Some(cfg.jigsaw.clone().unwrap_or_default()),
+                _ => None,
+            };
+            cfg.feature_consistency = match o {
+                Objective::FeatureConsistency => {
+                    Some(cfg.feature_consistency.clone().unwrap_or_default())
+                }
                 _ => None,
             };
         }

@@ -4,9 +4,12 @@
 //!   masked sharpened KL consistency, FixMatch pseudo-labels, information maximisation);
 //! - `teacher`: the mean teacher (weak-view targets from an EMA copy of the parameters);
 //! - `cotta`: CoTTA's augmentation-averaged targets and stochastic restore;
-//! - `rotation`: the rotation-prediction pretext task and its head.
+//! - `rotation`: the rotation-prediction pretext task and its head;
+//! - `jigsaw`: the 2x2 jigsaw pretext task and its head;
+//! - `features`: weak/strong agreement in an intermediate feature tensor.
 //!
-//! Shared pieces (stable log-softmax, cross-entropy, the accumulators) are in `blocks`.
+//! Shared pieces (stable log-softmax, cross-entropy, the accumulators) are in `blocks`; what
+//! the pretext heads share (the feature they read, the seeded linear head) in `head`.
 //!
 //! The seam: each optional objective is a struct built from its spec section, with a method
 //! per phase of the train step that it takes part in (declare inputs, add loss terms into
@@ -15,6 +18,9 @@
 
 mod blocks;
 mod cotta;
+mod features;
+mod head;
+mod jigsaw;
 mod rotation;
 mod teacher;
 mod uda;
@@ -23,6 +29,10 @@ pub(crate) use blocks::Loops;
 pub use blocks::{cross_entropy, log_softmax, LossTerms};
 pub use cotta::cotta;
 pub(crate) use cotta::CottaStep;
+pub(crate) use features::{feature_consistency_terms, FeatureViews};
+pub use features::{feature_distance, NORM_EPS};
+pub(crate) use jigsaw::jigsaw_terms;
+pub use jigsaw::MAX_PERMUTATIONS;
 pub(crate) use rotation::rotation_terms;
 pub(crate) use teacher::TeacherStep;
 pub use uda::{uda, UdaInputs, DIVERSITY_EPS};
