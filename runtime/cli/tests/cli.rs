@@ -443,3 +443,65 @@ fn cotta_and_rotation_objectives_adapt_without_anchors_and_save_only_the_model()
     let (s, _) = text(&o);
     assert!(s.contains("cotta") && s.contains("rotation"), "{s}");
 }
+
+#[test]
+fn jigsaw_and_feature_consistency_objectives_adapt_and_save_only_the_model() {
+    let d = tempfile::tempdir().unwrap();
+    for (objective, engine) in [("jigsaw", "ort"), ("feature-consistency", "tract")] {
+        let out = d.path().join(objective);
+        let mut args = vec![
+            "adapt",
+            "--model",
+            "models/mnist-cnn",
+            "--unlabeled",
+            "data/opencv-digits",
+            "--out",
+            out.to_str().unwrap(),
+            "--objective",
+            objective,
+            "--batch",
+            "8",
+            "--steps",
+            "2",
+            "--engine",
+            engine,
+        ];
+        if objective == "feature-consistency" {
+            args.extend(["--labeled", "models/mnist-cnn/anchors"]);
+        }
+        let o = fieldtune(&args);
+        let (stdout, err) = text(&o);
+        assert!(o.status.success(), "{objective}: {stdout}\n{err}");
+        let log = std::fs::read_to_string(out.join("adapt.json")).unwrap();
+        let term = if objective == "jigsaw" {
+            "loss_jigsaw"
+        } else {
+            "loss_feature_consistency"
+        };
+        assert!(log.contains(term), "{objective}: no {term} in adapt.json");
+        let mut names = safetensors_names(&out.join("checkpoint.safetensors"));
+        names.sort();
+        // The jigsaw head reads the classifier's input (the last layer gets no gradient)
+        // and is never part of the model; the anchors' CE trains every layer.
+        let mut expect = vec![
+            "classifier.0.bias",
+            "classifier.0.weight",
+            "classifier.2.bias",
+            "classifier.2.weight",
+            "features.0.bias",
+            "features.0.weight",
+            "features.3.bias",
+            "features.3.weight",
+        ];
+        if objective == "jigsaw" {
+            expect.retain(|n| !n.starts_with("classifier.2"));
+        }
+        assert_eq!(names, expect, "{objective}");
+    }
+    let o = fieldtune(&["adapt", "--help"]);
+    let (s, _) = text(&o);
+    assert!(
+        s.contains("jigsaw") && s.contains("feature-consistency"),
+        "{s}"
+    );
+}
