@@ -505,3 +505,48 @@ fn jigsaw_and_feature_consistency_objectives_adapt_and_save_only_the_model() {
         "{s}"
     );
 }
+
+/// `fieldtune tta` with a pretext head in a method's settings: the head trains with the
+/// model, and the predictions read the model's weights only (the head is no input of the
+/// prediction graph).
+#[test]
+fn tta_trains_a_pretext_head_and_predicts_without_it() {
+    let d = tempfile::tempdir().unwrap();
+    for (section, term) in [
+        ("[jigsaw]\nweight = 1.0\n", "jigsaw"),
+        ("[rotation]\nweight = 1.0\n", "rotation"),
+    ] {
+        let cfg = d.path().join(format!("{term}.toml"));
+        std::fs::write(&cfg, format!("trainable = \"all\"\n{section}")).unwrap();
+        let out = d.path().join(format!("{term}.json"));
+        let o = fieldtune(&[
+            "tta",
+            "--model",
+            "models/mnist-cnn",
+            "--data",
+            "data",
+            "--domains",
+            "opencv-digits",
+            "--limit",
+            "64",
+            "--methods",
+            "tent",
+            "--method-config",
+            &format!("tent={}", cfg.display()),
+            "--settings",
+            "reset",
+            "--seeds",
+            "0",
+            "--batch",
+            "32",
+            "--engine",
+            "ort",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        let (stdout, err) = text(&o);
+        assert!(o.status.success(), "{term}: {stdout}\n{err}");
+        let json = std::fs::read_to_string(&out).unwrap();
+        assert!(json.contains(&format!("\"{term}\"")), "{term}: {json}");
+    }
+}
