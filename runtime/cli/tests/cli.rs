@@ -504,6 +504,29 @@ fn jigsaw_and_feature_consistency_objectives_adapt_and_save_only_the_model() {
         s.contains("jigsaw") && s.contains("feature-consistency"),
         "{s}"
     );
+    // compile reports the head and what the task adds.
+    let onnx = d.path().join("step.onnx");
+    let o = fieldtune(&[
+        "compile",
+        "--model",
+        "models/mnist-cnn",
+        "--config",
+        "configs/adapt-uda-im-jigsaw.toml",
+        "--out",
+        onnx.to_str().unwrap(),
+    ]);
+    let (s, err) = text(&o);
+    assert!(o.status.success(), "{s}\n{err}");
+    let line = s
+        .lines()
+        .find(|l| l.starts_with("pretext heads"))
+        .unwrap_or("");
+    assert!(
+        line.contains("2 tensors")
+            && line.contains("jigsaw.weight [4, ")
+            && line.contains("GFLOP per step"),
+        "{s}"
+    );
 }
 
 /// `fieldtune tta` with a pretext head in a method's settings: the head trains with the
