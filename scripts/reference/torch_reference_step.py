@@ -25,6 +25,9 @@ permutation p (position j gets tile perm[j]), stacked by p; the head as rotation
 Feature consistency (spec.feature_consistency): the feature rows (pooled as rotation's) of
 the strong view against the weak view's without gradient (the teacher's when there is one),
 rows normalised by sqrt(sum x^2 + 1e-8); 1 - cos or the squared distance, mean over rows.
+Corruption (spec.corruption): examples i = c, c + K + 1, ... of the weak view left as they are
+(c = 0) or corrupted by corruptions[c - 1] (the noise from the generator's stream
+"corruption/noise" at the step), stacked by c; the head as rotation's, over K + 1.
 """
 import json
 import os
@@ -48,7 +51,7 @@ def main(model_path, case_path, out_path):
     steps = int(meta["steps"])
     net = OnnxModule(model_path)
     params = {k: torch.tensor(tensors[k], requires_grad=True) for k in net.float_initializers() if k in tensors}
-    heads = ("rotation.weight", "rotation.bias", "jigsaw.weight", "jigsaw.bias")
+    heads = tuple(f"{h}.{p}" for h in ("rotation", "jigsaw", "corruption") for p in ("weight", "bias"))
     for k in heads:
         if k in tensors:
             params[k] = torch.tensor(tensors[k], requires_grad=True)
@@ -58,6 +61,7 @@ def main(model_path, case_path, out_path):
     rot_cfg = spec.get("rotation")
     fc_cfg = spec.get("feature_consistency")
     jig_cfg = spec.get("jigsaw")
+    corr_cfg = spec.get("corruption")
     classifier_input = [n for n in net.graph.node if n.op_type in ("Gemm", "MatMul")][-1].input[0]
     feature = None
     if rot_cfg:
@@ -131,6 +135,14 @@ def main(model_path, case_path, out_path):
             total = total + jig_cfg["weight"] * ce_j
             terms["loss_jigsaw"] = ce_j
             terms["jigsaw_accuracy"] = (lj.argmax(1) == labels).float().mean()
+        if corr_cfg:
+            xc, labels = corrupted(xw, corr_cfg["corruptions"], seed, k)
+            feat = rows(net(xc, params, output=corr_cfg.get("feature") or classifier_input))
+            lc = feat @ params["corruption.weight"].t() + params["corruption.bias"]
+            ce_c = F.cross_entropy(lc, labels)
+            total = total + corr_cfg["weight"] * ce_c
+            terms["loss_corruption"] = ce_c
+            terms["corruption_accuracy"] = (lc.argmax(1) == labels).float().mean()
         terms["loss"] = total
         total.backward()
         gn = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in plist)).float()
@@ -178,6 +190,37 @@ def puzzles(x, perms):
         bottom = torch.cat([tiles[perm[2]], tiles[perm[3]]], 3)
         parts.append(torch.cat([top, bottom], 2))
         labels += [k] * r.shape[0]
+    return torch.cat(parts), torch.tensor(labels)
+
+
+def corrupt(r, kind, seed, step):
+    """One corruption of fieldtune's corruption task (runtime/graph/src/loss/corruption.rs)."""
+    c = r.shape[1]
+    hi, lo = r.amax((1, 2, 3), keepdim=True), r.amin((1, 2, 3), keepdim=True)
+    if kind == "noise":
+        u = torch.from_numpy(rng.uniform(seed, "corruption/noise", step, tuple(r.shape)))
+        return r + (u * 2 - 1) * ((hi - lo) * 0.3)
+    if kind == "blur":
+        return F.conv2d(r, torch.full((c, 1, 3, 3), 1.0 / 9.0), padding=1, groups=c)
+    if kind == "contrast":
+        m = r.mean((1, 2, 3), keepdim=True)
+        return (r - m) * 0.3 + m
+    if kind == "quantise":
+        t = (r - lo) / ((hi - lo) + 1e-6)
+        return torch.floor(t * 4.0) / 4.0 * (hi - lo) + lo
+    if kind == "pixelate":
+        return F.avg_pool2d(r, 2).repeat_interleave(2, 2).repeat_interleave(2, 3)
+    raise ValueError(kind)
+
+
+def corrupted(x, kinds, seed, step):
+    """The corruption task's batch and labels, as fieldtune builds them."""
+    g = len(kinds) + 1
+    parts, labels = [], []
+    for cls in range(min(g, x.shape[0])):
+        r = x[cls::g]
+        parts.append(r if cls == 0 else corrupt(r, kinds[cls - 1], seed, step))
+        labels += [cls] * r.shape[0]
     return torch.cat(parts), torch.tensor(labels)
 
 

@@ -6,9 +6,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use fieldtune_engine::StatefulSession;
 use fieldtune_graph::{
-    compile_train_step, encode_model, inputs, jigsaw_permutations, load_model, Cotta,
-    FeatureConsistency, FeatureDistance, Jigsaw, MeanTeacher, Optimizer, Rotation, TrainSpec, Tsa,
-    UdaLoss,
+    compile_train_step, encode_model, inputs, jigsaw_permutations, load_model, CorruptionTask,
+    Cotta, FeatureConsistency, FeatureDistance, Jigsaw, MeanTeacher, Optimizer, Rotation,
+    TrainSpec, Tsa, UdaLoss,
 };
 use fieldtune_tensor::{st, Tensor};
 use fieldtune_tests::{engines, reference_python, rel_l2, repo_root, rng, uda_batch, uniform};
@@ -443,4 +443,28 @@ fn jigsaw_with_labeled_ce_matches_pytorch() {
         ..TrainSpec::default()
     };
     parity(spec, "jigsaw");
+}
+
+/// Corrupted-image classification (all five corruptions and none, batch 14: uneven groups)
+/// with the labeled CE, the head on the classifier's input; the noise is drawn in the graph
+/// per step, the reference draws the same stream.
+#[test]
+fn corruption_with_labeled_ce_matches_pytorch() {
+    let spec = TrainSpec {
+        batch_labeled: 8,
+        batch_unlabeled: 14,
+        loss: UdaLoss {
+            consistency_weight: 0.0,
+            entropy_weight: 0.0,
+            diversity_weight: 0.0,
+            ..UdaLoss::default()
+        },
+        corruption: Some(CorruptionTask {
+            weight: 0.5,
+            ..CorruptionTask::default()
+        }),
+        seed: 4,
+        ..TrainSpec::default()
+    };
+    parity(spec, "corruption");
 }

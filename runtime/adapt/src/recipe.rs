@@ -6,8 +6,8 @@ use std::path::Path;
 pub use fieldtune_augment::{AugmentConfig, RandAugment, WeakAugment};
 use fieldtune_graph::loss::MAX_PERMUTATIONS;
 use fieldtune_graph::{
-    BatchNormMode, Cotta, FeatureConsistency, Jigsaw, MeanTeacher, Optimizer, Rotation, Trainable,
-    Tsa, UdaLoss,
+    BatchNormMode, CorruptionTask, Cotta, FeatureConsistency, Jigsaw, MeanTeacher, Optimizer,
+    Rotation, Trainable, Tsa, UdaLoss,
 };
 use serde::{Deserialize, Serialize};
 
@@ -58,6 +58,10 @@ pub const RECIPES: &[(&str, &str)] = &[
     (
         "jigsaw",
         "test-time training: 2x2 jigsaw puzzles, a linear head on the classifier's input predicts which of 4 tile permutations; no labeled anchors",
+    ),
+    (
+        "corruption",
+        "test-time training: a linear head on the classifier's input tells which of 5 corruptions (noise, blur, contrast, quantisation, pixelation) or none a frame got; no labeled anchors",
     ),
     (
         "feature-consistency",
@@ -202,6 +206,11 @@ pub struct AdaptConfig {
     /// seed, a P-way head predicts which; the head is not saved. Default off.
     #[serde(default)]
     pub jigsaw: Option<Jigsaw>,
+    /// Corrupted-image classification (`[corruption] weight = 1.0, corruptions = ["noise",
+    /// "blur", "contrast", "quantise", "pixelate"]`, optional `feature`): a (K + 1)-way head
+    /// tells which corruption, or none, each unlabeled frame got; not saved. Default off.
+    #[serde(default)]
+    pub corruption: Option<CorruptionTask>,
     /// Feature consistency (`[feature_consistency] weight = 1.0, distance = "cosine"`,
     /// optional `feature`): the strong view's feature rows are pulled towards the weak
     /// view's; combinable with UDA's logit consistency by weight. Default off.
@@ -246,6 +255,7 @@ impl AdaptConfig {
             teacher_augment: default_teacher_augment(),
             rotation: None,
             jigsaw: None,
+            corruption: None,
             feature_consistency: None,
             log_every: 25,
             eval_every: 0,
@@ -352,6 +362,20 @@ impl AdaptConfig {
                     ..UdaLoss::default()
                 },
                 jigsaw: Some(Jigsaw::default()),
+                ..base
+            },
+            "corruption" => AdaptConfig {
+                batch_labeled: 0,
+                weak: AugmentConfig::Identity,
+                strong: AugmentConfig::Identity,
+                loss: UdaLoss {
+                    ce_weight: 0.0,
+                    consistency_weight: 0.0,
+                    entropy_weight: 0.0,
+                    diversity_weight: 0.0,
+                    ..UdaLoss::default()
+                },
+                corruption: Some(CorruptionTask::default()),
                 ..base
             },
             "feature-consistency" => AdaptConfig {
@@ -473,6 +497,14 @@ impl AdaptConfig {
             }
             range("jigsaw.permutations", j.permutations, 2, MAX_PERMUTATIONS)?;
         }
+        if let Some(c) = &self.corruption {
+            if !(c.weight.is_finite() && c.weight > 0.0) {
+                return Err(bad("corruption.weight", "must be a positive number"));
+            }
+            if c.corruptions.is_empty() {
+                return Err(bad("corruption.corruptions", "must name at least one"));
+            }
+        }
         if let Some(f) = &self.feature_consistency {
             if !(f.weight.is_finite() && f.weight > 0.0) {
                 return Err(bad(
@@ -498,6 +530,7 @@ impl AdaptConfig {
             && self.cotta.is_none()
             && self.rotation.is_none()
             && self.jigsaw.is_none()
+            && self.corruption.is_none()
             && self.feature_consistency.is_none()
     }
 

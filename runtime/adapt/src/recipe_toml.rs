@@ -10,7 +10,7 @@ const COMMENT_COLUMN: usize = 36;
 const DOCS: &[(&str, &str)] = &[
     (
         "recipe",
-        "preset the other keys start from: uda-im, uda, tent, fixmatch, cotta, rotation, jigsaw, feature-consistency",
+        "preset the other keys start from: uda-im, uda, tent, fixmatch, cotta, rotation, jigsaw, corruption, feature-consistency",
     ),
     ("steps", "optimizer steps"),
     ("lr", "peak learning rate"),
@@ -173,6 +173,19 @@ const DOCS: &[(&str, &str)] = &[
         "P, tile permutations told apart (2..=24, chosen from the seed)",
     ),
     (
+        "corruption",
+        "test-time training: a head tells which corruption, or none (not saved)",
+    ),
+    (
+        "corruption.feature",
+        "the tensor the head reads (default: the classifier's input)",
+    ),
+    ("corruption.weight", "weight of the corruption cross-entropy"),
+    (
+        "corruption.corruptions",
+        "K of noise, blur, contrast, quantise, pixelate (in the graph)",
+    ),
+    (
         "feature_consistency",
         "weak and strong views agree in a feature tensor, not only the logits",
     ),
@@ -209,6 +222,10 @@ const OFF: &[(&str, &str)] = &[
     ),
     ("rotation", "weight = 1.0"),
     ("jigsaw", "weight = 1.0, permutations = 4"),
+    (
+        "corruption",
+        "weight = 1.0, corruptions = [\"noise\", \"blur\", \"contrast\", \"quantise\", \"pixelate\"]",
+    ),
     ("feature_consistency", "weight = 1.0, distance = \"cosine\""),
 ];
 

@@ -35,6 +35,7 @@ pub fn train_spec(model: &ModelDir, cfg: &AdaptConfig) -> TrainSpec {
         rotation: cfg.rotation.clone(),
         feature_consistency: cfg.feature_consistency.clone(),
         jigsaw: cfg.jigsaw.clone(),
+        corruption: cfg.corruption.clone(),
     }
 }
 

@@ -154,6 +154,8 @@ pub(crate) struct RecipeArgs {
     /// degrees, of each frame with a linear head on the classifier's input; square images;
     /// no anchors; the head is not saved), jigsaw (test-time training: predict which of 4
     /// permutations of its 2x2 tiles a frame shows; even sides; no anchors; head not saved),
+    /// corruption (test-time training: predict which of 5 corruptions, noise, blur, contrast,
+    /// quantisation, pixelation, or none a frame got; no anchors; head not saved),
     /// feature-consistency (weak and strong views agree in the classifier's input, cosine,
     /// + anchor CE; for models whose logits are too unsure for the UDA mask).
     #[arg(long, value_enum)]
@@ -201,6 +203,7 @@ enum Objective {
     Cotta,
     Rotation,
     Jigsaw,
+    Corruption,
     FeatureConsistency,
 }
 
@@ -236,7 +239,11 @@ impl RecipeArgs {
         if let Some(o) = self.objective {
             let ce = if matches!(
                 o,
-                Objective::Tent | Objective::Cotta | Objective::Rotation | Objective::Jigsaw
+                Objective::Tent
+                    | Objective::Cotta
+                    | Objective::Rotation
+                    | Objective::Jigsaw
+                    | Objective::Corruption
             ) {
                 0.0
             } else {
@@ -253,6 +260,7 @@ impl RecipeArgs {
                     | Objective::Cotta
                     | Objective::Rotation
                     | Objective::Jigsaw
+                    | Objective::Corruption
                     | Objective::FeatureConsistency => 0.0,
                 },
                 diversity_weight: if consistency {
@@ -286,6 +294,10 @@ impl RecipeArgs {
             };
             cfg.jigsaw = match o {
                 Objective::Jigsaw => Some(cfg.jigsaw.clone().unwrap_or_default()),
+                _ => None,
+            };
+            cfg.corruption = match o {
+                Objective::Corruption => Some(cfg.corruption.clone().unwrap_or_default()),
                 _ => None,
             };
             cfg.feature_consistency = match o {

@@ -445,9 +445,13 @@ fn cotta_and_rotation_objectives_adapt_without_anchors_and_save_only_the_model()
 }
 
 #[test]
-fn jigsaw_and_feature_consistency_objectives_adapt_and_save_only_the_model() {
+fn jigsaw_corruption_and_feature_consistency_objectives_adapt_and_save_only_the_model() {
     let d = tempfile::tempdir().unwrap();
-    for (objective, engine) in [("jigsaw", "ort"), ("feature-consistency", "tract")] {
+    for (objective, engine) in [
+        ("jigsaw", "ort"),
+        ("corruption", "tract"),
+        ("feature-consistency", "tract"),
+    ] {
         let out = d.path().join(objective);
         let mut args = vec![
             "adapt",
@@ -473,16 +477,16 @@ fn jigsaw_and_feature_consistency_objectives_adapt_and_save_only_the_model() {
         let (stdout, err) = text(&o);
         assert!(o.status.success(), "{objective}: {stdout}\n{err}");
         let log = std::fs::read_to_string(out.join("adapt.json")).unwrap();
-        let term = if objective == "jigsaw" {
-            "loss_jigsaw"
-        } else {
-            "loss_feature_consistency"
+        let term = match objective {
+            "jigsaw" => "loss_jigsaw",
+            "corruption" => "loss_corruption",
+            _ => "loss_feature_consistency",
         };
         assert!(log.contains(term), "{objective}: no {term} in adapt.json");
         let mut names = safetensors_names(&out.join("checkpoint.safetensors"));
         names.sort();
-        // The jigsaw head reads the classifier's input (the last layer gets no gradient)
-        // and is never part of the model; the anchors' CE trains every layer.
+        // The jigsaw and corruption heads read the classifier's input (the last layer gets
+        // no gradient) and are never part of the model; the anchors' CE trains every layer.
         let mut expect = vec![
             "classifier.0.bias",
             "classifier.0.weight",
@@ -493,7 +497,7 @@ fn jigsaw_and_feature_consistency_objectives_adapt_and_save_only_the_model() {
             "features.3.bias",
             "features.3.weight",
         ];
-        if objective == "jigsaw" {
+        if objective != "feature-consistency" {
             expect.retain(|n| !n.starts_with("classifier.2"));
         }
         assert_eq!(names, expect, "{objective}");
@@ -501,7 +505,7 @@ fn jigsaw_and_feature_consistency_objectives_adapt_and_save_only_the_model() {
     let o = fieldtune(&["adapt", "--help"]);
     let (s, _) = text(&o);
     assert!(
-        s.contains("jigsaw") && s.contains("feature-consistency"),
+        s.contains("jigsaw") && s.contains("corruption") && s.contains("feature-consistency"),
         "{s}"
     );
     // compile reports the head and what the task adds.

@@ -18,8 +18,8 @@ use crate::error::{GraphError, Result};
 use crate::forward::{instantiate, Forward};
 use crate::ir::{Elem, Graph, TRAIN_OPSET};
 use crate::loss::{
-    feature_consistency_terms, jigsaw_terms, rotation_terms, uda, CottaStep, FeatureViews, Loops,
-    TeacherStep, UdaInputs,
+    corruption_terms, feature_consistency_terms, jigsaw_terms, rotation_terms, uda, CottaStep,
+    FeatureViews, Loops, TeacherStep, UdaInputs,
 };
 use crate::lower::{BatchNormMode, RunningUpdate};
 use crate::optim::update_group;
@@ -284,7 +284,7 @@ fn gradient_pass(
 }
 
 /// Compiles the train step of `model` under `spec`: the forward passes, the objectives'
-/// terms (UDA, then CoTTA, feature consistency, rotation and jigsaw when set; the mean teacher gives the targets), the
+/// terms (UDA, then CoTTA, feature consistency, rotation, jigsaw and corruption when set; the mean teacher gives the targets), the
 /// gradients, the optimizer update (then the teacher's EMA and CoTTA's restore) and the
 /// outputs.
 pub fn compile_train_step(model: &ModelProto, spec: &TrainSpec) -> Result<TrainStep> {
@@ -404,6 +404,12 @@ pub fn compile_train_step(model: &ModelProto, spec: &TrainSpec) -> Result<TrainS
     }
     if let Some(jig) = &spec.jigsaw {
         let hp = jigsaw_terms(&mut b, jig, &fwd, &xw, image, spec.seed, drop, &mut loss)?;
+        head.extend(hp.iter().map(|p| p.0.clone()));
+        params.extend(hp);
+    }
+    if let Some(task) = &spec.corruption {
+        let rng = (step.as_str(), spec.seed);
+        let hp = corruption_terms(&mut b, task, &fwd, &xw, image, rng, drop, &mut loss)?;
         head.extend(hp.iter().map(|p| p.0.clone()));
         params.extend(hp);
     }

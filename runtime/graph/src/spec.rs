@@ -364,14 +364,81 @@ impl Default for Jigsaw {
     }
 }
 
+/// A corruption of [`CorruptionTask`], applied in the graph to whole images in model-input
+/// units.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CorruptionKind {
+    /// Uniform noise in +-0.3 times the image's range (max - min), drawn per step in the
+    /// graph ([`crate::random`], stream `corruption/noise`).
+    Noise,
+    /// A 3x3 box blur per channel (zero padding).
+    Blur,
+    /// Contrast cut to 0.3 around the image's mean.
+    Contrast,
+    /// JPEG-like quantisation: 4 levels between the image's min and max
+    /// (`lo + floor(4 t) / 4 * (hi - lo)`, `t = (x - lo) / (hi - lo + 1e-6)`).
+    Quantise,
+    /// 2x2 pixelation (average of each 2x2 block, even sides only).
+    Pixelate,
+}
+
+impl CorruptionKind {
+    pub const ALL: [CorruptionKind; 5] = [
+        CorruptionKind::Noise,
+        CorruptionKind::Blur,
+        CorruptionKind::Contrast,
+        CorruptionKind::Quantise,
+        CorruptionKind::Pixelate,
+    ];
+}
+
+/// Corrupted-image classification as a pretext task: example i of the unlabeled weak view
+/// gets class `i mod (K + 1)`: 0 leaves it as it is, k applies `corruptions[k - 1]` (in the
+/// graph); the images pass through the model up to `feature` and a linear head
+/// `corruption.weight` `[K + 1, D]`, `corruption.bias` `[K + 1]` predicts the class. The head
+/// is initialised like rotation's and dropped from the adapted model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CorruptionTask {
+    /// The model tensor the head reads (as [`Rotation::feature`]).
+    pub feature: Option<String>,
+    /// Weight of the cross-entropy (default 1).
+    pub weight: f32,
+    /// The K corruptions told apart from each other and from none (default all five).
+    pub corruptions: Vec<CorruptionKind>,
+}
+
+impl Default for CorruptionTask {
+    fn default() -> Self {
+        CorruptionTask {
+            feature: None,
+            weight: 1.0,
+            corruptions: CorruptionKind::ALL.to_vec(),
+        }
+    }
+}
+
+/// Names of the corruption head's parameters.
+pub const CORRUPTION_WEIGHT: &str = "corruption.weight";
+pub const CORRUPTION_BIAS: &str = "corruption.bias";
+
 /// Names of the jigsaw head's parameters.
 pub const JIGSAW_WEIGHT: &str = "jigsaw.weight";
 pub const JIGSAW_BIAS: &str = "jigsaw.bias";
 
-/// Whether a train-step parameter belongs to a pretext head (rotation, jigsaw) rather than
+/// Whether a train-step parameter belongs to a pretext head (rotation, jigsaw, corruption) rather than
 /// to the model: heads are never part of the adapted model.
 pub fn is_head_param(name: &str) -> bool {
-    [ROTATION_WEIGHT, ROTATION_BIAS, JIGSAW_WEIGHT, JIGSAW_BIAS].contains(&name)
+    [
+        ROTATION_WEIGHT,
+        ROTATION_BIAS,
+        JIGSAW_WEIGHT,
+        JIGSAW_BIAS,
+        CORRUPTION_WEIGHT,
+        CORRUPTION_BIAS,
+    ]
+    .contains(&name)
 }
 
 /// P permutations of the 4 tiles of a 2x2 grid (tile t at row t / 2, column t % 2; entry j
@@ -474,6 +541,8 @@ pub struct TrainSpec {
     pub feature_consistency: Option<FeatureConsistency>,
     /// The jigsaw pretext task. Default off.
     pub jigsaw: Option<Jigsaw>,
+    /// The corrupted-image classification pretext task. Default off.
+    pub corruption: Option<CorruptionTask>,
 }
 
 impl Default for TrainSpec {
@@ -495,6 +564,7 @@ impl Default for TrainSpec {
             rotation: None,
             feature_consistency: None,
             jigsaw: None,
+            corruption: None,
         }
     }
 }

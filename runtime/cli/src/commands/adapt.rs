@@ -28,6 +28,8 @@ cotta   CoTTA: mean teacher, augmentation-averaged targets, soft CE, stochastic 
 rotation test-time training: rotation prediction with a linear head (not saved); no anchors\n  \
 jigsaw  test-time training: a linear head (not saved) tells which of 4 permutations of the 2x2 tiles \
 a frame shows; for models whose logits are too unsure for consistency; no anchors\n  \
+corruption test-time training: a linear head (not saved) tells which of noise, blur, contrast, \
+quantisation, pixelation or none a frame got; for corrupted target domains; no anchors\n  \
 feature-consistency  weak and strong views agree in the classifier's input (cosine) + anchor CE; \
 when the UDA confidence mask keeps few frames\n\n\
 --objective, --train, --batchnorm and --batch change a recipe from the command line; a .onnx file \

@@ -84,7 +84,11 @@ pub fn run(a: CompileArgs) -> Result<()> {
     println!("inputs per step: {}", per_step.join(", "));
     println!("looped inputs (new.<name> -> <name>): {}", looped.len());
     println!("metrics: {}", step.metrics.join(", "));
-    if cfg.rotation.is_some() || cfg.jigsaw.is_some() || cfg.feature_consistency.is_some() {
+    if cfg.rotation.is_some()
+        || cfg.jigsaw.is_some()
+        || cfg.corruption.is_some()
+        || cfg.feature_consistency.is_some()
+    {
         print_pretext_cost(&m, &cfg, &step);
     }
     Ok(())
@@ -105,6 +109,7 @@ fn print_pretext_cost(
     let mut base = cfg.clone();
     base.rotation = None;
     base.jigsaw = None;
+    base.corruption = None;
     base.feature_consistency = None;
     let added = match m.compile_step(&fieldtune_adapt::train_spec(m, &base)) {
         Ok(b) => format!(

@@ -102,3 +102,32 @@ pub(super) fn linear_head_terms(
     loss.metrics.push((metrics.1, acc));
     Ok(vec![(wn, wt), (bn, bt)])
 }
+
+/// Rows `k, k + g, k + 2g, ...` of `x` for each group `k` in `0..g` that has any (example i
+/// goes to group i mod g), with their row counts.
+pub(super) fn strided_groups(b: &mut Builder, x: &str, g: usize) -> Result<Vec<(String, usize)>> {
+    let bu = b.shape(x)?[0];
+    let mut out = Vec::new();
+    for k in 0..g.min(bu) {
+        let (s, e, a, st) = (
+            b.ints(&[k as i64]),
+            b.ints(&[bu as i64]),
+            b.ints(&[0]),
+            b.ints(&[g as i64]),
+        );
+        let rows = b.op("Slice", &[x, &s, &e, &a, &st], vec![])?;
+        let n = b.shape(&rows)?[0];
+        out.push((rows, n));
+    }
+    Ok(out)
+}
+
+/// `parts` concatenated along the batch (one part as it is).
+pub(super) fn concat_rows(b: &mut Builder, parts: &[String]) -> Result<String> {
+    let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
+    if refs.len() == 1 {
+        Ok(refs[0].to_string())
+    } else {
+        b.op("Concat", &refs, vec![attr::int("axis", 0)])
+    }
+}

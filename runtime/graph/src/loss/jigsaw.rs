@@ -5,7 +5,9 @@
 use fieldtune_tensor::Tensor;
 
 use super::blocks::LossTerms;
-use super::head::{feature_rows, linear_head_terms, pass_tensor, resolve_feature};
+use super::head::{
+    concat_rows, feature_rows, linear_head_terms, pass_tensor, resolve_feature, strided_groups,
+};
 use crate::builder::Builder;
 use crate::error::{GraphError, Result};
 use crate::forward::Forward;
@@ -77,20 +79,11 @@ fn puzzles(
     perms: &[[usize; 4]],
     [h, w]: [usize; 2],
 ) -> Result<(String, Vec<i64>)> {
-    let bu = b.shape(x)?[0];
-    let p = perms.len();
     let (h2, w2) = ((h / 2) as i64, (w / 2) as i64);
     let mut parts = Vec::new();
     let mut labels = Vec::new();
-    for (k, perm) in perms.iter().enumerate().take(bu) {
-        let (s, e, a, st) = (
-            b.ints(&[k as i64]),
-            b.ints(&[bu as i64]),
-            b.ints(&[0]),
-            b.ints(&[p as i64]),
-        );
-        let rows = b.op("Slice", &[x, &s, &e, &a, &st], vec![])?;
-        let n = b.shape(&rows)?[0];
+    for (k, (rows, n)) in strided_groups(b, x, perms.len())?.into_iter().enumerate() {
+        let perm = perms[k];
         let mut tiles = Vec::new();
         for t in 0..4 {
             let (ty, tx) = ((t / 2) as i64, (t % 2) as i64);
@@ -114,11 +107,5 @@ fn puzzles(
         parts.push(b.op("Concat", &[&top, &bottom], vec![attr::int("axis", 2)])?);
         labels.extend(std::iter::repeat_n(k as i64, n));
     }
-    let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
-    let xj = if refs.len() == 1 {
-        refs[0].to_string()
-    } else {
-        b.op("Concat", &refs, vec![attr::int("axis", 0)])?
-    };
-    Ok((xj, labels))
+    Ok((concat_rows(b, &parts)?, labels))
 }

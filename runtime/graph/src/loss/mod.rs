@@ -6,6 +6,7 @@
 //! - `cotta`: CoTTA's augmentation-averaged targets and stochastic restore;
 //! - `rotation`: the rotation-prediction pretext task and its head;
 //! - `jigsaw`: the 2x2 jigsaw pretext task and its head;
+//! - `corruption`: corrupted-image classification and its head;
 //! - `features`: weak/strong agreement in an intermediate feature tensor.
 //!
 //! Shared pieces (stable log-softmax, cross-entropy, the accumulators) are in `blocks`; what
@@ -17,6 +18,7 @@
 //! in a fixed order, which fixes the emitted graph.
 
 mod blocks;
+mod corruption;
 mod cotta;
 mod features;
 mod head;
@@ -27,6 +29,8 @@ mod uda;
 
 pub(crate) use blocks::Loops;
 pub use blocks::{cross_entropy, log_softmax, LossTerms};
+pub(crate) use corruption::corruption_terms;
+pub use corruption::{CONTRAST, LEVELS, NOISE, RANGE_EPS};
 pub use cotta::cotta;
 pub(crate) use cotta::CottaStep;
 pub(crate) use features::{feature_consistency_terms, FeatureViews};
