@@ -8,6 +8,7 @@ use fieldtune_tensor::Tensor;
 use super::blocks::LossTerms;
 use super::head::{
     concat_rows, feature_rows, linear_head_terms, pass_tensor, resolve_feature, strided_groups,
+    Head,
 };
 use crate::builder::Builder;
 use crate::error::{GraphError, Result};
@@ -82,16 +83,14 @@ pub(crate) fn corruption_terms(
     fwd.pass(b, &xc, "corruption", None, None, dropout)?;
     let feat = pass_tensor(b, fwd, "corruption", &xc, &feature, "corruption.feature")?;
     let rows = feature_rows(b, &feat)?;
-    linear_head_terms(
-        b,
-        &rows,
-        (CORRUPTION_WEIGHT, CORRUPTION_BIAS, k + 1),
-        seed,
-        labels,
-        task.weight,
-        ("loss_corruption", "corruption_accuracy"),
-        loss,
-    )
+    let head = Head {
+        weight: CORRUPTION_WEIGHT,
+        bias: CORRUPTION_BIAS,
+        classes: k + 1,
+        term_weight: task.weight,
+        metrics: ("loss_corruption", "corruption_accuracy"),
+    };
+    linear_head_terms(b, &rows, &head, seed, labels, loss)
 }
 
 /// Per-image reduction over (C, H, W), kept as [n, 1, 1, 1].

@@ -66,21 +66,32 @@ pub(super) fn feature_rows(b: &mut Builder, feat: &str) -> Result<String> {
     })
 }
 
-/// A linear head `weight` `[K, D]`, `bias` `[K]` over `rows` `[N, D]`, declared as graph
-/// inputs and initialised like PyTorch's `nn.Linear` (uniform in +-1/sqrt(D)) from `seed`
-/// (streams named after the parameters); its cross-entropy against `labels` (`[N]`) is added
-/// to `loss` with `weight_of_term` and reported as `metrics` (loss, accuracy). Returns the
-/// head's parameters with their initial values.
+/// A pretext task's linear head and its loss term.
+pub(super) struct Head {
+    /// Parameter names: weight `[K, D]`, bias `[K]`.
+    pub weight: &'static str,
+    pub bias: &'static str,
+    /// K, the classes the head tells apart.
+    pub classes: usize,
+    /// Weight of the cross-entropy in the loss.
+    pub term_weight: f32,
+    /// Metric names of the cross-entropy and the accuracy.
+    pub metrics: (&'static str, &'static str),
+}
+
+/// The linear `head` over `rows` `[N, D]`, declared as graph inputs and initialised like
+/// PyTorch's `nn.Linear` (uniform in +-1/sqrt(D)) from `seed` (streams named after the
+/// parameters); its cross-entropy against `labels` (`[N]`) is added to `loss` and reported
+/// with the accuracy. Returns the head's parameters with their initial values.
 pub(super) fn linear_head_terms(
     b: &mut Builder,
     rows: &str,
-    (weight, bias, k): (&str, &str, usize),
+    head: &Head,
     seed: u64,
     labels: Vec<i64>,
-    weight_of_term: f32,
-    metrics: (&'static str, &'static str),
     loss: &mut LossTerms,
 ) -> Result<Vec<(String, Tensor)>> {
+    let (weight, bias, k) = (head.weight, head.bias, head.classes);
     let d = b.shape(rows)?[1];
     let bound = 1.0 / (d as f32).sqrt();
     let init = |key: &str, n: usize| -> Vec<f32> {
@@ -97,9 +108,9 @@ pub(super) fn linear_head_terms(
     let n = labels.len();
     let labels = b.constant(Tensor::i64(vec![n], labels).expect("sized"));
     let (ce, acc) = cross_entropy(b, &logits, &labels)?;
-    loss.add_weighted(b, &ce, weight_of_term)?;
-    loss.metrics.push((metrics.0, ce));
-    loss.metrics.push((metrics.1, acc));
+    loss.add_weighted(b, &ce, head.term_weight)?;
+    loss.metrics.push((head.metrics.0, ce));
+    loss.metrics.push((head.metrics.1, acc));
     Ok(vec![(wn, wt), (bn, bt)])
 }
 

@@ -7,6 +7,7 @@ use fieldtune_tensor::Tensor;
 use super::blocks::LossTerms;
 use super::head::{
     concat_rows, feature_rows, linear_head_terms, pass_tensor, resolve_feature, strided_groups,
+    Head,
 };
 use crate::builder::Builder;
 use crate::error::{GraphError, Result};
@@ -58,16 +59,14 @@ pub(crate) fn jigsaw_terms(
     fwd.pass(b, &xj, "jigsaw", None, None, dropout)?;
     let feat = pass_tensor(b, fwd, "jigsaw", &xj, &feature, "jigsaw.feature")?;
     let rows = feature_rows(b, &feat)?;
-    linear_head_terms(
-        b,
-        &rows,
-        (JIGSAW_WEIGHT, JIGSAW_BIAS, p),
-        seed,
-        labels,
-        jig.weight,
-        ("loss_jigsaw", "jigsaw_accuracy"),
-        loss,
-    )
+    let head = Head {
+        weight: JIGSAW_WEIGHT,
+        bias: JIGSAW_BIAS,
+        classes: p,
+        term_weight: jig.weight,
+        metrics: ("loss_jigsaw", "jigsaw_accuracy"),
+    };
+    linear_head_terms(b, &rows, &head, seed, labels, loss)
 }
 
 /// The puzzles of `x` [B, C, H, W]: for each permutation k (in order) the examples

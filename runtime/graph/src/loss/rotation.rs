@@ -5,7 +5,7 @@
 use fieldtune_tensor::Tensor;
 
 use super::blocks::LossTerms;
-use super::head::{feature_rows, linear_head_terms, pass_tensor, resolve_feature};
+use super::head::{feature_rows, linear_head_terms, pass_tensor, resolve_feature, Head};
 use crate::builder::Builder;
 use crate::error::{GraphError, Result};
 use crate::forward::Forward;
@@ -47,16 +47,14 @@ pub(crate) fn rotation_terms(
     let feat = pass_tensor(b, fwd, "rotation", &xr, &feature, "rotation.feature")?;
     let rows = feature_rows(b, &feat)?;
     let labels: Vec<i64> = (0..4 * bu).map(|i| (i / bu) as i64).collect();
-    linear_head_terms(
-        b,
-        &rows,
-        (ROTATION_WEIGHT, ROTATION_BIAS, 4),
-        seed,
-        labels,
-        rot.weight,
-        ("loss_rotation", "rotation_accuracy"),
-        loss,
-    )
+    let head = Head {
+        weight: ROTATION_WEIGHT,
+        bias: ROTATION_BIAS,
+        classes: 4,
+        term_weight: rot.weight,
+        metrics: ("loss_rotation", "rotation_accuracy"),
+    };
+    linear_head_terms(b, &rows, &head, seed, labels, loss)
 }
 
 /// `x` [B, C, S, S] and its rotations by 90, 180 and 270 degrees in the (H, W) plane, as
