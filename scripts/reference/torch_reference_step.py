@@ -4,8 +4,9 @@ on an ONNX model with torch autograd and torch.optim, from the inputs fieldtune 
 
     /usr/bin/python3 scripts/reference/torch_reference_step.py MODEL.onnx CASE.safetensors OUT.safetensors
 
-CASE holds the initial parameters under their ONNX names (and the rotation head's
-`rotation.weight` / `rotation.bias` when the spec has one), and per step k (1-based) the
+CASE holds the initial parameters under their ONNX names (and the pretext heads'
+`rotation.*` / `jigsaw.*` when the spec has them, with the jigsaw's tile permutations
+`jigsaw.permutations` [P, 4]), and per step k (1-based) the
 batches `x_labeled.k`, `y_labeled.k`, `x_weak.k`, `x_strong.k` (and CoTTA's
 `x_teacher_aug.k`); its metadata holds `spec` (fieldtune's TrainSpec as JSON), `lr` and
 `steps`. Per-channel affine parameters `<conv weight>.affine_scale` / `.affine_shift` (the
@@ -21,6 +22,14 @@ after the optimizer step and the teacher's EMA, each parameter element is reset 
 source value where the generator's stream "restore/<name>" at this step is below `restore`.
 Rotation (spec.rotation): the weak view rotated by torch.rot90 k = 0..3, the model up to the
 feature tensor (global average pooled when 4-D), the linear head, cross-entropy over 4.
+Jigsaw (spec.jigsaw): examples i = p, p + P, ... of the weak view with their 2x2 tiles in
+permutation p (position j gets tile perm[j]), stacked by p; the head as rotation's, over P.
+Feature consistency (spec.feature_consistency): the feature rows (pooled as rotation's) of
+the strong view against the weak view's without gradient (the teacher's when there is one),
+rows normalised by sqrt(sum x^2 + 1e-8); 1 - cos or the squared distance, mean over rows.
+Corruption (spec.corruption): examples i = c, c + K + 1, ... of the weak view left as they are
+(c = 0) or corrupted by corruptions[c - 1] (the noise from the generator's stream
+"corruption/noise" at the step), stacked by c; the head as rotation's, over K + 1.
 """
 import json
 import os
@@ -49,16 +58,21 @@ def main(model_path, case_path, out_path):
     for k in tensors:
         if k.endswith((".affine_scale", ".affine_shift")):
             params[k] = torch.tensor(tensors[k], requires_grad=True)
-    for k in ("rotation.weight", "rotation.bias"):
+    heads = tuple(f"{h}.{p}" for h in ("rotation", "jigsaw", "corruption") for p in ("weight", "bias"))
+    for k in heads:
         if k in tensors:
             params[k] = torch.tensor(tensors[k], requires_grad=True)
-    source = {k: torch.tensor(tensors[k]) for k in params if not k.startswith("rotation.")}
+    source = {k: torch.tensor(tensors[k]) for k in params if k not in heads}
     seed = int(spec.get("seed", 0))
     cotta_cfg = spec.get("cotta")
     rot_cfg = spec.get("rotation")
+    fc_cfg = spec.get("feature_consistency")
+    jig_cfg = spec.get("jigsaw")
+    corr_cfg = spec.get("corruption")
+    classifier_input = [n for n in net.graph.node if n.op_type in ("Gemm", "MatMul")][-1].input[0]
     feature = None
     if rot_cfg:
-        feature = rot_cfg.get("feature") or [n for n in net.graph.node if n.op_type in ("Gemm", "MatMul")][-1].input[0]
+        feature = rot_cfg.get("feature") or classifier_input
     opt_cfg = spec["optimizer"]
     plist = [params[k] for k in sorted(params)]
     if opt_cfg["kind"] == "adamw":
@@ -110,6 +124,32 @@ def main(model_path, case_path, out_path):
             total = total + rot_cfg["weight"] * ce_r
             terms["loss_rotation"] = ce_r
             terms["rotation_accuracy"] = (lrot.argmax(1) == labels).float().mean()
+        if fc_cfg:
+            f = fc_cfg.get("feature") or classifier_input
+            fs = rows(net(xs, params, output=f))
+            with torch.no_grad():
+                fw = rows(net(xw, teacher if teacher is not None else params, output=f))
+            a, b = unit(fw), unit(fs)
+            d = 1 - (a * b).sum(1) if fc_cfg["distance"] == "cosine" else ((a - b) ** 2).sum(1)
+            lfc = d.mean()
+            total = total + fc_cfg["weight"] * lfc
+            terms["loss_feature_consistency"] = lfc
+        if jig_cfg:
+            xj, labels = puzzles(xw, tensors["jigsaw.permutations"])
+            feat = rows(net(xj, params, output=jig_cfg.get("feature") or classifier_input))
+            lj = feat @ params["jigsaw.weight"].t() + params["jigsaw.bias"]
+            ce_j = F.cross_entropy(lj, labels)
+            total = total + jig_cfg["weight"] * ce_j
+            terms["loss_jigsaw"] = ce_j
+            terms["jigsaw_accuracy"] = (lj.argmax(1) == labels).float().mean()
+        if corr_cfg:
+            xc, labels = corrupted(xw, corr_cfg["corruptions"], seed, k)
+            feat = rows(net(xc, params, output=corr_cfg.get("feature") or classifier_input))
+            lc = feat @ params["corruption.weight"].t() + params["corruption.bias"]
+            ce_c = F.cross_entropy(lc, labels)
+            total = total + corr_cfg["weight"] * ce_c
+            terms["loss_corruption"] = ce_c
+            terms["corruption_accuracy"] = (lc.argmax(1) == labels).float().mean()
         terms["loss"] = total
         total.backward()
         gn = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in plist)).float()
@@ -134,6 +174,61 @@ def main(model_path, case_path, out_path):
         out[f"teacher.{name}"] = p.numpy()
     out["rng.check"] = rng.uniform(11, "check", 5, (1000,))
     st.save(out_path, out)
+
+
+def rows(feat):
+    """A feature tensor as [N, D] rows: 4-D maps globally average-pooled, others flattened."""
+    return feat.mean((2, 3)) if feat.dim() == 4 else feat.reshape(feat.shape[0], -1)
+
+
+def unit(x):
+    return x / torch.sqrt((x * x).sum(1, keepdim=True) + 1e-8)
+
+
+def puzzles(x, perms):
+    """The 2x2 jigsaw puzzles of x [B, C, H, W] and their labels, as fieldtune builds them."""
+    p = len(perms)
+    h2, w2 = x.shape[2] // 2, x.shape[3] // 2
+    parts, labels = [], []
+    for k, perm in enumerate(perms[: x.shape[0]]):
+        r = x[k::p]
+        tiles = [r[:, :, (t // 2) * h2:(t // 2 + 1) * h2, (t % 2) * w2:(t % 2 + 1) * w2] for t in range(4)]
+        top = torch.cat([tiles[perm[0]], tiles[perm[1]]], 3)
+        bottom = torch.cat([tiles[perm[2]], tiles[perm[3]]], 3)
+        parts.append(torch.cat([top, bottom], 2))
+        labels += [k] * r.shape[0]
+    return torch.cat(parts), torch.tensor(labels)
+
+
+def corrupt(r, kind, seed, step):
+    """One corruption of fieldtune's corruption task (runtime/graph/src/loss/corruption.rs)."""
+    c = r.shape[1]
+    hi, lo = r.amax((1, 2, 3), keepdim=True), r.amin((1, 2, 3), keepdim=True)
+    if kind == "noise":
+        u = torch.from_numpy(rng.uniform(seed, "corruption/noise", step, tuple(r.shape)))
+        return r + (u * 2 - 1) * ((hi - lo) * 0.3)
+    if kind == "blur":
+        return F.conv2d(r, torch.full((c, 1, 3, 3), 1.0 / 9.0), padding=1, groups=c)
+    if kind == "contrast":
+        m = r.mean((1, 2, 3), keepdim=True)
+        return (r - m) * 0.3 + m
+    if kind == "quantise":
+        t = (r - lo) / ((hi - lo) + 1e-6)
+        return torch.floor(t * 4.0) / 4.0 * (hi - lo) + lo
+    if kind == "pixelate":
+        return F.avg_pool2d(r, 2).repeat_interleave(2, 2).repeat_interleave(2, 3)
+    raise ValueError(kind)
+
+
+def corrupted(x, kinds, seed, step):
+    """The corruption task's batch and labels, as fieldtune builds them."""
+    g = len(kinds) + 1
+    parts, labels = [], []
+    for cls in range(min(g, x.shape[0])):
+        r = x[cls::g]
+        parts.append(r if cls == 0 else corrupt(r, kinds[cls - 1], seed, step))
+        labels += [cls] * r.shape[0]
+    return torch.cat(parts), torch.tensor(labels)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@
 use fieldtune_graph::autodiff::backward;
 use fieldtune_graph::builder::Builder;
 use fieldtune_graph::ir::{attr, encode_model, Elem};
+use fieldtune_graph::FeatureDistance;
 use fieldtune_tensor::Tensor;
 use fieldtune_tests::{away_from_zero, distinct, engines, gradcheck, rng, uniform};
 use rand::Rng;
@@ -961,6 +962,18 @@ fn cotta_soft_cross_entropy_and_rotation_cross_entropy() {
         };
         (vec![("strong".into(), strong)], 1e-2, Box::new(build))
     });
+    for distance in [FeatureDistance::Cosine, FeatureDistance::L2] {
+        check(&format!("feature consistency {distance:?}"), |seed| {
+            let mut r = rng(seed);
+            let strong = uniform(&mut r, &[5, 6], -2.0, 2.0);
+            let weak = uniform(&mut r, &[5, 6], -2.0, 2.0);
+            let build = move |b: &mut Builder, n: &[String]| {
+                let w = b.constant(weak.clone());
+                fieldtune_graph::loss::feature_distance(b, &w, &n[0], distance)
+            };
+            (vec![("strong".into(), strong)], 1e-2, Box::new(build))
+        });
+    }
     check("rotation cross-entropy", |seed| {
         let mut r = rng(seed);
         let logits = uniform(&mut r, &[8, 4], -2.0, 2.0);

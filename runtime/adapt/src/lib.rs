@@ -12,6 +12,7 @@ pub mod eval;
 pub mod fsutil;
 pub mod model_dir;
 pub mod recipe;
+mod recipe_presets;
 mod recipe_toml;
 pub mod session;
 pub mod trainer;
@@ -21,7 +22,8 @@ pub use batches::{prefetch, AdaptData, Batch, BatchMaker};
 pub use error::{AdaptError, Result};
 pub use eval::{evaluate, predict, EvalReport};
 pub use model_dir::{ModelDir, Normalisation};
-pub use recipe::{AdaptConfig, CollapseWatch, LrSchedule, OnCollapse, RECIPES};
+pub use recipe::{AdaptConfig, CollapseWatch, LrSchedule, OnCollapse};
+pub use recipe_presets::RECIPES;
 pub use session::{train_spec, StepOutcome, StepShape, TrainSession};
 pub use trainer::{
     adapt, evaluate_params, AdaptOutcome, CollapseCheck, CollapseReport, StepReport,

@@ -4,8 +4,10 @@
 use std::path::Path;
 
 pub use fieldtune_augment::{AugmentConfig, RandAugment, WeakAugment};
+use fieldtune_graph::loss::MAX_PERMUTATIONS;
 use fieldtune_graph::{
-    BatchNormMode, Cotta, MeanTeacher, Optimizer, Rotation, Trainable, Tsa, UdaLoss,
+    BatchNormMode, CorruptionTask, Cotta, FeatureConsistency, Jigsaw, MeanTeacher, Optimizer,
+    Rotation, Trainable, UdaLoss,
 };
 use serde::{Deserialize, Serialize};
 
@@ -26,34 +28,6 @@ pub mod bounds {
     /// `collapse.frames`.
     pub const MAX_PROBE_FRAMES: usize = 65_536;
 }
-
-/// Recipes fieldtune knows by name.
-pub const RECIPES: &[(&str, &str)] = &[
-    (
-        "uda-im",
-        "UDA with an identity weak view + information maximisation + labeled CE (default)",
-    ),
-    (
-        "uda",
-        "textbook UDA: 2 px shifted weak view, TSA (linear), consistency + labeled CE",
-    ),
-    (
-        "tent",
-        "entropy minimisation on unlabeled frames only (no labeled anchors), lr 3e-4",
-    ),
-    (
-        "fixmatch",
-        "FixMatch: hard pseudo-labels of the identity view (confidence > 0.95) for the strong view + labeled CE",
-    ),
-    (
-        "cotta",
-        "CoTTA: mean teacher (EMA 0.999) with augmentation-averaged targets below confidence 0.9 (4 mild views), soft CE, stochastic restore p 0.01; no labeled anchors",
-    ),
-    (
-        "rotation",
-        "test-time training: rotation prediction (0/90/180/270 degrees) with a linear head on the classifier's input; no labeled anchors",
-    ),
-];
 
 /// The default augmentation of CoTTA's teacher views: mild RandAugment (one op, magnitude
 /// at most 0.2, no cutout).
@@ -187,6 +161,21 @@ pub struct AdaptConfig {
     /// with the model and is not saved with the adapted model. Default off.
     #[serde(default)]
     pub rotation: Option<Rotation>,
+    /// Jigsaw puzzles (`[jigsaw] weight = 1.0, permutations = 4`, optional `feature`): the
+    /// unlabeled weak view's 2x2 tiles rearranged by one of P permutations chosen from the
+    /// seed, a P-way head predicts which; the head is not saved. Default off.
+    #[serde(default)]
+    pub jigsaw: Option<Jigsaw>,
+    /// Corrupted-image classification (`[corruption] weight = 1.0, corruptions = ["noise",
+    /// "blur", "contrast", "quantise", "pixelate"]`, optional `feature`): a (K + 1)-way head
+    /// tells which corruption, or none, each unlabeled frame got; not saved. Default off.
+    #[serde(default)]
+    pub corruption: Option<CorruptionTask>,
+    /// Feature consistency (`[feature_consistency] weight = 1.0, distance = "cosine"`,
+    /// optional `feature`): the strong view's feature rows are pulled towards the weak
+    /// view's; combinable with UDA's logit consistency by weight. Default off.
+    #[serde(default)]
+    pub feature_consistency: Option<FeatureConsistency>,
     /// Log the loss terms every this many steps.
     pub log_every: usize,
     /// Evaluate on the eval set every this many steps (0: only before and after).
@@ -199,137 +188,6 @@ pub struct AdaptConfig {
 }
 
 impl AdaptConfig {
-    /// The settings of a named recipe.
-    pub fn preset(name: &str) -> Result<AdaptConfig> {
-        let base = AdaptConfig {
-            recipe: name.into(),
-            steps: 300,
-            lr: 1e-3,
-            lr_schedule: LrSchedule::Constant,
-            seed: 0,
-            batch_labeled: 32,
-            batch_unlabeled: 64,
-            max_labeled_per_class: 100,
-            weak: AugmentConfig::Weak(WeakAugment {
-                max_shift: 0,
-                flip_horizontal: false,
-            }),
-            strong: AugmentConfig::RandAugment(RandAugment::default()),
-            augment_threads: 1,
-            loss: UdaLoss::default(),
-            optimizer: Optimizer::default(),
-            trainable: Trainable::All,
-            batchnorm: BatchNormMode::Train,
-            teacher: None,
-            dropout: false,
-            cotta: None,
-            teacher_augment: default_teacher_augment(),
-            rotation: None,
-            log_every: 25,
-            eval_every: 0,
-            eval_batch: 250,
-            collapse: CollapseWatch::default(),
-        };
-        Ok(match name {
-            // Measured on MNIST CNN -> OpenCV digits (docs/BENCHMARKS.md): a milder strong view
-            // (magnitude <= 0.3, no cutout; the digits are small in the target frames), 600
-            // steps and a stricter confidence mask (0.9) beat the textbook RandAugment + cutout
-            // at 300 steps with UDA's 0.8.
-            "uda-im" => AdaptConfig {
-                steps: 600,
-                strong: AugmentConfig::RandAugment(RandAugment {
-                    n: 2,
-                    max_magnitude: 0.3,
-                    cutout: 0.0,
-                }),
-                loss: UdaLoss {
-                    confidence_threshold: 0.9,
-                    ..UdaLoss::default()
-                },
-                ..base
-            },
-            "uda" => AdaptConfig {
-                weak: AugmentConfig::Weak(WeakAugment {
-                    max_shift: 2,
-                    flip_horizontal: false,
-                }),
-                loss: UdaLoss {
-                    tsa: Tsa::Linear,
-                    tsa_steps: 300,
-                    entropy_weight: 0.0,
-                    diversity_weight: 0.0,
-                    ..UdaLoss::default()
-                },
-                ..base
-            },
-            "tent" => AdaptConfig {
-                lr: 3e-4,
-                batch_labeled: 0,
-                weak: AugmentConfig::Identity,
-                loss: UdaLoss {
-                    ce_weight: 0.0,
-                    consistency_weight: 0.0,
-                    entropy_weight: 1.0,
-                    diversity_weight: 0.0,
-                    ..UdaLoss::default()
-                },
-                ..base
-            },
-            "fixmatch" => AdaptConfig {
-                weak: AugmentConfig::Identity,
-                loss: UdaLoss {
-                    consistency_weight: 0.0,
-                    entropy_weight: 0.0,
-                    diversity_weight: 0.0,
-                    pseudo_label_weight: 1.0,
-                    pseudo_label_threshold: 0.95,
-                    ..UdaLoss::default()
-                },
-                ..base
-            },
-            // CoTTA's student sees the test frames themselves (identity strong view); its
-            // teacher sees them and their mildly augmented views.
-            "cotta" => AdaptConfig {
-                batch_labeled: 0,
-                weak: AugmentConfig::Identity,
-                strong: AugmentConfig::Identity,
-                loss: UdaLoss {
-                    ce_weight: 0.0,
-                    consistency_weight: 0.0,
-                    entropy_weight: 0.0,
-                    diversity_weight: 0.0,
-                    ..UdaLoss::default()
-                },
-                teacher: Some(MeanTeacher { ema: 0.999 }),
-                cotta: Some(Cotta::default()),
-                ..base
-            },
-            "rotation" => AdaptConfig {
-                batch_labeled: 0,
-                weak: AugmentConfig::Identity,
-                strong: AugmentConfig::Identity,
-                loss: UdaLoss {
-                    ce_weight: 0.0,
-                    consistency_weight: 0.0,
-                    entropy_weight: 0.0,
-                    diversity_weight: 0.0,
-                    ..UdaLoss::default()
-                },
-                rotation: Some(Rotation::default()),
-                ..base
-            },
-            other => {
-                return Err(AdaptError::Config {
-                    path: "--recipe".into(),
-                    reason: format!(
-                        "unknown recipe '{other}'; known: {}",
-                        RECIPES.iter().map(|r| r.0).collect::<Vec<_>>().join(", ")
-                    ),
-                })
-            }
-        })
-    }
-
     /// Reads a TOML file: its `recipe` key (default "uda-im") picks the preset, and every other
     /// key overrides that preset's value. Unknown keys are errors naming the file.
     pub fn load(path: &Path) -> Result<AdaptConfig> {
@@ -415,13 +273,35 @@ impl AdaptConfig {
                 return Err(bad("rotation.weight", "must be a positive number"));
             }
         }
+        if let Some(j) = &self.jigsaw {
+            if !(j.weight.is_finite() && j.weight > 0.0) {
+                return Err(bad("jigsaw.weight", "must be a positive number"));
+            }
+            range("jigsaw.permutations", j.permutations, 2, MAX_PERMUTATIONS)?;
+        }
+        if let Some(c) = &self.corruption {
+            if !(c.weight.is_finite() && c.weight > 0.0) {
+                return Err(bad("corruption.weight", "must be a positive number"));
+            }
+            if c.corruptions.is_empty() {
+                return Err(bad("corruption.corruptions", "must name at least one"));
+            }
+        }
+        if let Some(f) = &self.feature_consistency {
+            if !(f.weight.is_finite() && f.weight > 0.0) {
+                return Err(bad(
+                    "feature_consistency.weight",
+                    "must be a positive number",
+                ));
+            }
+        }
         self.weak.build()?;
         self.strong.build()?;
         Ok(())
     }
 
     /// Only entropy terms train: no anchors, no consistency, no diversity, no pseudo-labels,
-    /// no teacher targets, no rotation head (TENT). Such an objective rewards collapse.
+    /// no teacher targets, no pretext head, no feature consistency (TENT). Such an objective rewards collapse.
     pub fn entropy_only(&self) -> bool {
         let l = &self.loss;
         l.entropy_weight != 0.0
@@ -431,6 +311,9 @@ impl AdaptConfig {
             && l.pseudo_label_weight == 0.0
             && self.cotta.is_none()
             && self.rotation.is_none()
+            && self.jigsaw.is_none()
+            && self.corruption.is_none()
+            && self.feature_consistency.is_none()
     }
 
     /// Whether a failed collapse check stops the run (`collapse.on_collapse`; `auto`: for
@@ -472,6 +355,8 @@ fn merge(mut base: toml::Table, over: toml::Table) -> toml::Table {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::RECIPES;
+    use fieldtune_graph::Tsa;
 
     #[test]
     fn file_overrides_its_recipe() {

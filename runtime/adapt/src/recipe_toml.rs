@@ -10,7 +10,7 @@ const COMMENT_COLUMN: usize = 36;
 const DOCS: &[(&str, &str)] = &[
     (
         "recipe",
-        "preset the other keys start from: uda-im, uda, tent, fixmatch, cotta, rotation",
+        "preset the other keys start from: uda-im, uda, tent, fixmatch, cotta, rotation, jigsaw, corruption, feature-consistency",
     ),
     ("steps", "optimizer steps"),
     ("lr", "peak learning rate"),
@@ -160,6 +160,45 @@ const DOCS: &[(&str, &str)] = &[
     ),
     ("rotation.weight", "weight of the rotation cross-entropy"),
     (
+        "jigsaw",
+        "test-time training: a head tells which 2x2 tile permutation (not saved)",
+    ),
+    (
+        "jigsaw.feature",
+        "the tensor the head reads (default: the classifier's input)",
+    ),
+    ("jigsaw.weight", "weight of the jigsaw cross-entropy"),
+    (
+        "jigsaw.permutations",
+        "P, tile permutations told apart (2..=24, chosen from the seed)",
+    ),
+    (
+        "corruption",
+        "test-time training: a head tells which corruption, or none (not saved)",
+    ),
+    (
+        "corruption.feature",
+        "the tensor the head reads (default: the classifier's input)",
+    ),
+    ("corruption.weight", "weight of the corruption cross-entropy"),
+    (
+        "corruption.corruptions",
+        "K of noise, blur, contrast, quantise, pixelate (in the graph)",
+    ),
+    (
+        "feature_consistency",
+        "weak and strong views agree in a feature tensor, not only the logits",
+    ),
+    (
+        "feature_consistency.feature",
+        "the tensor compared (default: the classifier's input; 4-D maps pooled)",
+    ),
+    ("feature_consistency.weight", "weight of the term"),
+    (
+        "feature_consistency.distance",
+        "\"cosine\" (1 - cos) | \"l2\" (squared distance of unit rows)",
+    ),
+    (
         "collapse",
         "collapse watch, the field gate's definition (fieldtune run ignores it)",
     ),
@@ -182,6 +221,12 @@ const OFF: &[(&str, &str)] = &[
         "weight = 1.0, views = 4, confidence_threshold = 0.9, restore = 0.01",
     ),
     ("rotation", "weight = 1.0"),
+    ("jigsaw", "weight = 1.0, permutations = 4"),
+    (
+        "corruption",
+        "weight = 1.0, corruptions = [\"noise\", \"blur\", \"contrast\", \"quantise\", \"pixelate\"]",
+    ),
+    ("feature_consistency", "weight = 1.0, distance = \"cosine\""),
 ];
 
 /// The comment of `key` in `table` ("" at the top level).

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 
 use fieldtune_engine::{Engine, ResidentSession};
-use fieldtune_graph::spec::{ROTATION_BIAS, ROTATION_WEIGHT};
+use fieldtune_graph::is_head_param;
 use fieldtune_graph::{encode_model, inputs, teacher_name, TrainSpec, TrainStep};
 use fieldtune_tensor::Tensor;
 
@@ -33,6 +33,9 @@ pub fn train_spec(model: &ModelDir, cfg: &AdaptConfig) -> TrainSpec {
         seed: cfg.seed,
         cotta: cfg.cotta,
         rotation: cfg.rotation.clone(),
+        feature_consistency: cfg.feature_consistency.clone(),
+        jigsaw: cfg.jigsaw.clone(),
+        corruption: cfg.corruption.clone(),
     }
 }
 
@@ -263,7 +266,7 @@ impl TrainSession {
     }
 
     /// The adapted model's tensors: trained parameters (their mean-teacher copies when the
-    /// recipe has a teacher) and updated buffers. The rotation head is not part of the model
+    /// recipe has a teacher) and updated buffers. The pretext heads are not part of the model
     /// and is left out.
     pub fn model_weights(&self) -> Result<HashMap<String, Tensor>> {
         self.model_names()
@@ -294,7 +297,7 @@ impl TrainSession {
     fn model_names(&self) -> impl Iterator<Item = &String> {
         self.params
             .iter()
-            .filter(|n| *n != ROTATION_WEIGHT && *n != ROTATION_BIAS)
+            .filter(|n| !is_head_param(n))
             .chain(&self.buffers)
     }
 }

@@ -22,7 +22,9 @@ use std::time::Instant;
 use fieldtune_augment::{augment_batch_par, Augment, AugmentConfig, RandAugment};
 use fieldtune_engine::{Engine, Session};
 use fieldtune_frames::{to_tensor, Image8, ModelConfig};
-use fieldtune_graph::{encode_model, inputs, predict_graph, BatchNormMode, MeanTeacher, Trainable};
+use fieldtune_graph::{
+    encode_model, inputs, is_head_param, predict_graph, BatchNormMode, MeanTeacher, Trainable,
+};
 use fieldtune_tensor::{st, Tensor};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -387,10 +389,18 @@ pub fn run(
         }
         trainer = Some(TrainSession::compile(engine, model, c, "tta train-step")?);
     }
-    // The prediction graph: the weights that train are fed from the resident state.
+    // The prediction graph: the model's weights that train are fed from the resident state
+    // (a pretext head, `[rotation]` or `[jigsaw]` in a method's settings, trains but does
+    // not predict).
     let fed: HashSet<String> = trainer
         .as_ref()
-        .map(|s| s.params().iter().cloned().collect())
+        .map(|s| {
+            s.params()
+                .iter()
+                .filter(|n| !is_head_param(n))
+                .cloned()
+                .collect()
+        })
         .unwrap_or_default();
     let mut predictor: Box<dyn Session> = if method == Method::Source {
         engine.load(&model.bytes, "tta predict (source)")?

@@ -155,7 +155,12 @@ pub(crate) struct RecipeArgs {
     /// unaugmented frames, stochastic restore of 1% of the weights to the source model per
     /// step; no anchors), rotation (test-time training: predict the rotation, 0/90/180/270
     /// degrees, of each frame with a linear head on the classifier's input; square images;
-    /// no anchors; the head is not saved).
+    /// no anchors; the head is not saved), jigsaw (test-time training: predict which of 4
+    /// permutations of its 2x2 tiles a frame shows; even sides; no anchors; head not saved),
+    /// corruption (test-time training: predict which of 5 corruptions, noise, blur, contrast,
+    /// quantisation, pixelation, or none a frame got; no anchors; head not saved),
+    /// feature-consistency (weak and strong views agree in the classifier's input, cosine,
+    /// + anchor CE; for models whose logits are too unsure for the UDA mask).
     #[arg(long, value_enum)]
     objective: Option<Objective>,
     /// BatchNorm while adapting: train (batch statistics, running statistics updated) or
@@ -200,6 +205,9 @@ enum Objective {
     Teacher,
     Cotta,
     Rotation,
+    Jigsaw,
+    Corruption,
+    FeatureConsistency,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -232,7 +240,14 @@ impl RecipeArgs {
             cfg.lr = v;
         }
         if let Some(o) = self.objective {
-            let ce = if matches!(o, Objective::Tent | Objective::Cotta | Objective::Rotation) {
+            let ce = if matches!(
+                o,
+                Objective::Tent
+                    | Objective::Cotta
+                    | Objective::Rotation
+                    | Objective::Jigsaw
+                    | Objective::Corruption
+            ) {
                 0.0
             } else {
                 1.0
@@ -244,7 +259,12 @@ impl RecipeArgs {
                 entropy_weight: match o {
                     Objective::Tent => 1.0,
                     Objective::Uda | Objective::Teacher => cfg.loss.entropy_weight,
-                    Objective::Fixmatch | Objective::Cotta | Objective::Rotation => 0.0,
+                    Objective::Fixmatch
+                    | Objective::Cotta
+                    | Objective::Rotation
+                    | Objective::Jigsaw
+                    | Objective::Corruption
+                    | Objective::FeatureConsistency => 0.0,
                 },
                 diversity_weight: if consistency {
                     cfg.loss.diversity_weight
@@ -273,6 +293,20 @@ impl RecipeArgs {
             }
             cfg.rotation = match o {
                 Objective::Rotation => Some(cfg.rotation.clone().unwrap_or_default()),
+                _ => None,
+            };
+            cfg.jigsaw = match o {
+                Objective::Jigsaw => Some(cfg.jigsaw.clone().unwrap_or_default()),
+                _ => None,
+            };
+            cfg.corruption = match o {
+                Objective::Corruption => Some(cfg.corruption.clone().unwrap_or_default()),
+                _ => None,
+            };
+            cfg.feature_consistency = match o {
+                Objective::FeatureConsistency => {
+                    Some(cfg.feature_consistency.clone().unwrap_or_default())
+                }
                 _ => None,
             };
         }

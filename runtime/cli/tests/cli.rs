@@ -443,3 +443,137 @@ fn cotta_and_rotation_objectives_adapt_without_anchors_and_save_only_the_model()
     let (s, _) = text(&o);
     assert!(s.contains("cotta") && s.contains("rotation"), "{s}");
 }
+
+#[test]
+fn jigsaw_corruption_and_feature_consistency_objectives_adapt_and_save_only_the_model() {
+    let d = tempfile::tempdir().unwrap();
+    for (objective, engine) in [
+        ("jigsaw", "ort"),
+        ("corruption", "tract"),
+        ("feature-consistency", "tract"),
+    ] {
+        let out = d.path().join(objective);
+        let mut args = vec![
+            "adapt",
+            "--model",
+            "models/mnist-cnn",
+            "--unlabeled",
+            "data/opencv-digits",
+            "--out",
+            out.to_str().unwrap(),
+            "--objective",
+            objective,
+            "--batch",
+            "8",
+            "--steps",
+            "2",
+            "--engine",
+            engine,
+        ];
+        if objective == "feature-consistency" {
+            args.extend(["--labeled", "models/mnist-cnn/anchors"]);
+        }
+        let o = fieldtune(&args);
+        let (stdout, err) = text(&o);
+        assert!(o.status.success(), "{objective}: {stdout}\n{err}");
+        let log = std::fs::read_to_string(out.join("adapt.json")).unwrap();
+        let term = match objective {
+            "jigsaw" => "loss_jigsaw",
+            "corruption" => "loss_corruption",
+            _ => "loss_feature_consistency",
+        };
+        assert!(log.contains(term), "{objective}: no {term} in adapt.json");
+        let mut names = safetensors_names(&out.join("checkpoint.safetensors"));
+        names.sort();
+        // The jigsaw and corruption heads read the classifier's input (the last layer gets
+        // no gradient) and are never part of the model; the anchors' CE trains every layer.
+        let mut expect = vec![
+            "classifier.0.bias",
+            "classifier.0.weight",
+            "classifier.2.bias",
+            "classifier.2.weight",
+            "features.0.bias",
+            "features.0.weight",
+            "features.3.bias",
+            "features.3.weight",
+        ];
+        if objective != "feature-consistency" {
+            expect.retain(|n| !n.starts_with("classifier.2"));
+        }
+        assert_eq!(names, expect, "{objective}");
+    }
+    let o = fieldtune(&["adapt", "--help"]);
+    let (s, _) = text(&o);
+    assert!(
+        s.contains("jigsaw") && s.contains("corruption") && s.contains("feature-consistency"),
+        "{s}"
+    );
+    // compile reports the head and what the task adds.
+    let onnx = d.path().join("step.onnx");
+    let o = fieldtune(&[
+        "compile",
+        "--model",
+        "models/mnist-cnn",
+        "--config",
+        "configs/adapt-uda-im-jigsaw.toml",
+        "--out",
+        onnx.to_str().unwrap(),
+    ]);
+    let (s, err) = text(&o);
+    assert!(o.status.success(), "{s}\n{err}");
+    let line = s
+        .lines()
+        .find(|l| l.starts_with("pretext heads"))
+        .unwrap_or("");
+    assert!(
+        line.contains("2 tensors")
+            && line.contains("jigsaw.weight [4, ")
+            && line.contains("GFLOP per step"),
+        "{s}"
+    );
+}
+
+/// `fieldtune tta` with a pretext head in a method's settings: the head trains with the
+/// model, and the predictions read the model's weights only (the head is no input of the
+/// prediction graph).
+#[test]
+fn tta_trains_a_pretext_head_and_predicts_without_it() {
+    let d = tempfile::tempdir().unwrap();
+    for (section, term) in [
+        ("[jigsaw]\nweight = 1.0\n", "jigsaw"),
+        ("[rotation]\nweight = 1.0\n", "rotation"),
+    ] {
+        let cfg = d.path().join(format!("{term}.toml"));
+        std::fs::write(&cfg, format!("trainable = \"all\"\n{section}")).unwrap();
+        let out = d.path().join(format!("{term}.json"));
+        let o = fieldtune(&[
+            "tta",
+            "--model",
+            "models/mnist-cnn",
+            "--data",
+            "data",
+            "--domains",
+            "opencv-digits",
+            "--limit",
+            "64",
+            "--methods",
+            "tent",
+            "--method-config",
+            &format!("tent={}", cfg.display()),
+            "--settings",
+            "reset",
+            "--seeds",
+            "0",
+            "--batch",
+            "32",
+            "--engine",
+            "ort",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        let (stdout, err) = text(&o);
+        assert!(o.status.success(), "{term}: {stdout}\n{err}");
+        let json = std::fs::read_to_string(&out).unwrap();
+        assert!(json.contains(&format!("\"{term}\"")), "{term}: {json}");
+    }
+}

@@ -17,7 +17,10 @@ use crate::builder::Builder;
 use crate::error::{GraphError, Result};
 use crate::forward::{instantiate, Forward};
 use crate::ir::{Elem, Graph, TRAIN_OPSET};
-use crate::loss::{rotation_terms, uda, CottaStep, Loops, TeacherStep, UdaInputs};
+use crate::loss::{
+    corruption_terms, feature_consistency_terms, jigsaw_terms, rotation_terms, uda, CottaStep,
+    FeatureViews, Loops, TeacherStep, UdaInputs,
+};
 use crate::lower::{BatchNormMode, RunningUpdate};
 use crate::optim::update_group;
 use crate::proto::ModelProto;
@@ -261,14 +264,14 @@ fn empty_selection(t: &Trainable, ordered: &[String], bn_affine: &[String]) -> S
 }
 
 /// The forward pass with gradients over the concatenation of `parts` (input, batch size);
-/// returns each part's logits and the number of classes.
+/// returns each part's logits, the number of classes and the pass's input.
 fn gradient_pass(
     b: &mut Builder,
     fwd: &Forward<'_>,
     parts: &[(&str, usize)],
     dropout: Option<(&str, u64)>,
     bn_updates: &mut Vec<RunningUpdate>,
-) -> Result<(Vec<String>, usize)> {
+) -> Result<(Vec<String>, usize, String)> {
     let refs: Vec<&str> = parts.iter().map(|p| p.0).collect();
     let xcat = if refs.len() == 1 {
         refs[0].to_string()
@@ -294,11 +297,11 @@ fn gradient_pass(
         });
         start += *n as i64;
     }
-    Ok((slices, ls[1]))
+    Ok((slices, ls[1], xcat))
 }
 
 /// Compiles the train step of `model` under `spec`: the forward passes, the objectives'
-/// terms (UDA, then CoTTA and rotation when set; the mean teacher gives the targets), the
+/// terms (UDA, then CoTTA, feature consistency, rotation, jigsaw and corruption when set; the mean teacher gives the targets), the
 /// gradients, the optimizer update (then the teacher's EMA and CoTTA's restore) and the
 /// outputs.
 pub fn compile_train_step(model: &ModelProto, spec: &TrainSpec) -> Result<TrainStep> {
@@ -358,7 +361,7 @@ pub fn compile_train_step(model: &ModelProto, spec: &TrainSpec) -> Result<TrainS
     parts.push((&xs, bu));
     let mut bn_updates: Vec<RunningUpdate> = Vec::new();
     let drop = spec.dropout.then_some((step.as_str(), spec.seed));
-    let (slices, classes) = gradient_pass(&mut b, &fwd, &parts, drop, &mut bn_updates)?;
+    let (slices, classes, xcat) = gradient_pass(&mut b, &fwd, &parts, drop, &mut bn_updates)?;
     let mut it = slices.into_iter();
     let logits_l = labeled.as_ref().map(|_| it.next().expect("labeled slice"));
     let mut teacher = spec
@@ -395,10 +398,39 @@ pub fn compile_train_step(model: &ModelProto, spec: &TrainSpec) -> Result<TrainS
         let subst = teacher.as_ref().map(TeacherStep::subst);
         ct.terms(&mut b, &fwd, subst, &weak_target, &logits_s, &mut loss)?;
     }
+    if let Some(fc) = &spec.feature_consistency {
+        // The weak view's feature: in the gradient pass (after the labeled rows) when it
+        // trains, else in the teacher's or the no-gradient weak pass.
+        let bl_rows = if labeled.is_some() { bl } else { 0 };
+        let weak = match (weak_trains, &teacher) {
+            (true, _) => ("train", xcat.as_str(), bl_rows),
+            (false, Some(_)) => ("teacher", xw.as_str(), 0),
+            (false, None) => ("weak", xw.as_str(), 0),
+        };
+        let strong = bl_rows + if weak_trains { bu } else { 0 };
+        let views = FeatureViews {
+            train: ("train", &xcat),
+            strong,
+            weak,
+            bu,
+        };
+        feature_consistency_terms(&mut b, fc, &fwd, &views, &mut loss)?;
+    }
     let mut head: Vec<String> = Vec::new();
     if let Some(rot) = &spec.rotation {
         let hp = rotation_terms(&mut b, rot, &fwd, &xw, image, spec.seed, drop, &mut loss)?;
-        head = hp.iter().map(|p| p.0.clone()).collect();
+        head.extend(hp.iter().map(|p| p.0.clone()));
+        params.extend(hp);
+    }
+    if let Some(jig) = &spec.jigsaw {
+        let hp = jigsaw_terms(&mut b, jig, &fwd, &xw, image, spec.seed, drop, &mut loss)?;
+        head.extend(hp.iter().map(|p| p.0.clone()));
+        params.extend(hp);
+    }
+    if let Some(task) = &spec.corruption {
+        let rng = (step.as_str(), spec.seed);
+        let hp = corruption_terms(&mut b, task, &fwd, &xw, image, rng, drop, &mut loss)?;
+        head.extend(hp.iter().map(|p| p.0.clone()));
         params.extend(hp);
     }
 
@@ -434,8 +466,8 @@ pub fn compile_train_step(model: &ModelProto, spec: &TrainSpec) -> Result<TrainS
     }
 
     // One fused optimizer update for all trained parameters (they share its settings), then
-    // the teacher's EMA and CoTTA's restore (of the model's parameters, not the rotation
-    // head) per parameter.
+    // the teacher's EMA and CoTTA's restore (of the model's parameters, not the pretext
+    // heads) per parameter.
     let group: Vec<(&str, &str, &[usize])> = trained
         .iter()
         .map(|(n, t, g)| (n.as_str(), g.as_str(), t.shape()))

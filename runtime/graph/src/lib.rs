@@ -26,6 +26,7 @@ pub use error::{GraphError, Result};
 pub use ir::{decode_model, encode_model, load_model, with_initializers, Graph};
 pub use predict::predict_graph;
 pub use spec::{
-    teacher_name, BatchNormMode, Cotta, MeanTeacher, Optimizer, Rotation, TrainSpec, Trainable,
-    Tsa, UdaLoss,
+    is_head_param, jigsaw_permutations, teacher_name, BatchNormMode, CorruptionKind,
+    CorruptionTask, Cotta, FeatureConsistency, FeatureDistance, Jigsaw, MeanTeacher, Optimizer,
+    Rotation, TrainSpec, Trainable, Tsa, UdaLoss,
 };

@@ -25,7 +25,13 @@ Recipes (--recipe):\n  uda-im  UDA, identity weak view, mild RandAugment, + info
 uda     textbook UDA: 2 px shifted weak view, TSA\n  tent    entropy minimisation, no anchors\n  \
 fixmatch hard pseudo-labels (confidence > 0.95) for the strong view + anchor CE\n  \
 cotta   CoTTA: mean teacher, augmentation-averaged targets, soft CE, stochastic restore; no anchors\n  \
-rotation test-time training: rotation prediction with a linear head (not saved); no anchors\n\n\
+rotation test-time training: rotation prediction with a linear head (not saved); no anchors\n  \
+jigsaw  test-time training: a linear head (not saved) tells which of 4 permutations of the 2x2 tiles \
+a frame shows; for models whose logits are too unsure for consistency; no anchors\n  \
+corruption test-time training: a linear head (not saved) tells which of noise, blur, contrast, \
+quantisation, pixelation or none a frame got; for corrupted target domains; no anchors\n  \
+feature-consistency  weak and strong views agree in the classifier's input (cosine) + anchor CE; \
+when the UDA confidence mask keeps few frames\n\n\
 --objective, --train, --batchnorm and --batch change a recipe from the command line; a .onnx file \
 works as --model: read as the model.toml beside it says, else with --mean/--std (or --raw-input \
 for a model that takes pixels scaled to 0..1).\n\n\

@@ -84,5 +84,52 @@ pub fn run(a: CompileArgs) -> Result<()> {
     println!("inputs per step: {}", per_step.join(", "));
     println!("looped inputs (new.<name> -> <name>): {}", looped.len());
     println!("metrics: {}", step.metrics.join(", "));
+    if cfg.rotation.is_some()
+        || cfg.jigsaw.is_some()
+        || cfg.corruption.is_some()
+        || cfg.feature_consistency.is_some()
+    {
+        print_pretext_cost(&m, &cfg, &step);
+    }
     Ok(())
+}
+
+/// What the pretext tasks and feature consistency cost: the heads' parameters (trained, not
+/// saved) and the FLOPs they add, the step's against the same step compiled without them.
+fn print_pretext_cost(
+    m: &fieldtune_adapt::ModelDir,
+    cfg: &fieldtune_adapt::AdaptConfig,
+    step: &fieldtune_graph::TrainStep,
+) {
+    let heads: Vec<&(String, fieldtune_tensor::Tensor)> = step
+        .params
+        .iter()
+        .filter(|p| fieldtune_graph::is_head_param(&p.0))
+        .collect();
+    let mut base = cfg.clone();
+    base.rotation = None;
+    base.jigsaw = None;
+    base.corruption = None;
+    base.feature_consistency = None;
+    let added = match m.compile_step(&fieldtune_adapt::train_spec(m, &base)) {
+        Ok(b) => format!(
+            "{:.3} GFLOP per step",
+            step.flops.saturating_sub(b.flops) as f64 / 1e9
+        ),
+        Err(_) => "the whole step (nothing else trains)".to_string(),
+    };
+    let shapes: Vec<String> = heads
+        .iter()
+        .map(|p| format!("{} {:?}", p.0, p.1.shape()))
+        .collect();
+    let shapes = if shapes.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", shapes.join(", "))
+    };
+    println!(
+        "pretext heads (trained, not saved): {} tensors, {} values{shapes}; pretext tasks and feature consistency add {added}",
+        heads.len(),
+        heads.iter().map(|p| p.1.len()).sum::<usize>(),
+    );
 }

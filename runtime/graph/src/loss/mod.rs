@@ -4,9 +4,13 @@
 //!   masked sharpened KL consistency, FixMatch pseudo-labels, information maximisation);
 //! - `teacher`: the mean teacher (weak-view targets from an EMA copy of the parameters);
 //! - `cotta`: CoTTA's augmentation-averaged targets and stochastic restore;
-//! - `rotation`: the rotation-prediction pretext task and its head.
+//! - `rotation`: the rotation-prediction pretext task and its head;
+//! - `jigsaw`: the 2x2 jigsaw pretext task and its head;
+//! - `corruption`: corrupted-image classification and its head;
+//! - `features`: weak/strong agreement in an intermediate feature tensor.
 //!
-//! Shared pieces (stable log-softmax, cross-entropy, the accumulators) are in `blocks`.
+//! Shared pieces (stable log-softmax, cross-entropy, the accumulators) are in `blocks`; what
+//! the pretext heads share (the feature they read, the seeded linear head) in `head`.
 //!
 //! The seam: each optional objective is a struct built from its spec section, with a method
 //! per phase of the train step that it takes part in (declare inputs, add loss terms into
@@ -14,15 +18,25 @@
 //! in a fixed order, which fixes the emitted graph.
 
 mod blocks;
+mod corruption;
 mod cotta;
+mod features;
+mod head;
+mod jigsaw;
 mod rotation;
 mod teacher;
 mod uda;
 
 pub(crate) use blocks::Loops;
 pub use blocks::{cross_entropy, log_softmax, LossTerms};
+pub(crate) use corruption::corruption_terms;
+pub use corruption::{CONTRAST, LEVELS, NOISE, RANGE_EPS};
 pub use cotta::cotta;
 pub(crate) use cotta::CottaStep;
+pub(crate) use features::{feature_consistency_terms, FeatureViews};
+pub use features::{feature_distance, NORM_EPS};
+pub(crate) use jigsaw::jigsaw_terms;
+pub use jigsaw::MAX_PERMUTATIONS;
 pub(crate) use rotation::rotation_terms;
 pub(crate) use teacher::TeacherStep;
 pub use uda::{uda, UdaInputs, DIVERSITY_EPS};

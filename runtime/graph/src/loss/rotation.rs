@@ -4,12 +4,12 @@
 
 use fieldtune_tensor::Tensor;
 
-use super::blocks::{cross_entropy, LossTerms};
+use super::blocks::LossTerms;
+use super::head::{feature_rows, linear_head_terms, pass_tensor, resolve_feature, Head};
 use crate::builder::Builder;
 use crate::error::{GraphError, Result};
 use crate::forward::Forward;
-use crate::ir::{attr, Elem, Graph};
-use crate::random;
+use crate::ir::attr;
 use crate::spec::{Rotation, ROTATION_BIAS, ROTATION_WEIGHT};
 
 /// Adds the rotation task over the weak view `xw` ([bu, C, S, S], `image` = [C, S, S]): its
@@ -41,66 +41,20 @@ pub(crate) fn rotation_terms(
             reason: format!("rotation prediction needs square images, found {h}x{w}"),
         });
     }
-    let feature = match &rot.feature {
-        Some(f) => f.clone(),
-        None => default_rotation_feature(fwd.g)?,
-    };
+    let feature = resolve_feature(fwd.g, &rot.feature, "rotation.feature")?;
     let xr = rotations(b, xw, h)?;
     fwd.pass(b, &xr, "rotation", None, None, dropout)?;
-    let feat = if feature == fwd.input {
-        xr.clone()
-    } else {
-        format!("rotation/{feature}")
-    };
-    let fs = b.shape(&feat).map_err(|_| {
-        GraphError::Spec(format!(
-            "rotation.feature '{feature}' is not a tensor the model computes"
-        ))
-    })?;
-    let feat = match fs.len() {
-        2 => feat,
-        4 => {
-            let p = b.op("GlobalAveragePool", &[&feat], vec![])?;
-            b.op("Flatten", &[&p], vec![attr::int("axis", 1)])?
-        }
-        _ => b.op("Flatten", &[&feat], vec![attr::int("axis", 1)])?,
-    };
-    let d = b.shape(&feat)?[1];
-    let bound = 1.0 / (d as f32).sqrt();
-    let init = |key: &str, n: usize| -> Vec<f32> {
-        random::reference(seed, key, 0, n)
-            .into_iter()
-            .map(|u| (2.0 * u - 1.0) * bound)
-            .collect()
-    };
-    let wt = Tensor::f32(vec![4, d], init(ROTATION_WEIGHT, 4 * d)).expect("sized");
-    let bt = Tensor::f32(vec![4], init(ROTATION_BIAS, 4)).expect("sized");
-    let wn = b.input(ROTATION_WEIGHT, Elem::F32, &[4, d])?;
-    let bn = b.input(ROTATION_BIAS, Elem::F32, &[4])?;
-    let logits = b.op("Gemm", &[&feat, &wn, &bn], vec![attr::int("transB", 1)])?;
+    let feat = pass_tensor(b, fwd, "rotation", &xr, &feature, "rotation.feature")?;
+    let rows = feature_rows(b, &feat)?;
     let labels: Vec<i64> = (0..4 * bu).map(|i| (i / bu) as i64).collect();
-    let labels = b.constant(Tensor::i64(vec![4 * bu], labels).expect("sized"));
-    let (ce, acc) = cross_entropy(b, &logits, &labels)?;
-    loss.add_weighted(b, &ce, rot.weight)?;
-    loss.metrics.push(("loss_rotation", ce));
-    loss.metrics.push(("rotation_accuracy", acc));
-    Ok(vec![(wn, wt), (bn, bt)])
-}
-
-/// The default feature of the rotation head: the input of the model's last Gemm or MatMul
-/// (the classifier's input).
-fn default_rotation_feature(g: &Graph) -> Result<String> {
-    g.nodes
-        .iter()
-        .rev()
-        .find(|n| n.op == "Gemm" || n.op == "MatMul")
-        .and_then(|n| n.inputs.first().cloned())
-        .ok_or_else(|| {
-            GraphError::Spec(
-                "rotation.feature is not set and the model has no Gemm or MatMul whose input could be the feature"
-                    .into(),
-            )
-        })
+    let head = Head {
+        weight: ROTATION_WEIGHT,
+        bias: ROTATION_BIAS,
+        classes: 4,
+        term_weight: rot.weight,
+        metrics: ("loss_rotation", "rotation_accuracy"),
+    };
+    linear_head_terms(b, &rows, &head, seed, labels, loss)
 }
 
 /// `x` [B, C, S, S] and its rotations by 90, 180 and 270 degrees in the (H, W) plane, as
