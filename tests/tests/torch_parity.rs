@@ -36,6 +36,10 @@ fn parity_on(spec: TrainSpec, label: &str, engines: Vec<Box<dyn fieldtune_engine
     let root = repo_root();
     let model_path = root.join("models/mnist-cnn/model.onnx");
     let model = load_model(&model_path).expect("model");
+    let spec = TrainSpec {
+        target: fieldtune_tests::suite_target(),
+        ..spec
+    };
     let step = compile_train_step(&model, &spec).expect("compile");
     let bytes = encode_model(&step.to_model());
 

@@ -18,6 +18,7 @@ pub mod predict;
 pub mod proto;
 pub mod random;
 pub mod spec;
+pub mod target;
 mod topo;
 
 pub use compile::{compile_inference, compile_train_step, inputs, next_name, TrainStep};
@@ -28,3 +29,4 @@ pub use spec::{
     teacher_name, BatchNormMode, Cotta, MeanTeacher, Optimizer, Rotation, TrainSpec, Trainable,
     Tsa, UdaLoss,
 };
+pub use target::{Target, TuneReport, DOMAIN, TARGET_ENV};

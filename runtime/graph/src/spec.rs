@@ -355,6 +355,8 @@ pub struct TrainSpec {
     pub cotta: Option<Cotta>,
     /// The rotation-prediction pretext task. Default off.
     pub rotation: Option<Rotation>,
+    /// The engine the step is tuned for (`portable`: standard ops only, the default).
+    pub target: crate::target::Target,
 }
 
 impl Default for TrainSpec {
@@ -374,6 +376,7 @@ impl Default for TrainSpec {
             seed: 0,
             cotta: None,
             rotation: None,
+            target: crate::target::Target::Portable,
         }
     }
 }
