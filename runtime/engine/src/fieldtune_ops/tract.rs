@@ -129,7 +129,6 @@ impl EvalOp for FtOp {
                     },
                 )
                 .map_err(kerr)?;
-                drop((vy, m, i, nm, nv));
                 let [m, i, nm, nv] = st;
                 Ok(tvec!(
                     y.into_tvalue(),
@@ -161,7 +160,6 @@ impl EvalOp for FtOp {
                     },
                 )
                 .map_err(kerr)?;
-                drop((vx, vs, vb));
                 Ok(tvec!(dx.into_tvalue(), ds.into_tvalue(), db.into_tvalue()))
             }
             Kind::ClipGrad { lo, hi } => {
@@ -169,7 +167,6 @@ impl EvalOp for FtOp {
                 let mut v = dx.try_as_plain_ram_mut()?;
                 fieldtune_kernels::clip_grad(f(0)?, f(1)?, lo, hi, v.as_slice_mut::<f32>()?)
                     .map_err(kerr)?;
-                drop(v);
                 Ok(tvec!(dx.into_tvalue()))
             }
         }
