@@ -443,3 +443,45 @@ fn cotta_and_rotation_objectives_adapt_without_anchors_and_save_only_the_model()
     let (s, _) = text(&o);
     assert!(s.contains("cotta") && s.contains("rotation"), "{s}");
 }
+
+#[test]
+fn compile_for_a_tuned_target_reports_what_it_replaced() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("s.onnx");
+    let o = fieldtune(&[
+        "compile",
+        "--model",
+        "models/usps-cnn",
+        "--out",
+        out.to_str().unwrap(),
+        "--target",
+        "ort-cpu",
+    ]);
+    let (stdout, err) = text(&o);
+    assert!(o.status.success(), "{stdout}\n{err}");
+    for needle in [
+        "target ort-cpu",
+        "portable ->",
+        "ai.fieldtune ops: BatchNormTrain x2, BatchNormTrainGrad x2, ClipGrad x3",
+        "standard ops replaced:",
+    ] {
+        assert!(stdout.contains(needle), "no '{needle}' in:\n{stdout}");
+    }
+    let model = fieldtune_graph::load_model(&out).unwrap();
+    assert!(model
+        .opset_import
+        .iter()
+        .any(|o| o.domain == "ai.fieldtune"));
+    fails_with(
+        &[
+            "compile",
+            "--model",
+            "models/usps-cnn",
+            "--out",
+            d.path().join("t.onnx").to_str().unwrap(),
+            "--target",
+            "cuda",
+        ],
+        &["unknown target 'cuda'"],
+    );
+}
