@@ -4,7 +4,8 @@ fieldtune on tract, and PyTorch (Debian's python3-torch; the BLAS it really load
 reported), each in its own process, on the same models and the same UDA recipe.
 
     /usr/bin/python3 scripts/bench/bench_speed.py [--models mnist,mobilenetv2] [--bin target/release/fieldtune]
-        [--steps 20] [--out scripts/bench/results/bench_speed.json]
+        [--steps 20] [--out scripts/bench/results/bench_speed.json] [--variants ort,ort-tuned,...]
+        [--allow-no-openblas]
 
 Per model: the UDA train step (textbook loss: CE with TSA on the labeled batch + masked,
 sharpened KL consistency; the weak view's forward pass without gradients; AdamW), images per
@@ -12,6 +13,9 @@ second counting labeled + weak + strong images; inference latency at batch 1 (me
 throughput at batch 64 (MobileNetV2: 8); the peak resident memory of each process after its
 train steps. Batches: MNIST CNN 32 labeled / 64 weak / 64 strong; MobileNetV2 224x224 8/8/8
 with BatchNorm in train mode. Inputs are fixed random tensors (speed does not depend on them).
+Each engine runs the portable train step (standard ops) and its tuned one (`-tuned` rows:
+fieldtune-domain ops with one-pass kernels, FIELDTUNE_TARGET=tuned). Refuses to run when
+PyTorch did not load OpenBLAS, unless --allow-no-openblas (then the table is flagged).
 Prints a table with the ratios to PyTorch and writes JSON. Build the binary first
 (cargo build --release) and make MobileNetV2 (scripts/data/prepare_backbones.py).
 """
@@ -35,9 +39,28 @@ MODELS = {
                     "norm": ["--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225"]},
 }
 
-# fieldtune rows: label -> (engine, extra flags). `ort-noarena` shows what ONNX Runtime's CPU
-# memory arena costs in peak memory (and gains in speed).
-VARIANTS = {"ort": ("ort", []), "ort-noarena": ("ort", ["--no-arena"]), "tract": ("tract", [])}
+# fieldtune rows: label -> (engine, extra flags, train-step target). `ort-noarena` shows what
+# ONNX Runtime's CPU memory arena costs in peak memory (and gains in speed). `portable` rows run
+# the standard-op train step; `tuned` rows the engine's tuned step (fieldtune-domain ops with
+# one-pass kernels), chosen through FIELDTUNE_TARGET.
+VARIANTS = {
+    "ort": ("ort", [], "portable"),
+    "ort-tuned": ("ort", [], "tuned"),
+    "ort-noarena": ("ort", ["--no-arena"], "portable"),
+    "tract": ("tract", [], "portable"),
+    "tract-tuned": ("tract", [], "tuned"),
+}
+
+
+def torch_blas():
+    """The BLAS/LAPACK libraries PyTorch really loads, from a child process's memory map."""
+    probe = ("import os, torch; torch.ones(64, 64) @ torch.ones(64, 64); "
+             "print('\\n'.join(sorted({os.path.realpath(l.split()[-1]) for l in open('/proc/self/maps') "
+             "if any(s in os.path.basename(l.split()[-1]).lower() for s in ('blas', 'lapack', 'mkl'))})))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"PyTorch failed to load:\n{out.stderr}")
+    return [line for line in out.stdout.splitlines() if line]
 
 
 def torch_worker(name, steps, warmup, latency_runs, device="cpu"):
@@ -162,19 +185,33 @@ def main():
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--latency-runs", type=int, default=100)
     ap.add_argument("--out", default=os.path.join(ROOT, "scripts/bench/results/bench_speed.json"))
+    ap.add_argument("--variants", default=",".join(VARIANTS),
+                    help="fieldtune rows to run (default all: " + ",".join(VARIANTS) + ")")
+    ap.add_argument("--allow-no-openblas", action="store_true",
+                    help="run even when PyTorch did not load OpenBLAS (its reference BLAS is 2-3x slower; "
+                         "the table is flagged)")
     ap.add_argument("--torch-worker", help=argparse.SUPPRESS)
     ap.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.torch_worker:
         torch_worker(a.torch_worker, a.steps, 3, a.latency_runs, a.device)
         return
+    blas = torch_blas()
+    openblas = any("openblas" in os.path.basename(b).lower() for b in blas)
+    if not openblas and not a.allow_no_openblas:
+        raise SystemExit(f"PyTorch loaded no OpenBLAS ({blas or 'no BLAS library'}): ratios against its reference "
+                         "BLAS flatter fieldtune 2-3x. Install libopenblas0-pthread, or pass --allow-no-openblas "
+                         "(the table is then flagged).")
+    variants = {k: VARIANTS[k] for k in a.variants.split(",")}
     peak, mhz, cores, isa = cpu_peak_gflops()
     results = {}
     for name in a.models.split(","):
         steps = a.steps if name == "mnist" else max(3, a.steps // 4)
         runs = {}
-        for label, (engine, extra) in VARIANTS.items():
-            runs[label] = fieldtune(a.bin, engine, name, steps, a.latency_runs, extra=extra)
+        for label, (engine, extra, target) in variants.items():
+            env = dict(os.environ, FIELDTUNE_TARGET=target)
+            runs[label] = fieldtune(a.bin, engine, name, steps, a.latency_runs, extra=extra, env=env)
+            runs[label]["target"] = target
             print(f"{name} {label}: {runs[label]['train_step_ms_median']:.1f} ms/step", flush=True)
         out = subprocess.run([sys.executable, __file__, "--torch-worker", name, "--steps", str(steps),
                               "--latency-runs", str(a.latency_runs)], capture_output=True, text=True)
@@ -188,7 +225,7 @@ def main():
           f"{'peak MiB':>8s} {'x torch':>7s} | {'b1 ms':>6s} {'p99':>6s} | {'infer img/s':>11s} {'x torch':>7s}")
     for name, runs in results.items():
         t = runs["torch"]
-        for engine in (*VARIANTS, "torch"):
+        for engine in (*variants, "torch"):
             r = runs[engine]
             gf = f"{r['train_gflop_per_s']:7.1f}" if "train_gflop_per_s" in r else f"{'':7s}"
             print(f"{name:12s} {engine:11s} | {r['train_images_per_s']:11.1f} "
@@ -198,10 +235,12 @@ def main():
                   f"{r['infer_images_per_s'] / t['infer_images_per_s']:7.2f}")
     print(f"CPU: {cores} cores at {mhz} MHz, {isa} peak {peak:.0f} GFLOP/s (f32); "
           f"PyTorch BLAS: {results[next(iter(results))]['torch']['blas_loaded']}")
+    if not openblas:
+        print("FLAGGED: PyTorch ran without OpenBLAS (--allow-no-openblas); its rows are not a fair reference.")
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out, "w") as f:
         json.dump({"script": "scripts/bench/bench_speed.py", "cpu_mhz": mhz, "cores": cores, "peak_gflops": peak, "isa": isa,
-                   "python": platform.python_version(), "results": results}, f, indent=1)
+                   "python": platform.python_version(), "torch_openblas": openblas, "results": results}, f, indent=1)
         f.write("\n")
     print(f"wrote {a.out}")
 

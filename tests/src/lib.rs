@@ -26,6 +26,16 @@ pub fn ort() -> OrtEngine {
     .unwrap_or_else(|e| panic!("ONNX Runtime not found: run scripts/install-ort.sh ({e})"))
 }
 
+/// The target the parity suites compile for: portable, or with `FIELDTUNE_TARGET=tuned` the
+/// fieldtune-domain ops that both ONNX Runtime (CPU) and tract register, so one graph runs on
+/// both engines.
+pub fn suite_target() -> fieldtune_graph::Target {
+    match std::env::var(fieldtune_graph::TARGET_ENV).as_deref() {
+        Ok("tuned") => fieldtune_graph::Target::OrtCpu,
+        _ => fieldtune_graph::Target::Portable,
+    }
+}
+
 /// Both engines, ONNX Runtime first.
 pub fn engines() -> Vec<Box<dyn Engine>> {
     vec![Box::new(ort()), Box::new(TractEngine::new())]

@@ -128,6 +128,7 @@ fn parity(name: &str, bl: usize, bu: usize, cases: &[Case]) {
             trainable: case.trainable.clone(),
             batchnorm: case.batchnorm,
             emit_gradients: true,
+            target: fieldtune_tests::suite_target(),
             ..TrainSpec::default()
         };
         let step = compile_train_step(&model, &spec).expect("compile");

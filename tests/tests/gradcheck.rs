@@ -759,11 +759,55 @@ fn split_equal_and_sized() {
 
 #[test]
 fn batch_norm_train_and_frozen() {
+    batch_norm_cases(false);
+}
+
+/// Tuned steps' fieldtune-domain ops (one-pass kernels) under finite differences on both
+/// engines: BatchNormTrain with its BatchNormTrainGrad, and ClipGrad for Relu and Clip.
+#[test]
+fn tuned_ops_batch_norm_train_and_clip_grad() {
+    batch_norm_cases(true);
+    let tuned = |b: &mut Builder| b.set_fieldtune_ops(true);
+    check("Relu (tuned: ClipGrad)", |seed| {
+        let mut r = rng(seed);
+        let x = away_from_zero(&mut r, &dims(seed, 2, 6, 3), 0.05);
+        let build = move |b: &mut Builder, n: &[String]| {
+            tuned(b);
+            b.op("Relu", &[&n[0]], vec![])
+        };
+        (vec![("x".into(), x)], 1e-2, Box::new(build))
+    });
+    check("Clip ReLU6 (tuned: ClipGrad)", |seed| {
+        let x = avoiding(seed, &dims(seed, 2, 6, 3), -2.0, 8.0, &[0.0, 6.0], 0.05);
+        let build = move |b: &mut Builder, n: &[String]| {
+            tuned(b);
+            let (lo, hi) = (b.scalar(0.0), b.scalar(6.0));
+            b.op("Clip", &[&n[0], &lo, &hi], vec![])
+        };
+        (vec![("x".into(), x)], 1e-2, Box::new(build))
+    });
+    check("Clip max only (tuned: ClipGrad)", |seed| {
+        let x = avoiding(seed, &dims(seed, 2, 6, 2), -2.0, 2.0, &[0.5], 0.05);
+        let build = move |b: &mut Builder, n: &[String]| {
+            tuned(b);
+            let hi = b.scalar(0.5);
+            b.op("Clip", &[&n[0], "", &hi], vec![])
+        };
+        (vec![("x".into(), x)], 1e-2, Box::new(build))
+    });
+}
+
+fn batch_norm_cases(tuned: bool) {
     use fieldtune_graph::lower::{batch_norm, batch_norm_node, BatchNormMode};
-    for mode in [BatchNormMode::Train, BatchNormMode::Frozen] {
+    let modes: &[BatchNormMode] = if tuned {
+        &[BatchNormMode::Train]
+    } else {
+        &[BatchNormMode::Train, BatchNormMode::Frozen]
+    };
+    for &mode in modes {
         for rank in [2usize, 4] {
             check(
-                &format!("BatchNormalization {mode:?} rank {rank}"),
+                &format!("BatchNormalization {mode:?} rank {rank} (tuned: {tuned})"),
                 move |seed| {
                     let mut r = rng(seed + rank as u64);
                     let d = dims(seed, 2, 5, 3);
@@ -792,6 +836,7 @@ fn batch_norm_train_and_frozen() {
                         Some((mean, var))
                     };
                     let build = move |b: &mut Builder, n: &[String]| {
+                        b.set_fieldtune_ops(tuned);
                         let (m, v) = match &stats {
                             Some((m, v)) => (b.constant(m.clone()), b.constant(v.clone())),
                             None => (n[3].clone(), n[4].clone()),

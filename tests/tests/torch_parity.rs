@@ -49,6 +49,10 @@ fn parity_of(
     let root = repo_root();
     let model_path = root.join(model);
     let model = load_model(&model_path).expect("model");
+    let spec = TrainSpec {
+        target: fieldtune_tests::suite_target(),
+        ..spec
+    };
     let step = compile_train_step(&model, &spec).expect("compile");
     let bytes = encode_model(&step.to_model());
 

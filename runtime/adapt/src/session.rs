@@ -7,9 +7,9 @@
 
 use std::collections::HashMap;
 
-use fieldtune_engine::{Engine, ResidentSession};
+use fieldtune_engine::{Engine, EngineKind, ResidentSession};
 use fieldtune_graph::is_head_param;
-use fieldtune_graph::{encode_model, inputs, teacher_name, TrainSpec, TrainStep};
+use fieldtune_graph::{encode_model, inputs, teacher_name, Target, TrainSpec, TrainStep};
 use fieldtune_tensor::Tensor;
 
 use crate::error::{AdaptError, Result};
@@ -36,7 +36,25 @@ pub fn train_spec(model: &ModelDir, cfg: &AdaptConfig) -> TrainSpec {
         feature_consistency: cfg.feature_consistency.clone(),
         jigsaw: cfg.jigsaw.clone(),
         corruption: cfg.corruption.clone(),
+        target: Target::Portable,
     }
+}
+
+/// The tuned target of an engine: its own where it runs fieldtune-domain ops (ONNX Runtime
+/// on CPU, tract), else ONNX Runtime's standard-op CUDA target.
+pub fn tuned_target(engine: &dyn Engine) -> Target {
+    match (engine.kind(), engine.runs_fieldtune_ops()) {
+        (EngineKind::Tract, _) => Target::Tract,
+        (EngineKind::Ort, true) => Target::OrtCpu,
+        (EngineKind::Ort, false) => Target::OrtCuda,
+    }
+}
+
+/// The target a train step for `engine` is compiled for: `requested` (portable unless the
+/// caller asks for tuned graphs), switched by `FIELDTUNE_TARGET=tuned|portable`, and portable
+/// wherever the engine does not run fieldtune-domain ops.
+pub fn target_for(engine: &dyn Engine, requested: Target) -> Target {
+    Target::for_engine(requested, tuned_target(engine), engine.runs_fieldtune_ops())
 }
 
 /// What one step reported: every metric of the train step, by name, in the step's order
@@ -111,7 +129,9 @@ impl TrainSession {
         cfg: &AdaptConfig,
         label: &str,
     ) -> Result<TrainSession> {
-        let step = model.compile_step(&train_spec(model, cfg))?;
+        let mut spec = train_spec(model, cfg);
+        spec.target = target_for(engine, spec.target);
+        let step = model.compile_step(&spec)?;
         let session = engine.load(&encode_model(&step.to_model()), label)?;
         let execution_provider = session.execution_provider().to_string();
         let resident = session.into_resident(step.resident_init(), step.loops())?;

@@ -577,3 +577,45 @@ fn tta_trains_a_pretext_head_and_predicts_without_it() {
         assert!(json.contains(&format!("\"{term}\"")), "{term}: {json}");
     }
 }
+
+#[test]
+fn compile_for_a_tuned_target_reports_what_it_replaced() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("s.onnx");
+    let o = fieldtune(&[
+        "compile",
+        "--model",
+        "models/usps-cnn",
+        "--out",
+        out.to_str().unwrap(),
+        "--target",
+        "ort-cpu",
+    ]);
+    let (stdout, err) = text(&o);
+    assert!(o.status.success(), "{stdout}\n{err}");
+    for needle in [
+        "target ort-cpu",
+        "portable ->",
+        "ai.fieldtune ops: BatchNormTrain x2, BatchNormTrainGrad x2, ClipGrad x3",
+        "standard ops replaced:",
+    ] {
+        assert!(stdout.contains(needle), "no '{needle}' in:\n{stdout}");
+    }
+    let model = fieldtune_graph::load_model(&out).unwrap();
+    assert!(model
+        .opset_import
+        .iter()
+        .any(|o| o.domain == "ai.fieldtune"));
+    fails_with(
+        &[
+            "compile",
+            "--model",
+            "models/usps-cnn",
+            "--out",
+            d.path().join("t.onnx").to_str().unwrap(),
+            "--target",
+            "cuda",
+        ],
+        &["unknown target 'cuda'"],
+    );
+}

@@ -28,6 +28,7 @@ pub use fieldtune_tensor::{DType, Tensor, TensorData};
 pub mod discovery;
 mod doctor;
 mod error;
+pub mod fieldtune_ops;
 mod ort_backend;
 mod ort_version;
 mod stateful;
@@ -235,6 +236,13 @@ pub trait Engine: Send + Sync {
     fn describe(&self) -> String;
     /// Compiles `model` (ONNX protobuf bytes); `label` names it in errors and logs.
     fn load(&self, model: &[u8], label: &str) -> Result<Box<dyn Session>, EngineError>;
+
+    /// Whether sessions of this engine run the fieldtune-domain ops of tuned train steps
+    /// (`fieldtune_ops`): ONNX Runtime on its CPU provider. Graphs for other engines and
+    /// providers keep standard ops.
+    fn runs_fieldtune_ops(&self) -> bool {
+        false
+    }
 
     /// How the engines of the last session loaded on the TensorRT provider came to be
     /// (built, refitted, cached), taken once; `None` for other engines and providers.

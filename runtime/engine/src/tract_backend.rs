@@ -95,7 +95,8 @@ fn io_from_value_info(v: &pb::ValueInfoProto) -> IoInfo {
 
 impl TractEngine {
     fn build(&self, model: &[u8], label: &str) -> Result<TractSession, EngineError> {
-        let onnx = tract_onnx::onnx().with_ignore_value_info(true);
+        let mut onnx = tract_onnx::onnx().with_ignore_value_info(true);
+        crate::fieldtune_ops::tract::register(&mut onnx);
         let proto = onnx
             .proto_model_for_read(&mut &model[..])
             .map_err(|e| load_err(label, format!("not a valid ONNX protobuf: {e:#}")))?;
@@ -171,6 +172,10 @@ impl Engine for TractEngine {
             1 => format!("tract {TRACT_VERSION} (CPU)"),
             n => format!("tract {TRACT_VERSION} (CPU, {n} threads)"),
         }
+    }
+
+    fn runs_fieldtune_ops(&self) -> bool {
+        true
     }
 
     fn load(&self, model: &[u8], label: &str) -> Result<Box<dyn Session>, EngineError> {

@@ -30,6 +30,15 @@ pub enum CustomVjp {
         axes: Vec<i64>,
         count: usize,
     },
+    /// The same, as the fieldtune-domain `BatchNormTrain` node (tuned targets), whose
+    /// `mean` and `inv_std` outputs ([C]) feed one `BatchNormTrainGrad` node.
+    BatchNormTrainFused {
+        x: String,
+        scale: String,
+        bias: String,
+        mean: String,
+        inv_std: String,
+    },
 }
 
 /// The most elements a tensor of a built graph may have (2^34, 64 GiB of f32: far above any
@@ -63,6 +72,7 @@ pub struct Builder {
     int_consts: HashMap<Vec<i64>, String>,
     no_grad: HashSet<String>,
     custom: HashMap<String, CustomVjp>,
+    fieldtune_ops: bool,
 }
 
 impl Builder {
@@ -80,7 +90,45 @@ impl Builder {
             int_consts: HashMap::new(),
             no_grad: HashSet::new(),
             custom: HashMap::new(),
+            fieldtune_ops: false,
         }
+    }
+
+    /// Lets lowering and gradient rules emit fieldtune-domain ops (tuned targets).
+    pub fn set_fieldtune_ops(&mut self, on: bool) {
+        self.fieldtune_ops = on;
+    }
+
+    /// Whether fieldtune-domain ops may be emitted (see [`crate::target::Target`]).
+    pub fn fieldtune_ops(&self) -> bool {
+        self.fieldtune_ops
+    }
+
+    /// Adds a fieldtune-domain node with `outputs` outputs (the first named `first` when
+    /// given, the others fresh names after `op`), and returns their names.
+    pub fn fused(
+        &mut self,
+        op: &str,
+        inputs: &[&str],
+        (first, outputs): (Option<&str>, usize),
+        attrs: Vec<AttributeProto>,
+    ) -> Result<Vec<String>> {
+        let name = self.fresh(op);
+        let outs: Vec<String> = (0..outputs)
+            .map(|i| match (i, first) {
+                (0, Some(y)) => y.to_string(),
+                _ => format!("{name}_out{i}"),
+            })
+            .collect();
+        self.add(Node {
+            name,
+            op: op.into(),
+            domain: crate::target::DOMAIN.into(),
+            inputs: inputs.iter().map(|s| s.to_string()).collect(),
+            outputs: outs.clone(),
+            attrs,
+        })?;
+        Ok(outs)
     }
 
     /// Declares that the gradient of the subgraph ending in tensor `y` is `vjp`.

@@ -316,6 +316,7 @@ pub fn compile_train_step(model: &ModelProto, spec: &TrainSpec) -> Result<TrainS
         ));
     }
     let mut b = Builder::new(g.opset.max(TRAIN_OPSET));
+    b.set_fieldtune_ops(spec.target.uses_fieldtune_ops());
     let [c, h, w] = image;
     let (bl, bu) = (spec.batch_labeled, spec.batch_unlabeled);
 

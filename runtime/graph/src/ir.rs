@@ -317,13 +317,28 @@ impl Graph {
             ir_version: 8,
             producer_name: producer.into(),
             producer_version: env!("CARGO_PKG_VERSION").into(),
-            opset_import: vec![proto::OperatorSetIdProto {
-                domain: String::new(),
-                version: self.opset,
-            }],
+            opset_import: self.opset_imports(),
             graph: Some(graph),
             ..Default::default()
         }
+    }
+
+    /// The default domain at this graph's opset, and version 1 of each other domain its
+    /// nodes use (the fieldtune-domain ops of tuned train steps).
+    fn opset_imports(&self) -> Vec<proto::OperatorSetIdProto> {
+        let mut v = vec![proto::OperatorSetIdProto {
+            domain: String::new(),
+            version: self.opset,
+        }];
+        for n in &self.nodes {
+            if !n.domain.is_empty() && !v.iter().any(|o| o.domain == n.domain) {
+                v.push(proto::OperatorSetIdProto {
+                    domain: n.domain.clone(),
+                    version: 1,
+                });
+            }
+        }
+        v
     }
 
     /// Initializers by name.

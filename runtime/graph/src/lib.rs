@@ -19,6 +19,7 @@ pub mod predict;
 pub mod proto;
 pub mod random;
 pub mod spec;
+pub mod target;
 mod topo;
 
 pub use compile::{compile_inference, compile_train_step, inputs, next_name, TrainStep};
@@ -30,3 +31,4 @@ pub use spec::{
     CorruptionTask, Cotta, FeatureConsistency, FeatureDistance, Jigsaw, MeanTeacher, Optimizer,
     Rotation, TrainSpec, Trainable, Tsa, UdaLoss,
 };
+pub use target::{Target, TuneReport, DOMAIN, TARGET_ENV};

@@ -85,6 +85,26 @@ pub fn batch_norm(
             emit_add(b, &xk, &s4)?;
             Ok(None)
         }
+        BatchNormMode::Train if b.fieldtune_ops() => {
+            // One fieldtune-domain node: statistics, normalisation and running update.
+            let attrs = vec![
+                attr::float("epsilon", eps),
+                attr::float("momentum", momentum),
+            ];
+            let ins = [x.as_str(), &scale, &bias, &mean, &var];
+            let outs = b.fused("BatchNormTrain", &ins, (Some(&y), 5), attrs)?;
+            b.set_custom_vjp(
+                &y,
+                CustomVjp::BatchNormTrainFused {
+                    x: x.clone(),
+                    scale: scale.clone(),
+                    bias: bias.clone(),
+                    mean: outs[1].clone(),
+                    inv_std: outs[2].clone(),
+                },
+            );
+            Ok(Some([(mean, outs[3].clone()), (var, outs[4].clone())]))
+        }
         BatchNormMode::Train => {
             let axes: Vec<i64> = std::iter::once(0).chain(2..xs.len() as i64).collect();
             let n: usize = xs.iter().product::<usize>() / c;

@@ -556,6 +556,8 @@ pub struct TrainSpec {
     pub jigsaw: Option<Jigsaw>,
     /// The corrupted-image classification pretext task. Default off.
     pub corruption: Option<CorruptionTask>,
+    /// The engine the step is tuned for (`portable`: standard ops only, the default).
+    pub target: crate::target::Target,
 }
 
 impl Default for TrainSpec {
@@ -578,6 +580,7 @@ impl Default for TrainSpec {
             feature_consistency: None,
             jigsaw: None,
             corruption: None,
+            target: crate::target::Target::Portable,
         }
     }
 }

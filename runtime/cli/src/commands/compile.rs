@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 use fieldtune_graph::ir::Dim;
+use fieldtune_graph::{Target, TrainSpec, TuneReport};
 
 use crate::args::{NormArgs, RecipeArgs};
 
@@ -24,6 +25,11 @@ pub struct CompileArgs {
     out: PathBuf,
     #[command(flatten)]
     recipe: RecipeArgs,
+    /// The engine the graph is tuned for: portable (standard ops only, runs anywhere),
+    /// ort-cpu or tract (one-pass fieldtune-domain kernels that engine registers), ort-cuda
+    /// (standard ops). A tuned target also reports what it replaced.
+    #[arg(long, default_value = "portable", value_parser = Target::parse)]
+    target: Target,
 }
 
 pub fn run(a: CompileArgs) -> Result<()> {
@@ -37,10 +43,23 @@ pub fn run(a: CompileArgs) -> Result<()> {
     let cfg = a.recipe.resolve()?;
     let (onnx, toml) = (a.model.join("model.onnx"), a.model.join("model.toml"));
     fieldtune_adapt::fsutil::refuse_overwrite(&a.out, &[&a.model, &onnx, &toml, &m.dir])?;
-    let step = m.compile_step(&fieldtune_adapt::train_spec(&m, &cfg))?;
+    let portable = fieldtune_adapt::train_spec(&m, &cfg);
+    let step = m.compile_step(&TrainSpec {
+        target: a.target,
+        ..portable.clone()
+    })?;
     let bytes = fieldtune_graph::encode_model(&step.to_model());
     fieldtune_adapt::fsutil::atomic_write(&a.out, &bytes)?;
-    println!("wrote {} ({} bytes)", a.out.display(), bytes.len());
+    println!(
+        "wrote {} ({} bytes, target {})",
+        a.out.display(),
+        bytes.len(),
+        a.target
+    );
+    if a.target != Target::Portable {
+        let reference = m.compile_step(&portable)?;
+        println!("{}", TuneReport::of(&reference.graph, &step.graph));
+    }
     println!(
         "nodes: {}; {:.3} GFLOP per step (multiply-adds of Conv, ConvTranspose, Gemm, MatMul)",
         step.graph.nodes.len(),

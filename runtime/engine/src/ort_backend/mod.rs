@@ -123,6 +123,10 @@ impl Engine for OrtEngine {
         )
     }
 
+    fn runs_fieldtune_ops(&self) -> bool {
+        matches!(self.providers.first(), Some(ExecutionProvider::Cpu))
+    }
+
     fn load(&self, model: &[u8], label: &str) -> Result<Box<dyn Session>, EngineError> {
         let s = catch_panic(
             || OrtSession::build(&self.runtime, &self.opts, &self.providers, model, label),

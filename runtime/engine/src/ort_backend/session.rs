@@ -53,6 +53,10 @@ impl OrtSession {
         b = b
             .with_memory_pattern(opts.memory_pattern)
             .map_err(|e| load_err(ort_msg(&e)))?;
+        // The fieldtune-domain ops of tuned train steps (CPU kernels; graphs for GPU
+        // providers keep standard ops, so registering them costs those sessions nothing).
+        let ops = crate::fieldtune_ops::ort::domain().map_err(|e| load_err(ort_msg(&e)))?;
+        b = b.with_operators(ops).map_err(|e| load_err(ort_msg(&e)))?;
         // Per-op profiling (ONNX Runtime writes PREFIX_<date>.json when the session ends):
         // `FIELDTUNE_ORT_PROFILE=PREFIX`; scripts/bench/ort_profile.py sums it by op type.
         if let Some(prefix) = std::env::var_os("FIELDTUNE_ORT_PROFILE") {

@@ -3,7 +3,7 @@
 
 use crate::builder::Builder;
 use crate::error::{GraphError, Result};
-use crate::ir::Node;
+use crate::ir::{attr, Node};
 
 use super::elementwise::{pass, same};
 use super::entry::{def, dy, only, req, rule, Grads, OpDef};
@@ -36,9 +36,26 @@ fn dropout(node: &Node, ins: &[Option<&Value>]) -> Result<Vec<Value>> {
 
 fn relu(b: &mut Builder, n: &Node, gy: &[Option<String>]) -> Grads {
     let dy = dy(n, gy)?;
+    if b.fieldtune_ops() {
+        return clip_grad(b, n, &dy, Some(0.0), None);
+    }
     let zero = b.scalar(0.0);
     let pos = b.op("Greater", &[&n.outputs[0], &zero], vec![])?;
     Ok(only(n, b.op("Where", &[&pos, &dy, &zero], vec![])?))
+}
+
+/// The fieldtune-domain `ClipGrad` (tuned targets): `dy` where `lo < y < hi`, else 0.
+fn clip_grad(b: &mut Builder, n: &Node, dy: &str, lo: Option<f32>, hi: Option<f32>) -> Grads {
+    let mut attrs = Vec::new();
+    if let Some(l) = lo {
+        attrs.push(attr::float("min", l));
+    }
+    if let Some(h) = hi {
+        attrs.push(attr::float("max", h));
+    }
+    let y = n.outputs[0].as_str();
+    let g = b.fused("ClipGrad", &[dy, y], (None, 1), attrs)?;
+    Ok(only(n, g[0].clone()))
 }
 
 fn sigmoid(b: &mut Builder, n: &Node, gy: &[Option<String>]) -> Grads {
@@ -72,6 +89,19 @@ fn clip(b: &mut Builder, n: &Node, gy: &[Option<String>]) -> Grads {
         }
     };
     let (lo, hi) = (bound(1, "min"), bound(2, "max"));
+    // Constant bounds (the rule for ReLU6 and hardtanh) take the one-pass kernel.
+    let konst = |t: &Option<String>| match t {
+        None => Some(None),
+        Some(t) => b
+            .value(t)
+            .and_then(|v| v.konst.as_ref())
+            .and_then(|k| k.as_f32().filter(|s| s.len() == 1).map(|s| Some(s[0]))),
+    };
+    if b.fieldtune_ops() {
+        if let (Some(l), Some(h)) = (konst(&lo), konst(&hi)) {
+            return clip_grad(b, n, &dy, l, h);
+        }
+    }
     let mut mask: Option<String> = None;
     if let Some(lo) = lo {
         mask = Some(b.op("Greater", &[y, &lo], vec![])?);

@@ -11,6 +11,7 @@ pub mod activation;
 pub mod conv;
 pub mod elementwise;
 pub mod entry;
+pub mod fused;
 pub mod matmul;
 pub mod norm;
 pub mod pool;
@@ -46,6 +47,7 @@ const FAMILIES: &[&[OpDef]] = &[
     pool::OPS,
     resize::OPS,
     norm::OPS,
+    fused::OPS,
 ];
 
 /// Every entry of the table.

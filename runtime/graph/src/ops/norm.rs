@@ -47,7 +47,8 @@ fn batch_norm(node: &Node, ins: &[Option<&Value>]) -> Result<Vec<Value>> {
 /// The tensors a declared VJP gives gradients to.
 pub fn custom_inputs(vjp: &CustomVjp) -> [&str; 3] {
     match vjp {
-        CustomVjp::BatchNormTrain { x, scale, bias, .. } => [x, scale, bias],
+        CustomVjp::BatchNormTrain { x, scale, bias, .. }
+        | CustomVjp::BatchNormTrainFused { x, scale, bias, .. } => [x, scale, bias],
     }
 }
 
@@ -82,6 +83,21 @@ pub fn custom_rule(b: &mut Builder, vjp: &CustomVjp, dy: &str) -> Result<Vec<(St
                 (x.clone(), dx),
                 (scale.clone(), dscale),
                 (bias.clone(), dbias),
+            ])
+        }
+        CustomVjp::BatchNormTrainFused {
+            x,
+            scale,
+            bias,
+            mean,
+            inv_std,
+        } => {
+            let ins = [dy, x.as_str(), scale, mean, inv_std];
+            let g = b.fused("BatchNormTrainGrad", &ins, (None, 3), vec![])?;
+            Ok(vec![
+                (x.clone(), g[0].clone()),
+                (scale.clone(), g[1].clone()),
+                (bias.clone(), g[2].clone()),
             ])
         }
     }

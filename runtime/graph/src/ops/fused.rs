@@ -1,0 +1,85 @@
+//! The fieldtune-domain ops of tuned train steps (`crate::target`): shape rules only. They
+//! are emitted by `lower` and by gradient rules, never read from a model; the one-pass kernels
+//! behind them are `fieldtune-kernels`, registered by the engines that run them.
+//!
+//! - `BatchNormTrain(x, scale, bias, running_mean, running_var) -> (y, mean, inv_std,
+//!   new_running_mean, new_running_var)`, attributes `epsilon`, `momentum` (ONNX's
+//!   convention); its gradient is the declared `CustomVjp::BatchNormTrainFused`.
+//! - `BatchNormTrainGrad(dy, x, scale, mean, inv_std) -> (dx, dscale, dbias)`.
+//! - `ClipGrad(dy, y) -> dx`, attributes `min`, `max` (absent: unbounded on that side).
+
+use crate::error::{GraphError, Result};
+use crate::ir::{Elem, Node};
+
+use super::entry::{def, req, Grad, OpDef};
+use super::value::Value;
+
+pub const OPS: &[OpDef] = &[
+    def("BatchNormTrain", batch_norm_train, false, Grad::NoRule),
+    def(
+        "BatchNormTrainGrad",
+        batch_norm_train_grad,
+        false,
+        Grad::Never,
+    ),
+    def("ClipGrad", clip_grad, false, Grad::Never),
+];
+
+/// x's channels, after checking that the inputs from `first_channel_input` on are [C].
+fn channels(node: &Node, ins: &[Option<&Value>], x: usize, first: usize) -> Result<usize> {
+    let xs = &req(node, ins, x)?.shape;
+    if xs.len() < 2 {
+        return Err(GraphError::node(
+            node,
+            format!("input of rank {} (need N, C, ...)", xs.len()),
+        ));
+    }
+    let c = xs[1];
+    for i in first..ins.len() {
+        if req(node, ins, i)?.shape != [c] {
+            return Err(GraphError::node(
+                node,
+                format!(
+                    "input {i} has shape {:?}, expected [{c}]",
+                    req(node, ins, i)?.shape
+                ),
+            ));
+        }
+    }
+    Ok(c)
+}
+
+fn batch_norm_train(node: &Node, ins: &[Option<&Value>]) -> Result<Vec<Value>> {
+    let c = channels(node, ins, 0, 1)?;
+    let x = req(node, ins, 0)?;
+    let mut outs = vec![Value::new(Elem::F32, x.shape.clone())];
+    outs.extend((0..4).map(|_| Value::new(Elem::F32, vec![c])));
+    Ok(outs)
+}
+
+fn batch_norm_train_grad(node: &Node, ins: &[Option<&Value>]) -> Result<Vec<Value>> {
+    let c = channels(node, ins, 1, 2)?;
+    let (dy, x) = (req(node, ins, 0)?, req(node, ins, 1)?);
+    if dy.shape != x.shape {
+        return Err(GraphError::node(
+            node,
+            format!("dy has shape {:?}, x {:?}", dy.shape, x.shape),
+        ));
+    }
+    Ok(vec![
+        Value::new(Elem::F32, x.shape.clone()),
+        Value::new(Elem::F32, vec![c]),
+        Value::new(Elem::F32, vec![c]),
+    ])
+}
+
+fn clip_grad(node: &Node, ins: &[Option<&Value>]) -> Result<Vec<Value>> {
+    let (dy, y) = (req(node, ins, 0)?, req(node, ins, 1)?);
+    if dy.shape != y.shape {
+        return Err(GraphError::node(
+            node,
+            format!("dy has shape {:?}, y {:?}", dy.shape, y.shape),
+        ));
+    }
+    Ok(vec![Value::new(Elem::F32, y.shape.clone())])
+}
