@@ -211,7 +211,15 @@ fn serve(
             std::thread::sleep(Duration::from_secs_f64(cfg.poll_s));
             continue;
         };
-        handle_one(http, node, cfg, handler, msg, tree)?;
+        match handle_one(http, node, cfg, handler, msg, tree) {
+            // A refused key or another flwr version will not get better: stop.
+            Err(e @ (FleetError::Version { .. } | FleetError::Status { status: 401, .. })) => {
+                return Err(e)
+            }
+            // One message that failed does not stop the node.
+            Err(e) => tracing::error!("message {}: {e}", tree.object_id),
+            Ok(()) => {}
+        }
         handled += 1;
         idle_since = Instant::now();
     }
@@ -330,6 +338,7 @@ fn handle_one(
         src_task_id: meta.dst_task_id,
         dst_task_id: meta.src_task_id,
     };
+    let mut error = None;
     let root = match answer {
         Ok(reply) => {
             let mut recs = Vec::new();
@@ -343,11 +352,9 @@ fn handle_one(
         Err(reason) => {
             tracing::warn!("error reply: {reason}");
             // Flower's ErrorCode.CLIENT_APP_RAISED_EXCEPTION.
-            b.message(
-                reply_meta.clone(),
-                None,
-                Some(proto::Error { code: 2, reason }),
-            )
+            let e = proto::Error { code: 2, reason };
+            error = Some(e.clone());
+            b.message(reply_meta.clone(), None, Some(e))
         }
     };
     let wire = proto::Message {
@@ -355,8 +362,10 @@ fn handle_one(
             message_id: root.object_id.clone(),
             ..reply_meta
         }),
-        content: None,
-        error: None,
+        // As flwr's SuperNode sends it: the content travels as objects, the message itself
+        // carries an empty RecordDict (or the error).
+        content: error.is_none().then(proto::RecordDict::default),
+        error,
     };
     let pushed: proto::PushMessagesResponse = http.call(
         "push-messages",

@@ -7,6 +7,7 @@ pub mod compile;
 pub mod demo;
 pub mod doctor;
 pub mod eval;
+pub mod fleet;
 pub mod report;
 pub mod run;
 pub mod tta;
