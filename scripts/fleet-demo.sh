@@ -5,7 +5,7 @@
 #   over 3 `fieldtune fleet` SuperNodes that each see a third of the digits; ends with
 #   `fleet: rounds R, clients 3, accuracy BEFORE -> AFTER`.
 # Options: --rounds R (3) --steps K per round (50) --checks (assert FedAvg == weighted mean)
-#   --kill-one (kill client 3 during round 2; the others must finish) --alone (also adapt each
+#   --kill-one (kill client 3 in round 1 right after it trained; the others must finish) --alone (also adapt each
 #   client alone on its slice for rounds*steps steps and print their mean accuracy)
 #   --bin PATH (fieldtune binary; default: cargo build's target/debug/fieldtune)
 set -euo pipefail
@@ -83,7 +83,7 @@ for s in 0 1 2; do
 done
 if [ "$KILL" = 1 ]; then
   ( while ! grep -q "train round 1" "$WORK/client-2.log" 2>/dev/null; do sleep 0.5; done
-    sleep 1; kill -9 "${CLIENT_PID[2]}" && echo "fleet-demo: killed client 3 (pid ${CLIENT_PID[2]}) during round 2" ) &
+    sleep 1; kill -9 "${CLIENT_PID[2]}" && echo "fleet-demo: killed client 3 (pid ${CLIENT_PID[2]}) in round 1, after its training" ) &
   PIDS+=($!)
 fi
 MIN=3
@@ -92,6 +92,10 @@ MIN=3
   "num-server-rounds=$ROUNDS min-nodes=$MIN fieldtune='$BIN' fleet-config='$WORK/client-0.toml' eval-data='$ROOT/data/opencv-digits' checks=$CHECKS round-timeout=300.0" \
   2>&1 | tee "$WORK/run.log" | grep --line-buffered -E "^(round|fleet)|failed|Error|error" || true
 grep -q "^fleet: rounds" "$WORK/run.log" || { echo "fleet-demo: the run did not finish; logs in $WORK" >&2; tail -20 "$WORK/superlink.log" >&2; exit 1; }
+if [ "$CHECKS" = true ] && ! grep -q "^fleet: FedAvg == weighted mean" "$WORK/run.log"; then
+  echo "fleet-demo: FedAvg differs from the weighted mean of the clients' arrays; logs in $WORK" >&2
+  exit 1
+fi
 if [ "$ALONE" = 1 ]; then
   total=0
   for s in 0 1 2; do
