@@ -67,6 +67,9 @@ enum Command {
     /// reset or continual; source, bn, tent, uda, fixmatch, mean teacher.
     #[command(long_about = commands::tta::TTA_ABOUT)]
     Tta(commands::tta::TtaArgs),
+    /// This device as a Flower SuperNode (flwr 1.42.0): train and evaluate on the fleet's
+    /// messages; frames never leave the device (docs/FLEET.md).
+    Fleet(commands::fleet::FleetArgs),
 }
 
 fn main() -> ExitCode {
@@ -134,6 +137,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Demo(a) => {
             let e = a.engine.over(before);
             commands::demo::run(a, &e)
+        }
+        Command::Fleet(a) => {
+            let e = a.engine.over(before);
+            commands::fleet::run(a, &e)
         }
         Command::Run(a) => {
             let e = a.engine.over(before);

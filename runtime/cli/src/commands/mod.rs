@@ -8,6 +8,7 @@ pub mod demo;
 mod demo_rgb;
 pub mod doctor;
 pub mod eval;
+pub mod fleet;
 pub mod report;
 pub mod run;
 pub mod tta;

@@ -1,0 +1,347 @@
+//! `fieldtune fleet --config FILE`: this device as a Flower SuperNode (flwr 1.42.0). A
+//! `train` message puts the server's arrays into the model (names, shapes, dtypes and
+//! finiteness checked), runs K steps of the configured recipe on this device's frames plus
+//! the anchors, and replies with the new arrays and metrics; `evaluate` replies with the
+//! anchor accuracy. Frames never leave the device; weights do. See docs/FLEET.md.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use fieldtune_adapt::{adapt, AdaptConfig, AdaptData, ModelDir};
+use fieldtune_engine::Engine;
+use fieldtune_fleet::{
+    ConfigValue, FleetHttp, Handler, NodeConfig, NodeKey, Reply, Request, TlsConfig,
+};
+use fieldtune_frames::Image8;
+use fieldtune_tensor::{Tensor, TensorData};
+use serde::Deserialize;
+
+use super::{engine, eval_model, load_labeled, open_model};
+use crate::args::{EngineArgs, NormArgs};
+
+pub const FLEET_CONFIG: &str = r#"# fieldtune fleet: one device as a Flower SuperNode (flwr 1.42.0 Fleet API).
+# SuperLink's Fleet API address: host:port (HTTPS) or a URL.
+superlink = "127.0.0.1:8000"
+# Plain HTTP: allowed only to a loopback SuperLink (tests, a SuperLink on the device itself).
+insecure = false
+# PEM file of the CA that signed the SuperLink's certificate (default: the web PKI roots).
+# ca = "/etc/fieldtune/fleet-ca.pem"
+# The node's P-384 key (PKCS#8 PEM); created with mode 0600 when missing.
+key = "fleet-node.key"
+# Heartbeat period announced to the SuperLink (seconds).
+heartbeat_s = 30.0
+# Model folder (model.onnx + model.toml); the server's arrays must match its initializers.
+model = "models/mnist-cnn"
+# Labeled anchors of the source domain (one sub-folder per class).
+labeled = "models/mnist-cnn/anchors"
+# This device's unlabeled frames (flat or class folders; labels are never used or sent).
+unlabeled = "data/opencv-digits"
+# Use every slice_of-th frame starting at slice (this device's share; 0 and 1: all frames).
+slice = 0
+slice_of = 1
+# Adaptation recipe and optimizer steps per train message.
+recipe = "uda-im"
+steps = 50
+seed = 0
+# What a reply sends: "all" (every trained parameter and buffer) or "fedbn" (BatchNorm
+# running statistics stay on the device).
+send = "all"
+# Stop after this many messages / after this long without one (0: never).
+max_messages = 0
+idle_exit_s = 0.0
+"#;
+
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    superlink: String,
+    #[serde(default)]
+    insecure: bool,
+    ca: Option<PathBuf>,
+    key: PathBuf,
+    heartbeat_s: f64,
+    model: PathBuf,
+    labeled: PathBuf,
+    unlabeled: PathBuf,
+    slice: usize,
+    slice_of: usize,
+    recipe: String,
+    steps: usize,
+    seed: u64,
+    send: String,
+    #[serde(default)]
+    max_messages: usize,
+    #[serde(default)]
+    idle_exit_s: f64,
+    /// Tests only: seconds added to the signed timestamp.
+    #[serde(default)]
+    clock_skew_s: i64,
+}
+
+#[derive(Args)]
+pub struct FleetArgs {
+    /// The fleet settings (TOML; --print-config shows every key with its meaning).
+    #[arg(long, required_unless_present_any = ["print_config"])]
+    config: Option<PathBuf>,
+    /// Print a commented config and exit.
+    #[arg(long)]
+    print_config: bool,
+    /// Write the model's arrays that a reply would send to FILE (safetensors) and exit: the
+    /// ServerApp's initial arrays.
+    #[arg(long, value_name = "FILE")]
+    export_arrays: Option<PathBuf>,
+    /// Score the model with the arrays in FILE (safetensors) on labeled DIR, print
+    /// `accuracy: X` and exit: the ServerApp's server-side evaluation.
+    #[arg(long, value_names = ["FILE", "DIR"], num_args = 2)]
+    eval_arrays: Option<Vec<PathBuf>>,
+    #[command(flatten)]
+    pub(crate) engine: EngineArgs,
+}
+
+fn load_config(path: &Path) -> Result<FleetConfig> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let c: FleetConfig =
+        toml::from_str(&text).with_context(|| format!("{}: not a fleet config", path.display()))?;
+    if c.slice_of == 0 || (c.slice_of > 1 && c.slice >= c.slice_of) {
+        bail!(
+            "{}: slice {} of {} is out of range",
+            path.display(),
+            c.slice,
+            c.slice_of
+        );
+    }
+    if c.send != "all" && c.send != "fedbn" {
+        bail!(
+            "{}: send = \"{}\": \"all\" or \"fedbn\" expected",
+            path.display(),
+            c.send
+        );
+    }
+    Ok(c)
+}
+
+pub fn run(a: FleetArgs, engine_args: &EngineArgs) -> Result<()> {
+    if a.print_config {
+        print!("{FLEET_CONFIG}");
+        return Ok(());
+    }
+    let path = a.config.as_deref().expect("clap requires --config");
+    let c = load_config(path)?;
+    let m = open_model(&c.model, &NormArgs::default())?;
+    let e = engine(engine_args)?;
+    let source = model_arrays(&m)?;
+    if let Some(out) = &a.export_arrays {
+        let sent: BTreeMap<String, Tensor> = source
+            .into_iter()
+            .filter(|(n, _)| c.send == "all" || !is_bn_stat(n))
+            .collect();
+        std::fs::write(out, fieldtune_tensor::st::to_bytes(&sent, &HashMap::new()))
+            .with_context(|| format!("writing {}", out.display()))?;
+        println!("{}: {} arrays", out.display(), sent.len());
+        return Ok(());
+    }
+    if let Some(v) = &a.eval_arrays {
+        let bytes = std::fs::read(&v[0]).with_context(|| format!("reading {}", v[0].display()))?;
+        let (arrays, _) = fieldtune_tensor::st::from_bytes(&bytes)
+            .with_context(|| format!("{}", v[0].display()))?;
+        let params = checked_params(&source, arrays.into_iter().collect())
+            .map_err(|e| anyhow::anyhow!("{}: {e}", v[0].display()))?;
+        let (imgs, labels) = load_labeled(&v[1], &m)?;
+        let r = eval_model(e.as_ref(), &m, Some(&params), &imgs, &labels, 250)?;
+        println!("accuracy: {:.4}", r.accuracy());
+        return Ok(());
+    }
+    let (anchors, anchor_labels) =
+        load_labeled(&c.labeled, &m).with_context(|| format!("anchors {}", c.labeled.display()))?;
+    let ds = fieldtune_frames::Dataset::unlabeled(&c.unlabeled, Some(&m.config.classes))?;
+    let all = ds.load_all(&m.config)?;
+    let frames: Vec<Image8> = all
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| c.slice_of <= 1 || i % c.slice_of == c.slice)
+        .map(|(_, f)| f)
+        .collect();
+    println!(
+        "fleet: {} frames (slice {} of {}), {} anchors, model {}",
+        frames.len(),
+        c.slice,
+        c.slice_of,
+        anchors.len(),
+        c.model.display()
+    );
+    let key = NodeKey::load_or_create(&c.key)?;
+    let mut http = FleetHttp::new(
+        &c.superlink,
+        &TlsConfig {
+            ca: c.ca.clone(),
+            insecure: c.insecure,
+        },
+        key,
+    )?;
+    http.clock_skew = c.clock_skew_s;
+    let node_cfg = NodeConfig {
+        heartbeat_s: c.heartbeat_s,
+        max_messages: (c.max_messages > 0).then_some(c.max_messages),
+        idle_exit_s: (c.idle_exit_s > 0.0).then_some(c.idle_exit_s),
+        ..NodeConfig::default()
+    };
+    let mut h = Device {
+        e: e.as_ref(),
+        m: &m,
+        c: &c,
+        source,
+        frames,
+        anchors,
+        anchor_labels,
+    };
+    let stop = AtomicBool::new(false);
+    let n = fieldtune_fleet::run_node(&http, &node_cfg, &mut h, &stop)?;
+    println!("fleet: handled {n} messages");
+    Ok(())
+}
+
+fn is_bn_stat(name: &str) -> bool {
+    name.contains("running_mean")
+        || name.contains("running_var")
+        || name.contains("num_batches_tracked")
+}
+
+/// The model's float initializers by name.
+fn model_arrays(m: &ModelDir) -> Result<HashMap<String, Tensor>> {
+    let g = m.model.graph.as_ref().context("the model has no graph")?;
+    let mut out = HashMap::new();
+    for t in &g.initializer {
+        let v = fieldtune_graph::ir::tensor_from_proto(t)?;
+        if matches!(v.data(), TensorData::F32(_)) {
+            out.insert(t.name.clone(), v);
+        }
+    }
+    Ok(out)
+}
+
+/// `received` checked against the model's arrays: known names, same shapes, float32, finite.
+fn checked_params(
+    source: &HashMap<String, Tensor>,
+    received: Vec<(String, Tensor)>,
+) -> std::result::Result<HashMap<String, Tensor>, String> {
+    let mut out = source.clone();
+    for (name, t) in received {
+        let Some(s) = source.get(&name) else {
+            return Err(format!(
+                "array '{name}' is not a parameter of this model (another model's message?)"
+            ));
+        };
+        if t.shape() != s.shape() {
+            return Err(format!(
+                "array '{name}' has shape {:?}, the model's is {:?}",
+                t.shape(),
+                s.shape()
+            ));
+        }
+        let Some(v) = t.as_f32() else {
+            return Err(format!("array '{name}' is not float32"));
+        };
+        if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+            return Err(format!("array '{name}' holds a non-finite value at {i}"));
+        }
+        out.insert(name, t);
+    }
+    Ok(out)
+}
+
+struct Device<'a> {
+    e: &'a dyn Engine,
+    m: &'a ModelDir,
+    c: &'a FleetConfig,
+    source: HashMap<String, Tensor>,
+    frames: Vec<Image8>,
+    anchors: Vec<Image8>,
+    anchor_labels: Vec<usize>,
+}
+
+impl Device<'_> {
+    fn answer(&mut self, req: &Request) -> Result<Reply> {
+        let params =
+            checked_params(&self.source, req.arrays.clone()).map_err(anyhow::Error::msg)?;
+        let cfgv = |k: &str| {
+            req.config
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.clone())
+        };
+        if let Some(mu) = cfgv("proximal-mu") {
+            bail!(
+                "FedProx (proximal-mu = {mu:?}) is not implemented by this client yet; use FedAvg"
+            );
+        }
+        let model = ModelDir {
+            bytes: self.m.with_params(&params)?,
+            model: fieldtune_graph::with_initializers(&self.m.model, &params)?,
+            ..self.m.clone()
+        };
+        let round = match cfgv("server-round") {
+            Some(ConfigValue::I64(r)) => r as u64,
+            _ => 0,
+        };
+        let mut metrics = vec![("num-examples".to_string(), self.frames.len() as f64)];
+        let mut arrays = Vec::new();
+        let final_params = if req.kind == "train" {
+            let mut cfg = AdaptConfig::preset(&self.c.recipe)?;
+            cfg.steps = self.c.steps;
+            cfg.seed = self.c.seed.wrapping_mul(1000).wrapping_add(round);
+            cfg.eval_every = 0;
+            let data = AdaptData {
+                labeled: &self.anchors,
+                labels: &self.anchor_labels,
+                unlabeled: &self.frames,
+                eval: None,
+            };
+            let out = adapt(self.e, &model, &cfg, &data, &mut |_| {})?;
+            if let Some(last) = out.history.last() {
+                metrics.extend(last.metrics.iter().map(|(n, v)| (n.clone(), f64::from(*v))));
+            }
+            for (n, t) in &out.params {
+                if self.c.send == "all" || !is_bn_stat(n) {
+                    arrays.push((n.clone(), t.clone()));
+                }
+            }
+            let mut p = params.clone();
+            p.extend(out.params);
+            p
+        } else {
+            params
+        };
+        let r = eval_model(
+            self.e,
+            self.m,
+            Some(&final_params),
+            &self.anchors,
+            &self.anchor_labels,
+            250,
+        )?;
+        metrics.push(("anchor-accuracy".to_string(), r.accuracy()));
+        println!(
+            "fleet: {} round {round}: anchor accuracy {:.4}, {} arrays sent",
+            req.kind,
+            r.accuracy(),
+            arrays.len()
+        );
+        Ok(Reply { arrays, metrics })
+    }
+}
+
+impl Handler for Device<'_> {
+    fn handle(&mut self, req: &Request) -> std::result::Result<Reply, String> {
+        if req.kind != "train" && req.kind != "evaluate" {
+            return Err(format!(
+                "message type '{}' is not handled (train, evaluate)",
+                req.kind
+            ));
+        }
+        self.answer(req).map_err(|e| format!("{e:#}"))
+    }
+}

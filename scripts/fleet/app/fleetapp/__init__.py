@@ -1,0 +1,1 @@
+"""fieldtune's fleet demo ServerApp."""
