@@ -119,7 +119,9 @@ steps = 40
             retried += 1;
         }
     }
-    println!("episode follow-ups: {chained} chained after a gain, {retried} retried after a rollback");
+    println!(
+        "episode follow-ups: {chained} chained after a gain, {retried} retried after a rollback"
+    );
     assert!(
         chained + retried >= 1,
         "the episode's first round had no follow-up: {ended:?}"
