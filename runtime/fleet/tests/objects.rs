@@ -9,7 +9,9 @@ use fieldtune_fleet::objects::{self, decode_message, Builder};
 use fieldtune_fleet::{npy, proto};
 use fieldtune_tensor::Tensor;
 
-fn sample() -> (HashMap<String, Vec<u8>>, String, Vec<(String, Tensor)>) {
+type Sample = (HashMap<String, Vec<u8>>, String, Vec<(String, Tensor)>);
+
+fn sample() -> Sample {
     let arrays = vec![
         (
             "conv.weight".to_string(),
