@@ -9,7 +9,6 @@ use fieldtune_fleet::objects::{self, decode_message, Builder};
 use fieldtune_fleet::{npy, proto};
 use fieldtune_tensor::Tensor;
 
-/// A message's objects by id, its root id, and the arrays it carries.
 type Sample = (HashMap<String, Vec<u8>>, String, Vec<(String, Tensor)>);
 
 fn sample() -> Sample {
