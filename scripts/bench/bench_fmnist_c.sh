@@ -6,7 +6,7 @@
 #   bash scripts/bench/bench_fmnist_c.sh [--seeds 0,1,2] [--severities 3,5] [--engine ort|tract]
 #                                  [--methods source,bn,tent,uda,fixmatch,teacher] [--limit 512]
 #
-# Needs: target/release/fieldtune (cargo build --release), models/fmnist-cnn
+# Needs: target/release/fieldtune (cargo build --release; or FIELDTUNE_BIN), models/fmnist-cnn
 # (scripts/data/prepare_fmnist.py), data/fmnist-c (scripts/data/corrupt_fmnist.py, see its DATA.md),
 # Debian's python3-torch for the reference. Writes scripts/bench/results/fmnist_c.json (both sides,
 # per run and per domain) and prints the table. The dumped batches (~170 MB per method and
@@ -19,19 +19,8 @@ severities=3,5
 engine=ort
 methods=source,bn,tent,uda,fixmatch,teacher
 limit=512
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --seeds) seeds=$2; shift 2 ;;
-        --severities) severities=$2; shift 2 ;;
-        --engine) engine=$2; shift 2 ;;
-        --methods) methods=$2; shift 2 ;;
-        --limit) limit=$2; shift 2 ;;
-        *) echo "unknown argument $1" >&2; exit 2 ;;
-    esac
-done
-bin=target/release/fieldtune
-[ -x "$bin" ] || { echo "build first: cargo build --release" >&2; exit 1; }
-[ -d data/fmnist-c/clean ] || { echo "generate data/fmnist-c first (data/fmnist-c/DATA.md)" >&2; exit 1; }
+bin=${FIELDTUNE_BIN:-target/release/fieldtune}
+source scripts/bench/tta_args.sh
 work=${FMNIST_C_WORK:-$(mktemp -d)}
 mkdir -p "$work"
 [ -n "${FMNIST_C_WORK:-}" ] || trap 'rm -rf "$work"' EXIT

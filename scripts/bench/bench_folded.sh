@@ -18,19 +18,8 @@ severities=3,5
 engine=ort
 methods=source,bn,tent,uda
 limit=512
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --seeds) seeds=$2; shift 2 ;;
-        --severities) severities=$2; shift 2 ;;
-        --engine) engine=$2; shift 2 ;;
-        --methods) methods=$2; shift 2 ;;
-        --limit) limit=$2; shift 2 ;;
-        *) echo "unknown argument $1" >&2; exit 2 ;;
-    esac
-done
 bin=${FIELDTUNE_BIN:-target/release/fieldtune}
-[ -x "$bin" ] || { echo "build first: cargo build --release (or set FIELDTUNE_BIN)" >&2; exit 1; }
-[ -d data/fmnist-c/clean ] || { echo "generate data/fmnist-c first (data/fmnist-c/DATA.md)" >&2; exit 1; }
+source scripts/bench/tta_args.sh
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 mkdir -p scripts/bench/results

@@ -1,0 +1,16 @@
+# Shared by the Fashion-MNIST-C benchmarks (bench_fmnist_c.sh, bench_folded.sh): parses
+#   [--seeds LIST] [--severities LIST] [--engine ort|tract] [--methods LIST] [--limit N]
+# into $seeds $severities $engine $methods $limit (the caller sets the defaults first), and checks
+# that the fieldtune binary ($bin) and data/fmnist-c exist. Source it; do not run it.
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --seeds) seeds=$2; shift 2 ;;
+        --severities) severities=$2; shift 2 ;;
+        --engine) engine=$2; shift 2 ;;
+        --methods) methods=$2; shift 2 ;;
+        --limit) limit=$2; shift 2 ;;
+        *) echo "unknown argument $1" >&2; exit 2 ;;
+    esac
+done
+[ -x "$bin" ] || { echo "build first: cargo build --release (or set FIELDTUNE_BIN)" >&2; exit 1; }
+[ -d data/fmnist-c/clean ] || { echo "generate data/fmnist-c first (data/fmnist-c/DATA.md)" >&2; exit 1; }
