@@ -1,6 +1,8 @@
 //! One model loaded into ONNX Runtime: building the session (options, providers, profiling)
 //! and running it with borrowed inputs.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use ort::session::{Session as OrtRawSession, SessionInputValue};
 use ort::value::{TensorElementType, ValueType};
 
@@ -14,6 +16,31 @@ use super::values::{input_ref, ort_msg, to_tensor};
 /// One TensorRT session load at a time in this process: writing the refit model, removing
 /// the refitted engines and building the session go together.
 static TRT_LOAD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Set once a session carrying the fieldtune op domain has been built in this process.
+static DOMAIN_REGISTERED: AtomicBool = AtomicBool::new(false);
+/// Held by the session builds that run before [`DOMAIN_REGISTERED`] is set.
+static DOMAIN_FIRST: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Runs `commit` (a session build carrying the fieldtune op domain) so that no two builds
+/// race on the first registration of the domain.
+///
+/// ONNX Runtime adds a custom-op domain to ONNX's process-wide domain map when the first
+/// session carrying it is built, with an unlocked check-then-insert: two sessions built at
+/// once in a fresh process can both insert, and the second fails with "Trying to add a
+/// domain to DomainToVersion map, but the domain is already exist". Builds are serialised
+/// until one has succeeded; after that they run freely.
+fn commit_registering_domain<T, E>(commit: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
+    if DOMAIN_REGISTERED.load(Ordering::Acquire) {
+        return commit();
+    }
+    let _first = DOMAIN_FIRST.lock().unwrap_or_else(|p| p.into_inner());
+    let built = commit();
+    if built.is_ok() {
+        DOMAIN_REGISTERED.store(true, Ordering::Release);
+    }
+    built
+}
 
 /// A model loaded into ONNX Runtime.
 pub struct OrtSession {
@@ -84,7 +111,7 @@ impl OrtSession {
         });
         let (session, trt_build) = match trt_cache {
             None => (
-                b.commit_from_memory(model)
+                commit_registering_domain(|| b.commit_from_memory(model))
                     .map_err(|e| load_err(ort_msg(&e)))?,
                 None,
             ),
@@ -107,9 +134,9 @@ impl OrtSession {
                                 e,
                             )
                         })?;
-                        b.commit_from_file(&file)
+                        commit_registering_domain(|| b.commit_from_file(&file))
                     }
-                    None => b.commit_from_memory(model),
+                    None => commit_registering_domain(|| b.commit_from_memory(model)),
                 }
                 .map_err(|e| load_err(ort_msg(&e)))?;
                 let after = CacheSnapshot::take(&cache);
