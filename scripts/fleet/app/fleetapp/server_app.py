@@ -140,8 +140,8 @@ def main(grid: Grid, context: Context) -> None:
     clients = max((len(v) for v in strategy.answered.values()), default=0)
     print(f"fleet: rounds {rounds}, clients {clients}, accuracy {accs[0]:.4f} -> {accs[last]:.4f}", flush=True)
     if strategy.drift:
-        print(f"fleet: {c.get('strategy', 'fedavg')} mu {float(c.get('proximal-mu', 0.0))}: mean ||w - w_global|| over rounds "
-              f"{np.mean(list(strategy.drift.values())):.4f}", flush=True)
+        name = f"fedprox mu {strategy.proximal_mu}" if isinstance(strategy, FedProx) else "fedavg"
+        print(f"fleet: {name}: mean ||w - w_global|| over rounds {np.mean(list(strategy.drift.values())):.4f}", flush=True)
     if bool(c["checks"]):
         assert strategy.max_diff < 1e-5, f"FedAvg differs from the weighted mean by {strategy.max_diff}"
         print(f"fleet: FedAvg == weighted mean of the clients' arrays (max |diff| {strategy.max_diff:.2e})", flush=True)
