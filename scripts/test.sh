@@ -3,7 +3,8 @@
 # MobileNetV2 test model and installs flwr 1.42.0 into .flwr-venv if missing, then runs every
 # test of the workspace. Packages (Debian;
 # README.md lists the same): python3-torch python3-torchvision python3-numpy python3-onnx
-# python3-pil (PyTorch reference and gradient parity), fonts-dejavu-core (report tests); optional:
+# python3-pil (PyTorch reference and gradient parity), fonts-dejavu-core (report tests), openssl
+# (the fleet TLS test's CA); optional:
 # pkg-config libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev gstreamer1.0-plugins-base
 # gstreamer1.0-plugins-good (feature `gstreamer`: detected with pkg-config, off without them).
 # The hostile-input suite (runtime/cli/tests/hostile.rs) and the fuzz targets (tests/tests/fuzz.rs,
