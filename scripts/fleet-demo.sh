@@ -8,10 +8,11 @@
 #   --kill-one (kill client 3 in round 1 right after it trained; the others must finish) --alone (also adapt each
 #   client alone on its slice for rounds*steps steps and print their mean accuracy)
 #   --bin PATH (fieldtune binary; default: cargo build's target/debug/fieldtune)
+#   --strategy fedavg|fedprox (fedavg) --mu MU (FedProx's proximal-mu, 0.1)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-ROUNDS=3 STEPS=50 CHECKS=false KILL=0 ALONE=0 BIN=""
+ROUNDS=3 STEPS=50 CHECKS=false KILL=0 ALONE=0 BIN="" STRATEGY=fedavg MU=0.1
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) ROUNDS=$2; shift ;;
@@ -20,6 +21,8 @@ while [ $# -gt 0 ]; do
     --kill-one) KILL=1 ;;
     --alone) ALONE=1 ;;
     --bin) BIN=$2; shift ;;
+    --strategy) STRATEGY=$2; shift ;;
+    --mu) MU=$2; shift ;;
     *) echo "fleet-demo: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -91,7 +94,7 @@ MIN=3 TIMEOUT=300.0
 # has; a short one keeps the run bounded (the SuperLink drops the dead node after its heartbeats).
 [ "$KILL" = 1 ] && MIN=2 TIMEOUT=45.0
 .flwr-venv/bin/flwr run scripts/fleet/app fleetdemo --stream --run-config \
-  "num-server-rounds=$ROUNDS min-nodes=$MIN fieldtune='$BIN' fleet-config='$WORK/client-0.toml' eval-data='$ROOT/data/opencv-digits' checks=$CHECKS round-timeout=$TIMEOUT" \
+  "num-server-rounds=$ROUNDS min-nodes=$MIN fieldtune='$BIN' fleet-config='$WORK/client-0.toml' eval-data='$ROOT/data/opencv-digits' checks=$CHECKS round-timeout=$TIMEOUT strategy='$STRATEGY' proximal-mu=$MU" \
   2>&1 | tee "$WORK/run.log" | grep --line-buffered -E "^(round|fleet)|failed|Error|error" || true
 grep -q "^fleet: rounds" "$WORK/run.log" || { echo "fleet-demo: the run did not finish; logs in $WORK" >&2; tail -20 "$WORK/superlink.log" >&2; exit 1; }
 if [ "$CHECKS" = true ] && ! grep -q "^fleet: FedAvg == weighted mean" "$WORK/run.log"; then

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The project's test command: installs the ONNX Runtime library into .ort/ and exports the
-# MobileNetV2 test model if missing, then runs every test of the workspace. Packages (Debian;
+# The project's test command: installs the ONNX Runtime library into .ort/, exports the
+# MobileNetV2 test model and installs flwr 1.42.0 into .flwr-venv if missing, then runs every
+# test of the workspace. Packages (Debian;
 # README.md lists the same): python3-torch python3-torchvision python3-numpy python3-onnx
-# python3-pil (PyTorch reference and gradient parity), fonts-dejavu-core (report tests); optional:
+# python3-pil (PyTorch reference and gradient parity), fonts-dejavu-core (report tests), openssl
+# (the fleet TLS test's CA); optional:
 # pkg-config libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev gstreamer1.0-plugins-base
 # gstreamer1.0-plugins-good (feature `gstreamer`: detected with pkg-config, off without them).
 # The hostile-input suite (runtime/cli/tests/hostile.rs) and the fuzz targets (tests/tests/fuzz.rs,
@@ -18,6 +20,12 @@ features=$(bash scripts/test-features.sh)
 if [ ! -f models/mobilenetv2/model.onnx ] && /usr/bin/python3 -c "import torchvision" 2>/dev/null; then
   /usr/bin/python3 scripts/data/prepare_backbones.py --only mobilenetv2 >/dev/null ||
     echo "models/mobilenetv2/model.onnx could not be made: its parity test will fail"
+fi
+# flwr 1.42.0 for the fleet tests against a real SuperLink (runtime/cli/tests/fleet_superlink.rs),
+# as .ci/run installs it.
+if [ ! -x .flwr-venv/bin/flower-superlink ]; then
+  python3 -m venv .flwr-venv && .flwr-venv/bin/pip install -q flwr==1.42.0 ||
+    echo "flwr 1.42.0 could not be installed into .flwr-venv: the fleet SuperLink tests will fail"
 fi
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

@@ -30,6 +30,8 @@ rows normalised by sqrt(sum x^2 + 1e-8); 1 - cos or the squared distance, mean o
 Corruption (spec.corruption): examples i = c, c + K + 1, ... of the weak view left as they are
 (c = 0) or corrupted by corruptions[c - 1] (the noise from the generator's stream
 "corruption/noise" at the step), stacked by c; the head as rotation's, over K + 1.
+FedProx (spec.loss.proximal_mu = mu): mu/2 * sum ||w - w0||^2 over the model's parameters
+(w0: their values in CASE, the pretext heads left out) joins the loss as `proximal`.
 """
 import json
 import os
@@ -150,6 +152,11 @@ def main(model_path, case_path, out_path):
             total = total + corr_cfg["weight"] * ce_c
             terms["loss_corruption"] = ce_c
             terms["corruption_accuracy"] = (lc.argmax(1) == labels).float().mean()
+        mu = loss_cfg.get("proximal_mu", 0.0)
+        if mu:
+            prox = mu / 2 * sum(((params[n] - source[n]) ** 2).sum() for n in sorted(source))
+            total = total + prox
+            terms["proximal"] = prox
         terms["loss"] = total
         total.backward()
         gn = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in plist)).float()

@@ -276,3 +276,21 @@ pub fn uda_batch(
     let xs = axpy(&xw, &noise, 1.0);
     [xl, yl, xw, xs]
 }
+
+/// The batch and hyper-parameter feeds of one train step (`x_labeled`, `y_labeled`,
+/// `x_weak`, `x_strong`, `lr`, `step`), for tests that run the step as a plain session.
+pub fn step_feeds<'a>(
+    batch: &'a [Tensor; 4],
+    lr: &'a Tensor,
+    step: &'a Tensor,
+) -> Vec<(&'a str, &'a Tensor)> {
+    use fieldtune_graph::inputs;
+    vec![
+        (inputs::X_LABELED, &batch[0]),
+        (inputs::Y_LABELED, &batch[1]),
+        (inputs::X_WEAK, &batch[2]),
+        (inputs::X_STRONG, &batch[3]),
+        (inputs::LR, lr),
+        (inputs::STEP, step),
+    ]
+}

@@ -305,6 +305,28 @@ fn sgd_nesterov_textbook_uda_matches_pytorch() {
 }
 
 #[test]
+fn fedprox_proximal_term_matches_pytorch() {
+    // SGD, whose update is linear in the gradient (Adam turns the near-zero gradients where
+    // the term balances the loss into +-lr steps that amplify rounding), and a large mu: the
+    // term (0 at step 1) adds mu * lr = 10% of step 1's gradient to step 2's.
+    let spec = TrainSpec {
+        batch_labeled: 16,
+        batch_unlabeled: 24,
+        loss: UdaLoss {
+            proximal_mu: 100.0,
+            ..UdaLoss::default()
+        },
+        optimizer: Optimizer::Sgd {
+            momentum: 0.9,
+            weight_decay: 0.0,
+            nesterov: false,
+        },
+        ..TrainSpec::default()
+    };
+    parity(spec, "fedprox");
+}
+
+#[test]
 fn plain_sgd_uda_with_information_maximisation_matches_pytorch() {
     let spec = TrainSpec {
         batch_labeled: 16,

@@ -258,6 +258,9 @@ impl AdaptConfig {
         if !(self.loss.sharpen_temperature.is_finite() && self.loss.sharpen_temperature > 0.0) {
             return Err(bad("loss.sharpen_temperature", "must be positive"));
         }
+        if !(self.loss.proximal_mu.is_finite() && self.loss.proximal_mu >= 0.0) {
+            return Err(bad("loss.proximal_mu", "must be 0 or a positive number"));
+        }
         if let Some(c) = &self.cotta {
             range("cotta.views", c.views, 1, MAX_VIEWS)?;
             if !(0.0..1.0).contains(&c.restore) {

@@ -112,6 +112,10 @@ const DOCS: &[(&str, &str)] = &[
         "FixMatch's confidence threshold",
     ),
     (
+        "loss.proximal_mu",
+        "mu/2 * ||w - w0||^2 towards the starting weights (FedProx; fleet rounds set it)",
+    ),
+    (
         "optimizer",
         "PyTorch's update rules: kind = \"adamw\" | \"sgd\"",
     ),

@@ -14,11 +14,17 @@ pub enum FleetError {
         status: u16,
         body: String,
     },
-    #[error("SuperLink {url} runs flwr {theirs}; this client speaks flwr {ours} (the Fleet API changes between releases: pin the SuperLink to {ours})")]
+    #[error("SuperLink {url} does not speak this client's Fleet API ({detail}); this client speaks flwr {ours}: run a flwr {ours} SuperLink (the Fleet API changes between releases)")]
     Version {
         url: String,
-        theirs: String,
+        detail: String,
         ours: &'static str,
+    },
+    #[error("SuperLink {url} has SuperNode authentication on and does not know this node's public key{}: register it there with `flwr supernode register`", .public_key.as_ref().map(|p| format!(" ({})", p.display())).unwrap_or_default())]
+    NotRegistered {
+        url: String,
+        /// The node's public key file, to register.
+        public_key: Option<PathBuf>,
     },
     #[error("object {id}: {reason}")]
     Object { id: String, reason: String },

@@ -79,6 +79,9 @@ pub fn run_node(
     stop: &AtomicBool,
 ) -> Result<usize> {
     let pk = http.key.public_pem.clone();
+    // With SuperNode authentication on, the SuperLink refuses registration over the Fleet
+    // API (Flower error 2001): the key must have been registered with `flwr supernode register`.
+    let mut registration_closed = false;
     if let Err(e) = http.call::<_, proto::RegisterNodeFleetResponse>(
         "register-node",
         &proto::RegisterNodeFleetRequest {
@@ -87,19 +90,32 @@ pub fn run_node(
     ) {
         match e {
             // A key registered earlier (the node restarted): activation decides.
-            FleetError::Status { status, .. } if status != 401 => {
+            FleetError::Status {
+                status, ref body, ..
+            } if status != 401 => {
+                registration_closed = body.starts_with("Flower error 2001:");
                 tracing::info!("register-node: {e}; activating the known key")
             }
             e => return Err(e),
         }
     }
-    let act: proto::ActivateNodeResponse = http.call(
-        "activate-node",
-        &proto::ActivateNodeRequest {
-            public_key: pk,
-            heartbeat_interval: cfg.heartbeat_s,
-        },
-    )?;
+    let act: proto::ActivateNodeResponse = http
+        .call(
+            "activate-node",
+            &proto::ActivateNodeRequest {
+                public_key: pk,
+                heartbeat_interval: cfg.heartbeat_s,
+            },
+        )
+        .map_err(|e| match e {
+            FleetError::Status { url, status, .. } if status != 401 && registration_closed => {
+                FleetError::NotRegistered {
+                    url,
+                    public_key: http.key.public_path.clone(),
+                }
+            }
+            e => e,
+        })?;
     let node = proto::Node {
         node_id: act.node_id,
     };

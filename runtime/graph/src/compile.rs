@@ -19,7 +19,7 @@ use crate::forward::{instantiate, Forward};
 use crate::ir::{Elem, Graph, TRAIN_OPSET};
 use crate::loss::{
     corruption_terms, feature_consistency_terms, jigsaw_terms, rotation_terms, uda, CottaStep,
-    FeatureViews, Loops, TeacherStep, UdaInputs,
+    FeatureViews, Loops, ProximalStep, TeacherStep, UdaInputs,
 };
 use crate::lower::{BatchNormMode, RunningUpdate};
 use crate::optim::update_group;
@@ -443,6 +443,7 @@ pub fn compile_train_step(model: &ModelProto, spec: &TrainSpec) -> Result<TrainS
     if let Some(t) = teacher.as_mut() {
         t.begin_update(&mut b);
     }
+    let mut prox = ProximalStep::new(&mut b, spec.loss.proximal_mu);
     let mut trained: Vec<(String, Tensor, String)> = Vec::new();
     for (name, t) in params {
         let Some(gname) = grads.get(&name).cloned().flatten() else {
@@ -451,6 +452,10 @@ pub fn compile_train_step(model: &ModelProto, spec: &TrainSpec) -> Result<TrainS
             }
             frozen.push(name);
             continue;
+        };
+        let gname = match prox.as_mut() {
+            Some(p) if !head.contains(&name) => p.grad(&mut b, &name, &t, &gname)?,
+            _ => gname,
         };
         let gg = b.op("Mul", &[&gname, &gname], vec![])?;
         let r = t.shape().len() as i64;
@@ -493,6 +498,10 @@ pub fn compile_train_step(model: &ModelProto, spec: &TrainSpec) -> Result<TrainS
         };
         loops.updates.push((next_name(&name), new_param));
         kept.push((name, t));
+    }
+
+    if let Some(p) = prox {
+        p.finish(&mut b, &mut loss)?;
     }
 
     // Outputs: loss, terms and metrics, the gradient norm, the looped tensors.

@@ -45,6 +45,9 @@ pub struct UdaLoss {
     pub pseudo_label_weight: f32,
     /// FixMatch's confidence threshold (tau).
     pub pseudo_label_threshold: f32,
+    /// mu of FedProx's proximal term `mu/2 * ||w - w0||^2` over the trained parameters, `w0`
+    /// their values in the model compiled (0: none). Applied as its exact gradient.
+    pub proximal_mu: f32,
 }
 
 impl Default for UdaLoss {
@@ -60,6 +63,7 @@ impl Default for UdaLoss {
             diversity_weight: 1.0,
             pseudo_label_weight: 0.0,
             pseudo_label_threshold: 0.95,
+            proximal_mu: 0.0,
         }
     }
 }

@@ -29,7 +29,11 @@ superlink = "127.0.0.1:8000"
 insecure = false
 # PEM file of the CA that signed the SuperLink's certificate (default: the web PKI roots).
 # ca = "/etc/fieldtune/fleet-ca.pem"
-# The node's P-384 key (PKCS#8 PEM); created with mode 0600 when missing.
+# The name the SuperLink's certificate carries, when it is not the host of `superlink`
+# (e.g. superlink = "10.0.0.5:8000", server_name = "link.example"): SNI and verification.
+# server_name = "link.example"
+# The node's P-384 key (PKCS#8 PEM); created with mode 0600 when missing. Its public key
+# is written beside it (<key>.pub) for `flwr supernode register`.
 key = "fleet-node.key"
 # Heartbeat period announced to the SuperLink (seconds).
 heartbeat_s = 30.0
@@ -61,6 +65,7 @@ pub struct FleetConfig {
     #[serde(default)]
     insecure: bool,
     ca: Option<PathBuf>,
+    server_name: Option<String>,
     key: PathBuf,
     heartbeat_s: f64,
     model: PathBuf,
@@ -76,9 +81,6 @@ pub struct FleetConfig {
     max_messages: usize,
     #[serde(default)]
     idle_exit_s: f64,
-    /// Tests only: seconds added to the signed timestamp.
-    #[serde(default)]
-    clock_skew_s: i64,
 }
 
 #[derive(Args)]
@@ -174,15 +176,15 @@ pub fn run(a: FleetArgs, engine_args: &EngineArgs) -> Result<()> {
         c.model.display()
     );
     let key = NodeKey::load_or_create(&c.key)?;
-    let mut http = FleetHttp::new(
+    let http = FleetHttp::new(
         &c.superlink,
         &TlsConfig {
             ca: c.ca.clone(),
+            server_name: c.server_name.clone(),
             insecure: c.insecure,
         },
         key,
     )?;
-    http.clock_skew = c.clock_skew_s;
     let node_cfg = NodeConfig {
         heartbeat_s: c.heartbeat_s,
         max_messages: (c.max_messages > 0).then_some(c.max_messages),
@@ -273,11 +275,13 @@ impl Device<'_> {
                 .find(|(n, _)| n == k)
                 .map(|(_, v)| v.clone())
         };
-        if let Some(mu) = cfgv("proximal-mu") {
-            bail!(
-                "FedProx (proximal-mu = {mu:?}) is not implemented by this client yet; use FedAvg"
-            );
-        }
+        // FedProx: mu/2 * ||w - w_global||^2 in every local step, w_global = these arrays.
+        let mu = match cfgv("proximal-mu") {
+            None => 0.0,
+            Some(ConfigValue::F64(v)) if v.is_finite() && v >= 0.0 => v as f32,
+            Some(ConfigValue::I64(v)) if v >= 0 => v as f32,
+            Some(v) => bail!("config 'proximal-mu' = {v:?}: a number >= 0 expected"),
+        };
         let model = ModelDir {
             bytes: self.m.with_params(&params)?,
             model: fieldtune_graph::with_initializers(&self.m.model, &params)?,
@@ -294,6 +298,7 @@ impl Device<'_> {
             cfg.steps = self.c.steps;
             cfg.seed = self.c.seed.wrapping_mul(1000).wrapping_add(round);
             cfg.eval_every = 0;
+            cfg.loss.proximal_mu = mu;
             let data = AdaptData {
                 labeled: &self.anchors,
                 labels: &self.anchor_labels,
@@ -343,5 +348,23 @@ impl Handler for Device<'_> {
             ));
         }
         self.answer(req).map_err(|e| format!("{e:#}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_printed_config_loads_with_its_optional_keys_set() {
+        let text = FLEET_CONFIG
+            .replace("# ca = ", "ca = ")
+            .replace("# server_name = ", "server_name = ");
+        let c: FleetConfig = toml::from_str(&text).unwrap();
+        assert_eq!(c.server_name.as_deref(), Some("link.example"));
+        assert_eq!(c.ca, Some(PathBuf::from("/etc/fieldtune/fleet-ca.pem")));
+        assert!(
+            toml::from_str::<FleetConfig>(&format!("{FLEET_CONFIG}\nclock_skew_s = 5\n")).is_err()
+        );
     }
 }

@@ -7,7 +7,8 @@
 //! - `rotation`: the rotation-prediction pretext task and its head;
 //! - `jigsaw`: the 2x2 jigsaw pretext task and its head;
 //! - `corruption`: corrupted-image classification and its head;
-//! - `features`: weak/strong agreement in an intermediate feature tensor.
+//! - `features`: weak/strong agreement in an intermediate feature tensor;
+//! - `proximal`: FedProx's proximal term, applied as its exact gradient.
 //!
 //! Shared pieces (stable log-softmax, cross-entropy, the accumulators) are in `blocks`; what
 //! the pretext heads share (the feature they read, the seeded linear head) in `head`.
@@ -23,6 +24,7 @@ mod cotta;
 mod features;
 mod head;
 mod jigsaw;
+mod proximal;
 mod rotation;
 mod teacher;
 mod uda;
@@ -37,6 +39,7 @@ pub(crate) use features::{feature_consistency_terms, FeatureViews};
 pub use features::{feature_distance, NORM_EPS};
 pub(crate) use jigsaw::jigsaw_terms;
 pub use jigsaw::MAX_PERMUTATIONS;
+pub(crate) use proximal::ProximalStep;
 pub(crate) use rotation::rotation_terms;
 pub(crate) use teacher::TeacherStep;
 pub use uda::{uda, UdaInputs, DIVERSITY_EPS};
