@@ -4,8 +4,7 @@
 
 use fieldtune_tensor::Tensor;
 
-use super::blocks::{mean_all, sum_all};
-use super::head::{pass_tensor, seeded_uniform};
+use super::blocks::{mean_all, seeded_uniform, sum_all};
 use crate::builder::Builder;
 use crate::error::{GraphError, Result};
 use crate::forward::Forward;
@@ -23,30 +22,15 @@ fn factor(map: &[usize], [h, w]: [usize; 2]) -> Option<usize> {
     (fits && (fh > 1 || h == 1) && (fw > 1 || w == 1)).then(|| h / fh)
 }
 
-/// The feature map a decoder reads in the pass `prefix` over `x`: `given` (a 4-D tensor whose
-/// sides divide the image's by one factor), else the model's last such tensor. `key` names the
-/// setting in errors (`inpaint.feature`).
-pub(super) fn map_feature(
+/// The model's last 4-D tensor in the pass `prefix` whose sides divide the image's by one
+/// factor (the default feature map of a decoder); `key` names the setting in errors.
+pub(super) fn last_map(
     b: &Builder,
     fwd: &Forward<'_>,
     prefix: &str,
-    x: &str,
-    given: Option<&String>,
     key: &str,
     image: [usize; 2],
 ) -> Result<String> {
-    let [h, w] = image;
-    if let Some(f) = given {
-        let t = pass_tensor(b, fwd, prefix, x, f, key)?;
-        let s = b.shape(&t)?;
-        if factor(&s, image).is_none() {
-            return Err(GraphError::Spec(format!(
-                "{key} '{f}' is {s:?}; the decoder needs a 4-D map whose sides divide the \
-                 image's {h}x{w} by one factor"
-            )));
-        }
-        return Ok(t);
-    }
     for n in fwd.g.nodes.iter().rev() {
         for o in &n.outputs {
             let t = format!("{prefix}/{o}");
@@ -55,13 +39,15 @@ pub(super) fn map_feature(
             }
         }
     }
+    let [h, w] = image;
     Err(GraphError::Spec(format!(
         "{key} is not set and the model computes no 4-D tensor whose sides divide the image's \
          {h}x{w} by one factor; name one"
     )))
 }
 
-/// The decoder over the map `feat` `[N, D, fh, fw]`: a 1x1 convolution with weight
+/// The decoder over the map `feat` `[N, D, fh, fw]` (an error naming `key` when it does not
+/// fit the image): a 1x1 convolution with weight
 /// `names.0` `[channels * s * s, D, 1, 1]` and bias `names.1` (graph inputs, initialised like
 /// PyTorch's `nn.Conv2d`, uniform in +-1/sqrt(D), from `seed`), then depth-to-space by s
 /// (channel `c * s * s + i * s + j` goes to row offset i, column offset j of channel c).
@@ -69,15 +55,18 @@ pub(super) fn map_feature(
 pub(super) fn decoder_head(
     b: &mut Builder,
     feat: &str,
+    key: &str,
     names: (&'static str, &'static str),
     channels: usize,
     image: [usize; 2],
     seed: u64,
 ) -> Result<(String, Vec<(String, Tensor)>)> {
     let shape = b.shape(feat)?;
+    let [h, w] = image;
     let s = factor(&shape, image).ok_or_else(|| {
         GraphError::Spec(format!(
-            "decoder input {feat} is {shape:?}, not a map that fits"
+            "{key}: '{feat}' is {shape:?}; the decoder needs a 4-D map whose sides divide the \
+             image's {h}x{w} by one factor"
         ))
     })?;
     let (n, d, fh, fw) = (shape[0], shape[1], shape[2], shape[3]);

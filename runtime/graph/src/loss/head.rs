@@ -6,13 +6,12 @@
 
 use fieldtune_tensor::Tensor;
 
-use super::blocks::{cross_entropy, LossTerms};
-use super::decoder::{decoder_head, map_feature, pixel_loss};
+use super::blocks::{cross_entropy, seeded_uniform, LossTerms};
+use super::decoder::{decoder_head, last_map, pixel_loss};
 use crate::builder::Builder;
 use crate::error::{GraphError, Result};
 use crate::forward::Forward;
 use crate::ir::{attr, Elem, Graph};
-use crate::random;
 use crate::spec::PixelLoss;
 
 /// What the train step hands every pretext task: the model's forward instance maker, the
@@ -101,9 +100,13 @@ impl HeadTask<'_> {
                 loss: kind,
             } => {
                 let [_, h, wd] = self.image;
-                let feat = map_feature(b, fwd, key, &x, task.feature(), &fkey, [h, wd])?;
+                let feat = match task.feature() {
+                    Some(f) => pass_tensor(b, fwd, key, &x, f, &fkey)?,
+                    None => last_map(b, fwd, key, &fkey, [h, wd])?,
+                };
+                let names = (weight, bias);
                 let (pred, hp) =
-                    decoder_head(b, &feat, (weight, bias), channels, [h, wd], self.seed)?;
+                    decoder_head(b, &feat, &fkey, names, channels, [h, wd], self.seed)?;
                 let l = pixel_loss(b, &pred, &target, mask.as_deref(), kind)?;
                 loss.add_weighted(b, &l, w)?;
                 loss.metrics.push((T::METRICS[0], l));
@@ -179,15 +182,6 @@ struct Head {
     pub term_weight: f32,
     /// Metric names of the cross-entropy and the accuracy.
     pub metrics: (&'static str, &'static str),
-}
-
-/// Values uniform in +-`bound` of the stream `key` under `seed` (a head's initial values, as
-/// PyTorch's `nn.Linear` / `nn.Conv2d` draw them with bound 1/sqrt(fan in)).
-pub(super) fn seeded_uniform(seed: u64, key: &str, n: usize, bound: f32) -> Vec<f32> {
-    random::reference(seed, key, 0, n)
-        .into_iter()
-        .map(|u| (2.0 * u - 1.0) * bound)
-        .collect()
 }
 
 /// The linear `head` over `rows` `[N, D]`, declared as graph inputs and initialised like
