@@ -171,46 +171,16 @@ impl AdaptConfig {
                 ..base
             },
             "rotation" => AdaptConfig {
-                batch_labeled: 0,
-                weak: AugmentConfig::Identity,
-                strong: AugmentConfig::Identity,
-                loss: UdaLoss {
-                    ce_weight: 0.0,
-                    consistency_weight: 0.0,
-                    entropy_weight: 0.0,
-                    diversity_weight: 0.0,
-                    ..UdaLoss::default()
-                },
                 rotation: Some(Rotation::default()),
-                ..base
+                ..pretext_only(base)
             },
             "jigsaw" => AdaptConfig {
-                batch_labeled: 0,
-                weak: AugmentConfig::Identity,
-                strong: AugmentConfig::Identity,
-                loss: UdaLoss {
-                    ce_weight: 0.0,
-                    consistency_weight: 0.0,
-                    entropy_weight: 0.0,
-                    diversity_weight: 0.0,
-                    ..UdaLoss::default()
-                },
                 jigsaw: Some(Jigsaw::default()),
-                ..base
+                ..pretext_only(base)
             },
             "corruption" => AdaptConfig {
-                batch_labeled: 0,
-                weak: AugmentConfig::Identity,
-                strong: AugmentConfig::Identity,
-                loss: UdaLoss {
-                    ce_weight: 0.0,
-                    consistency_weight: 0.0,
-                    entropy_weight: 0.0,
-                    diversity_weight: 0.0,
-                    ..UdaLoss::default()
-                },
                 corruption: Some(CorruptionTask::default()),
-                ..base
+                ..pretext_only(base)
             },
             "inpaint" => AdaptConfig {
                 inpaint: Some(Inpaint::default()),
