@@ -30,6 +30,13 @@ rows normalised by sqrt(sum x^2 + 1e-8); 1 - cos or the squared distance, mean o
 Corruption (spec.corruption): examples i = c, c + K + 1, ... of the weak view left as they are
 (c = 0) or corrupted by corruptions[c - 1] (the noise from the generator's stream
 "corruption/noise" at the step), stacked by c; the head as rotation's, over K + 1.
+Inpaint (spec.inpaint): patch x patch cells of the weak view zeroed where the generator's stream
+"inpaint/mask" at the step ([B, 1, H / patch, W / patch]) is below the ratio; the model up to
+the feature map (default: the last 4-D tensor whose sides divide the image's by one factor s,
+above 1x1), a 1x1 conv `inpaint.weight`/`.bias` and F.pixel_shuffle(s); the L1/L2 error on the
+masked pixels, summed and divided by C times the mask's sum (at least 1).
+Colorize (spec.colorize): the luma Y = 0.299 R + 0.587 G + 0.114 B of the weak view (model-input
+units) as three channels; the decoder as inpaint's predicts (R - Y, B - Y); the L1/L2 error's mean.
 FedProx (spec.loss.proximal_mu = mu): mu/2 * sum ||w - w0||^2 over the model's parameters
 (w0: their values in CASE, the pretext heads left out) joins the loss as `proximal`.
 """
@@ -60,7 +67,8 @@ def main(model_path, case_path, out_path):
     for k in tensors:
         if k.endswith((".affine_scale", ".affine_shift")):
             params[k] = torch.tensor(tensors[k], requires_grad=True)
-    heads = tuple(f"{h}.{p}" for h in ("rotation", "jigsaw", "corruption") for p in ("weight", "bias"))
+    heads = tuple(f"{h}.{p}" for h in ("rotation", "jigsaw", "corruption", "inpaint", "colorize")
+                  for p in ("weight", "bias"))
     for k in heads:
         if k in tensors:
             params[k] = torch.tensor(tensors[k], requires_grad=True)
@@ -71,6 +79,9 @@ def main(model_path, case_path, out_path):
     fc_cfg = spec.get("feature_consistency")
     jig_cfg = spec.get("jigsaw")
     corr_cfg = spec.get("corruption")
+    inp_cfg = spec.get("inpaint")
+    col_cfg = spec.get("colorize")
+    maps = {}
     classifier_input = [n for n in net.graph.node if n.op_type in ("Gemm", "MatMul")][-1].input[0]
     feature = None
     if rot_cfg:
@@ -152,6 +163,23 @@ def main(model_path, case_path, out_path):
             total = total + corr_cfg["weight"] * ce_c
             terms["loss_corruption"] = ce_c
             terms["corruption_accuracy"] = (lc.argmax(1) == labels).float().mean()
+        if inp_cfg:
+            xin, mask = masked(xw, inp_cfg, seed, k)
+            f = maps.setdefault("inpaint", inp_cfg.get("feature") or last_map(net, xin, params))
+            pred = decode(net(xin, params, output=f), params, "inpaint", xw.shape[1], xw.shape[2])
+            err = pixel_err(pred, xw, inp_cfg["loss"])
+            li = (err * mask).sum() / torch.clamp(mask.sum() * xw.shape[1], min=1.0)
+            total = total + inp_cfg["weight"] * li
+            terms["loss_inpaint"] = li
+        if col_cfg:
+            y = (xw * torch.tensor([0.299, 0.587, 0.114]).reshape(1, 3, 1, 1)).sum(1, keepdim=True)
+            gray = torch.cat([y, y, y], 1)
+            chroma = torch.cat([xw[:, 0:1] - y, xw[:, 2:3] - y], 1)
+            f = maps.setdefault("colorize", col_cfg.get("feature") or last_map(net, gray, params))
+            pred = decode(net(gray, params, output=f), params, "colorize", 2, xw.shape[2])
+            lc = pixel_err(pred, chroma, col_cfg["loss"]).mean()
+            total = total + col_cfg["weight"] * lc
+            terms["loss_colorize"] = lc
         mu = loss_cfg.get("proximal_mu", 0.0)
         if mu:
             prox = mu / 2 * sum(((params[n] - source[n]) ** 2).sum() for n in sorted(source))
@@ -236,6 +264,41 @@ def corrupted(x, kinds, seed, step):
         parts.append(r if cls == 0 else corrupt(r, kinds[cls - 1], seed, step))
         labels += [cls] * r.shape[0]
     return torch.cat(parts), torch.tensor(labels)
+
+
+def masked(x, cfg, seed, step):
+    """Inpaint's masked frames and their [B, 1, H, W] mask, as fieldtune builds them."""
+    b, _, h, w = x.shape
+    p = cfg["patch"]
+    u = rng.uniform(seed, "inpaint/mask", step, (b, 1, h // p, w // p))
+    m = torch.from_numpy((u < np.float32(cfg["ratio"])).astype(np.float32))
+    m = m.repeat_interleave(p, 2).repeat_interleave(p, 3)
+    return x * (1 - m), m
+
+
+def fits(t, h):
+    return t.dim() == 4 and t.shape[2] > 1 and t.shape[2] == t.shape[3] and h % t.shape[2] == 0
+
+
+def last_map(net, x, params):
+    """The model's last 4-D tensor whose sides divide the (square) image's by one factor."""
+    with torch.no_grad():
+        for n in reversed(net.graph.node):
+            for o in n.output:
+                if fits(net(x, params, output=o), x.shape[2]):
+                    return o
+    raise ValueError("no feature map fits the image")
+
+
+def decode(feat, params, head, channels, h):
+    """A decoder head: 1x1 conv, then depth-to-space (pixel_shuffle) to the image's side."""
+    y = F.conv2d(feat, params[f"{head}.weight"], params[f"{head}.bias"])
+    return F.pixel_shuffle(y, h // feat.shape[2])
+
+
+def pixel_err(pred, target, kind):
+    d = pred - target
+    return d * d if kind == "l2" else d.abs()
 
 
 if __name__ == "__main__":

@@ -294,3 +294,49 @@ pub fn step_feeds<'a>(
         (inputs::STEP, step),
     ]
 }
+
+/// One real RGB batch for a `side` x `side` model normalised with mean 0.5, std 0.25 per
+/// channel (models/resnet-tiny): `labeled` and `unlabeled` photos of data/imagenet-samples/clean
+/// (one per class folder, in name order, resized with a triangle filter), labels `i mod 10`
+/// (the photos' classes are not the model's; only the arithmetic is under test), the strong
+/// view the weak one plus uniform noise. `offset` picks different photos per step.
+pub fn rgb_batch(
+    labeled: usize,
+    unlabeled: usize,
+    side: u32,
+    offset: usize,
+    rng: &mut ChaCha8Rng,
+) -> [Tensor; 4] {
+    let dir = repo_root().join("data/imagenet-samples/clean");
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .flat_map(|c| std::fs::read_dir(c.expect("entry").path()).expect("class folder"))
+        .map(|e| e.expect("entry").path())
+        .collect();
+    files.sort();
+    let load = |count: usize, start: usize| -> Tensor {
+        let s = side as usize;
+        let mut x = vec![0f32; count * 3 * s * s];
+        for i in 0..count {
+            let p = &files[(start + i) % files.len()];
+            let img = image::open(p)
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+                .to_rgb8();
+            let img =
+                image::imageops::resize(&img, side, side, image::imageops::FilterType::Triangle);
+            for (k, px) in img.pixels().enumerate() {
+                for c in 0..3 {
+                    x[(i * 3 + c) * s * s + k] = (px.0[c] as f32 / 255.0 - 0.5) / 0.25;
+                }
+            }
+        }
+        Tensor::f32(vec![count, 3, s, s], x).expect("sized")
+    };
+    let xl = load(labeled, offset * 3);
+    let yl =
+        Tensor::i64(vec![labeled], (0..labeled as i64).map(|i| i % 10).collect()).expect("sized");
+    let xw = load(unlabeled, offset * 5 + 1);
+    let noise = uniform(rng, xw.shape(), -0.5, 0.5);
+    let xs = axpy(&xw, &noise, 1.0);
+    [xl, yl, xw, xs]
+}

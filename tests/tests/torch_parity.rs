@@ -3,18 +3,21 @@
 //! (scripts/reference/torch_reference_step.py, Debian's python3-torch) on the same batches.
 //! Also the per-channel affine that `--train bn` trains on a folded-BatchNorm export
 //! (models/fmnist-cnn-folded), against conv weights frozen and a per-channel scale and shift
-//! after each convolution trained by torch.
+//! after each convolution trained by torch; and the pretext tasks (colorize on
+//! models/resnet-tiny, an RGB model, with BatchNorm frozen as the reference runs it).
 
 use std::collections::{BTreeMap, HashMap};
 
 use fieldtune_engine::StatefulSession;
 use fieldtune_graph::{
-    compile_train_step, encode_model, inputs, jigsaw_permutations, load_model, CorruptionTask,
-    Cotta, FeatureConsistency, FeatureDistance, Jigsaw, MeanTeacher, Optimizer, Rotation,
-    TrainSpec, Trainable, Tsa, UdaLoss,
+    compile_train_step, encode_model, inputs, jigsaw_permutations, load_model, BatchNormMode,
+    Colorize, CorruptionTask, Cotta, FeatureConsistency, FeatureDistance, Inpaint, Jigsaw,
+    MeanTeacher, Optimizer, PixelLoss, Rotation, TrainSpec, Trainable, Tsa, UdaLoss,
 };
 use fieldtune_tensor::{st, Tensor};
-use fieldtune_tests::{engines, reference_python, rel_l2, repo_root, rng, uda_batch, uniform};
+use fieldtune_tests::{
+    engines, reference_python, rel_l2, repo_root, rgb_batch, rng, uda_batch, uniform,
+};
 
 const STEPS: usize = 3;
 const LR: f32 = 1e-3;
@@ -30,6 +33,43 @@ fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
         .zip(b.as_f32().unwrap())
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
+}
+
+/// A step on `bl` anchors and `bu` unlabeled frames with the UDA terms of `loss`; tests add
+/// their objective's settings to it.
+fn uda_spec(bl: usize, bu: usize, loss: UdaLoss) -> TrainSpec {
+    TrainSpec {
+        batch_labeled: bl,
+        batch_unlabeled: bu,
+        loss,
+        ..TrainSpec::default()
+    }
+}
+
+/// The anchors' cross-entropy alone: UDA's unlabeled terms off.
+fn anchor_ce() -> UdaLoss {
+    UdaLoss {
+        consistency_weight: 0.0,
+        entropy_weight: 0.0,
+        diversity_weight: 0.0,
+        ..UdaLoss::default()
+    }
+}
+
+/// No UDA term at all (the objective under test is the whole loss).
+fn no_uda() -> UdaLoss {
+    UdaLoss {
+        ce_weight: 0.0,
+        ..anchor_ce()
+    }
+}
+
+fn sgd_momentum() -> Optimizer {
+    Optimizer::Sgd {
+        momentum: 0.9,
+        weight_decay: 0.0,
+        nesterov: false,
+    }
 }
 
 fn parity(spec: TrainSpec, label: &str) {
@@ -64,7 +104,10 @@ fn parity_of(
     for k in 1..=STEPS {
         // (A labeled batch of one when the spec has none: it is neither fed nor written.)
         let bl = spec.batch_labeled.max(1);
-        let [xl, yl, xw, xs] = uda_batch(bl, spec.batch_unlabeled, k, &mut r);
+        let [xl, yl, xw, xs] = match step.image {
+            [3, side, _] => rgb_batch(bl, spec.batch_unlabeled, side as u32, k, &mut r),
+            _ => uda_batch(bl, spec.batch_unlabeled, k, &mut r),
+        };
         // CoTTA's augmented teacher views: the weak view plus noise, one per view.
         if let Some(ct) = &spec.cotta {
             let mut data = Vec::new();
@@ -374,15 +417,6 @@ fn mean_teacher_with_fixmatch_pseudo_labels_matches_pytorch() {
 #[test]
 fn cotta_with_stochastic_restore_matches_pytorch() {
     let spec = TrainSpec {
-        batch_labeled: 0,
-        batch_unlabeled: 24,
-        loss: UdaLoss {
-            ce_weight: 0.0,
-            consistency_weight: 0.0,
-            entropy_weight: 0.0,
-            diversity_weight: 0.0,
-            ..UdaLoss::default()
-        },
         optimizer: Optimizer::AdamW {
             beta1: 0.9,
             beta2: 0.999,
@@ -397,7 +431,7 @@ fn cotta_with_stochastic_restore_matches_pytorch() {
             restore: 0.3,
         }),
         seed: 5,
-        ..TrainSpec::default()
+        ..uda_spec(0, 24, no_uda())
     };
     // ONNX Runtime only: tract 0.23.9 panics while optimizing the restore streams of the
     // larger parameters (tests/tests/random.rs, large_stream_is_bit_identical_on_tract).
@@ -409,25 +443,13 @@ fn cotta_with_stochastic_restore_matches_pytorch() {
 #[test]
 fn rotation_prediction_with_labeled_ce_matches_pytorch() {
     let spec = TrainSpec {
-        batch_labeled: 16,
-        batch_unlabeled: 12,
-        loss: UdaLoss {
-            consistency_weight: 0.0,
-            entropy_weight: 0.0,
-            diversity_weight: 0.0,
-            ..UdaLoss::default()
-        },
-        optimizer: Optimizer::Sgd {
-            momentum: 0.9,
-            weight_decay: 0.0,
-            nesterov: false,
-        },
+        optimizer: sgd_momentum(),
         rotation: Some(Rotation {
             feature: None,
             weight: 0.5,
         }),
         seed: 3,
-        ..TrainSpec::default()
+        ..uda_spec(16, 12, anchor_ce())
     };
     parity(spec, "rotation");
 }
@@ -438,13 +460,11 @@ fn rotation_prediction_with_labeled_ce_matches_pytorch() {
 /// gradient elements, m/sqrt(v) ~ sign(g)), while the parameters agree to 6e-5.
 #[test]
 fn feature_consistency_with_uda_matches_pytorch() {
+    let loss = UdaLoss {
+        confidence_threshold: 0.2,
+        ..UdaLoss::default()
+    };
     let spec = TrainSpec {
-        batch_labeled: 8,
-        batch_unlabeled: 12,
-        loss: UdaLoss {
-            confidence_threshold: 0.2,
-            ..UdaLoss::default()
-        },
         optimizer: Optimizer::Sgd {
             momentum: 0.9,
             weight_decay: 0.0,
@@ -455,7 +475,7 @@ fn feature_consistency_with_uda_matches_pytorch() {
             weight: 2.0,
             distance: FeatureDistance::Cosine,
         }),
-        ..TrainSpec::default()
+        ..uda_spec(8, 12, loss)
     };
     parity(spec, "feature-consistency-uda");
 }
@@ -465,27 +485,14 @@ fn feature_consistency_with_uda_matches_pytorch() {
 #[test]
 fn feature_consistency_l2_with_teacher_matches_pytorch() {
     let spec = TrainSpec {
-        batch_labeled: 0,
-        batch_unlabeled: 12,
-        loss: UdaLoss {
-            ce_weight: 0.0,
-            consistency_weight: 0.0,
-            entropy_weight: 0.0,
-            diversity_weight: 0.0,
-            ..UdaLoss::default()
-        },
-        optimizer: Optimizer::Sgd {
-            momentum: 0.9,
-            weight_decay: 0.0,
-            nesterov: false,
-        },
+        optimizer: sgd_momentum(),
         teacher: Some(MeanTeacher { ema: 0.9 }),
         feature_consistency: Some(FeatureConsistency {
             feature: None,
             weight: 1.0,
             distance: FeatureDistance::L2,
         }),
-        ..TrainSpec::default()
+        ..uda_spec(0, 12, no_uda())
     };
     parity(spec, "feature-consistency-l2");
 }
@@ -495,21 +502,13 @@ fn feature_consistency_l2_with_teacher_matches_pytorch() {
 #[test]
 fn jigsaw_with_labeled_ce_matches_pytorch() {
     let spec = TrainSpec {
-        batch_labeled: 8,
-        batch_unlabeled: 12,
-        loss: UdaLoss {
-            consistency_weight: 0.0,
-            entropy_weight: 0.0,
-            diversity_weight: 0.0,
-            ..UdaLoss::default()
-        },
         jigsaw: Some(Jigsaw {
             feature: None,
             weight: 0.5,
             permutations: 5,
         }),
         seed: 9,
-        ..TrainSpec::default()
+        ..uda_spec(8, 12, anchor_ce())
     };
     parity(spec, "jigsaw");
 }
@@ -520,20 +519,99 @@ fn jigsaw_with_labeled_ce_matches_pytorch() {
 #[test]
 fn corruption_with_labeled_ce_matches_pytorch() {
     let spec = TrainSpec {
-        batch_labeled: 8,
-        batch_unlabeled: 14,
-        loss: UdaLoss {
-            consistency_weight: 0.0,
-            entropy_weight: 0.0,
-            diversity_weight: 0.0,
-            ..UdaLoss::default()
-        },
         corruption: Some(CorruptionTask {
             weight: 0.5,
             ..CorruptionTask::default()
         }),
         seed: 4,
-        ..TrainSpec::default()
+        ..uda_spec(8, 14, anchor_ce())
     };
     parity(spec, "corruption");
+}
+
+/// Masked inpainting with the full UDA objective (anchor CE, masked KL, information
+/// maximisation), L2 on the masked pixels, the decoder on the default map (features.5.out,
+/// 7x7: depth-to-space by 4); the mask is drawn in the graph per step, the reference draws the
+/// same stream.
+#[test]
+fn inpaint_with_uda_matches_pytorch() {
+    let loss = UdaLoss {
+        confidence_threshold: 0.2,
+        ..UdaLoss::default()
+    };
+    let spec = TrainSpec {
+        optimizer: sgd_momentum(),
+        inpaint: Some(Inpaint {
+            weight: 2.0,
+            ..Inpaint::default()
+        }),
+        seed: 6,
+        ..uda_spec(8, 12, loss)
+    };
+    parity(spec, "inpaint-uda");
+}
+
+/// Inpainting alone (no anchors), L1, 7-pixel patches with ratio 0.3, the decoder on a named
+/// 14x14 map (depth-to-space by 2), AdamW.
+#[test]
+fn inpaint_l1_alone_on_a_named_map_matches_pytorch() {
+    let spec = TrainSpec {
+        inpaint: Some(Inpaint {
+            feature: Some("features.2.out".into()),
+            weight: 1.0,
+            patch: 7,
+            ratio: 0.3,
+            loss: PixelLoss::L1,
+        }),
+        seed: 2,
+        ..uda_spec(0, 12, no_uda())
+    };
+    parity(spec, "inpaint-l1");
+}
+
+/// Colorization on an RGB model (models/resnet-tiny, 32x32, photos of
+/// data/imagenet-samples) with the full UDA objective, the decoder on the default map (the
+/// last 8x8 block output); BatchNorm frozen (running statistics), as the reference runs it.
+#[test]
+fn colorize_with_uda_on_an_rgb_model_matches_pytorch() {
+    let loss = UdaLoss {
+        confidence_threshold: 0.0,
+        ..UdaLoss::default()
+    };
+    let spec = TrainSpec {
+        optimizer: sgd_momentum(),
+        batchnorm: BatchNormMode::Frozen,
+        colorize: Some(Colorize {
+            weight: 0.5,
+            ..Colorize::default()
+        }),
+        seed: 8,
+        ..uda_spec(4, 6, loss)
+    };
+    parity_of(
+        "models/resnet-tiny/model.onnx",
+        spec,
+        "colorize-uda",
+        engines(),
+    );
+}
+
+/// Colorization alone (no anchors), L1, AdamW, on resnet-tiny.
+#[test]
+fn colorize_l1_alone_matches_pytorch() {
+    let spec = TrainSpec {
+        batchnorm: BatchNormMode::Frozen,
+        colorize: Some(Colorize {
+            feature: None,
+            weight: 1.0,
+            loss: PixelLoss::L1,
+        }),
+        ..uda_spec(0, 6, no_uda())
+    };
+    parity_of(
+        "models/resnet-tiny/model.onnx",
+        spec,
+        "colorize-l1",
+        engines(),
+    );
 }

@@ -6,8 +6,8 @@ use std::path::Path;
 pub use fieldtune_augment::{AugmentConfig, RandAugment, WeakAugment};
 use fieldtune_graph::loss::MAX_PERMUTATIONS;
 use fieldtune_graph::{
-    BatchNormMode, CorruptionTask, Cotta, FeatureConsistency, Jigsaw, MeanTeacher, Optimizer,
-    Rotation, Trainable, UdaLoss,
+    BatchNormMode, Colorize, CorruptionTask, Cotta, FeatureConsistency, Inpaint, Jigsaw,
+    MeanTeacher, Optimizer, Rotation, Trainable, UdaLoss,
 };
 use serde::{Deserialize, Serialize};
 
@@ -171,6 +171,16 @@ pub struct AdaptConfig {
     /// tells which corruption, or none, each unlabeled frame got; not saved. Default off.
     #[serde(default)]
     pub corruption: Option<CorruptionTask>,
+    /// Masked inpainting (`[inpaint] weight = 1.0, patch = 4, ratio = 0.5, loss = "l2"`,
+    /// optional `feature`, a 4-D map): a decoder head reconstructs the masked patches of each
+    /// unlabeled frame; not saved. Default off.
+    #[serde(default)]
+    pub inpaint: Option<Inpaint>,
+    /// Colorization, RGB models only (`[colorize] weight = 1.0, loss = "l2"`, optional
+    /// `feature`): a decoder head predicts the chroma of each unlabeled frame from its luma;
+    /// not saved. Default off.
+    #[serde(default)]
+    pub colorize: Option<Colorize>,
     /// Feature consistency (`[feature_consistency] weight = 1.0, distance = "cosine"`,
     /// optional `feature`): the strong view's feature rows are pulled towards the weak
     /// view's; combinable with UDA's logit consistency by weight. Default off.
@@ -290,6 +300,20 @@ impl AdaptConfig {
                 return Err(bad("corruption.corruptions", "must name at least one"));
             }
         }
+        if let Some(i) = &self.inpaint {
+            if !(i.weight.is_finite() && i.weight > 0.0) {
+                return Err(bad("inpaint.weight", "must be a positive number"));
+            }
+            if !(i.ratio > 0.0 && i.ratio <= 1.0) {
+                return Err(bad("inpaint.ratio", "must be in (0, 1]"));
+            }
+            range("inpaint.patch", i.patch, 1, 4096)?;
+        }
+        if let Some(c) = &self.colorize {
+            if !(c.weight.is_finite() && c.weight > 0.0) {
+                return Err(bad("colorize.weight", "must be a positive number"));
+            }
+        }
         if let Some(f) = &self.feature_consistency {
             if !(f.weight.is_finite() && f.weight > 0.0) {
                 return Err(bad(
@@ -316,6 +340,8 @@ impl AdaptConfig {
             && self.rotation.is_none()
             && self.jigsaw.is_none()
             && self.corruption.is_none()
+            && self.inpaint.is_none()
+            && self.colorize.is_none()
             && self.feature_consistency.is_none()
     }
 

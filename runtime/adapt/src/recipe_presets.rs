@@ -1,8 +1,8 @@
 //! The named recipes (presets) of [`AdaptConfig`]: their table ([`RECIPES`]) and settings.
 
 use fieldtune_graph::{
-    BatchNormMode, CorruptionTask, Cotta, FeatureConsistency, Jigsaw, MeanTeacher, Optimizer,
-    Rotation, Trainable, Tsa, UdaLoss,
+    BatchNormMode, Colorize, CorruptionTask, Cotta, FeatureConsistency, Inpaint, Jigsaw,
+    MeanTeacher, Optimizer, Rotation, Trainable, Tsa, UdaLoss,
 };
 
 use crate::error::{AdaptError, Result};
@@ -46,6 +46,14 @@ pub const RECIPES: &[(&str, &str)] = &[
         "test-time training: a linear head on the classifier's input tells which of 5 corruptions (noise, blur, contrast, quantisation, pixelation) or none a frame got; no labeled anchors",
     ),
     (
+        "inpaint",
+        "test-time training: a decoder head on the last feature map reconstructs masked 4x4 patches (half of them) of each frame, L2 on the masked pixels; no labeled anchors",
+    ),
+    (
+        "colorize",
+        "test-time training (RGB models): a decoder head on the last feature map predicts each frame's chroma from its luma, L2; no labeled anchors",
+    ),
+    (
         "feature-consistency",
         "weak and strong views agree in the classifier's input (cosine) + labeled CE; no logit consistency",
     ),
@@ -80,6 +88,8 @@ impl AdaptConfig {
             rotation: None,
             jigsaw: None,
             corruption: None,
+            inpaint: None,
+            colorize: None,
             feature_consistency: None,
             log_every: 25,
             eval_every: 0,
@@ -161,46 +171,24 @@ impl AdaptConfig {
                 ..base
             },
             "rotation" => AdaptConfig {
-                batch_labeled: 0,
-                weak: AugmentConfig::Identity,
-                strong: AugmentConfig::Identity,
-                loss: UdaLoss {
-                    ce_weight: 0.0,
-                    consistency_weight: 0.0,
-                    entropy_weight: 0.0,
-                    diversity_weight: 0.0,
-                    ..UdaLoss::default()
-                },
                 rotation: Some(Rotation::default()),
-                ..base
+                ..pretext_only(base)
             },
             "jigsaw" => AdaptConfig {
-                batch_labeled: 0,
-                weak: AugmentConfig::Identity,
-                strong: AugmentConfig::Identity,
-                loss: UdaLoss {
-                    ce_weight: 0.0,
-                    consistency_weight: 0.0,
-                    entropy_weight: 0.0,
-                    diversity_weight: 0.0,
-                    ..UdaLoss::default()
-                },
                 jigsaw: Some(Jigsaw::default()),
-                ..base
+                ..pretext_only(base)
             },
             "corruption" => AdaptConfig {
-                batch_labeled: 0,
-                weak: AugmentConfig::Identity,
-                strong: AugmentConfig::Identity,
-                loss: UdaLoss {
-                    ce_weight: 0.0,
-                    consistency_weight: 0.0,
-                    entropy_weight: 0.0,
-                    diversity_weight: 0.0,
-                    ..UdaLoss::default()
-                },
                 corruption: Some(CorruptionTask::default()),
-                ..base
+                ..pretext_only(base)
+            },
+            "inpaint" => AdaptConfig {
+                inpaint: Some(Inpaint::default()),
+                ..pretext_only(base)
+            },
+            "colorize" => AdaptConfig {
+                colorize: Some(Colorize::default()),
+                ..pretext_only(base)
             },
             "feature-consistency" => AdaptConfig {
                 weak: AugmentConfig::Identity,
@@ -228,5 +216,23 @@ impl AdaptConfig {
                 })
             }
         })
+    }
+}
+
+/// `base` with no anchors, identity views and every UDA term off: the settings of a pretext
+/// task alone.
+fn pretext_only(base: AdaptConfig) -> AdaptConfig {
+    AdaptConfig {
+        batch_labeled: 0,
+        weak: AugmentConfig::Identity,
+        strong: AugmentConfig::Identity,
+        loss: UdaLoss {
+            ce_weight: 0.0,
+            consistency_weight: 0.0,
+            entropy_weight: 0.0,
+            diversity_weight: 0.0,
+            ..UdaLoss::default()
+        },
+        ..base
     }
 }

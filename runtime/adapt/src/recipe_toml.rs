@@ -10,7 +10,7 @@ const COMMENT_COLUMN: usize = 36;
 const DOCS: &[(&str, &str)] = &[
     (
         "recipe",
-        "preset the other keys start from: uda-im, uda, tent, fixmatch, cotta, rotation, jigsaw, corruption, feature-consistency",
+        "preset the other keys start from: uda-im, uda, tent, fixmatch, cotta, rotation, jigsaw, corruption, inpaint, colorize, feature-consistency",
     ),
     ("steps", "optimizer steps"),
     ("lr", "peak learning rate"),
@@ -190,6 +190,31 @@ const DOCS: &[(&str, &str)] = &[
         "K of noise, blur, contrast, quantise, pixelate (in the graph)",
     ),
     (
+        "inpaint",
+        "test-time training: a decoder head fills masked patches (not saved)",
+    ),
+    (
+        "inpaint.feature",
+        "the 4-D map the decoder reads (default: the last that divides the image)",
+    ),
+    ("inpaint.weight", "weight of the reconstruction loss"),
+    ("inpaint.patch", "side of the square patches in pixels (divides the image)"),
+    ("inpaint.ratio", "probability that a patch is masked, in (0, 1]"),
+    (
+        "inpaint.loss",
+        "\"l2\" | \"l1\", on the masked pixels only",
+    ),
+    (
+        "colorize",
+        "test-time training, RGB: a decoder head predicts chroma from luma (not saved)",
+    ),
+    (
+        "colorize.feature",
+        "the 4-D map the decoder reads (default: the last that divides the image)",
+    ),
+    ("colorize.weight", "weight of the chroma loss"),
+    ("colorize.loss", "\"l2\" | \"l1\""),
+    (
         "feature_consistency",
         "weak and strong views agree in a feature tensor, not only the logits",
     ),
@@ -230,6 +255,11 @@ const OFF: &[(&str, &str)] = &[
         "corruption",
         "weight = 1.0, corruptions = [\"noise\", \"blur\", \"contrast\", \"quantise\", \"pixelate\"]",
     ),
+    (
+        "inpaint",
+        "weight = 1.0, patch = 4, ratio = 0.5, loss = \"l2\"",
+    ),
+    ("colorize", "weight = 1.0, loss = \"l2\""),
     ("feature_consistency", "weight = 1.0, distance = \"cosine\""),
 ];
 

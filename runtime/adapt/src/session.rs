@@ -36,6 +36,8 @@ pub fn train_spec(model: &ModelDir, cfg: &AdaptConfig) -> TrainSpec {
         feature_consistency: cfg.feature_consistency.clone(),
         jigsaw: cfg.jigsaw.clone(),
         corruption: cfg.corruption.clone(),
+        inpaint: cfg.inpaint.clone(),
+        colorize: cfg.colorize.clone(),
         target: Target::Portable,
     }
 }

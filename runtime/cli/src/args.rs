@@ -158,7 +158,10 @@ pub(crate) struct RecipeArgs {
     /// no anchors; the head is not saved), jigsaw (test-time training: predict which of 4
     /// permutations of its 2x2 tiles a frame shows; even sides; no anchors; head not saved),
     /// corruption (test-time training: predict which of 5 corruptions, noise, blur, contrast,
-    /// quantisation, pixelation, or none a frame got; no anchors; head not saved),
+    /// quantisation, pixelation, or none a frame got; no anchors; head not saved), inpaint
+    /// (test-time training: a decoder head on the last feature map reconstructs masked 4x4
+    /// patches; no anchors; head not saved), colorize (test-time training, RGB models: a
+    /// decoder head predicts each frame's chroma from its luma; no anchors; head not saved),
     /// feature-consistency (weak and strong views agree in the classifier's input, cosine,
     /// + anchor CE; for models whose logits are too unsure for the UDA mask).
     #[arg(long, value_enum)]
@@ -207,6 +210,8 @@ enum Objective {
     Rotation,
     Jigsaw,
     Corruption,
+    Inpaint,
+    Colorize,
     FeatureConsistency,
 }
 
@@ -247,6 +252,8 @@ impl RecipeArgs {
                     | Objective::Rotation
                     | Objective::Jigsaw
                     | Objective::Corruption
+                    | Objective::Inpaint
+                    | Objective::Colorize
             ) {
                 0.0
             } else {
@@ -264,6 +271,8 @@ impl RecipeArgs {
                     | Objective::Rotation
                     | Objective::Jigsaw
                     | Objective::Corruption
+                    | Objective::Inpaint
+                    | Objective::Colorize
                     | Objective::FeatureConsistency => 0.0,
                 },
                 diversity_weight: if consistency {
@@ -301,6 +310,14 @@ impl RecipeArgs {
             };
             cfg.corruption = match o {
                 Objective::Corruption => Some(cfg.corruption.clone().unwrap_or_default()),
+                _ => None,
+            };
+            cfg.inpaint = match o {
+                Objective::Inpaint => Some(cfg.inpaint.clone().unwrap_or_default()),
+                _ => None,
+            };
+            cfg.colorize = match o {
+                Objective::Colorize => Some(cfg.colorize.clone().unwrap_or_default()),
                 _ => None,
             };
             cfg.feature_consistency = match o {

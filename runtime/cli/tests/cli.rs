@@ -619,3 +619,71 @@ fn compile_for_a_tuned_target_reports_what_it_replaced() {
         &["unknown target 'cuda'"],
     );
 }
+
+/// inpaint trains its decoder head with the backbone and saves only the model; compile reports
+/// the head; colorize refuses a grayscale model, naming its channel count.
+#[test]
+fn inpaint_adapts_and_colorize_refuses_a_grayscale_model() {
+    let d = tempfile::tempdir().unwrap();
+    let (out, col) = (d.path().join("inpaint"), d.path().join("colorize"));
+    let mut args = vec![
+        "adapt",
+        "--model",
+        "models/mnist-cnn",
+        "--unlabeled",
+        "data/opencv-digits",
+        "--out",
+        out.to_str().unwrap(),
+        "--batch",
+        "8",
+        "--steps",
+        "2",
+        "--engine",
+        "tract",
+        "--objective",
+        "inpaint",
+    ];
+    let o = fieldtune(&args);
+    let (stdout, err) = text(&o);
+    assert!(o.status.success(), "{stdout}\n{err}");
+    let log = std::fs::read_to_string(out.join("adapt.json")).unwrap();
+    assert!(
+        log.contains("loss_inpaint"),
+        "no loss_inpaint in adapt.json"
+    );
+    // The decoder reads features.5.out: the classifier gets no gradient; the head is not saved.
+    let mut names = safetensors_names(&out.join("checkpoint.safetensors"));
+    names.sort();
+    let expect = [
+        "features.0.bias",
+        "features.0.weight",
+        "features.3.bias",
+        "features.3.weight",
+    ];
+    assert_eq!(names, expect);
+    let onnx = d.path().join("step.onnx");
+    let o = fieldtune(&[
+        "compile",
+        "--model",
+        "models/mnist-cnn",
+        "--objective",
+        "inpaint",
+        "--out",
+        onnx.to_str().unwrap(),
+    ]);
+    let (s, err) = text(&o);
+    assert!(o.status.success(), "{s}\n{err}");
+    let line = s.lines().find(|l| l.starts_with("pretext heads"));
+    assert!(
+        line.is_some_and(|l| l.contains("1040 values (inpaint.weight [16, 64, 1, 1], inpaint.bias")),
+        "{s}"
+    );
+    *args.last_mut().unwrap() = "colorize";
+    args[6] = col.to_str().unwrap();
+    fails_with(&args, &["colorize needs an RGB model", "has 1 channel"]);
+    let (help, _) = text(&fieldtune(&["adapt", "--help"]));
+    assert!(
+        help.contains("inpaint") && help.contains("colorize"),
+        "{help}"
+    );
+}

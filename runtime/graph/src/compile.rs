@@ -18,8 +18,8 @@ use crate::error::{GraphError, Result};
 use crate::forward::{instantiate, Forward};
 use crate::ir::{Elem, Graph, TRAIN_OPSET};
 use crate::loss::{
-    corruption_terms, feature_consistency_terms, jigsaw_terms, rotation_terms, uda, CottaStep,
-    FeatureViews, Loops, ProximalStep, TeacherStep, UdaInputs,
+    feature_consistency_terms, uda, CottaStep, FeatureViews, HeadTask, Loops, ProximalStep,
+    TeacherStep, UdaInputs,
 };
 use crate::lower::{BatchNormMode, RunningUpdate};
 use crate::optim::update_group;
@@ -301,7 +301,8 @@ fn gradient_pass(
 }
 
 /// Compiles the train step of `model` under `spec`: the forward passes, the objectives'
-/// terms (UDA, then CoTTA, feature consistency, rotation, jigsaw and corruption when set; the mean teacher gives the targets), the
+/// terms (UDA, then CoTTA, feature consistency, then the pretext tasks rotation, jigsaw,
+/// corruption, inpaint and colorize when set; the mean teacher gives the targets), the
 /// gradients, the optimizer update (then the teacher's EMA and CoTTA's restore) and the
 /// outputs.
 pub fn compile_train_step(model: &ModelProto, spec: &TrainSpec) -> Result<TrainStep> {
@@ -417,23 +418,33 @@ pub fn compile_train_step(model: &ModelProto, spec: &TrainSpec) -> Result<TrainS
         };
         feature_consistency_terms(&mut b, fc, &fwd, &views, &mut loss)?;
     }
-    let mut head: Vec<String> = Vec::new();
-    if let Some(rot) = &spec.rotation {
-        let hp = rotation_terms(&mut b, rot, &fwd, &xw, image, spec.seed, drop, &mut loss)?;
-        head.extend(hp.iter().map(|p| p.0.clone()));
-        params.extend(hp);
+    // The pretext tasks, each with its head (trained, not part of the model).
+    let tasks = HeadTask {
+        fwd: &fwd,
+        xw: &xw,
+        image,
+        step: &step,
+        seed: spec.seed,
+        dropout: drop,
+    };
+    let mut heads = Vec::new();
+    if let Some(t) = &spec.rotation {
+        heads.extend(tasks.terms(&mut b, t, &mut loss)?);
     }
-    if let Some(jig) = &spec.jigsaw {
-        let hp = jigsaw_terms(&mut b, jig, &fwd, &xw, image, spec.seed, drop, &mut loss)?;
-        head.extend(hp.iter().map(|p| p.0.clone()));
-        params.extend(hp);
+    if let Some(t) = &spec.jigsaw {
+        heads.extend(tasks.terms(&mut b, t, &mut loss)?);
     }
-    if let Some(task) = &spec.corruption {
-        let rng = (step.as_str(), spec.seed);
-        let hp = corruption_terms(&mut b, task, &fwd, &xw, image, rng, drop, &mut loss)?;
-        head.extend(hp.iter().map(|p| p.0.clone()));
-        params.extend(hp);
+    if let Some(t) = &spec.corruption {
+        heads.extend(tasks.terms(&mut b, t, &mut loss)?);
     }
+    if let Some(t) = &spec.inpaint {
+        heads.extend(tasks.terms(&mut b, t, &mut loss)?);
+    }
+    if let Some(t) = &spec.colorize {
+        heads.extend(tasks.terms(&mut b, t, &mut loss)?);
+    }
+    let head: Vec<String> = heads.iter().map(|p| p.0.clone()).collect();
+    params.extend(heads);
 
     // Gradients; parameters no gradient reaches are frozen.
     let names: Vec<String> = params.iter().map(|p| p.0.clone()).collect();

@@ -16,6 +16,7 @@ pub mod lower;
 pub mod ops;
 pub mod optim;
 pub mod predict;
+mod pretext;
 pub mod proto;
 pub mod random;
 pub mod spec;
@@ -27,8 +28,8 @@ pub use error::{GraphError, Result};
 pub use ir::{decode_model, encode_model, load_model, with_initializers, Graph};
 pub use predict::predict_graph;
 pub use spec::{
-    is_head_param, jigsaw_permutations, teacher_name, BatchNormMode, CorruptionKind,
-    CorruptionTask, Cotta, FeatureConsistency, FeatureDistance, Jigsaw, MeanTeacher, Optimizer,
-    Rotation, TrainSpec, Trainable, Tsa, UdaLoss,
+    is_head_param, jigsaw_permutations, teacher_name, BatchNormMode, Colorize, CorruptionKind,
+    CorruptionTask, Cotta, FeatureConsistency, FeatureDistance, Inpaint, Jigsaw, MeanTeacher,
+    Optimizer, PixelLoss, Rotation, TrainSpec, Trainable, Tsa, UdaLoss,
 };
 pub use target::{Target, TuneReport, DOMAIN, TARGET_ENV};

@@ -30,6 +30,10 @@ jigsaw  test-time training: a linear head (not saved) tells which of 4 permutati
 a frame shows; for models whose logits are too unsure for consistency; no anchors\n  \
 corruption test-time training: a linear head (not saved) tells which of noise, blur, contrast, \
 quantisation, pixelation or none a frame got; for corrupted target domains; no anchors\n  \
+inpaint test-time training: a decoder head (not saved) on the last feature map reconstructs \
+the masked 4x4 patches of each frame; for frames whose local structure still identifies them; no anchors\n  \
+colorize test-time training, RGB models: a decoder head (not saved) predicts each frame's chroma \
+from its luma; for colour shifts and camera changes; refused on grayscale models; no anchors\n  \
 feature-consistency  weak and strong views agree in the classifier's input (cosine) + anchor CE; \
 when the UDA confidence mask keeps few frames\n\n\
 --objective, --train, --batchnorm and --batch change a recipe from the command line; a .onnx file \

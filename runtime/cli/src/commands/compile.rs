@@ -106,6 +106,8 @@ pub fn run(a: CompileArgs) -> Result<()> {
     if cfg.rotation.is_some()
         || cfg.jigsaw.is_some()
         || cfg.corruption.is_some()
+        || cfg.inpaint.is_some()
+        || cfg.colorize.is_some()
         || cfg.feature_consistency.is_some()
     {
         print_pretext_cost(&m, &cfg, &step);
@@ -129,6 +131,8 @@ fn print_pretext_cost(
     base.rotation = None;
     base.jigsaw = None;
     base.corruption = None;
+    base.inpaint = None;
+    base.colorize = None;
     base.feature_consistency = None;
     let added = match m.compile_step(&fieldtune_adapt::train_spec(m, &base)) {
         Ok(b) => format!(

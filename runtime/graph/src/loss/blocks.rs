@@ -6,6 +6,7 @@ use fieldtune_tensor::Tensor;
 use crate::builder::Builder;
 use crate::error::Result;
 use crate::ir::attr;
+use crate::random;
 
 /// Names of the scalar terms a loss block produces.
 pub struct LossTerms {
@@ -30,6 +31,15 @@ impl LossTerms {
 pub(crate) struct Loops {
     pub updates: Vec<(String, String)>,
     pub state: Vec<(String, Tensor)>,
+}
+
+/// Values uniform in +-`bound` of the stream `key` under `seed` (a head's initial values, as
+/// PyTorch's `nn.Linear` / `nn.Conv2d` draw them with bound 1/sqrt(fan in)).
+pub(super) fn seeded_uniform(seed: u64, key: &str, n: usize, bound: f32) -> Vec<f32> {
+    random::reference(seed, key, 0, n)
+        .into_iter()
+        .map(|u| (2.0 * u - 1.0) * bound)
+        .collect()
 }
 
 pub(super) fn mean_all(b: &mut Builder, x: &str) -> Result<String> {

@@ -5,14 +5,9 @@
 
 use fieldtune_tensor::Tensor;
 
-use super::blocks::LossTerms;
-use super::head::{
-    concat_rows, feature_rows, linear_head_terms, pass_tensor, resolve_feature, strided_groups,
-    Head,
-};
+use super::head::{concat_rows, strided_groups, HeadTask, PretextTask, Targets};
 use crate::builder::Builder;
 use crate::error::{GraphError, Result};
-use crate::forward::Forward;
 use crate::ir::attr;
 use crate::random;
 use crate::spec::{CorruptionKind, CorruptionTask, CORRUPTION_BIAS, CORRUPTION_WEIGHT};
@@ -26,71 +21,62 @@ pub const LEVELS: f32 = 4.0;
 /// Added to the image's range before dividing by it.
 pub const RANGE_EPS: f32 = 1e-6;
 
-/// Adds the corruption task over the weak view `xw` ([bu, C, H, W], `image` = [C, H, W]): the
-/// corrupted batch (example i gets class i mod (K + 1)), its forward pass (Dropout per
-/// `dropout`), the head's parameters as graph inputs, and the weighted cross-entropy with its
-/// metrics `loss_corruption`, `corruption_accuracy`. `step` is the train step's step input
-/// (the noise is drawn from it). Returns the head's parameters with their initial values.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn corruption_terms(
-    b: &mut Builder,
-    task: &CorruptionTask,
-    fwd: &Forward<'_>,
-    xw: &str,
-    image: [usize; 3],
-    (step, seed): (&str, u64),
-    dropout: Option<(&str, u64)>,
-    loss: &mut LossTerms,
-) -> Result<Vec<(String, Tensor)>> {
-    let [c, h, w] = image;
-    if !(task.weight.is_finite() && task.weight > 0.0) {
-        return Err(GraphError::Spec(format!(
-            "corruption.weight is {} (must be positive; turn the task off instead of 0)",
-            task.weight
-        )));
+/// The weak view with example i left as it is or corrupted (class i mod (K + 1)); `step` (the
+/// train step's step input) draws the noise. The head's metrics are `loss_corruption`,
+/// `corruption_accuracy`.
+impl PretextTask for CorruptionTask {
+    const KEY: &'static str = "corruption";
+    const PARAMS: (&'static str, &'static str) = (CORRUPTION_WEIGHT, CORRUPTION_BIAS);
+    const METRICS: &'static [&'static str] = &["loss_corruption", "corruption_accuracy"];
+
+    fn weight(&self) -> f32 {
+        self.weight
     }
-    let k = task.corruptions.len();
-    if k == 0 {
-        return Err(GraphError::Spec(
-            "corruption.corruptions is empty (name at least one)".into(),
-        ));
+
+    fn feature(&self) -> Option<&String> {
+        self.feature.as_ref()
     }
-    for (i, ci) in task.corruptions.iter().enumerate() {
-        if task.corruptions[..i].contains(ci) {
-            return Err(GraphError::Spec(format!(
-                "corruption.corruptions names {ci:?} twice"
-            )));
+
+    fn batch(&self, b: &mut Builder, t: &HeadTask<'_>) -> Result<(String, Targets)> {
+        let [c, h, w] = t.image;
+        let k = self.corruptions.len();
+        if k == 0 {
+            return Err(GraphError::Spec(
+                "corruption.corruptions is empty (name at least one)".into(),
+            ));
         }
+        for (i, ci) in self.corruptions.iter().enumerate() {
+            if self.corruptions[..i].contains(ci) {
+                return Err(GraphError::Spec(format!(
+                    "corruption.corruptions names {ci:?} twice"
+                )));
+            }
+        }
+        if self.corruptions.contains(&CorruptionKind::Pixelate) && (h % 2 != 0 || w % 2 != 0) {
+            return Err(GraphError::Input {
+                input: t.fwd.input.to_string(),
+                reason: format!("2x2 pixelation needs even image sides, found {h}x{w}"),
+            });
+        }
+        let mut parts = Vec::new();
+        let mut labels = Vec::new();
+        for (class, (rows, n)) in strided_groups(b, t.xw, k + 1)?.into_iter().enumerate() {
+            let part = match class {
+                0 => rows,
+                _ => corrupt(b, &rows, self.corruptions[class - 1], c, (t.step, t.seed))?,
+            };
+            parts.push(part);
+            labels.extend(std::iter::repeat_n(class as i64, n));
+        }
+        let xc = concat_rows(b, &parts)?;
+        Ok((
+            xc,
+            Targets::Classes {
+                labels,
+                classes: k + 1,
+            },
+        ))
     }
-    if task.corruptions.contains(&CorruptionKind::Pixelate) && (h % 2 != 0 || w % 2 != 0) {
-        return Err(GraphError::Input {
-            input: fwd.input.to_string(),
-            reason: format!("2x2 pixelation needs even image sides, found {h}x{w}"),
-        });
-    }
-    let feature = resolve_feature(fwd.g, &task.feature, "corruption.feature")?;
-    let mut parts = Vec::new();
-    let mut labels = Vec::new();
-    for (class, (rows, n)) in strided_groups(b, xw, k + 1)?.into_iter().enumerate() {
-        let part = match class {
-            0 => rows,
-            _ => corrupt(b, &rows, task.corruptions[class - 1], c, (step, seed))?,
-        };
-        parts.push(part);
-        labels.extend(std::iter::repeat_n(class as i64, n));
-    }
-    let xc = concat_rows(b, &parts)?;
-    fwd.pass(b, &xc, "corruption", None, None, dropout)?;
-    let feat = pass_tensor(b, fwd, "corruption", &xc, &feature, "corruption.feature")?;
-    let rows = feature_rows(b, &feat)?;
-    let head = Head {
-        weight: CORRUPTION_WEIGHT,
-        bias: CORRUPTION_BIAS,
-        classes: k + 1,
-        term_weight: task.weight,
-        metrics: ("loss_corruption", "corruption_accuracy"),
-    };
-    linear_head_terms(b, &rows, &head, seed, labels, loss)
 }
 
 /// Per-image reduction over (C, H, W), kept as [n, 1, 1, 1].

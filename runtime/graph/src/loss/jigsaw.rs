@@ -2,71 +2,48 @@
 //! P permutations per example, the model up to the feature tensor, and a linear head over the
 //! P permutations trained with a cross-entropy.
 
-use fieldtune_tensor::Tensor;
-
-use super::blocks::LossTerms;
-use super::head::{
-    concat_rows, feature_rows, linear_head_terms, pass_tensor, resolve_feature, strided_groups,
-    Head,
-};
+use super::head::{concat_rows, strided_groups, HeadTask, PretextTask, Targets};
 use crate::builder::Builder;
 use crate::error::{GraphError, Result};
-use crate::forward::Forward;
 use crate::ir::attr;
 use crate::spec::{jigsaw_permutations, Jigsaw, JIGSAW_BIAS, JIGSAW_WEIGHT};
 
 /// The most permutations of a 2x2 grid.
 pub const MAX_PERMUTATIONS: usize = 24;
 
-/// Adds the jigsaw task over the weak view `xw` ([bu, C, H, W], `image` = [C, H, W], H and W
-/// even): the puzzles (example i gets permutation i mod P), their forward pass (Dropout per
-/// `dropout`), the head's parameters as graph inputs, and the weighted cross-entropy with its
-/// metrics `loss_jigsaw`, `jigsaw_accuracy`. Returns the head's parameters with their initial
-/// values (from `seed`).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn jigsaw_terms(
-    b: &mut Builder,
-    jig: &Jigsaw,
-    fwd: &Forward<'_>,
-    xw: &str,
-    image: [usize; 3],
-    seed: u64,
-    dropout: Option<(&str, u64)>,
-    loss: &mut LossTerms,
-) -> Result<Vec<(String, Tensor)>> {
-    let [_, h, w] = image;
-    if !(jig.weight.is_finite() && jig.weight > 0.0) {
-        return Err(GraphError::Spec(format!(
-            "jigsaw.weight is {} (must be positive; turn the jigsaw task off instead of 0)",
-            jig.weight
-        )));
+/// The weak view's puzzles `[bu, C, H, W]` (H and W even; example i gets permutation i mod P),
+/// labelled by permutation; the head's metrics are `loss_jigsaw`, `jigsaw_accuracy`.
+impl PretextTask for Jigsaw {
+    const KEY: &'static str = "jigsaw";
+    const PARAMS: (&'static str, &'static str) = (JIGSAW_WEIGHT, JIGSAW_BIAS);
+    const METRICS: &'static [&'static str] = &["loss_jigsaw", "jigsaw_accuracy"];
+
+    fn weight(&self) -> f32 {
+        self.weight
     }
-    let p = jig.permutations;
-    if !(2..=MAX_PERMUTATIONS).contains(&p) {
-        return Err(GraphError::Spec(format!(
-            "jigsaw.permutations is {p}; a 2x2 grid has 2..={MAX_PERMUTATIONS}"
-        )));
+
+    fn feature(&self) -> Option<&String> {
+        self.feature.as_ref()
     }
-    if h % 2 != 0 || w % 2 != 0 || h < 2 || w < 2 {
-        return Err(GraphError::Input {
-            input: fwd.input.to_string(),
-            reason: format!("a 2x2 jigsaw needs even image sides, found {h}x{w}"),
-        });
+
+    fn batch(&self, b: &mut Builder, t: &HeadTask<'_>) -> Result<(String, Targets)> {
+        let [_, h, w] = t.image;
+        let p = self.permutations;
+        if !(2..=MAX_PERMUTATIONS).contains(&p) {
+            return Err(GraphError::Spec(format!(
+                "jigsaw.permutations is {p}; a 2x2 grid has 2..={MAX_PERMUTATIONS}"
+            )));
+        }
+        if h % 2 != 0 || w % 2 != 0 || h < 2 || w < 2 {
+            return Err(GraphError::Input {
+                input: t.fwd.input.to_string(),
+                reason: format!("a 2x2 jigsaw needs even image sides, found {h}x{w}"),
+            });
+        }
+        let perms = jigsaw_permutations(t.seed, p);
+        let (xj, labels) = puzzles(b, t.xw, &perms, [h, w])?;
+        Ok((xj, Targets::Classes { labels, classes: p }))
     }
-    let feature = resolve_feature(fwd.g, &jig.feature, "jigsaw.feature")?;
-    let perms = jigsaw_permutations(seed, p);
-    let (xj, labels) = puzzles(b, xw, &perms, [h, w])?;
-    fwd.pass(b, &xj, "jigsaw", None, None, dropout)?;
-    let feat = pass_tensor(b, fwd, "jigsaw", &xj, &feature, "jigsaw.feature")?;
-    let rows = feature_rows(b, &feat)?;
-    let head = Head {
-        weight: JIGSAW_WEIGHT,
-        bias: JIGSAW_BIAS,
-        classes: p,
-        term_weight: jig.weight,
-        metrics: ("loss_jigsaw", "jigsaw_accuracy"),
-    };
-    linear_head_terms(b, &rows, &head, seed, labels, loss)
 }
 
 /// The puzzles of `x` [B, C, H, W]: for each permutation k (in order) the examples

@@ -7,11 +7,15 @@
 //! - `rotation`: the rotation-prediction pretext task and its head;
 //! - `jigsaw`: the 2x2 jigsaw pretext task and its head;
 //! - `corruption`: corrupted-image classification and its head;
+//! - `inpaint`: masked inpainting and its decoder head;
+//! - `colorize`: colorization (RGB models) and its decoder head;
 //! - `features`: weak/strong agreement in an intermediate feature tensor;
 //! - `proximal`: FedProx's proximal term, applied as its exact gradient.
 //!
 //! Shared pieces (stable log-softmax, cross-entropy, the accumulators) are in `blocks`; what
-//! the pretext heads share (the feature they read, the seeded linear head) in `head`.
+//! the pretext tasks share in `head`: [`HeadTask`], the one driver every task goes through
+//! (each supplies only its batch, its targets and its class count through `PretextTask`),
+//! the feature a head reads and the seeded linear head; the decoder heads in `decoder`.
 //!
 //! The seam: each optional objective is a struct built from its spec section, with a method
 //! per phase of the train step that it takes part in (declare inputs, add loss terms into
@@ -19,10 +23,13 @@
 //! in a fixed order, which fixes the emitted graph.
 
 mod blocks;
+mod colorize;
 mod corruption;
 mod cotta;
+mod decoder;
 mod features;
 mod head;
+mod inpaint;
 mod jigsaw;
 mod proximal;
 mod rotation;
@@ -31,15 +38,13 @@ mod uda;
 
 pub(crate) use blocks::Loops;
 pub use blocks::{cross_entropy, log_softmax, LossTerms};
-pub(crate) use corruption::corruption_terms;
 pub use corruption::{CONTRAST, LEVELS, NOISE, RANGE_EPS};
 pub use cotta::cotta;
 pub(crate) use cotta::CottaStep;
 pub(crate) use features::{feature_consistency_terms, FeatureViews};
 pub use features::{feature_distance, NORM_EPS};
-pub(crate) use jigsaw::jigsaw_terms;
+pub(crate) use head::HeadTask;
 pub use jigsaw::MAX_PERMUTATIONS;
 pub(crate) use proximal::ProximalStep;
-pub(crate) use rotation::rotation_terms;
 pub(crate) use teacher::TeacherStep;
 pub use uda::{uda, UdaInputs, DIVERSITY_EPS};

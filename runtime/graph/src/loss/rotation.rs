@@ -2,59 +2,40 @@
 //! graph, the model up to the feature tensor, and a linear head over the 4 rotations trained
 //! with a cross-entropy.
 
-use fieldtune_tensor::Tensor;
-
-use super::blocks::LossTerms;
-use super::head::{feature_rows, linear_head_terms, pass_tensor, resolve_feature, Head};
+use super::head::{HeadTask, PretextTask, Targets};
 use crate::builder::Builder;
 use crate::error::{GraphError, Result};
-use crate::forward::Forward;
 use crate::ir::attr;
 use crate::spec::{Rotation, ROTATION_BIAS, ROTATION_WEIGHT};
 
-/// Adds the rotation task over the weak view `xw` ([bu, C, S, S], `image` = [C, S, S]): its
-/// forward pass (Dropout per `dropout`, as in the gradient pass), the head's parameters as
-/// graph inputs, and the weighted cross-entropy with its metrics `loss_rotation`,
-/// `rotation_accuracy`. Returns the head's parameters with their initial values (from
-/// `seed`).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn rotation_terms(
-    b: &mut Builder,
-    rot: &Rotation,
-    fwd: &Forward<'_>,
-    xw: &str,
-    image: [usize; 3],
-    seed: u64,
-    dropout: Option<(&str, u64)>,
-    loss: &mut LossTerms,
-) -> Result<Vec<(String, Tensor)>> {
-    let [_, h, w] = image;
-    let bu = b.shape(xw)?[0];
-    if rot.weight == 0.0 {
-        return Err(GraphError::Spec(
-            "rotation.weight is 0 (turn the rotation task off instead)".into(),
-        ));
+/// The weak view `[bu, C, S, S]` rotated by 0, 90, 180 and 270 degrees (square images only),
+/// labelled by rotation; the head's metrics are `loss_rotation`, `rotation_accuracy`.
+impl PretextTask for Rotation {
+    const KEY: &'static str = "rotation";
+    const PARAMS: (&'static str, &'static str) = (ROTATION_WEIGHT, ROTATION_BIAS);
+    const METRICS: &'static [&'static str] = &["loss_rotation", "rotation_accuracy"];
+
+    fn weight(&self) -> f32 {
+        self.weight
     }
-    if h != w {
-        return Err(GraphError::Input {
-            input: fwd.input.to_string(),
-            reason: format!("rotation prediction needs square images, found {h}x{w}"),
-        });
+
+    fn feature(&self) -> Option<&String> {
+        self.feature.as_ref()
     }
-    let feature = resolve_feature(fwd.g, &rot.feature, "rotation.feature")?;
-    let xr = rotations(b, xw, h)?;
-    fwd.pass(b, &xr, "rotation", None, None, dropout)?;
-    let feat = pass_tensor(b, fwd, "rotation", &xr, &feature, "rotation.feature")?;
-    let rows = feature_rows(b, &feat)?;
-    let labels: Vec<i64> = (0..4 * bu).map(|i| (i / bu) as i64).collect();
-    let head = Head {
-        weight: ROTATION_WEIGHT,
-        bias: ROTATION_BIAS,
-        classes: 4,
-        term_weight: rot.weight,
-        metrics: ("loss_rotation", "rotation_accuracy"),
-    };
-    linear_head_terms(b, &rows, &head, seed, labels, loss)
+
+    fn batch(&self, b: &mut Builder, t: &HeadTask<'_>) -> Result<(String, Targets)> {
+        let [_, h, w] = t.image;
+        let bu = b.shape(t.xw)?[0];
+        if h != w {
+            return Err(GraphError::Input {
+                input: t.fwd.input.to_string(),
+                reason: format!("rotation prediction needs square images, found {h}x{w}"),
+            });
+        }
+        let xr = rotations(b, t.xw, h)?;
+        let labels: Vec<i64> = (0..4 * bu).map(|i| (i / bu) as i64).collect();
+        Ok((xr, Targets::Classes { labels, classes: 4 }))
+    }
 }
 
 /// `x` [B, C, S, S] and its rotations by 90, 180 and 270 degrees in the (H, W) plane, as
