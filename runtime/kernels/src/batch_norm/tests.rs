@@ -172,13 +172,12 @@ fn variance_keeps_its_digits_when_the_first_element_is_far_from_the_mean() {
     )
     .unwrap();
     let want = naive_stats(&x, d);
-    for c in 0..d.c {
-        let is = 1.0 / (want.var[c] + eps as f64).sqrt();
-        let err = (inv[c] as f64 - is).abs() / is;
+    for (c, (&got, var)) in inv.iter().zip(&want.var).enumerate() {
+        let is = 1.0 / (var + eps as f64).sqrt();
+        let err = (got as f64 - is).abs() / is;
         assert!(
             err < 1e-6,
-            "channel {c}: inv_std {} vs {is} (relative error {err:.1e})",
-            inv[c]
+            "channel {c}: inv_std {got} vs {is} (relative error {err:.1e})"
         );
     }
 }
