@@ -31,4 +31,4 @@ pub use spec::{
     CorruptionTask, Cotta, FeatureConsistency, FeatureDistance, Jigsaw, MeanTeacher, Optimizer,
     Rotation, TrainSpec, Trainable, Tsa, UdaLoss,
 };
-pub use target::{Target, TuneReport, DOMAIN, TARGET_ENV};
+pub use target::{Target, TargetChoice, TuneReport, DOMAIN, TARGET_ENV};
