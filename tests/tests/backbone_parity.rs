@@ -103,7 +103,22 @@ fn reference(
     t.into_iter().collect()
 }
 
-fn parity(name: &str, bl: usize, bu: usize, cases: &[Case]) {
+/// The allowance of a deep ReLU6 network at a tiny batch (MobileNetV2 at 2/2/2): any float32
+/// step, PyTorch's own included, puts some pre-activations within rounding of 0 or 6 on the
+/// other side of the mask than float64 does, and each such element moves its tensor's
+/// gradient by its full size. Which tensor is hit changes with the batch and with the order
+/// of sums, so one tensor may be up to `tensor` off float64, while all gradients together
+/// (relative L2 over every tensor) stay within `global`. Measured 2026-12-06 (docs/BENCHMARKS.md
+/// "Engine-tuned train steps"): over 6 batches, the portable and tuned steps on both engines
+/// were 2.9e-4 to 2.5e-3 off float64 in all gradients together (PyTorch float32 2.9e-4 to
+/// 1.9e-3), their worst tensor 1.5e-3 to 6.1e-3, once 1.4e-2 (tuned, ONNX Runtime, one
+/// BatchNorm scale, the step's global error 2.1e-3 against portable's 1.9e-3).
+struct MaskFlips {
+    tensor: f64,
+    global: f64,
+}
+
+fn parity(name: &str, bl: usize, bu: usize, cases: &[Case], flips: Option<MaskFlips>) {
     let path = model_path(name);
     let model = load_model(&path).expect("model");
     let dir = std::env::temp_dir().join(format!("fieldtune-bb-{name}-{}", std::process::id()));
@@ -223,7 +238,34 @@ fn parity(name: &str, bl: usize, bu: usize, cases: &[Case]) {
                 .collect();
             let worst = errs.iter().map(|e| e.1).fold(0.0, f64::max);
             let worst32 = errs.iter().map(|e| e.2).fold(0.0, f64::max);
-            let bound = TOL.max(2.0 * worst32);
+            let mut bound = TOL.max(2.0 * worst32);
+            if let Some(f) = &flips {
+                bound = bound.max(f.tensor);
+                let all = |o: &HashMap<String, Tensor>| {
+                    let (mut d, mut n) = (0f64, 0f64);
+                    for (p, _) in &step.params {
+                        let k = format!("grad.{p}");
+                        let (a, b) = (o[&k].as_f32().unwrap(), want[&k].as_f32().unwrap());
+                        for (x, y) in a.iter().zip(b) {
+                            d += ((x - y) as f64).powi(2);
+                            n += (*y as f64).powi(2);
+                        }
+                    }
+                    (d / n.max(1e-300)).sqrt()
+                };
+                let (g, g32) = (all(&outs), all(&torch32));
+                eprintln!(
+                    "  {:?}: all gradients {g:.2e} off float64 (PyTorch float32 {g32:.2e})",
+                    engine.kind()
+                );
+                assert!(
+                    g < f.global.max(2.0 * g32),
+                    "{name} {:?} on {:?}: all gradients together are {g:.2e} off PyTorch's float64 gradient (bound {:.1e}; PyTorch float32 {g32:.2e})",
+                    case.trainable,
+                    engine.kind(),
+                    f.global.max(2.0 * g32)
+                );
+            }
             for (p, e, e32) in &errs {
                 assert!(
                     *e < bound,
@@ -306,7 +348,7 @@ fn modes() -> Vec<Case> {
 
 #[test]
 fn usps_cnn_matches_pytorch() {
-    parity("usps-cnn", 4, 6, &modes());
+    parity("usps-cnn", 4, 6, &modes(), None);
 }
 
 #[test]
@@ -317,12 +359,21 @@ fn resnet_tiny_matches_pytorch() {
         batchnorm: BatchNormMode::Train,
         weak_trains: false,
     });
-    parity("resnet-tiny", 3, 4, &m);
+    parity("resnet-tiny", 3, 4, &m, None);
 }
 
 #[test]
 fn mobilenetv2_224_matches_pytorch() {
-    parity("mobilenetv2", 2, 2, &modes()[..3]);
+    parity(
+        "mobilenetv2",
+        2,
+        2,
+        &modes()[..3],
+        Some(MaskFlips {
+            tensor: 2e-2,
+            global: 3e-3,
+        }),
+    );
 }
 
 /// The cases of a model without BatchNorm: all parameters, the head, and the last two
@@ -341,12 +392,12 @@ fn no_batchnorm_cases() -> Vec<Case> {
 /// A vision transformer (LayerNormalization, exact GELU, softmax attention, class token).
 #[test]
 fn vit_tiny_matches_pytorch() {
-    parity("vit-tiny", 3, 4, &no_batchnorm_cases());
+    parity("vit-tiny", 3, 4, &no_batchnorm_cases(), None);
 }
 
 /// A ConvNeXt (channel LayerNorm through Transpose, depthwise 7x7 convolutions, channels-last
 /// Linear layers with exact GELU, per-channel layer scale).
 #[test]
 fn convnext_tiny_matches_pytorch() {
-    parity("convnext-tiny", 3, 4, &no_batchnorm_cases());
+    parity("convnext-tiny", 3, 4, &no_batchnorm_cases(), None);
 }

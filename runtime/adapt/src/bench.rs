@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use fieldtune_engine::Engine;
-use fieldtune_graph::inputs;
+use fieldtune_graph::{inputs, Target};
 use fieldtune_tensor::Tensor;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -35,6 +35,8 @@ pub struct BenchConfig {
 pub struct BenchReport {
     pub engine: String,
     pub execution_provider: String,
+    /// The train step's target (`portable`, or the engine's tuned target).
+    pub target: String,
     pub batch_labeled: usize,
     pub batch_unlabeled: usize,
     /// Images through the model per train step: labeled + weak + strong.
@@ -105,7 +107,10 @@ pub fn bench(
     let images_per_step = bl + 2 * bu;
     // Compiled even when only inference is timed: the report names the step's size.
     let shape = if bc.skip_train {
-        StepShape::of(&model.compile_step(&train_spec(model, cfg))?)
+        StepShape::of(
+            &model.compile_step(&train_spec(model, cfg))?,
+            Target::Portable,
+        )
     } else {
         let mut session = TrainSession::compile(engine, model, cfg, "train-step")?;
         execution_provider = session.execution_provider().to_string();
@@ -174,6 +179,7 @@ pub fn bench(
     Ok(BenchReport {
         engine: format!("{:?}", engine.kind()),
         execution_provider,
+        target: shape.target.name().to_string(),
         batch_labeled: bl,
         batch_unlabeled: bu,
         images_per_step,

@@ -7,7 +7,7 @@ pub use fieldtune_augment::{AugmentConfig, RandAugment, WeakAugment};
 use fieldtune_graph::loss::MAX_PERMUTATIONS;
 use fieldtune_graph::{
     BatchNormMode, Colorize, CorruptionTask, Cotta, FeatureConsistency, Inpaint, Jigsaw,
-    MeanTeacher, Optimizer, Rotation, Trainable, UdaLoss,
+    MeanTeacher, Optimizer, Rotation, TargetChoice, Trainable, UdaLoss,
 };
 use serde::{Deserialize, Serialize};
 
@@ -137,6 +137,11 @@ pub struct AdaptConfig {
     /// BatchNormalization while adapting: `train` (batch statistics; running statistics
     /// updated and saved with the model) or `frozen` (running statistics).
     pub batchnorm: BatchNormMode,
+    /// The train step's graph (`--target`): `portable` (standard ops), `tuned` or `auto`
+    /// (one-pass fieldtune-domain kernels where the engine that trains registers them: ONNX
+    /// Runtime on CPU, tract). Unset: `FIELDTUNE_TARGET`, else portable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<TargetChoice>,
     /// A mean teacher (`[teacher] ema = 0.999`): the weak-view targets come from an EMA of the
     /// student, updated inside the train step; the adapted model written is the teacher.
     pub teacher: Option<MeanTeacher>,

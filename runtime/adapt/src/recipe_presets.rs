@@ -81,6 +81,7 @@ impl AdaptConfig {
             optimizer: Optimizer::default(),
             trainable: Trainable::All,
             batchnorm: BatchNormMode::Train,
+            target: None,
             teacher: None,
             dropout: false,
             cotta: None,

@@ -46,6 +46,10 @@ const DOCS: &[(&str, &str)] = &[
         "\"train\" (batch statistics; running ones updated, saved) | \"frozen\"",
     ),
     (
+        "target",
+        "\"portable\" | \"tuned\" | \"auto\": train-step graph (standard or one-pass ops)",
+    ),
+    (
         "dropout",
         "Dropout in training form in the gradient pass (masks from seed and step)",
     ),

@@ -9,7 +9,9 @@ use std::collections::HashMap;
 
 use fieldtune_engine::{Engine, EngineKind, ResidentSession};
 use fieldtune_graph::is_head_param;
-use fieldtune_graph::{encode_model, inputs, teacher_name, Target, TrainSpec, TrainStep};
+use fieldtune_graph::{
+    encode_model, inputs, teacher_name, Target, TargetChoice, TrainSpec, TrainStep,
+};
 use fieldtune_tensor::Tensor;
 
 use crate::error::{AdaptError, Result};
@@ -52,11 +54,11 @@ pub fn tuned_target(engine: &dyn Engine) -> Target {
     }
 }
 
-/// The target a train step for `engine` is compiled for: `requested` (portable unless the
-/// caller asks for tuned graphs), switched by `FIELDTUNE_TARGET=tuned|portable`, and portable
-/// wherever the engine does not run fieldtune-domain ops.
-pub fn target_for(engine: &dyn Engine, requested: Target) -> Target {
-    Target::for_engine(requested, tuned_target(engine), engine.runs_fieldtune_ops())
+/// The target a train step for `engine` is compiled for: `choice` (`--target`, `[adapt]
+/// target`; none: `FIELDTUNE_TARGET`, else portable), never fieldtune-domain ops where the
+/// engine does not run them.
+pub fn target_for(engine: &dyn Engine, choice: Option<TargetChoice>) -> Target {
+    TargetChoice::resolve(choice, tuned_target(engine), engine.runs_fieldtune_ops())
 }
 
 /// What one step reported: every metric of the train step, by name, in the step's order
@@ -91,11 +93,14 @@ pub struct StepShape {
     /// The model's input image shape `[c, h, w]`.
     pub image: [usize; 3],
     pub classes: usize,
+    /// The target the step was compiled for (portable or an engine's tuned target).
+    pub target: Target,
 }
 
 impl StepShape {
-    pub fn of(step: &TrainStep) -> StepShape {
+    pub fn of(step: &TrainStep, target: Target) -> StepShape {
         StepShape {
+            target,
             nodes: step.graph.nodes.len(),
             flops: step.flops,
             image: step.image,
@@ -132,14 +137,15 @@ impl TrainSession {
         label: &str,
     ) -> Result<TrainSession> {
         let mut spec = train_spec(model, cfg);
-        spec.target = target_for(engine, spec.target);
+        spec.target = target_for(engine, cfg.target);
         let step = model.compile_step(&spec)?;
         let session = engine.load(&encode_model(&step.to_model()), label)?;
         let execution_provider = session.execution_provider().to_string();
         let resident = session.into_resident(step.resident_init(), step.loops())?;
-        let shape = StepShape::of(&step);
+        let shape = StepShape::of(&step, spec.target);
         tracing::debug!(
             session = label,
+            target = %spec.target,
             nodes = shape.nodes,
             params = step.params.len(),
             frozen = step.frozen.len(),

@@ -92,6 +92,8 @@ pub struct AdaptOutcome {
     pub history: Vec<StepReport>,
     /// Nodes in the compiled train-step graph.
     pub train_step_nodes: usize,
+    /// The target the train step was compiled for.
+    pub target: fieldtune_graph::Target,
     pub execution_provider: String,
     pub seconds: f64,
     pub collapse: CollapseReport,
@@ -127,6 +129,7 @@ pub fn adapt(
         nodes = session.shape().nodes,
         params = session.params().len(),
         ep = %session.execution_provider(),
+        target = %session.shape().target,
         "compiled train step"
     );
 
@@ -182,6 +185,7 @@ pub fn adapt(
         Ok(())
     })?;
     let train_step_nodes = session.shape().nodes;
+    let target = session.shape().target;
     let execution_provider = session.execution_provider().to_string();
     // The adapted model: trained parameters and updated buffers (running statistics), or
     // those of the last check before a collapse that stopped the run.
@@ -190,6 +194,7 @@ pub fn adapt(
         params,
         history,
         train_step_nodes,
+        target,
         execution_provider,
         seconds: t0.elapsed().as_secs_f64(),
         collapse,

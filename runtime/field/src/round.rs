@@ -88,7 +88,7 @@ impl RoundTrainer {
     ) -> Result<RoundTrainer> {
         cfg.validate()?;
         let session = TrainSession::compile(engine, &model, &cfg, "train-step")?;
-        tracing::info!(nodes = session.shape().nodes, params = session.params().len(), ep = %session.execution_provider(), "round: compiled train step");
+        tracing::info!(nodes = session.shape().nodes, params = session.params().len(), ep = %session.execution_provider(), target = %session.shape().target, "round: compiled train step");
         Ok(RoundTrainer {
             model,
             cfg,

@@ -32,4 +32,4 @@ pub use spec::{
     CorruptionTask, Cotta, FeatureConsistency, FeatureDistance, Inpaint, Jigsaw, MeanTeacher,
     Optimizer, PixelLoss, Rotation, TrainSpec, Trainable, Tsa, UdaLoss,
 };
-pub use target::{Target, TuneReport, DOMAIN, TARGET_ENV};
+pub use target::{Target, TargetChoice, TuneReport, DOMAIN, TARGET_ENV};

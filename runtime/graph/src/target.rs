@@ -27,9 +27,9 @@ pub enum Target {
     Tract,
 }
 
-/// The environment variable that overrides [`TrainSpec::target`](crate::TrainSpec::target)
-/// for engines that run fieldtune-domain ops (see [`Target::for_engine`]): `portable` or
-/// `tuned`. The test suites run tuned with `FIELDTUNE_TARGET=tuned`.
+/// The environment variable that picks the target where no command or config asks for one
+/// (see [`TargetChoice::resolve`]): `portable` or `tuned`. The test suites run tuned with
+/// `FIELDTUNE_TARGET=tuned`.
 pub const TARGET_ENV: &str = "FIELDTUNE_TARGET";
 
 impl Target {
@@ -51,32 +51,100 @@ impl Target {
 
     /// Parses `portable|ort-cpu|ort-cuda|tract`.
     pub fn parse(s: &str) -> Result<Target, String> {
-        Target::ALL
-            .into_iter()
-            .find(|t| t.name() == s)
-            .ok_or_else(|| format!("unknown target '{s}' (portable, ort-cpu, ort-cuda or tract)"))
+        by_name(
+            &Target::ALL,
+            Target::name,
+            s,
+            "portable, ort-cpu, ort-cuda or tract",
+        )
     }
 
     /// Whether graphs for this target use fieldtune-domain ops.
     pub fn uses_fieldtune_ops(self) -> bool {
         matches!(self, Target::OrtCpu | Target::Tract)
     }
+}
 
-    /// The target for an engine: `tuned` (the engine's own target when it runs
-    /// fieldtune-domain ops, else portable) or `portable`. `FIELDTUNE_TARGET` (if set to
-    /// `tuned` or `portable`) overrides `requested`, so whole test suites switch.
-    pub fn for_engine(requested: Target, tuned: Target, runs_fieldtune_ops: bool) -> Target {
-        let want_tuned = match std::env::var(TARGET_ENV).ok().as_deref() {
-            Some("tuned") => true,
-            Some("portable") => false,
-            _ => requested != Target::Portable,
-        };
-        if want_tuned && runs_fieldtune_ops {
-            tuned
-        } else {
-            Target::Portable
+/// The target a command asks for (`--target`, `[adapt] target`): resolved per engine by
+/// [`TargetChoice::resolve`] once the engine that runs the train step is known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TargetChoice {
+    /// Standard ops only, on every engine.
+    Portable,
+    /// The engine's tuned target: fieldtune-domain ops where it registers them (ONNX Runtime
+    /// on CPU, tract); standard ops elsewhere (CUDA, TensorRT).
+    Tuned,
+    /// Tuned where the engine registers the fieldtune-domain ops (ort-cpu, tract), portable
+    /// elsewhere (CUDA and TensorRT plans).
+    Auto,
+}
+
+impl TargetChoice {
+    pub const ALL: [TargetChoice; 3] = [
+        TargetChoice::Portable,
+        TargetChoice::Tuned,
+        TargetChoice::Auto,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TargetChoice::Portable => "portable",
+            TargetChoice::Tuned => "tuned",
+            TargetChoice::Auto => "auto",
         }
     }
+
+    /// Parses `portable|tuned|auto`.
+    pub fn parse(s: &str) -> Result<TargetChoice, String> {
+        by_name(
+            &TargetChoice::ALL,
+            TargetChoice::name,
+            s,
+            "portable, tuned or auto",
+        )
+    }
+
+    /// The target of a train step run by an engine whose tuned target is `tuned` and which
+    /// does or does not run fieldtune-domain ops. `None` (nothing asked) is
+    /// `FIELDTUNE_TARGET` when set to `portable` or `tuned`, else portable.
+    pub fn resolve(
+        choice: Option<TargetChoice>,
+        tuned: Target,
+        runs_fieldtune_ops: bool,
+    ) -> Target {
+        let choice = choice.unwrap_or_else(|| match std::env::var(TARGET_ENV).ok().as_deref() {
+            Some("tuned") => TargetChoice::Tuned,
+            _ => TargetChoice::Portable,
+        });
+        match choice {
+            TargetChoice::Portable => Target::Portable,
+            TargetChoice::Tuned | TargetChoice::Auto if runs_fieldtune_ops => tuned,
+            // A target with standard ops only (ort-cuda) serves; never fieldtune-domain ops
+            // on an engine that does not register them.
+            TargetChoice::Tuned if !tuned.uses_fieldtune_ops() => tuned,
+            TargetChoice::Tuned | TargetChoice::Auto => Target::Portable,
+        }
+    }
+}
+
+impl std::fmt::Display for TargetChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The one of `all` named `s` (the `--target` parsers); else an error listing `names`.
+fn by_name<T: Copy>(
+    all: &[T],
+    name: fn(T) -> &'static str,
+    s: &str,
+    names: &str,
+) -> Result<T, String> {
+    all.iter()
+        .copied()
+        .find(|&t| name(t) == s)
+        .ok_or_else(|| format!("unknown target '{s}' ({names})"))
 }
 
 /// What tuning changed in a train step: node counts before and after, the fieldtune-domain
@@ -158,5 +226,28 @@ mod tests {
             .contains("unknown target 'cuda'"));
         assert!(!Target::OrtCuda.uses_fieldtune_ops());
         assert!(!Target::Portable.uses_fieldtune_ops());
+    }
+
+    #[test]
+    fn choices_resolve_per_engine_and_never_to_ops_an_engine_lacks() {
+        use TargetChoice::*;
+        for c in TargetChoice::ALL {
+            assert_eq!(TargetChoice::parse(c.name()), Ok(c));
+        }
+        assert!(TargetChoice::parse("ort-cpu")
+            .unwrap_err()
+            .contains("unknown target 'ort-cpu' (portable, tuned or auto)"));
+        let r = |c, t, runs| TargetChoice::resolve(Some(c), t, runs);
+        for t in [Target::OrtCpu, Target::Tract] {
+            assert_eq!(r(Portable, t, true), Target::Portable);
+            assert_eq!(r(Tuned, t, true), t);
+            assert_eq!(r(Auto, t, true), t);
+            // An engine that does not register the ops never gets them.
+            assert_eq!(r(Tuned, t, false), Target::Portable);
+            assert_eq!(r(Auto, t, false), Target::Portable);
+        }
+        // CUDA/TensorRT plans: tuned is ONNX Runtime's standard-op CUDA target, auto portable.
+        assert_eq!(r(Tuned, Target::OrtCuda, false), Target::OrtCuda);
+        assert_eq!(r(Auto, Target::OrtCuda, false), Target::Portable);
     }
 }

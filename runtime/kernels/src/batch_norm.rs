@@ -13,18 +13,16 @@ pub struct BnTrainOut<'a> {
     pub new_running_var: &'a mut [f32],
 }
 
-/// Per channel (mean, biased variance). Sums of `x - shift` and its square (shift: the
-/// channel's first element, so the variance does not cancel when the mean is large) run in
-/// f32 over runs of 64 elements, vectorisable, and accumulate in f64.
-fn moments(x: &[f32], d: Nc, c: usize) -> (f64, f64) {
-    let shift = x[c * d.s];
+/// `(sum of f(v), sum of f(v)^2)` over channel `c`'s elements `v`, in f32 over runs of 64
+/// elements (vectorisable) accumulated in f64.
+fn sums(x: &[f32], d: Nc, c: usize, f: impl Fn(f32) -> f32) -> (f64, f64) {
     let (mut s1, mut s2) = (0f64, 0f64);
     for n in 0..d.n {
         let row = &x[(n * d.c + c) * d.s..][..d.s];
         for run in row.chunks(64) {
             let (mut a, mut b) = (0f32, 0f32);
             for &v in run {
-                let t = v - shift;
+                let t = f(v);
                 a += t;
                 b += t * t;
             }
@@ -32,9 +30,22 @@ fn moments(x: &[f32], d: Nc, c: usize) -> (f64, f64) {
             s2 += b as f64;
         }
     }
+    (s1, s2)
+}
+
+/// Per channel (mean, biased variance), in two passes: the mean, then the sums of `x - mean`
+/// and its square (the corrected two-pass formula: the first sum takes out the rounding of
+/// the mean). The one-pass form `E[t^2] - E[t]^2` cancels whenever the shift it subtracts is
+/// far from the mean: with the channel's first element as shift, a padded corner of a
+/// convolution's output several deviations away cost MobileNetV2 digits of its variances and
+/// (ReLU6 masks flipping downstream) its gradients' agreement with float64.
+fn moments(x: &[f32], d: Nc, c: usize) -> (f64, f64) {
     let cnt = d.count() as f64;
+    let mean = sums(x, d, c, |v| v).0 / cnt;
+    let mu = mean as f32;
+    let (s1, s2) = sums(x, d, c, |v| v - mu);
     let m = s1 / cnt;
-    (shift as f64 + m, (s2 / cnt - m * m).max(0.0))
+    (mu as f64 + m, (s2 / cnt - m * m).max(0.0))
 }
 
 /// PyTorch's `BatchNorm` in training mode (ONNX `momentum` convention):

@@ -12,6 +12,7 @@ use fieldtune_adapt::{
 };
 use fieldtune_engine::Engine;
 use fieldtune_frames::Dataset;
+use fieldtune_graph::TargetChoice;
 
 use super::{engine, eval_model, load_labeled, open_model};
 use crate::args::{EngineArgs, NormArgs, RecipeArgs};
@@ -88,12 +89,21 @@ pub struct AdaptArgs {
     no_stop_on_collapse: bool,
     #[command(flatten)]
     recipe: RecipeArgs,
+    /// The train step's graph: portable (standard ops only), tuned (one-pass fieldtune-domain
+    /// kernels where the engine registers them: ONNX Runtime on CPU, tract; CUDA and TensorRT
+    /// keep standard ops) or auto (tuned where registered, else portable). Default: [adapt]
+    /// target, else FIELDTUNE_TARGET, else portable.
+    #[arg(long, value_name = "TARGET", value_parser = TargetChoice::parse)]
+    target: Option<TargetChoice>,
     #[command(flatten)]
     pub(crate) engine: crate::args::EngineArgs,
 }
 
 pub fn run(a: AdaptArgs, engine_args: &EngineArgs) -> Result<()> {
     let mut cfg = a.recipe.resolve()?;
+    if a.target.is_some() {
+        cfg.target = a.target;
+    }
     if a.stop_on_collapse {
         cfg.collapse.on_collapse = OnCollapse::Stop;
     }
@@ -268,12 +278,13 @@ pub(crate) fn run_adapt(
     bar.finish_and_clear();
     let steps = outcome.history.len();
     println!(
-        "adapted: {} steps in {:.1} s ({:.1} ms/step) on {} ({} train-step nodes)",
+        "adapted: {} steps in {:.1} s ({:.1} ms/step) on {} ({} train-step nodes, target {})",
         steps,
         outcome.seconds,
         1000.0 * outcome.seconds / steps.max(1) as f64,
         outcome.execution_provider,
-        outcome.train_step_nodes
+        outcome.train_step_nodes,
+        outcome.target
     );
     let c = &outcome.collapse;
     match (c.first_collapse_step, c.kept_weights_of_step) {
@@ -318,6 +329,7 @@ pub(crate) fn run_adapt(
         "settings": serde_json::to_value(cfg)?,
         "engine": e.describe(),
         "execution_provider": outcome.execution_provider,
+        "train_step_target": outcome.target.name(),
         "seconds": outcome.seconds,
         "accuracy_before": before.as_ref().map(|r| r.accuracy()),
         "accuracy_after": after.as_ref().map(|r| r.accuracy()),

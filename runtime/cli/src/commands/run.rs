@@ -7,6 +7,7 @@ use clap::Args;
 use fieldtune_engine::EnginePreference;
 use fieldtune_field::config::EXAMPLE;
 use fieldtune_field::{RunConfig, RunOptions};
+use fieldtune_graph::TargetChoice;
 
 use crate::args::{EngineArgs, EngineChoice};
 
@@ -51,6 +52,10 @@ pub struct RunArgs {
     /// Verify the checkpoints in the config's state folder and exit.
     #[arg(long)]
     check_state: bool,
+    /// The rounds' train-step graph: portable, tuned or auto (see `fieldtune adapt --help`;
+    /// overrides [adapt] target).
+    #[arg(long, value_name = "TARGET", value_parser = TargetChoice::parse)]
+    target: Option<TargetChoice>,
     #[command(flatten)]
     pub(crate) engine: crate::args::EngineArgs,
 }
@@ -77,6 +82,10 @@ pub fn run(args: RunArgs, engine: &EngineArgs) -> Result<()> {
     }
     if let Some(o) = args.output {
         cfg.output.path = o;
+    }
+    if let Some(t) = args.target {
+        cfg.adapt
+            .insert("target".into(), toml::Value::String(t.name().into()));
     }
     // The global --threads sizes the round's train step; inference keeps [engine]'s count.
     if let Some(n) = engine.threads {

@@ -131,6 +131,57 @@ fn variance_does_not_cancel_under_a_large_mean() {
     forward_case(Nc { n: 4, c: 2, s: 300 }, 1000.0);
 }
 
+/// The channel's first element far (here 100 deviations) below the others, as a padded
+/// corner of a convolution's output can be: the variance keeps float precision. A one-pass
+/// `E[t^2] - E[t]^2` shifted by the first element lost three digits here.
+#[test]
+fn variance_keeps_its_digits_when_the_first_element_is_far_from_the_mean() {
+    let d = Nc {
+        n: 2,
+        c: 3,
+        s: 1000,
+    };
+    let mut x = data(d.len(), 11, 0.01, 10.0);
+    for c in 0..d.c {
+        x[c * d.s] = 10.0 - 100.0 * 0.01 * (c + 1) as f32;
+    }
+    let mut y = vec![0.0; d.len()];
+    let mut st = vec![vec![0.0; d.c]; 4];
+    let [mean, inv, nm, nv] = &mut st[..] else {
+        unreachable!()
+    };
+    let ones = vec![1.0; d.c];
+    let zeros = vec![0.0; d.c];
+    let eps = 1e-9;
+    batch_norm_train(
+        &x,
+        d,
+        &ones,
+        &zeros,
+        &zeros,
+        &ones,
+        eps,
+        0.9,
+        BnTrainOut {
+            y: &mut y,
+            mean,
+            inv_std: inv,
+            new_running_mean: nm,
+            new_running_var: nv,
+        },
+    )
+    .unwrap();
+    let want = naive_stats(&x, d);
+    for (c, (&got, var)) in inv.iter().zip(&want.var).enumerate() {
+        let is = 1.0 / (var + eps as f64).sqrt();
+        let err = (got as f64 - is).abs() / is;
+        assert!(
+            err < 1e-6,
+            "channel {c}: inv_std {got} vs {is} (relative error {err:.1e})"
+        );
+    }
+}
+
 fn backward_case(d: Nc) {
     let x = data(d.len(), 7, 2.0, 0.4);
     let dy = data(d.len(), 8, 1.0, 0.1);
