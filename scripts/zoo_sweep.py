@@ -45,6 +45,19 @@ def model_names():
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
+def side_for(name, size):
+    """The input side for `size`: 224 where fixed, the model's minimum, and for ViTs the next
+    multiple of the patch size (vit_h_14 at 64: 70)."""
+    if name in FIXED_224:
+        return 224
+    side = max(size, MIN_SIDE.get(name, 0))
+    m = re.fullmatch(r"vit_\w_(\d+)", name)
+    if m:
+        patch = int(m.group(1))
+        side = -(-side // patch) * patch
+    return side
+
+
 def build(name, size):
     import torch
     import torchvision
@@ -59,6 +72,17 @@ def build(name, size):
     torch.manual_seed(0)
     net = torchvision.models.get_model(name, weights=None, **kwargs).eval()
     return net
+
+
+def grad_off(name):
+    """`torch.no_grad()` for the export, except for torchvision's ViTs: in eval mode without
+    gradients PyTorch 1.13 takes the fused `aten::_native_multi_head_attention` path, which has
+    no ONNX export."""
+    import contextlib
+
+    import torch
+
+    return contextlib.nullcontext() if name.startswith("vit_") else torch.no_grad()
 
 
 def export(net, path, side, variant):
@@ -114,7 +138,7 @@ def sweep_one(name, a, work, frame_dir):
 
     row = {"model": name}
     try:
-        net = build(name, a.size)
+        net = build(name, side_for(name, a.size))
     except Exception as e:  # a constructor that refuses the size
         row["error"] = f"construct: {str(e).splitlines()[0][:200]}"
         return row
@@ -123,14 +147,14 @@ def sweep_one(name, a, work, frame_dir):
     if params > a.max_params * 1e6:
         row["skipped"] = f"{params / 1e6:.0f} M parameters > --max-params {a.max_params}"
         return row
-    side = 224 if name in FIXED_224 else max(a.size, MIN_SIDE.get(name, 0))
+    side = side_for(name, a.size)
     row["side"] = side
     for variant in a.exports:
         d = work / f"{name}-{variant}"
         d.mkdir(parents=True, exist_ok=True)
         v = row.setdefault(variant, {})
         try:
-            with torch.no_grad():
+            with grad_off(name):
                 v["ops"] = export(net, d, side, variant)
         except Exception as e:
             # Adaptive pools to a fixed grid (AlexNet, VGG) export only where the input's
@@ -143,7 +167,7 @@ def sweep_one(name, a, work, frame_dir):
                 # Built for the smaller size: build it again for 224.
                 net = build(name, side)
             try:
-                with torch.no_grad():
+                with grad_off(name):
                     v["ops"] = export(net, d, side, variant)
             except Exception as e2:
                 v["export_error"] = str(e2).splitlines()[0][:200]
