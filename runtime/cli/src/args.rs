@@ -292,40 +292,25 @@ impl RecipeArgs {
             }
             cfg.teacher = matches!(o, Objective::Teacher | Objective::Cotta)
                 .then_some(MeanTeacher { ema: 0.999 });
-            cfg.cotta = match o {
-                Objective::Cotta => Some(cfg.cotta.unwrap_or_default()),
-                _ => None,
-            };
+            /// The objective's own section when `on` (its settings kept, else the defaults);
+            /// off for the other objectives.
+            fn only<T: Default>(on: bool, section: Option<T>) -> Option<T> {
+                on.then(|| section.unwrap_or_default())
+            }
+            cfg.cotta = only(matches!(o, Objective::Cotta), cfg.cotta.take());
+            cfg.rotation = only(matches!(o, Objective::Rotation), cfg.rotation.take());
+            cfg.jigsaw = only(matches!(o, Objective::Jigsaw), cfg.jigsaw.take());
+            cfg.corruption = only(matches!(o, Objective::Corruption), cfg.corruption.take());
+            cfg.inpaint = only(matches!(o, Objective::Inpaint), cfg.inpaint.take());
+            cfg.colorize = only(matches!(o, Objective::Colorize), cfg.colorize.take());
+            cfg.feature_consistency = only(
+                matches!(o, Objective::FeatureConsistency),
+                cfg.feature_consistency.take(),
+            );
             if matches!(o, Objective::Cotta) {
                 // CoTTA's student sees the frames themselves.
                 cfg.strong = fieldtune_adapt::recipe::AugmentConfig::Identity;
             }
-            cfg.rotation = match o {
-                Objective::Rotation => Some(cfg.rotation.clone().unwrap_or_default()),
-                _ => None,
-            };
-            cfg.jigsaw = match o {
-                Objective::Jigsaw => Some(cfg.jigsaw.clone().unwrap_or_default()),
-                _ => None,
-            };
-            cfg.corruption = match o {
-                Objective::Corruption => Some(cfg.corruption.clone().unwrap_or_default()),
-                _ => None,
-            };
-            cfg.inpaint = match o {
-                Objective::Inpaint => Some(cfg.inpaint.clone().unwrap_or_default()),
-                _ => None,
-            };
-            cfg.colorize = match o {
-                Objective::Colorize => Some(cfg.colorize.clone().unwrap_or_default()),
-                _ => None,
-            };
-            cfg.feature_consistency = match o {
-                Objective::FeatureConsistency => {
-                    Some(cfg.feature_consistency.clone().unwrap_or_default())
-                }
-                _ => None,
-            };
         }
         if let Some(n) = self.batch {
             cfg.batch_unlabeled = n;
