@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 mod common;
-use common::{fieldtune, root, text};
+use common::{fieldtune, mnist_adapt_args, root, text};
 
 /// Runs, expects failure with exactly one `error:` line mentioning every `needle`.
 fn fails_with(args: &[&str], needles: &[&str]) {
@@ -213,23 +213,18 @@ fn an_op_without_gradient_rule_is_refused_by_name_and_node() {
 fn adapt_writes_a_loadable_model_that_improves_on_the_target() {
     let d = tempfile::tempdir().unwrap();
     let out = d.path().join("adapted");
-    let o = fieldtune(&[
-        "adapt",
-        "--model",
-        "models/mnist-cnn",
-        "--labeled",
-        "models/mnist-cnn/anchors",
-        "--unlabeled",
+    let o = fieldtune(&mnist_adapt_args(
         "data/opencv-digits",
-        "--eval",
-        "data/opencv-digits",
-        "--out",
         out.to_str().unwrap(),
-        "--steps",
-        "60",
-        "--engine",
-        "ort",
-    ]);
+        &[
+            "--eval",
+            "data/opencv-digits",
+            "--steps",
+            "60",
+            "--engine",
+            "ort",
+        ],
+    ));
     let (stdout, err) = text(&o);
     assert!(o.status.success(), "{stdout}\n{err}");
     let summary: serde_json::Value =
@@ -279,23 +274,11 @@ fn a_diverging_run_stops_at_the_non_finite_step_and_writes_nothing() {
     let d = tempfile::tempdir().unwrap();
     let out = d.path().join("adapted");
     fails_with(
-        &[
-            "adapt",
-            "--model",
-            "models/mnist-cnn",
-            "--labeled",
-            "models/mnist-cnn/anchors",
-            "--unlabeled",
+        &mnist_adapt_args(
             "data/opencv-digits",
-            "--out",
             out.to_str().unwrap(),
-            "--steps",
-            "10",
-            "--lr",
-            "1e30",
-            "--engine",
-            "tract",
-        ],
+            &["--steps", "10", "--lr", "1e30", "--engine", "tract"],
+        ),
         &["step", "NaN", "nothing is written"],
     );
     assert!(!out.exists(), "a failed run must not leave a model folder");

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 mod common;
-use common::{fieldtune, root};
+use common::{fieldtune, mnist_adapt_args, root};
 
 /// Expects a plain failure (no panic, no signal) whose stderr holds every needle.
 fn refused(args: &[&str], needles: &[&str]) {
@@ -111,25 +111,13 @@ fn adapt_replaces_its_output_folder_whole_and_leaves_nothing_beside_it() {
     let parent = d.path().join("outs");
     let out = parent.join("adapted");
     for seed in ["1", "2"] {
-        let args = [
-            "adapt",
-            "--model",
-            "models/mnist-cnn",
-            "--labeled",
-            "models/mnist-cnn/anchors",
-            "--unlabeled",
+        let args = mnist_adapt_args(
             "data/opencv-digits/0",
-            "--out",
             s(&out),
-            "--steps",
-            "2",
-            "--batch",
-            "4",
-            "--seed",
-            seed,
-            "--engine",
-            "ort",
-        ];
+            &[
+                "--steps", "2", "--batch", "4", "--seed", seed, "--engine", "ort",
+            ],
+        );
         if seed == "2" {
             // The first run's folder is not replaced without --force, and stays as it was.
             let before = std::fs::read(out.join("adapt.json")).unwrap();
@@ -169,22 +157,11 @@ fn adapt_replaces_its_output_folder_whole_and_leaves_nothing_beside_it() {
     // A folder holding anything else is not replaced (it would be lost).
     std::fs::write(out.join("notes.txt"), b"mine").unwrap();
     refused(
-        &[
-            "adapt",
-            "--model",
-            "models/mnist-cnn",
-            "--labeled",
-            "models/mnist-cnn/anchors",
-            "--unlabeled",
+        &mnist_adapt_args(
             "data/opencv-digits/0",
-            "--out",
             s(&out),
-            "--steps",
-            "1",
-            "--engine",
-            "ort",
-            "--force",
-        ],
+            &["--steps", "1", "--engine", "ort", "--force"],
+        ),
         &["notes.txt", "not part of a model folder"],
     );
     assert_eq!(std::fs::read(out.join("notes.txt")).unwrap(), b"mine");

@@ -9,28 +9,16 @@ use std::path::Path;
 use fieldtune_tensor::{st, Tensor};
 
 mod common;
-use common::{fieldtune, text};
+use common::{fieldtune, mnist_adapt_args, text};
 
 fn adapt(engine: &str, target: &str, out: &Path) -> (String, serde_json::Value) {
-    let o = fieldtune(&[
-        "adapt",
-        "--model",
-        "models/mnist-cnn",
-        "--labeled",
-        "models/mnist-cnn/anchors",
-        "--unlabeled",
+    let o = fieldtune(&mnist_adapt_args(
         "data/opencv-digits",
-        "--out",
         out.to_str().unwrap(),
-        "--steps",
-        "5",
-        "--batch",
-        "16",
-        "--engine",
-        engine,
-        "--target",
-        target,
-    ]);
+        &[
+            "--steps", "5", "--batch", "16", "--engine", engine, "--target", target,
+        ],
+    ));
     let (stdout, err) = text(&o);
     assert!(o.status.success(), "{engine} {target}:\n{stdout}\n{err}");
     let summary = serde_json::from_slice(&std::fs::read(out.join("adapt.json")).unwrap()).unwrap();

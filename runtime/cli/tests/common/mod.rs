@@ -42,3 +42,21 @@ pub fn fieldtune_log(args: &[&str], level: &str) -> Output {
         .output()
         .unwrap()
 }
+
+/// `adapt`'s arguments for the shipped MNIST CNN with its anchors, adapting to `unlabeled` and
+/// writing `out`, followed by `extra`.
+pub fn mnist_adapt_args<'a>(unlabeled: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "adapt",
+        "--model",
+        "models/mnist-cnn",
+        "--labeled",
+        "models/mnist-cnn/anchors",
+        "--unlabeled",
+        unlabeled,
+        "--out",
+        out,
+    ];
+    args.extend_from_slice(extra);
+    args
+}
