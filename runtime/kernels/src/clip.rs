@@ -16,8 +16,10 @@ pub fn clip_grad(
     check("dx", dx.len(), dy.len())?;
     par::chunks(dx, |off, out| {
         let (g, yr) = (&dy[off..][..out.len()], &y[off..][..out.len()]);
+        // `&` on the two comparisons, not `&&`: the short-circuit branch keeps the loop
+        // from vectorising (about 5x slower at 4096 elements, tests/benches/kernel_bench.rs).
         for ((o, &g), &v) in out.iter_mut().zip(g).zip(yr) {
-            *o = if v > lo && v < hi { g } else { 0.0 };
+            *o = if (v > lo) & (v < hi) { g } else { 0.0 };
         }
     });
     Ok(())
