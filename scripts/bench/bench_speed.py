@@ -42,11 +42,15 @@ MODELS = {
 # fieldtune rows: label -> (engine, extra flags, train-step target). `ort-noarena` shows what
 # ONNX Runtime's CPU memory arena costs in peak memory (and gains in speed). `portable` rows run
 # the standard-op train step; `tuned` rows the engine's tuned step (fieldtune-domain ops with
-# one-pass kernels), chosen through FIELDTUNE_TARGET.
+# one-pass kernels), chosen through FIELDTUNE_TARGET. `nospin` rows turn off the spinning of
+# ONNX Runtime's intra-op threads between ops (`--no-spin`), which decides the step time when
+# other processes share the cores.
 VARIANTS = {
     "ort": ("ort", [], "portable"),
     "ort-tuned": ("ort", [], "tuned"),
     "ort-noarena": ("ort", ["--no-arena"], "portable"),
+    "ort-nospin": ("ort", ["--no-spin"], "portable"),
+    "ort-tuned-nospin": ("ort", ["--no-spin"], "tuned"),
     "tract": ("tract", [], "portable"),
     "tract-tuned": ("tract", [], "tuned"),
 }

@@ -80,6 +80,11 @@ impl OrtSession {
         b = b
             .with_memory_pattern(opts.memory_pattern)
             .map_err(|e| load_err(ort_msg(&e)))?;
+        if opts.no_intra_spinning {
+            b = b
+                .with_intra_op_spinning(false)
+                .map_err(|e| load_err(ort_msg(&e)))?;
+        }
         // The fieldtune-domain ops of tuned train steps (CPU kernels; graphs for GPU
         // providers keep standard ops, so registering them costs those sessions nothing).
         let ops = crate::fieldtune_ops::ort::domain().map_err(|e| load_err(ort_msg(&e)))?;
