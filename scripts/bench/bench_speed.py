@@ -225,14 +225,14 @@ def main():
         print(f"{name} torch: {runs['torch']['train_step_ms_median']:.1f} ms/step", flush=True)
         results[name] = runs
     print()
-    print(f"{'model':12s} {'engine':11s} | {'train img/s':>11s} {'x torch':>7s} | {'GFLOP/s':>7s} | "
+    print(f"{'model':12s} {'engine':16s} | {'train img/s':>11s} {'x torch':>7s} | {'GFLOP/s':>7s} | "
           f"{'peak MiB':>8s} {'x torch':>7s} | {'b1 ms':>6s} {'p99':>6s} | {'infer img/s':>11s} {'x torch':>7s}")
     for name, runs in results.items():
         t = runs["torch"]
         for engine in (*variants, "torch"):
             r = runs[engine]
             gf = f"{r['train_gflop_per_s']:7.1f}" if "train_gflop_per_s" in r else f"{'':7s}"
-            print(f"{name:12s} {engine:11s} | {r['train_images_per_s']:11.1f} "
+            print(f"{name:12s} {engine:16s} | {r['train_images_per_s']:11.1f} "
                   f"{r['train_images_per_s'] / t['train_images_per_s']:7.2f} | {gf} | "
                   f"{r['peak_rss_train_mib']:8.0f} {r['peak_rss_train_mib'] / t['peak_rss_train_mib']:7.2f} | "
                   f"{r['infer_b1_ms_median']:6.2f} {r['infer_b1_ms_p99']:6.2f} | {r['infer_images_per_s']:11.0f} "
