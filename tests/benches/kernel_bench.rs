@@ -1,5 +1,5 @@
 //! Micro benchmark of the one-pass kernels of tuned train steps (`fieldtune-kernels`) on the
-//! calling thread and on rayon's pool, at the sizes of the MNIST CNN's and MobileNetV2's
+//! calling thread (`threads` 1) and on a rayon pool of one thread per core, at the sizes of the MNIST CNN's and MobileNetV2's
 //! layers; median microseconds per call, printed as a table, never asserted (correctness is
 //! the kernels' own tests and `gradcheck`). The `ClipGrad &&` row is the mask as it was
 //! written before (`lo < y && y < hi`, whose branch keeps the loop from vectorising), kept
@@ -10,7 +10,8 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use fieldtune_kernels::{
-    batch_norm_train, batch_norm_train_grad, clip_grad, BnGradOut, BnTrainOut, Nc,
+    batch_norm_train, batch_norm_train_grad, clip_grad, max_pool_grad, BnGradOut, BnTrainOut, Nc,
+    Pool, Rayon, Serial,
 };
 
 /// Median microseconds per call of `f`, over 15 batches sized to take about 20 ms each.
@@ -56,16 +57,20 @@ fn clip_grad_short_circuit(dy: &[f32], y: &[f32], lo: f32, hi: f32, dx: &mut [f3
     }
 }
 
-fn row(kernel: &str, shape: &str, elems: usize, us: f64) {
-    let gbs = (elems * 4 * 3) as f64 / (us * 1e3);
-    println!("{kernel:<24} {shape:<18} {elems:>10} {us:>12.2} {gbs:>10.2}");
+fn row(kernel: &str, threads: usize, shape: &str, elems: usize, us: f64) {
+    println!(
+        "{kernel:<22} {threads:>7} {shape:<16} {elems:>10} {us:>12.2} {:>8.2}",
+        elems as f64 / us / 1e3
+    );
 }
 
 fn main() {
     println!(
-        "{:<24} {:<18} {:>10} {:>12} {:>10}",
-        "kernel", "shape", "elements", "us/call", "GB/s @12B/el"
+        "{:<22} {:>7} {:<16} {:>10} {:>12} {:>8}",
+        "kernel", "threads", "shape", "elements", "us/call", "Gelem/s"
     );
+    let rayon = Rayon(None);
+    let pools: [&dyn Pool; 2] = [&Serial, &rayon];
     // ReLU6 masks: a small one (where the old `&&` was measured), MNIST's conv outputs at
     // batch 160, MobileNetV2's block-3 expansion at batch 24.
     for (shape, len) in [
@@ -77,15 +82,17 @@ fn main() {
         let dy = data(len, 2, 1.0, 0.0);
         let mut dx = vec![0f32; len];
         let us = time(|| {
-            clip_grad(black_box(&dy), black_box(&y), 0.0, 6.0, &mut dx).unwrap();
-            black_box(&dx);
-        });
-        row("ClipGrad", shape, len, us);
-        let us = time(|| {
             clip_grad_short_circuit(black_box(&dy), black_box(&y), 0.0, 6.0, &mut dx);
             black_box(&dx);
         });
-        row("ClipGrad && (before)", shape, len, us);
+        row("ClipGrad && (before)", 1, shape, len, us);
+        for p in pools {
+            let us = time(|| {
+                clip_grad(p, black_box(&dy), black_box(&y), 0.0, 6.0, &mut dx).unwrap();
+                black_box(&dx);
+            });
+            row("ClipGrad", p.threads(), shape, len, us);
+        }
     }
     for (shape, d) in [
         (
@@ -118,52 +125,71 @@ fn main() {
         let (scale, bias) = (data(d.c, 5, 0.5, 1.0), data(d.c, 6, 0.5, 0.0));
         let (rm, rv) = (vec![0f32; d.c], vec![1f32; d.c]);
         let mut y = vec![0f32; d.len()];
-        let mut st = vec![vec![0f32; d.c]; 4];
-        let us = time(|| {
-            let [m, i, nm, nv] = &mut st[..] else {
-                unreachable!()
-            };
-            batch_norm_train(
-                &x,
-                d,
-                &scale,
-                &bias,
-                &rm,
-                &rv,
-                1e-5,
-                0.9,
-                BnTrainOut {
-                    y: &mut y,
-                    mean: m,
-                    inv_std: i,
-                    new_running_mean: nm,
-                    new_running_var: nv,
-                },
-            )
-            .unwrap();
-            black_box(&y);
-        });
-        row("BatchNormTrain", shape, d.len(), us);
-        let (mean, inv) = (st[0].clone(), st[1].clone());
+        let (mut mean, mut inv) = (vec![0f32; d.c], vec![0f32; d.c]);
+        let (mut nm, mut nv) = (vec![0f32; d.c], vec![0f32; d.c]);
         let mut dx = vec![0f32; d.len()];
         let (mut ds, mut db) = (vec![0f32; d.c], vec![0f32; d.c]);
-        let us = time(|| {
-            batch_norm_train_grad(
-                &dy,
-                &x,
-                d,
-                &scale,
-                &mean,
-                &inv,
-                BnGradOut {
+        for p in pools {
+            let us = time(|| {
+                let out = BnTrainOut {
+                    y: &mut y,
+                    mean: &mut mean,
+                    inv_std: &mut inv,
+                    new_running_mean: &mut nm,
+                    new_running_var: &mut nv,
+                };
+                batch_norm_train(p, &x, d, &scale, &bias, &rm, &rv, 1e-5, 0.9, out).unwrap();
+                black_box(&y);
+            });
+            row("BatchNormTrain", p.threads(), shape, d.len(), us);
+            let us = time(|| {
+                let out = BnGradOut {
                     dx: &mut dx,
                     dscale: &mut ds,
                     dbias: &mut db,
-                },
-            )
-            .unwrap();
-            black_box(&dx);
-        });
-        row("BatchNormTrainGrad", shape, d.len(), us);
+                };
+                batch_norm_train_grad(p, &dy, &x, d, &scale, &mean, &inv, out).unwrap();
+                black_box(&dx);
+            });
+            row("BatchNormTrainGrad", p.threads(), shape, d.len(), us);
+        }
+    }
+    // MaxPool 2x2/2 backward: the MNIST CNN's two pools at batch 160 (ONNX Runtime's
+    // whole-tensor indices; every window's first cell).
+    for (shape, d, w) in [
+        (
+            "160x32x28x28",
+            Nc {
+                n: 160,
+                c: 32,
+                s: 28 * 28,
+            },
+            28usize,
+        ),
+        (
+            "160x64x14x14",
+            Nc {
+                n: 160,
+                c: 64,
+                s: 14 * 14,
+            },
+            14,
+        ),
+    ] {
+        let (oh, ow) = (d.s / w / 2, w / 2);
+        let indices: Vec<i64> = (0..d.n * d.c)
+            .flat_map(|r| {
+                (0..oh * ow).map(move |j| (r * d.s + (j / ow) * 2 * w + (j % ow) * 2) as i64)
+            })
+            .collect();
+        let dy = data(indices.len(), 7, 1.0, 0.0);
+        let mut dx = vec![0f32; d.len()];
+        for p in pools {
+            let us = time(|| {
+                max_pool_grad(p, black_box(&dy), &indices, d, oh * ow, &mut dx).unwrap();
+                black_box(&dx);
+            });
+            row("MaxPoolGrad", p.threads(), shape, d.len(), us);
+        }
     }
 }
