@@ -42,11 +42,15 @@ MODELS = {
 # fieldtune rows: label -> (engine, extra flags, train-step target). `ort-noarena` shows what
 # ONNX Runtime's CPU memory arena costs in peak memory (and gains in speed). `portable` rows run
 # the standard-op train step; `tuned` rows the engine's tuned step (fieldtune-domain ops with
-# one-pass kernels), chosen through FIELDTUNE_TARGET.
+# one-pass kernels), chosen through FIELDTUNE_TARGET. `nospin` rows turn off the spinning of
+# ONNX Runtime's intra-op threads between ops (`--no-spin`), which decides the step time when
+# other processes share the cores.
 VARIANTS = {
     "ort": ("ort", [], "portable"),
     "ort-tuned": ("ort", [], "tuned"),
     "ort-noarena": ("ort", ["--no-arena"], "portable"),
+    "ort-nospin": ("ort", ["--no-spin"], "portable"),
+    "ort-tuned-nospin": ("ort", ["--no-spin"], "tuned"),
     "tract": ("tract", [], "portable"),
     "tract-tuned": ("tract", [], "tuned"),
 }
@@ -221,14 +225,14 @@ def main():
         print(f"{name} torch: {runs['torch']['train_step_ms_median']:.1f} ms/step", flush=True)
         results[name] = runs
     print()
-    print(f"{'model':12s} {'engine':11s} | {'train img/s':>11s} {'x torch':>7s} | {'GFLOP/s':>7s} | "
+    print(f"{'model':12s} {'engine':16s} | {'train img/s':>11s} {'x torch':>7s} | {'GFLOP/s':>7s} | "
           f"{'peak MiB':>8s} {'x torch':>7s} | {'b1 ms':>6s} {'p99':>6s} | {'infer img/s':>11s} {'x torch':>7s}")
     for name, runs in results.items():
         t = runs["torch"]
         for engine in (*variants, "torch"):
             r = runs[engine]
             gf = f"{r['train_gflop_per_s']:7.1f}" if "train_gflop_per_s" in r else f"{'':7s}"
-            print(f"{name:12s} {engine:11s} | {r['train_images_per_s']:11.1f} "
+            print(f"{name:12s} {engine:16s} | {r['train_images_per_s']:11.1f} "
                   f"{r['train_images_per_s'] / t['train_images_per_s']:7.2f} | {gf} | "
                   f"{r['peak_rss_train_mib']:8.0f} {r['peak_rss_train_mib'] / t['peak_rss_train_mib']:7.2f} | "
                   f"{r['infer_b1_ms_median']:6.2f} {r['infer_b1_ms_p99']:6.2f} | {r['infer_images_per_s']:11.0f} "

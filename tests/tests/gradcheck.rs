@@ -107,6 +107,19 @@ fn relu() {
 
 #[test]
 fn maxpool_disjoint_and_overlapping() {
+    maxpool_cases(false);
+}
+
+/// The tuned step's fieldtune-domain `MaxPoolGrad` (one-pass scatter from the forward's
+/// indices, each engine's index convention) under finite differences on both engines, on
+/// disjoint and overlapping windows, and with tied maxima.
+#[test]
+fn tuned_maxpool_grad() {
+    maxpool_cases(true);
+    maxpool_ties(true);
+}
+
+fn maxpool_cases(tuned: bool) {
     // (kernel, stride, pads)
     let configs: [(i64, i64, [i64; 4]); 4] = [
         (2, 2, [0, 0, 0, 0]),
@@ -115,24 +128,28 @@ fn maxpool_disjoint_and_overlapping() {
         (3, 1, [0, 1, 0, 1]),
     ];
     for (ci, &(k, s, pads)) in configs.iter().enumerate() {
-        check(&format!("MaxPool config {ci}"), move |seed| {
-            let mut r = rng(seed + ci as u64);
-            let d = dims(seed, 4, 9, 2);
-            let x = distinct(&mut r, &[2, d[0] % 3 + 1, d[0], d[1]], 20.0);
-            let build = move |b: &mut Builder, n: &[String]| {
-                b.op(
-                    "MaxPool",
-                    &[&n[0]],
-                    vec![
-                        attr::ints("kernel_shape", &[k, k]),
-                        attr::ints("strides", &[s, s]),
-                        attr::ints("pads", &pads),
-                    ],
-                )
-            };
-            // Values are spaced at least 20/486 apart: perturbations stay well inside that.
-            (vec![("x".into(), x)], 5e-3, Box::new(build))
-        });
+        check(
+            &format!("MaxPool config {ci} (tuned: {tuned})"),
+            move |seed| {
+                let mut r = rng(seed + ci as u64);
+                let d = dims(seed, 4, 9, 2);
+                let x = distinct(&mut r, &[2, d[0] % 3 + 1, d[0], d[1]], 20.0);
+                let build = move |b: &mut Builder, n: &[String]| {
+                    b.set_fieldtune_ops(tuned);
+                    b.op(
+                        "MaxPool",
+                        &[&n[0]],
+                        vec![
+                            attr::ints("kernel_shape", &[k, k]),
+                            attr::ints("strides", &[s, s]),
+                            attr::ints("pads", &pads),
+                        ],
+                    )
+                };
+                // Values are spaced at least 20/486 apart: perturbations stay well inside that.
+                (vec![("x".into(), x)], 5e-3, Box::new(build))
+            },
+        );
     }
 }
 
@@ -141,6 +158,10 @@ fn maxpool_disjoint_and_overlapping() {
 /// windows too.
 #[test]
 fn maxpool_ties_go_to_the_first_maximum() {
+    maxpool_ties(false);
+}
+
+fn maxpool_ties(tuned: bool) {
     // One 2x5 plane per (n, c): [[1, 3, 3, 0, 3], [3, 3, 3, 2, 3]]; 2x2 windows at stride 1.
     let plane = [1f32, 3., 3., 0., 3., 3., 3., 3., 2., 3.];
     let x = Tensor::f32(vec![2, 2, 2, 5], plane.repeat(4)).expect("sized");
@@ -148,6 +169,7 @@ fn maxpool_ties_go_to_the_first_maximum() {
     let want_plane = [0f32, 2., 1., 0., 1., 0., 0., 0., 0., 0.];
     for engine in engines() {
         let mut b = Builder::new(17);
+        b.set_fieldtune_ops(tuned);
         let xn = b.input("x", Elem::F32, x.shape()).expect("input");
         let y = b
             .op(
@@ -166,11 +188,23 @@ fn maxpool_ties_go_to_the_first_maximum() {
             .clone()
             .expect("gradient");
         b.output_as(&g, "grad").expect("out");
-        let bytes = encode_model(&b.finish("ties").to_model("ties"));
+        let graph = b.finish("ties");
+        let fused = graph.nodes.iter().filter(|n| n.op == "MaxPoolGrad").count();
+        assert_eq!(
+            fused,
+            usize::from(tuned),
+            "MaxPoolGrad nodes (tuned: {tuned})"
+        );
+        let bytes = encode_model(&graph.to_model("ties"));
         let mut s = engine.load(&bytes, "ties").expect("load");
         let out = s.run(&[("x", &x)]).expect("run");
         let got = out[0].1.as_f32().expect("f32");
-        assert_eq!(got, &want_plane.repeat(4)[..], "{:?}", engine.kind());
+        assert_eq!(
+            got,
+            &want_plane.repeat(4)[..],
+            "{:?} (tuned: {tuned})",
+            engine.kind()
+        );
     }
 }
 

@@ -143,7 +143,7 @@ fn tuned_matches_portable(name: &str, bl: usize, bu: usize, tol: f32, l2: Option
     }
 }
 
-/// The tuned graph fused every BatchNorm and Relu/Clip mask it should.
+/// The tuned graph fused every BatchNorm, Relu/Clip mask and MaxPool backward it should.
 fn check_ops(
     name: &str,
     model: &fieldtune_graph::proto::ModelProto,
@@ -151,21 +151,19 @@ fn check_ops(
     tuned: &TrainStep,
     target: Target,
 ) {
-    let bn_in = model
-        .graph
-        .as_ref()
-        .unwrap()
-        .node
-        .iter()
-        .filter(|n| n.op_type == "BatchNormalization")
-        .count();
+    let in_model = |op: &str| {
+        let g = model.graph.as_ref().unwrap();
+        g.node.iter().filter(|n| n.op_type == op).count()
+    };
+    let bn_in = in_model("BatchNormalization");
     let fused_bn = count(tuned, "BatchNormTrain", DOMAIN);
     let clips = count(tuned, "ClipGrad", DOMAIN);
     eprintln!(
-        "{name} {target}: {} -> {} nodes; {fused_bn} BatchNormTrain, {} BatchNormTrainGrad, {clips} ClipGrad",
+        "{name} {target}: {} -> {} nodes; {fused_bn} BatchNormTrain, {} BatchNormTrainGrad, {clips} ClipGrad, {} MaxPoolGrad",
         portable.graph.nodes.len(),
         tuned.graph.nodes.len(),
         count(tuned, "BatchNormTrainGrad", DOMAIN),
+        count(tuned, "MaxPoolGrad", DOMAIN),
     );
     assert!(tuned.graph.nodes.len() < portable.graph.nodes.len());
     assert!(clips > 0, "{name}: no ClipGrad");
@@ -173,6 +171,14 @@ fn check_ops(
     assert_eq!(
         count(tuned, "Where", ""),
         count(portable, "Where", "") - clips
+    );
+    // Each MaxPool's backward (Mod, Expand, ScatterElements and reshapes) became one
+    // MaxPoolGrad.
+    let pools = count(tuned, "MaxPoolGrad", DOMAIN);
+    assert_eq!(pools, in_model("MaxPool"), "{name}: MaxPoolGrad nodes");
+    assert_eq!(
+        count(tuned, "ScatterElements", ""),
+        count(portable, "ScatterElements", "") - pools
     );
     if bn_in > 0 {
         // One fused forward per BatchNorm and pass; a backward for those of the gradient pass.

@@ -61,6 +61,11 @@ pub(crate) struct EngineArgs {
     /// tensors; off by default: it makes a train step hold every activation's slot at once).
     #[arg(long)]
     pub(crate) mem_pattern: bool,
+    /// ONNX Runtime's intra-op threads sleep between ops instead of spinning
+    /// (`session.intra_op.allow_spinning = 0`): faster on a host whose cores other processes
+    /// share, slower wake-ups on an idle one.
+    #[arg(long)]
+    pub(crate) no_spin: bool,
 }
 
 impl EngineArgs {
@@ -75,6 +80,7 @@ impl EngineArgs {
             graph_opt: self.graph_opt.or(before.graph_opt),
             no_arena: self.no_arena || before.no_arena,
             mem_pattern: self.mem_pattern || before.mem_pattern,
+            no_spin: self.no_spin || before.no_spin,
         }
     }
 
@@ -88,6 +94,7 @@ impl EngineArgs {
             || self.graph_opt.is_some()
             || self.no_arena
             || self.mem_pattern
+            || self.no_spin
     }
 
     /// `--engine`, default auto.

@@ -579,7 +579,7 @@ fn compile_for_a_tuned_target_reports_what_it_replaced() {
     for needle in [
         "target ort-cpu",
         "portable ->",
-        "ai.fieldtune ops: BatchNormTrain x2, BatchNormTrainGrad x2, ClipGrad x3",
+        "ai.fieldtune ops: BatchNormTrain x2, BatchNormTrainGrad x2, ClipGrad x3, MaxPoolGrad x2",
         "standard ops replaced:",
     ] {
         assert!(stdout.contains(needle), "no '{needle}' in:\n{stdout}");

@@ -611,3 +611,33 @@ fn ort_arena_and_memory_pattern_settings_compute_the_same() {
         }
     }
 }
+
+#[test]
+fn ort_intra_op_spinning_off_computes_the_same() {
+    // `no_intra_spinning` only changes how idle intra-op threads wait: with two threads and
+    // the setting on, the session loads and gives the reference on repeated runs.
+    let mut rng = Rng::new(12);
+    for no_intra_spinning in [false, true] {
+        let e = select_engine(
+            EnginePreference::Ort,
+            OrtOptions {
+                intra_threads: Some(2),
+                no_intra_spinning,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let mut s = e.load(&gemm_relu_model(), "gemm").unwrap();
+        for batch in [3usize, 64] {
+            let x = rng.tensor(&[batch, 4]);
+            let want = Tensor::f32(vec![batch, 3], gemm_relu_reference(&x)).unwrap();
+            let out = s.run(&[("x", &x)]).unwrap();
+            assert_close(
+                &out[0].1,
+                &want,
+                1e-5,
+                &format!("spinning off {no_intra_spinning}"),
+            );
+        }
+    }
+}

@@ -1,7 +1,7 @@
 //! Train-mode BatchNormalization: batch statistics, normalisation and the running-statistics
 //! update in one kernel, and its backward with one pass over x and dy per channel.
 
-use crate::{check, par, KernelError, Nc};
+use crate::{check, par, KernelError, Nc, Pool};
 
 /// Where [`batch_norm_train`] writes: `y` like x; per channel the batch mean, `1 / sqrt(var +
 /// eps)` (biased variance), and the next running mean and variance.
@@ -54,6 +54,7 @@ fn moments(x: &[f32], d: Nc, c: usize) -> (f64, f64) {
 /// `running_var' = running_var * momentum + var * n / (n - 1) * (1 - momentum)` (unbiased).
 #[allow(clippy::too_many_arguments)]
 pub fn batch_norm_train(
+    pool: &dyn Pool,
     x: &[f32],
     d: Nc,
     scale: &[f32],
@@ -82,7 +83,7 @@ pub fn batch_norm_train(
         return Err(KernelError("BatchNormTrain over an empty batch".into()));
     }
     let cnt = d.count();
-    par::channels(out.mean, out.new_running_var, d.len(), |c| {
+    par::channels(pool, out.mean, out.new_running_var, d.len(), |c| {
         let (m, v) = moments(x, d, c);
         (m as f32, v as f32)
     });
@@ -101,7 +102,7 @@ pub fn batch_norm_train(
         out.new_running_var[c] = (running_var[c] as f64 * mo + var * unbiased * (1.0 - mo)) as f32;
     }
     let (mean, inv_std) = (&*out.mean, &*out.inv_std);
-    par::rows(out.y, d.s, |r, row| {
+    par::rows(pool, out.y, d.s, |r, row| {
         let c = r % d.c;
         // (x - mean) first: x * k + (bias - mean * k) cancels in f32 when the mean is large.
         let (k, mu, b) = (scale[c] * inv_std[c], mean[c], bias[c]);
@@ -124,7 +125,9 @@ pub struct BnGradOut<'a> {
 /// are included): with `xhat = (x - mean) * inv_std` and `m` elements per channel,
 /// `dbias = sum(dy)`, `dscale = sum(dy * xhat)` (one pass over x and dy per channel) and
 /// `dx = scale * inv_std * (dy - dbias / m - xhat * dscale / m)`.
+#[allow(clippy::too_many_arguments)]
 pub fn batch_norm_train_grad(
+    pool: &dyn Pool,
     dy: &[f32],
     x: &[f32],
     d: Nc,
@@ -148,7 +151,7 @@ pub fn batch_norm_train_grad(
     if d.count() == 0 {
         return Err(KernelError("BatchNormTrainGrad over an empty batch".into()));
     }
-    par::channels(out.dscale, out.dbias, 2 * d.len(), |c| {
+    par::channels(pool, out.dscale, out.dbias, 2 * d.len(), |c| {
         let (mut sdy, mut sdyx) = (0f64, 0f64);
         let mu = mean[c];
         for n in 0..d.n {
@@ -168,7 +171,7 @@ pub fn batch_norm_train_grad(
     });
     let m = d.count() as f32;
     let (dscale, dbias) = (&*out.dscale, &*out.dbias);
-    par::rows(out.dx, d.s, |r, row| {
+    par::rows(pool, out.dx, d.s, |r, row| {
         let c = r % d.c;
         let (is, mu) = (inv_std[c], mean[c]);
         let k = scale[c] * is;

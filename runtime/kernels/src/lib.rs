@@ -1,8 +1,9 @@
 //! One-pass training kernels for the gradients that standard ONNX spells out in many passes.
 //! Pure Rust on f32 slices in NCHW order (`[N, C, S]`, S the product of the spatial
-//! dimensions); sums accumulate in f64. Work above [`PAR_MIN`] elements runs on rayon's pool,
-//! split by channel (statistics) or by `[n, c]` row (elementwise passes). Nothing is
-//! allocated per call: every result goes into a slice the caller owns.
+//! dimensions); sums accumulate in f64. Work above [`PAR_MIN`] elements runs on the [`Pool`]
+//! the caller passes, the engine's own (ONNX Runtime's intra-op pool, tract's rayon pool),
+//! split by channel (statistics), by `[n, c]` row or in contiguous chunks (elementwise
+//! passes). Nothing is allocated per call: every result goes into a slice the caller owns.
 //!
 //! The engines register these as ops of the [`DOMAIN`] domain (runtime/engine
 //! `fieldtune_ops`); `fieldtune-graph` emits them in tuned train steps.
@@ -10,9 +11,12 @@
 mod batch_norm;
 mod clip;
 mod par;
+mod pool;
 
 pub use batch_norm::{batch_norm_train, batch_norm_train_grad, BnGradOut, BnTrainOut};
 pub use clip::clip_grad;
+pub use par::{Pool, Rayon, Serial};
+pub use pool::max_pool_grad;
 
 /// The ONNX domain of the ops these kernels implement.
 pub const DOMAIN: &str = "ai.fieldtune";

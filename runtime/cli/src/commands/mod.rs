@@ -49,6 +49,7 @@ pub(crate) fn engine(args: &EngineArgs) -> Result<Box<dyn Engine>> {
         },
         no_cpu_arena: args.no_arena,
         memory_pattern: args.mem_pattern,
+        no_intra_spinning: args.no_spin,
         gpu: Default::default(),
     };
     let e = select_engine(pref, opts).context("selecting the engine")?;

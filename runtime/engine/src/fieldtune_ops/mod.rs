@@ -11,4 +11,9 @@ pub(crate) mod tract;
 pub use fieldtune_kernels::DOMAIN;
 
 /// The names of the ops of the [`DOMAIN`] domain, as tuned graphs spell them.
-pub const OPS: [&str; 3] = ["BatchNormTrain", "BatchNormTrainGrad", "ClipGrad"];
+pub const OPS: [&str; 4] = [
+    "BatchNormTrain",
+    "BatchNormTrainGrad",
+    "ClipGrad",
+    "MaxPoolGrad",
+];

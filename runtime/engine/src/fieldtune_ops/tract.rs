@@ -1,12 +1,24 @@
 //! The fieldtune-domain ops as tract ops, registered with tract's ONNX parser: one op type
 //! whose [`Kind`] says which kernel of `fieldtune-kernels` it runs. The typed model keeps the
-//! op as it is (no expansion), so tract's plan calls the one-pass kernel.
+//! op as it is (no expansion), so tract's plan calls the one-pass kernel. Kernels run their
+//! parallel work on the session's tract pool (the executor `TractSession::run` installs for
+//! the run: a rayon pool of the engine's threads), single-threaded where it has none.
 
 use tract_onnx::model::{Onnx, ParsingContext};
 use tract_onnx::pb::NodeProto;
 use tract_onnx::tract_hir::internal::*;
 
-use fieldtune_kernels::{BnGradOut, BnTrainOut, Nc};
+use fieldtune_kernels::{BnGradOut, BnTrainOut, Nc, Pool, Rayon, Serial};
+use tract_linalg::multithread::{current_tract_executor, Executor};
+
+/// `f` on the pool of the tract run in progress.
+fn on_tract_pool<R>(f: impl FnOnce(&dyn Pool) -> R) -> R {
+    match current_tract_executor() {
+        Executor::SingleThread => f(&Serial),
+        Executor::MultiThread(pool) => f(&Rayon(Some(&pool))),
+        Executor::RayonGlobal => f(&Rayon(None)),
+    }
+}
 
 /// Which kernel an [`FtOp`] runs, with its attributes.
 #[derive(Debug, Clone, PartialEq)]
@@ -14,6 +26,7 @@ enum Kind {
     BatchNormTrain { eps: f32, momentum: f32 },
     BatchNormTrainGrad,
     ClipGrad { lo: f32, hi: f32 },
+    MaxPoolGrad,
 }
 
 impl Kind {
@@ -22,6 +35,7 @@ impl Kind {
             Kind::BatchNormTrain { .. } => "BatchNormTrain",
             Kind::BatchNormTrainGrad => "BatchNormTrainGrad",
             Kind::ClipGrad { .. } => "ClipGrad",
+            Kind::MaxPoolGrad => "MaxPoolGrad",
         }
     }
 
@@ -30,6 +44,17 @@ impl Kind {
             Kind::BatchNormTrain { .. } => (5, 5),
             Kind::BatchNormTrainGrad => (5, 3),
             Kind::ClipGrad { .. } => (2, 1),
+            Kind::MaxPoolGrad => (3, 1),
+        }
+    }
+
+    /// The input the first output is shaped like: x for the forward, ClipGrad's dy, and x
+    /// for the backwards (input 1 of BatchNormTrainGrad, 2 of MaxPoolGrad).
+    fn data_input(&self) -> usize {
+        match self {
+            Kind::BatchNormTrainGrad => 1,
+            Kind::MaxPoolGrad => 2,
+            _ => 0,
         }
     }
 }
@@ -70,11 +95,19 @@ fn clip_grad(
     Ok((Box::new(FtOp(k)), vec![]))
 }
 
+fn max_pool_grad(
+    _: &ParsingContext,
+    _: &NodeProto,
+) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    Ok((Box::new(FtOp(Kind::MaxPoolGrad)), vec![]))
+}
+
 /// Registers the fieldtune-domain ops with tract's ONNX parser.
 pub(crate) fn register(onnx: &mut Onnx) {
     onnx.op_register.insert("BatchNormTrain", bn_train);
     onnx.op_register.insert("BatchNormTrainGrad", bn_train_grad);
     onnx.op_register.insert("ClipGrad", clip_grad);
+    onnx.op_register.insert("MaxPoolGrad", max_pool_grad);
 }
 
 impl Op for FtOp {
@@ -93,6 +126,12 @@ impl EvalOp for FtOp {
     op_out_of_plan!();
 
     fn eval(&self, _: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        on_tract_pool(|pool| self.eval_on(pool, inputs))
+    }
+}
+
+impl FtOp {
+    fn eval_on(&self, pool: &dyn Pool, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let op = self.0.name();
         let f = |i: usize| inputs[i].try_as_plain_ram()?.as_slice::<f32>();
         let kerr = |e: fieldtune_kernels::KernelError| format_err!("{op}: {e}");
@@ -112,6 +151,7 @@ impl EvalOp for FtOp {
                 let (mut m, mut i) = (m.try_as_plain_ram_mut()?, i.try_as_plain_ram_mut()?);
                 let (mut nm, mut nv) = (nm.try_as_plain_ram_mut()?, nv.try_as_plain_ram_mut()?);
                 fieldtune_kernels::batch_norm_train(
+                    pool,
                     f(0)?,
                     d,
                     f(1)?,
@@ -147,6 +187,7 @@ impl EvalOp for FtOp {
                 let (mut vx, mut vs) = (dx.try_as_plain_ram_mut()?, ds.try_as_plain_ram_mut()?);
                 let mut vb = db.try_as_plain_ram_mut()?;
                 fieldtune_kernels::batch_norm_train_grad(
+                    pool,
                     f(0)?,
                     f(1)?,
                     d,
@@ -165,8 +206,25 @@ impl EvalOp for FtOp {
             Kind::ClipGrad { lo, hi } => {
                 let mut dx = Tensor::zero::<f32>(inputs[0].shape())?;
                 let mut v = dx.try_as_plain_ram_mut()?;
-                fieldtune_kernels::clip_grad(f(0)?, f(1)?, lo, hi, v.as_slice_mut::<f32>()?)
+                fieldtune_kernels::clip_grad(pool, f(0)?, f(1)?, lo, hi, v.as_slice_mut::<f32>()?)
                     .map_err(kerr)?;
+                Ok(tvec!(dx.into_tvalue()))
+            }
+            Kind::MaxPoolGrad => {
+                let (ys, xs) = (inputs[0].shape(), inputs[2].shape());
+                let (yd, d) = (nc(op, ys)?, nc(op, xs)?);
+                let mut dx = Tensor::zero::<f32>(xs)?;
+                let mut v = dx.try_as_plain_ram_mut()?;
+                let idx = inputs[1].try_as_plain_ram()?;
+                fieldtune_kernels::max_pool_grad(
+                    pool,
+                    f(0)?,
+                    idx.as_slice::<i64>()?,
+                    d,
+                    yd.s,
+                    v.as_slice_mut::<f32>()?,
+                )
+                .map_err(kerr)?;
                 Ok(tvec!(dx.into_tvalue()))
             }
         }
@@ -192,6 +250,7 @@ impl TypedOp for FtOp {
                 )
             }
             Kind::ClipGrad { .. } => tvec!(f32_of(&inputs[0].shape)),
+            Kind::MaxPoolGrad => tvec!(f32_of(&inputs[2].shape)),
         })
     }
 
@@ -211,12 +270,7 @@ impl InferenceRulesOp for FtOp {
         for o in outputs {
             s.equals(&o.datum_type, f32::datum_type())?;
         }
-        // The output shaped like the data: x for the forward and for ClipGrad (dy), x
-        // (input 1) for the backward.
-        let data = match self.0 {
-            Kind::BatchNormTrainGrad => 1,
-            _ => 0,
-        };
+        let data = self.0.data_input();
         s.equals(&outputs[0].shape, &inputs[data].shape)?;
         for o in &outputs[1..] {
             s.equals(&o.rank, 1)?;

@@ -59,6 +59,12 @@ pub struct OrtOptions {
     /// on a train step the pattern keeps the whole activation plan reserved, a higher peak at
     /// the same speed (figures in docs/BENCHMARKS.md).
     pub memory_pattern: bool,
+    /// Intra-op threads sleep when they run out of work instead of spinning
+    /// (`session.intra_op.allow_spinning = 0`). Off by default (ONNX Runtime spins): on an
+    /// idle host spinning saves the wake-up between ops, on a loaded one (other processes on
+    /// the same cores) the spinning threads take the cores the work needs (docs/BENCHMARKS.md
+    /// §3 measures both).
+    pub no_intra_spinning: bool,
     /// Options of the CUDA and TensorRT providers; CPU sessions ignore them.
     pub gpu: GpuOptions,
 }

@@ -80,9 +80,19 @@ impl OrtSession {
         b = b
             .with_memory_pattern(opts.memory_pattern)
             .map_err(|e| load_err(ort_msg(&e)))?;
+        if opts.no_intra_spinning {
+            b = b
+                .with_intra_op_spinning(false)
+                .map_err(|e| load_err(ort_msg(&e)))?;
+        }
         // The fieldtune-domain ops of tuned train steps (CPU kernels; graphs for GPU
         // providers keep standard ops, so registering them costs those sessions nothing).
-        let ops = crate::fieldtune_ops::ort::domain().map_err(|e| load_err(ort_msg(&e)))?;
+        // Their kernels split their work for the session's intra-op threads (ONNX Runtime's
+        // default: one per core).
+        let threads = opts
+            .intra_threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let ops = crate::fieldtune_ops::ort::domain(threads).map_err(|e| load_err(ort_msg(&e)))?;
         b = b.with_operators(ops).map_err(|e| load_err(ort_msg(&e)))?;
         // Per-op profiling (ONNX Runtime writes PREFIX_<date>.json when the session ends):
         // `FIELDTUNE_ORT_PROFILE=PREFIX`; scripts/bench/ort_profile.py sums it by op type.

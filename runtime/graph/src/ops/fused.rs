@@ -7,6 +7,9 @@
 //!   convention); its gradient is the declared `CustomVjp::BatchNormTrainFused`.
 //! - `BatchNormTrainGrad(dy, x, scale, mean, inv_std) -> (dx, dscale, dbias)`.
 //! - `ClipGrad(dy, y) -> dx`, attributes `min`, `max` (absent: unbounded on that side).
+//! - `MaxPoolGrad(dy, indices, x) -> dx`: a 2-D MaxPool's gradient from its Indices output
+//!   (either engine's convention: the index's remainder by H*W is the plane-local cell), dx
+//!   shaped like x (x is read for its shape only).
 
 use crate::error::{GraphError, Result};
 use crate::ir::{Elem, Node};
@@ -23,6 +26,7 @@ pub const OPS: &[OpDef] = &[
         Grad::Never,
     ),
     def("ClipGrad", clip_grad, false, Grad::Never),
+    def("MaxPoolGrad", max_pool_grad, false, Grad::Never),
 ];
 
 /// x's channels, after checking that the inputs from `first_channel_input` on are [C].
@@ -82,4 +86,22 @@ fn clip_grad(node: &Node, ins: &[Option<&Value>]) -> Result<Vec<Value>> {
         ));
     }
     Ok(vec![Value::new(Elem::F32, y.shape.clone())])
+}
+
+fn max_pool_grad(node: &Node, ins: &[Option<&Value>]) -> Result<Vec<Value>> {
+    let (dy, idx, x) = (req(node, ins, 0)?, req(node, ins, 1)?, req(node, ins, 2)?);
+    let err = |r: String| Err(GraphError::node(node, r));
+    if x.shape.len() != 4 || dy.shape.len() != 4 || dy.shape[..2] != x.shape[..2] {
+        return err(format!(
+            "dy has shape {:?}, x {:?} (need [N, C, H, W] for both, same N and C)",
+            dy.shape, x.shape
+        ));
+    }
+    if idx.shape != dy.shape || idx.elem != Elem::I64 {
+        return err(format!(
+            "indices are {:?} {:?}, expected int64 shaped like dy {:?}",
+            idx.elem, idx.shape, dy.shape
+        ));
+    }
+    Ok(vec![Value::new(Elem::F32, x.shape.clone())])
 }

@@ -89,9 +89,10 @@ fn global_average_back(b: &mut Builder, n: &Node, gy: &[Option<String>]) -> Grad
 
 /// MaxPool: each output's gradient goes to the input cell its window picked, read from the
 /// forward node's own Indices output (added to it here) and scattered back with one
-/// ScatterElements per (n, c) plane (summing where windows overlap). Both engines pick the
-/// first maximum of a window, as PyTorch does. ONNX Runtime's indices count across the
-/// whole tensor, tract's within the plane: the plane-local index is their remainder by H*W.
+/// ScatterElements per (n, c) plane (summing where windows overlap); tuned targets use the
+/// fieldtune-domain `MaxPoolGrad` (one pass, the same sums). Both engines pick the first
+/// maximum of a window, as PyTorch does. ONNX Runtime's indices count across the whole
+/// tensor, tract's within the plane: the plane-local index is their remainder by H*W.
 fn maxpool_back(b: &mut Builder, n: &Node, gy: &[Option<String>]) -> Grads {
     let dy = &dy(n, gy)?;
     let x = n.inputs[0].clone();
@@ -116,6 +117,10 @@ fn maxpool_back(b: &mut Builder, n: &Node, gy: &[Option<String>]) -> Grads {
         Some(i) => i.clone(),
         None => b.add_output(&y, "maxpool_indices", Value::new(Elem::I64, ys.clone()))?,
     };
+    if b.fieldtune_ops() {
+        let g = b.fused("MaxPoolGrad", &[dy, &idx, &x], (None, 1), vec![])?;
+        return Ok(only(n, g[0].clone()));
+    }
     let (nb, c, plane) = (xs[0], xs[1], xs[2] * xs[3]);
     let hw = b.ints(&[plane as i64]);
     let local = b.op("Mod", &[&idx, &hw], vec![])?;

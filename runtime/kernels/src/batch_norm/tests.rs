@@ -1,6 +1,7 @@
 //! The kernels against the naive two-pass formulas in f64.
 
 use super::*;
+use crate::Rayon;
 
 /// A deterministic pseudo-random sequence in [-1, 1) scaled and shifted.
 fn data(len: usize, seed: u64, scale: f32, shift: f32) -> Vec<f32> {
@@ -67,6 +68,7 @@ fn forward_case(d: Nc, shift: f32) {
         vec![0.0; d.c],
     );
     batch_norm_train(
+        &Rayon(None),
         &x,
         d,
         &scale,
@@ -154,6 +156,7 @@ fn variance_keeps_its_digits_when_the_first_element_is_far_from_the_mean() {
     let zeros = vec![0.0; d.c];
     let eps = 1e-9;
     batch_norm_train(
+        &Rayon(None),
         &x,
         d,
         &ones,
@@ -197,6 +200,7 @@ fn backward_case(d: Nc) {
     let mut dx = vec![0.0; d.len()];
     let (mut ds, mut db) = (vec![0.0; d.c], vec![0.0; d.c]);
     batch_norm_train_grad(
+        &Rayon(None),
         &dy,
         &x,
         d,
@@ -253,6 +257,7 @@ fn refuses_wrong_lengths_by_name() {
     let mut v = [vec![0.0; 2], vec![0.0; 2], vec![0.0; 2], vec![0.0; 3]];
     let [a, b, c, e] = &mut v;
     let err = batch_norm_train(
+        &Rayon(None),
         &x,
         d,
         &[1.0; 2],
