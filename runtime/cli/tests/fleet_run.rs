@@ -52,7 +52,7 @@ steps = 5
 superlink = "127.0.0.1:{port}"
 insecure = true
 key = "node.key"
-heartbeat_s = 5.0
+heartbeat_s = 10.0
 "#,
                 root = root.display()
             ),

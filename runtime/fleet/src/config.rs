@@ -71,8 +71,8 @@ impl Default for LinkConfig {
     }
 }
 
-/// Bounds of `heartbeat_s` (seconds).
-pub const HEARTBEAT_S: (f64, f64) = (1.0, 3600.0);
+/// Bounds of `heartbeat_s` (seconds): what a flwr 1.42.0 SuperLink accepts.
+pub const HEARTBEAT_S: (f64, f64) = (10.0, 1800.0);
 
 impl LinkConfig {
     /// The keys of the section, for files that flatten it beside their own keys.
