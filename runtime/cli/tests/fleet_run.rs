@@ -61,7 +61,7 @@ heartbeat_s = 10.0
         let child = Command::new(env!("CARGO_BIN_EXE_fieldtune"))
             .args(["run", "--config"])
             .arg(&cfg)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join("run.log")).unwrap())
@@ -91,8 +91,9 @@ heartbeat_s = 10.0
         while self.events().iter().filter(|e| pred(e)).count() < n {
             assert!(
                 t0.elapsed() < Duration::from_secs(secs),
-                "no {what} in {secs} s: {}",
-                std::fs::read_to_string(&self.events).unwrap_or_default()
+                "no {what} in {secs} s: {}\nrun.log:\n{}",
+                std::fs::read_to_string(&self.events).unwrap_or_default(),
+                std::fs::read_to_string(self.state.with_file_name("run.log")).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
