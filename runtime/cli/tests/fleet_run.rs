@@ -81,7 +81,7 @@ heartbeat_s = 10.0
     fn kinds(&self, kind: &str) -> Vec<Event> {
         self.events()
             .into_iter()
-            .filter(|e| e.str("event") == Some(kind))
+            .filter(|e| e.event == kind)
             .collect()
     }
 
@@ -122,11 +122,11 @@ impl Drop for Run {
 }
 
 fn is(kind: &'static str) -> impl Fn(&Event) -> bool {
-    move |e| e.str("event") == Some(kind)
+    move |e| e.event == kind
 }
 
 fn node_active(e: &Event) -> bool {
-    e.str("event") == Some("fleet_node") && e.str("state") == Some("active")
+    e.event == "fleet_node" && e.str("state") == Some("active")
 }
 
 /// The `fieldtune fleet` config the ServerApp exports its initial arrays and evaluates with
@@ -226,7 +226,7 @@ fn a_fedavg_round_is_gated_checkpointed_and_swapped_while_frames_are_served() {
     // Frames kept being served through the round, and after it on the new version.
     let frames_at_commit = run.kinds("stats").last().unwrap().u64("frames").unwrap();
     run.wait("stats after the commit", 30, 1, |e| {
-        e.str("event") == Some("stats")
+        e.event == "stats"
             && e.u64("version") == Some(1)
             && e.u64("frames").unwrap_or(0) > frames_at_commit
     });
