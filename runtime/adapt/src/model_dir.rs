@@ -370,6 +370,38 @@ impl ModelDir {
         Ok(encode_model(&fold_into_model(&self.model, params)?))
     }
 
+    /// The model's float32 initializers by name: what a fleet message may overwrite and a
+    /// reply sends (`fieldtune fleet`, the `[fleet]` section of `fieldtune run`).
+    pub fn float_initializers(&self) -> Result<HashMap<String, Tensor>> {
+        let g = self
+            .model
+            .graph
+            .as_ref()
+            .ok_or_else(|| AdaptError::ModelDir {
+                path: self.onnx.clone(),
+                reason: "the model has no graph".into(),
+            })?;
+        let mut out = HashMap::new();
+        for t in &g.initializer {
+            let v = fieldtune_graph::ir::tensor_from_proto(t)?;
+            if v.as_f32().is_some() {
+                out.insert(t.name.clone(), v);
+            }
+        }
+        Ok(out)
+    }
+
+    /// This model with `params` replacing the matching initializers, in its bytes and its
+    /// parsed graph: a model to compile a train step from (FedProx's proximal term anchors at
+    /// the compiled model's values, i.e. the server's arrays).
+    pub fn with_weights(&self, params: &HashMap<String, Tensor>) -> Result<ModelDir> {
+        Ok(ModelDir {
+            bytes: self.with_params(params)?,
+            model: fieldtune_graph::with_initializers(&self.model, params)?,
+            ..self.clone()
+        })
+    }
+
     /// Writes an adapted model folder to `out`: model.onnx with the new initializers,
     /// model.toml, checkpoint.safetensors with `metadata`, and `extra` files (name, bytes).
     /// The folder is replaced whole ([`replace_dir`]): a kill leaves the old folder or the

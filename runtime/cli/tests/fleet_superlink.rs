@@ -7,129 +7,16 @@
 
 mod common;
 
-use std::net::TcpStream;
+use common::superlink::SuperLink;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::AtomicBool;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use fieldtune_fleet::{
     FleetError, FleetHttp, Handler, NodeConfig, NodeKey, Reply, Request, TlsConfig,
 };
-
-fn venv_bin(tool: &str) -> PathBuf {
-    let p = common::root().join(".flwr-venv/bin").join(tool);
-    assert!(
-        p.exists(),
-        "{} is missing: python3 -m venv .flwr-venv && .flwr-venv/bin/pip install flwr==1.42.0",
-        p.display()
-    );
-    p
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A SuperLink on a loopback port (in-memory state), with its own FLWR_HOME, ended on drop.
-struct SuperLink {
-    child: Child,
-    port: u16,
-    home: PathBuf,
-    log: PathBuf,
-}
-
-impl SuperLink {
-    fn start(dir: &Path, tls: Option<&Path>, extra: &[&str]) -> SuperLink {
-        let port = free_port();
-        let home = dir.join("flwr-home");
-        std::fs::create_dir_all(&home).unwrap();
-        let conn = match tls {
-            Some(d) => format!("root-certificates = \"{}\"", d.join("ca.pem").display()),
-            None => "insecure = true".into(),
-        };
-        std::fs::write(
-            home.join("config.toml"),
-            format!("[superlink]\ndefault = \"t\"\n[superlink.t]\naddress = \"127.0.0.1:{port}\"\n{conn}\n"),
-        )
-        .unwrap();
-        let mut cmd = Command::new(venv_bin("flower-superlink"));
-        cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .arg("--disable-runtime-dependency-installation");
-        match tls {
-            Some(d) => cmd
-                .arg("--ssl-certfile")
-                .arg(d.join("server.pem"))
-                .arg("--ssl-keyfile")
-                .arg(d.join("server.key"))
-                .arg("--ssl-ca-certfile")
-                .arg(d.join("ca.pem")),
-            None => cmd.arg("--insecure"),
-        };
-        let log = dir.join("superlink.log");
-        let child = cmd
-            .args(extra)
-            .env("PATH", path_with_venv())
-            .env("FLWR_HOME", &home)
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(Stdio::from(
-                std::fs::File::options().append(true).open(&log).unwrap(),
-            ))
-            .spawn()
-            .unwrap();
-        let s = SuperLink {
-            child,
-            port,
-            home,
-            log,
-        };
-        let t0 = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                t0.elapsed() < Duration::from_secs(60),
-                "SuperLink did not start: {}",
-                s.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        s
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The `flwr` CLI against this SuperLink.
-    fn flwr(&self, args: &[&str]) -> std::process::Output {
-        Command::new(venv_bin("flwr"))
-            .args(args)
-            .current_dir(common::root())
-            .env("PATH", path_with_venv())
-            .env("FLWR_HOME", &self.home)
-            .output()
-            .unwrap()
-    }
-}
-
-impl Drop for SuperLink {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn path_with_venv() -> String {
-    let bin = common::root().join(".flwr-venv/bin");
-    format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
-    )
-}
 
 /// A private CA and a server certificate for DNS:fleet.test and IP:127.0.0.1 (the SuperLink's
 /// own processes reach it at 127.0.0.1), made with openssl.

@@ -17,6 +17,8 @@ pub enum Reason {
     Drift,
     Schedule,
     Manual,
+    /// A `train` message of the fleet's SuperLink (`[fleet]`).
+    Fleet,
 }
 
 impl Reason {
@@ -26,6 +28,7 @@ impl Reason {
             Reason::Drift => "drift",
             Reason::Schedule => "schedule",
             Reason::Manual => "manual",
+            Reason::Fleet => "fleet",
         }
     }
 
@@ -40,6 +43,7 @@ impl Reason {
             Reason::Drift,
             Reason::Schedule,
             Reason::Manual,
+            Reason::Fleet,
         ]
         .get((c as usize).checked_sub(1)?)
         .copied()

@@ -67,8 +67,9 @@ impl Resolver for Pinned {
 }
 
 impl FleetHttp {
-    /// `superlink` is `host:port` or a URL (`https://host:port`).
-    pub fn new(superlink: &str, tls: &TlsConfig, key: NodeKey) -> Result<FleetHttp> {
+    /// The base URL, host and port of `superlink` (`host:port` or a URL), with the rule that
+    /// plain HTTP goes only to a loopback address; nothing is connected.
+    pub fn check_address(superlink: &str, tls: &TlsConfig) -> Result<(String, String, String)> {
         let base = if superlink.contains("://") {
             superlink.trim_end_matches('/').to_string()
         } else if tls.insecure {
@@ -78,21 +79,27 @@ impl FleetHttp {
         };
         let authority = base.split("://").nth(1).unwrap_or("");
         let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if p.parse::<u16>().is_ok() => (h, p.to_string()),
-            _ if base.starts_with("http://") => (authority, "80".to_string()),
-            _ => (authority, "443".to_string()),
+            Some((h, p)) if p.parse::<u16>().is_ok() => (h.to_string(), p.to_string()),
+            _ if base.starts_with("http://") => (authority.to_string(), "80".to_string()),
+            _ => (authority.to_string(), "443".to_string()),
         };
         if host.is_empty() {
             return Err(FleetError::Config(format!(
                 "SuperLink {base}: the address has no host"
             )));
         }
-        if base.starts_with("http://") && !(tls.insecure && is_loopback(host)) {
+        if base.starts_with("http://") && !(tls.insecure && is_loopback(&host)) {
             return Err(FleetError::Config(format!(
                 "SuperLink {base}: plain HTTP is allowed only with insecure = true and a loopback address; \
                  use https:// (and ca = \"...\" for a private CA)"
             )));
         }
+        Ok((base, host, port))
+    }
+
+    /// `superlink` is `host:port` or a URL (`https://host:port`).
+    pub fn new(superlink: &str, tls: &TlsConfig, key: NodeKey) -> Result<FleetHttp> {
+        let (base, host, port) = Self::check_address(superlink, tls)?;
         let connect = format!("{host}:{port}");
         let mut tcfg = UreqTls::builder();
         if let Some(ca) = &tls.ca {

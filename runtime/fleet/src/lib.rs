@@ -3,6 +3,8 @@
 //! `train` or `evaluate` message does is the caller's [`Handler`]; this crate only speaks
 //! the protocol. See docs/FLEET.md.
 
+pub mod arrays;
+pub mod config;
 pub mod error;
 pub mod http;
 pub mod keys;
@@ -17,6 +19,8 @@ pub mod proto {
     include!(concat!(env!("CARGO_MANIFEST_DIR"), "/proto/flwr.proto.rs"));
 }
 
+pub use arrays::{checked_params, is_bn_stat};
+pub use config::{LinkConfig, SendSet};
 pub use error::{FleetError, Result};
 pub use http::{FleetHttp, TlsConfig};
 pub use keys::NodeKey;

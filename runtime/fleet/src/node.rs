@@ -44,7 +44,7 @@ impl Default for NodeConfig {
 }
 
 /// What the server asked: the message type (`train`, `evaluate`, ...), arrays, config.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Request {
     pub kind: String,
     pub arrays: Vec<(String, Tensor)>,
@@ -61,6 +61,9 @@ pub struct Reply {
 /// What runs a request on the device. An `Err` becomes an error reply with that text.
 pub trait Handler {
     fn handle(&mut self, req: &Request) -> std::result::Result<Reply, String>;
+
+    /// The node was registered and activated as `node_id` (again after a SuperLink restart).
+    fn active(&mut self, _node_id: u64) {}
 }
 
 fn now_s() -> f64 {
@@ -124,6 +127,7 @@ pub fn run_node(
         superlink = http.base(),
         "node active"
     );
+    handler.active(node.node_id);
     let done = AtomicBool::new(false);
     let result = std::thread::scope(|s| {
         s.spawn(|| heartbeats(http, node, cfg.heartbeat_s, &done, stop));

@@ -12,11 +12,13 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use fieldtune_adapt::{adapt, AdaptConfig, AdaptData, ModelDir};
 use fieldtune_engine::Engine;
+use fieldtune_fleet::arrays::sends;
 use fieldtune_fleet::{
-    ConfigValue, FleetHttp, Handler, NodeConfig, NodeKey, Reply, Request, TlsConfig,
+    checked_params, is_bn_stat, ConfigValue, Handler, LinkConfig, NodeConfig, Reply, Request,
+    SendSet,
 };
 use fieldtune_frames::Image8;
-use fieldtune_tensor::{Tensor, TensorData};
+use fieldtune_tensor::Tensor;
 use serde::Deserialize;
 
 use super::{engine, eval_model, load_labeled, open_model};
@@ -50,24 +52,21 @@ slice_of = 1
 recipe = "uda-im"
 steps = 50
 seed = 0
-# What a reply sends: "all" (every trained parameter and buffer) or "fedbn" (BatchNorm
-# running statistics stay on the device).
+# What a reply sends: "all" (every trained parameter and buffer), "fedbn" (BatchNorm
+# running statistics stay on the device) or "trained" (the same here: a reply holds what
+# the recipe trained; the server's initial arrays are then only those).
 send = "all"
 # Stop after this many messages / after this long without one (0: never).
 max_messages = 0
 idle_exit_s = 0.0
 "#;
 
-#[derive(Deserialize, Clone)]
-#[serde(deny_unknown_fields)]
+#[derive(Deserialize, Clone, Debug)]
 pub struct FleetConfig {
-    superlink: String,
-    #[serde(default)]
-    insecure: bool,
-    ca: Option<PathBuf>,
-    server_name: Option<String>,
-    key: PathBuf,
-    heartbeat_s: f64,
+    /// The SuperLink, TLS, node key, heartbeat and `send` (shared with `fieldtune run`'s
+    /// `[fleet]`).
+    #[serde(flatten)]
+    link: LinkConfig,
     model: PathBuf,
     labeled: PathBuf,
     unlabeled: PathBuf,
@@ -76,11 +75,42 @@ pub struct FleetConfig {
     recipe: String,
     steps: usize,
     seed: u64,
-    send: String,
     #[serde(default)]
     max_messages: usize,
     #[serde(default)]
     idle_exit_s: f64,
+}
+
+/// This file's own keys (beside [`LinkConfig::KEYS`]).
+const OWN_KEYS: &[&str] = &[
+    "model",
+    "labeled",
+    "unlabeled",
+    "slice",
+    "slice_of",
+    "recipe",
+    "steps",
+    "seed",
+    "max_messages",
+    "idle_exit_s",
+];
+
+/// Parses a fleet config; a key neither this file nor [`LinkConfig`] knows is an error
+/// (serde's `deny_unknown_fields` does not work across `flatten`).
+fn parse_config(text: &str) -> Result<FleetConfig> {
+    let table: toml::Table = toml::from_str(text)?;
+    if let Some(k) = table
+        .keys()
+        .find(|k| !OWN_KEYS.contains(&k.as_str()) && !LinkConfig::KEYS.contains(&k.as_str()))
+    {
+        bail!("unknown key '{k}'");
+    }
+    for k in ["superlink", "key", "heartbeat_s", "send"] {
+        if !table.contains_key(k) {
+            bail!("missing key '{k}'");
+        }
+    }
+    Ok(table.try_into()?)
 }
 
 #[derive(Args)]
@@ -106,8 +136,8 @@ pub struct FleetArgs {
 fn load_config(path: &Path) -> Result<FleetConfig> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let c: FleetConfig =
-        toml::from_str(&text).with_context(|| format!("{}: not a fleet config", path.display()))?;
+    let c =
+        parse_config(&text).with_context(|| format!("{}: not a fleet config", path.display()))?;
     if c.slice_of == 0 || (c.slice_of > 1 && c.slice >= c.slice_of) {
         bail!(
             "{}: slice {} of {} is out of range",
@@ -116,12 +146,8 @@ fn load_config(path: &Path) -> Result<FleetConfig> {
             c.slice_of
         );
     }
-    if c.send != "all" && c.send != "fedbn" {
-        bail!(
-            "{}: send = \"{}\": \"all\" or \"fedbn\" expected",
-            path.display(),
-            c.send
-        );
+    if let Err((key, why)) = c.link.check() {
+        bail!("{}: {key}: {why}", path.display());
     }
     Ok(c)
 }
@@ -135,11 +161,11 @@ pub fn run(a: FleetArgs, engine_args: &EngineArgs) -> Result<()> {
     let c = load_config(path)?;
     let m = open_model(&c.model, &NormArgs::default())?;
     let e = engine(engine_args)?;
-    let source = model_arrays(&m)?;
+    let source = m.float_initializers()?;
     if let Some(out) = &a.export_arrays {
         let sent: BTreeMap<String, Tensor> = source
             .into_iter()
-            .filter(|(n, _)| c.send == "all" || !is_bn_stat(n))
+            .filter(|(n, _)| c.link.send != SendSet::Fedbn || !is_bn_stat(n))
             .collect();
         std::fs::write(out, fieldtune_tensor::st::to_bytes(&sent, &HashMap::new()))
             .with_context(|| format!("writing {}", out.display()))?;
@@ -150,7 +176,8 @@ pub fn run(a: FleetArgs, engine_args: &EngineArgs) -> Result<()> {
         let bytes = std::fs::read(&v[0]).with_context(|| format!("reading {}", v[0].display()))?;
         let (arrays, _) = fieldtune_tensor::st::from_bytes(&bytes)
             .with_context(|| format!("{}", v[0].display()))?;
-        let params = checked_params(&source, arrays.into_iter().collect())
+        let arrays: Vec<(String, Tensor)> = arrays.into_iter().collect();
+        let params = checked_params(&source, &arrays)
             .map_err(|e| anyhow::anyhow!("{}: {e}", v[0].display()))?;
         let (imgs, labels) = load_labeled(&v[1], &m)?;
         let r = eval_model(e.as_ref(), &m, Some(&params), &imgs, &labels, 250)?;
@@ -175,18 +202,9 @@ pub fn run(a: FleetArgs, engine_args: &EngineArgs) -> Result<()> {
         anchors.len(),
         c.model.display()
     );
-    let key = NodeKey::load_or_create(&c.key)?;
-    let http = FleetHttp::new(
-        &c.superlink,
-        &TlsConfig {
-            ca: c.ca.clone(),
-            server_name: c.server_name.clone(),
-            insecure: c.insecure,
-        },
-        key,
-    )?;
+    let http = c.link.connect()?;
     let node_cfg = NodeConfig {
-        heartbeat_s: c.heartbeat_s,
+        heartbeat_s: c.link.heartbeat_s,
         max_messages: (c.max_messages > 0).then_some(c.max_messages),
         idle_exit_s: (c.idle_exit_s > 0.0).then_some(c.idle_exit_s),
         ..NodeConfig::default()
@@ -206,55 +224,6 @@ pub fn run(a: FleetArgs, engine_args: &EngineArgs) -> Result<()> {
     Ok(())
 }
 
-fn is_bn_stat(name: &str) -> bool {
-    name.contains("running_mean")
-        || name.contains("running_var")
-        || name.contains("num_batches_tracked")
-}
-
-/// The model's float initializers by name.
-fn model_arrays(m: &ModelDir) -> Result<HashMap<String, Tensor>> {
-    let g = m.model.graph.as_ref().context("the model has no graph")?;
-    let mut out = HashMap::new();
-    for t in &g.initializer {
-        let v = fieldtune_graph::ir::tensor_from_proto(t)?;
-        if matches!(v.data(), TensorData::F32(_)) {
-            out.insert(t.name.clone(), v);
-        }
-    }
-    Ok(out)
-}
-
-/// `received` checked against the model's arrays: known names, same shapes, float32, finite.
-fn checked_params(
-    source: &HashMap<String, Tensor>,
-    received: Vec<(String, Tensor)>,
-) -> std::result::Result<HashMap<String, Tensor>, String> {
-    let mut out = source.clone();
-    for (name, t) in received {
-        let Some(s) = source.get(&name) else {
-            return Err(format!(
-                "array '{name}' is not a parameter of this model (another model's message?)"
-            ));
-        };
-        if t.shape() != s.shape() {
-            return Err(format!(
-                "array '{name}' has shape {:?}, the model's is {:?}",
-                t.shape(),
-                s.shape()
-            ));
-        }
-        let Some(v) = t.as_f32() else {
-            return Err(format!("array '{name}' is not float32"));
-        };
-        if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-            return Err(format!("array '{name}' holds a non-finite value at {i}"));
-        }
-        out.insert(name, t);
-    }
-    Ok(out)
-}
-
 struct Device<'a> {
     e: &'a dyn Engine,
     m: &'a ModelDir,
@@ -267,8 +236,7 @@ struct Device<'a> {
 
 impl Device<'_> {
     fn answer(&mut self, req: &Request) -> Result<Reply> {
-        let params =
-            checked_params(&self.source, req.arrays.clone()).map_err(anyhow::Error::msg)?;
+        let params = checked_params(&self.source, &req.arrays).map_err(anyhow::Error::msg)?;
         let cfgv = |k: &str| {
             req.config
                 .iter()
@@ -282,11 +250,7 @@ impl Device<'_> {
             Some(ConfigValue::I64(v)) if v >= 0 => v as f32,
             Some(v) => bail!("config 'proximal-mu' = {v:?}: a number >= 0 expected"),
         };
-        let model = ModelDir {
-            bytes: self.m.with_params(&params)?,
-            model: fieldtune_graph::with_initializers(&self.m.model, &params)?,
-            ..self.m.clone()
-        };
+        let model = self.m.with_weights(&params)?;
         let round = match cfgv("server-round") {
             Some(ConfigValue::I64(r)) => r as u64,
             _ => 0,
@@ -310,7 +274,7 @@ impl Device<'_> {
                 metrics.extend(last.metrics.iter().map(|(n, v)| (n.clone(), f64::from(*v))));
             }
             for (n, t) in &out.params {
-                if self.c.send == "all" || !is_bn_stat(n) {
+                if sends(self.c.link.send, n, true) {
                     arrays.push((n.clone(), t.clone()));
                 }
             }
@@ -360,11 +324,13 @@ mod tests {
         let text = FLEET_CONFIG
             .replace("# ca = ", "ca = ")
             .replace("# server_name = ", "server_name = ");
-        let c: FleetConfig = toml::from_str(&text).unwrap();
-        assert_eq!(c.server_name.as_deref(), Some("link.example"));
-        assert_eq!(c.ca, Some(PathBuf::from("/etc/fieldtune/fleet-ca.pem")));
-        assert!(
-            toml::from_str::<FleetConfig>(&format!("{FLEET_CONFIG}\nclock_skew_s = 5\n")).is_err()
+        let c = parse_config(&text).unwrap();
+        assert_eq!(c.link.server_name.as_deref(), Some("link.example"));
+        assert_eq!(
+            c.link.ca,
+            Some(PathBuf::from("/etc/fieldtune/fleet-ca.pem"))
         );
+        let e = parse_config(&format!("{FLEET_CONFIG}\nclock_skew_s = 5\n")).unwrap_err();
+        assert!(e.to_string().contains("unknown key 'clock_skew_s'"), "{e}");
     }
 }

@@ -111,6 +111,15 @@ fsync = "rounds"                    # "every" | "rounds" | "never"
 [metrics]
 listen = ""                         # e.g. "127.0.0.1:9464"
 
+[fleet]                             # this device as a Flower SuperNode (docs/FLEET.md "In fieldtune run")
+superlink = ""                      # the SuperLink's Fleet API, "host:port" or a URL ("": no fleet)
+insecure = false                    # plain HTTP: only to a loopback SuperLink
+# ca = "fleet-ca.pem"               # PEM CA of the SuperLink's certificate (default: web PKI roots)
+# server_name = "link.example"      # the name on that certificate, when not the host of superlink
+key = "fleet-node.key"              # node P-384 key, created 0600 when missing (<key>.pub beside it)
+heartbeat_s = 30.0
+send = "all"                        # "all" | "fedbn" (BatchNorm statistics stay) | "trained"
+
 [fault]                             # deliberate faults (test aids, demonstrations)
 nan_rounds = []                     # rounds whose learning rate is NaN
 label_noise_rounds = []             # rounds trained on permuted anchor labels

@@ -61,6 +61,8 @@ pub struct RunConfig {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub fault: FaultConfig,
+    #[serde(default)]
+    pub fleet: FleetConfig,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -162,6 +164,12 @@ impl RunConfig {
             fix(p);
         }
         fix(&mut self.engine.trt_cache);
+        if self.fleet.enabled() {
+            fix(&mut self.fleet.key);
+            if let Some(ca) = &mut self.fleet.ca {
+                fix(ca);
+            }
+        }
         if !matches!(self.output.path.as_str(), "-" | "none" | "") {
             let mut p = PathBuf::from(&self.output.path);
             fix(&mut p);

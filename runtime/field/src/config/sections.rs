@@ -5,6 +5,12 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+/// `[fleet]`: this device as a Flower SuperNode (docs/FLEET.md "In `fieldtune run`"): the
+/// SuperLink, TLS, node key, heartbeat and what a reply sends; the keys of `fieldtune fleet`'s
+/// link. An empty `superlink` (the default) leaves the run out of any fleet.
+pub type FleetConfig = fieldtune_fleet::LinkConfig;
+pub use fieldtune_fleet::SendSet;
+
 /// Where frames come from.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

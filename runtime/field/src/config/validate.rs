@@ -261,6 +261,11 @@ impl RunConfig {
                 Err(_) => return bad("metrics.listen", "not an address like 127.0.0.1:9464"),
             }
         }
+        if self.fleet.enabled() {
+            if let Err((key, why)) = self.fleet.check() {
+                return bad(&format!("fleet.{key}"), &why);
+            }
+        }
         self.adapt_config(path)?;
         Ok(())
     }
@@ -306,6 +311,48 @@ impl RunConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fleet_keys_are_checked_naming_the_key() {
+        let head = "model = \"m\"\n[source]\npaths = [\"d\"]\n[fleet]\n";
+        let ok = RunConfig::from_toml(
+            &format!("{head}superlink = \"127.0.0.1:9092\"\ninsecure = true\nsend = \"fedbn\""),
+            Path::new("run.toml"),
+        )
+        .unwrap();
+        assert!(ok.fleet.enabled());
+        assert_eq!(ok.fleet.send, crate::config::SendSet::Fedbn);
+        for (body, key, why) in [
+            (
+                "superlink = \"10.0.0.5:9092\"\ninsecure = true",
+                "fleet.superlink",
+                "loopback",
+            ),
+            (
+                "superlink = \"link:9092\"\nheartbeat_s = 0.0",
+                "fleet.heartbeat_s",
+                "outside",
+            ),
+            (
+                "superlink = \"link:9092\"\nsend = \"some\"",
+                "send",
+                "unknown variant",
+            ),
+            (
+                "superlink = \"link:9092\"\nclock = 1",
+                "clock",
+                "unknown field",
+            ),
+        ] {
+            let e = RunConfig::from_toml(&format!("{head}{body}"), Path::new("run.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key) && e.contains(why), "{body}: {e}");
+        }
+        // No [fleet], or an empty superlink: no fleet and nothing checked.
+        let off = RunConfig::from_toml(head, Path::new("run.toml")).unwrap();
+        assert!(!off.fleet.enabled());
+    }
 
     #[test]
     fn size_keys_beyond_their_bound_are_refused_naming_the_key() {

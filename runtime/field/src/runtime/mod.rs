@@ -10,6 +10,7 @@
 //! free, and signals triggers through an atomic.
 
 mod fault;
+mod fleet;
 mod live;
 mod monitor;
 mod options;
@@ -265,6 +266,15 @@ pub fn run(
     )));
     let handover = Arc::new(Handover::default());
     let (retire_tx, retire_rx) = mpsc::channel::<Box<dyn Session>>();
+    // With `[fleet]`, the node key is loaded now; the node thread starts with serving and
+    // hands messages to the round thread.
+    let (fleet_link, fleet_rx) = if cfg.fleet.enabled() {
+        let http = fleet::connect(&cfg.fleet, &cfg_path)?;
+        let (tx, rx) = mpsc::channel();
+        (Some((http, tx)), Some(rx))
+    } else {
+        (None, None)
+    };
 
     // The round thread sets itself up (lower priority first: threads it starts inherit it),
     // opens the store and hands back the live session to start from.
@@ -283,6 +293,7 @@ pub fn run(
         anchors,
         retired: retire_rx,
         serving,
+        fleet: fleet_rx,
     };
     let round_handle = spawn("round", move || match setup.start() {
         Err(e) => {
@@ -334,6 +345,17 @@ pub fn run(
         resumed.version,
         resumed.kind
     );
+
+    let fleet_handle = match fleet_link {
+        Some((http, tx)) => Some(fleet::start(
+            http,
+            &cfg.fleet,
+            tx,
+            state.clone(),
+            events.clone(),
+        )?),
+        None => None,
+    };
 
     // Queues and the stage threads.
     let pre = Preprocessor::new(&mcfg, cfg.input.resize);
@@ -423,6 +445,16 @@ pub fn run(
     let out_res = output_handle.join();
     let round_res = round_handle.join();
     let _ = monitor_handle.join();
+    if let Some(h) = fleet_handle {
+        // A request in flight ends within the HTTP timeout; the run does not wait for it.
+        let t0 = Instant::now();
+        while !h.is_finished() && t0.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if h.is_finished() {
+            let _ = h.join();
+        }
+    }
     if let Some(h) = metrics_handle {
         let _ = h.join();
     }
@@ -445,6 +477,8 @@ pub fn run(
         commits: state.commits.load(Ordering::Relaxed),
         rollbacks: state.rollbacks.load(Ordering::Relaxed),
         resets: state.resets.load(Ordering::Relaxed),
+        fleet_rounds: state.fleet_rounds.load(Ordering::Relaxed),
+        fleet_passed: state.fleet_passed.load(Ordering::Relaxed),
         resumed_version: resumed.version,
         final_version: state.version.load(Ordering::Relaxed),
         p99_ratio: (idle.count > 0 && during.count > 0).then(|| during.p99_ms / idle.p99_ms),

@@ -47,6 +47,9 @@ pub(crate) struct RunState {
     pub commits: AtomicU64,
     pub rollbacks: AtomicU64,
     pub resets: AtomicU64,
+    /// Fleet rounds run, and those that passed the gate (`[fleet]`, supervisor).
+    pub fleet_rounds: AtomicU64,
+    pub fleet_passed: AtomicU64,
     /// A trigger reason code from the inference loop (0: none).
     request: AtomicU8,
     /// The inference loop's finished stats window, for the monitor.

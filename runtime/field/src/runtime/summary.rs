@@ -29,6 +29,11 @@ pub struct RunSummary {
     pub commits: u64,
     pub rollbacks: u64,
     pub resets: u64,
+    /// Fleet rounds (`train` messages that ran a round), and those the gate passed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub fleet_rounds: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub fleet_passed: u64,
     pub resumed_version: u64,
     pub final_version: u64,
     /// Inference latency on frames while no round ran.

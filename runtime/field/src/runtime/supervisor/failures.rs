@@ -82,6 +82,7 @@ impl RoundSupervisor {
             round: Some(round_total),
         }));
         self.trainer = trainer;
+        self.train_engine = r.engine;
         self.training.spec = spec.to_string();
         self.training.switched = true;
         Ok(())

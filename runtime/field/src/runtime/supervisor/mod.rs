@@ -8,39 +8,41 @@
 //! A drift trigger, with `[recovery]` on, opens an episode instead ([`crate::recovery`]): its
 //! rounds train on post-trigger frames and follow each other while they gain.
 
+mod commit;
 mod episode;
 mod failures;
+mod fleet;
+mod setup;
+
+pub(crate) use setup::SupervisorSetup;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use fieldtune_adapt::{checkpoint, AdaptConfig, ModelDir};
 use fieldtune_engine::{Engine, Session};
-use fieldtune_frames::Image8;
 use fieldtune_tensor::Tensor;
-use serde_json::json;
 
-use super::fault::TrainFaults;
-use super::live::{Handover, LiveModel};
-use super::options::RunOptions;
-use super::roles::{load_primary, Serving, Training};
+use super::fleet::FleetJob;
+use super::live::Handover;
+use super::roles::{Serving, Training};
 use super::state::RunState;
 use super::summary::mib;
-use crate::budget::{lower_thread_priority, Budget, BudgetVerdict};
-use crate::config::{Role, RunConfig};
-use crate::error::{FieldError, Result};
+use crate::budget::{Budget, BudgetVerdict};
+use crate::config::RunConfig;
+use crate::error::Result;
 use crate::events::{
-    CheckpointQuarantined, Committed, EngineFallback, EventLog, FieldEvent, GatedRound, Paused,
-    Resumed, RolledBack, RoundEnded, RoundStarted, StoppedRound, TriggerIgnored, TrtEngine,
+    EventLog, FieldEvent, GatedRound, Paused, Resumed, RoundEnded, RoundStarted, StoppedRound,
+    TriggerIgnored, TrtEngine,
 };
-use crate::gate::{decide, probe, GateInput, GateVerdict};
+use crate::gate::{probe, GateInput, GateVerdict};
 use crate::recovery::{EpisodeRound, Recovery, RoundOutcome, SettleReason};
 use crate::replay::ReplayBuffer;
-use crate::round::{all_finite, Cut, RoundControl, RoundPlan, RoundResult, RoundTrainer};
-use crate::store::{unix_ms, CheckpointMeta, Store};
+use crate::round::{Cut, RoundControl, RoundPlan, RoundTrainer};
+use crate::store::{CheckpointMeta, Store};
 use crate::trigger::{Reason, Schedule};
+use fleet::{FleetBase, FleetOutcome};
 
 /// Accuracy of `classes` against `labels`.
 fn accuracy(classes: &[usize], labels: &[usize]) -> f64 {
@@ -55,26 +57,6 @@ fn anchor_accuracy(session: &mut dyn Session, trainer: &RoundTrainer) -> Result<
     let (images, labels) = trainer.anchors();
     let stats = probe(session, &trainer.model().config, images, 250)?;
     Ok(accuracy(&stats.classes, labels))
-}
-
-/// What the round thread starts from. [`SupervisorSetup::start`], on that thread, lowers its
-/// priority, compiles the train step, opens the checkpoint store and loads the weights to
-/// serve.
-pub(crate) struct SupervisorSetup {
-    pub cfg: RunConfig,
-    pub opts: RunOptions,
-    pub state: Arc<RunState>,
-    pub handover: Arc<Handover>,
-    pub events: Arc<EventLog>,
-    pub replay: Arc<Mutex<ReplayBuffer>>,
-    pub infer_engine: Arc<dyn Engine>,
-    pub model: ModelDir,
-    pub adapt: AdaptConfig,
-    /// Labeled anchors: images and class ids.
-    pub anchors: (Vec<Image8>, Vec<usize>),
-    /// Sessions the inference loop replaced, dropped here.
-    pub retired: mpsc::Receiver<Box<dyn Session>>,
-    pub serving: Serving,
 }
 
 /// The live weights as the supervisor knows them.
@@ -132,6 +114,12 @@ pub(crate) struct RoundSupervisor {
     recovery: Recovery,
     last_round_end_frame: u64,
     last_skip_log: Instant,
+    /// The train engine (FedProx rounds compile a train step anchored at the server's arrays).
+    train_engine: Box<dyn Engine>,
+    /// Messages of the fleet node thread (`[fleet]`).
+    fleet: Option<mpsc::Receiver<FleetJob>>,
+    /// What the last fleet round trained and how the gate judged it (for its reply).
+    fleet_out: Option<FleetOutcome>,
 }
 
 /// A `trt_engine` event for the session just loaded on `engine`, if TensorRT made it.
@@ -144,149 +132,6 @@ pub(super) fn note_trt(engine: &dyn Engine, events: &EventLog, version: u64) {
             ms: b.ms,
             refit: b.refit,
         }));
-    }
-}
-
-impl SupervisorSetup {
-    /// Builds the supervisor; also returns the session to serve first and its checkpoint.
-    pub fn start(self) -> Result<(RoundSupervisor, LiveModel, CheckpointMeta)> {
-        let SupervisorSetup {
-            cfg,
-            opts,
-            state,
-            handover,
-            events,
-            replay,
-            infer_engine,
-            model,
-            adapt,
-            anchors,
-            retired,
-            mut serving,
-        } = self;
-        let mut infer_engine = infer_engine;
-        if !lower_thread_priority(cfg.budget.nice) {
-            tracing::warn!(
-                "could not lower the round thread's priority (nice {})",
-                cfg.budget.nice
-            );
-        }
-        let train_engine = opts
-            .resolve(
-                &serving.plan.train,
-                &cfg.budget.board,
-                serving.plan.trt_cache.as_deref(),
-                &serving.plan.gpu_options(Role::Train, ""),
-                cfg.engine.train_threads,
-            )
-            .map_err(|e| FieldError::Config {
-                path: opts.config_path.clone(),
-                key: Some("engine.train".into()),
-                reason: format!("{}: {e}", serving.plan.train),
-            })?;
-        tracing::info!(
-            "train engine: {} ({})",
-            train_engine.engine.describe(),
-            train_engine.why
-        );
-        let train_engine = train_engine.engine;
-        let training = Training {
-            faults: TrainFaults::new(&cfg.fault),
-            opts: opts.clone(),
-            spec: serving.plan.train.to_string(),
-            switched: false,
-        };
-        let trainer = training.trainer(
-            train_engine.as_ref(),
-            model.clone(),
-            adapt,
-            anchors.0,
-            anchors.1,
-        )?;
-        let model_sha = checkpoint::sha256_hex(&model.bytes);
-        let (store, resumed, report) =
-            Store::open(&cfg.state_dir, &model_sha, trainer.source_weights())?;
-        for (from, to, why) in &report.quarantined {
-            events.emit(FieldEvent::CheckpointQuarantined(CheckpointQuarantined {
-                file: from.display().to_string(),
-                moved_to: to.display().to_string(),
-                reason: why.clone(),
-            }));
-        }
-        let bytes = model.with_params(&resumed.params)?;
-        let live_session = match load_primary(
-            infer_engine.as_ref(),
-            &serving.plan,
-            &bytes,
-            &model.label("live"),
-        ) {
-            Ok(s) => s,
-            Err(e) => match serving.fallback_engine.take() {
-                Some(fb) => {
-                    tracing::warn!("the inference engine cannot serve ({e}); serving on tract");
-                    events.emit(FieldEvent::EngineFallback(EngineFallback {
-                        role: "inference".into(),
-                        from: serving.plan.inference.to_string(),
-                        to: "tract".into(),
-                        reason: e.to_string(),
-                        frame: None,
-                        round: None,
-                    }));
-                    infer_engine = fb;
-                    serving.faults = None;
-                    serving.primary_name = "tract".into();
-                    infer_engine.load(&bytes, &model.label("live"))?
-                }
-                None => return Err(e),
-            },
-        };
-        note_trt(infer_engine.as_ref(), &events, resumed.meta.version);
-        let mut reference = infer_engine.load(&bytes, &model.label("gate reference"))?;
-        let anchor_accuracy = anchor_accuracy(reference.as_mut(), &trainer)?;
-        tracing::info!(
-            "resumed from {} (version {}, {}); anchor accuracy {:.4}; {}",
-            resumed.path.display(),
-            resumed.meta.version,
-            resumed.meta.kind,
-            anchor_accuracy,
-            trainer.describe()
-        );
-        let budget = Budget::new(cfg.budget.clone());
-        let recovery = Recovery::new(&cfg.recovery);
-        let supervisor = RoundSupervisor {
-            base_round: resumed.meta.round,
-            live: Live {
-                weights: resumed.params,
-                meta: resumed.meta.clone(),
-                reference,
-                anchor_accuracy,
-            },
-            cfg,
-            state,
-            handover,
-            events,
-            replay,
-            infer_engine,
-            retired,
-            serving,
-            training,
-            trainer,
-            store,
-            budget,
-            failures: 0,
-            rounds: 0,
-            hot: false,
-            recovery,
-            last_round_end_frame: 0,
-            last_skip_log: Instant::now() - Duration::from_secs(60),
-        };
-        let live = supervisor.serving.live_model(
-            live_session,
-            &bytes,
-            resumed.meta.version,
-            &supervisor.trainer.model().label("live, fallback"),
-        );
-        Ok((supervisor, live, resumed.meta))
     }
 }
 
@@ -307,6 +152,10 @@ impl RoundSupervisor {
             std::thread::sleep(Duration::from_millis(20));
             for s in self.retired.try_iter() {
                 drop(s);
+            }
+            if let Some(job) = self.take_fleet_job() {
+                self.fleet_message(job)?;
+                continue;
             }
             let reason = if self.state.manual.swap(false, Ordering::Relaxed) {
                 Some(Reason::Manual)
@@ -343,7 +192,7 @@ impl RoundSupervisor {
                 here: self.rounds,
                 total: self.base_round + self.rounds,
             };
-            let outcome = self.round(reason, no, episode)?;
+            let outcome = self.round(reason, no, episode, None)?;
             match episode {
                 Some(_) => {
                     if let Some(s) = self.recovery.after_round(outcome) {
@@ -396,12 +245,14 @@ impl RoundSupervisor {
     }
 
     /// One round: snapshot -> train -> gate -> commit or roll back. An episode's round trains
-    /// and probes on the frames since its trigger.
+    /// and probes on the frames since its trigger; a fleet round starts from the server's
+    /// arrays (`fleet`), keeps what it trained in `fleet_out` and commits as kind `fleet`.
     fn round(
         &mut self,
         reason: Reason,
         no: RoundNo,
         episode: Option<EpisodeRound>,
+        mut fleet: Option<FleetBase>,
     ) -> Result<RoundOutcome> {
         let t0 = Instant::now();
         let round_total = no.total;
@@ -469,9 +320,17 @@ impl RoundSupervisor {
         if let Some(f) = &self.training.faults {
             f.set_round(no.here);
         }
-        let result =
-            self.trainer
-                .run_round(&self.live.weights, &train, no.here, poison, plan, &mut ctl);
+        let result = match fleet.as_mut() {
+            Some(f) => f
+                .trainer
+                .as_mut()
+                .unwrap_or(&mut self.trainer)
+                .run_round(&f.weights, &train, no.here, poison, plan, &mut ctl),
+            None => {
+                self.trainer
+                    .run_round(&self.live.weights, &train, no.here, poison, plan, &mut ctl)
+            }
+        };
         let result = match result {
             Ok(r) => r,
             Err(e) => {
@@ -522,10 +381,14 @@ impl RoundSupervisor {
                 probe_entropy_before: judged.input.before.mean_entropy,
                 probe_entropy_after: judged.input.after.mean_entropy,
             })));
+        if fleet.is_some() {
+            self.fleet_out = Some(FleetOutcome::new(&result, &judged, train.len()));
+        }
         if judged.verdict.pass {
             let gain = judged.verdict.objective_before - judged.verdict.objective_after;
             let steps = result.steps;
-            let committed = self.commit(round_total, result, judged, episode.is_none())?;
+            let kind = if fleet.is_some() { "fleet" } else { "adapted" };
+            let committed = self.commit(round_total, result, judged, episode.is_none(), kind)?;
             Ok(if committed {
                 RoundOutcome::Committed { gain, steps }
             } else {
@@ -536,154 +399,5 @@ impl RoundSupervisor {
             self.rollback(round_total, &judged.verdict)?;
             Ok(RoundOutcome::RolledBack)
         }
-    }
-
-    /// The gate, off the hot path: the candidate's session is built here and, if it passes,
-    /// becomes the live one.
-    fn gate(&mut self, result: &RoundResult, probe_set: &[Image8]) -> Result<Judged> {
-        let weights_finite = all_finite(&result.weights);
-        let bytes = self.trainer.model().with_params(&result.weights)?;
-        let mut session = self
-            .infer_engine
-            .load(&bytes, &self.trainer.model().label("candidate"))?;
-        note_trt(
-            self.infer_engine.as_ref(),
-            &self.events,
-            self.live.meta.version + 1,
-        );
-        let mcfg = &self.trainer.model().config;
-        let (a_imgs, a_labels) = self.trainer.anchors();
-        let cand_anchor = probe(session.as_mut(), mcfg, a_imgs, 250)?;
-        let before = probe(self.live.reference.as_mut(), mcfg, probe_set, 250)?;
-        let after = probe(session.as_mut(), mcfg, probe_set, 250)?;
-        let input = GateInput {
-            anchor_accuracy_before: self.live.anchor_accuracy,
-            anchor_accuracy_after: accuracy(&cand_anchor.classes, a_labels),
-            before,
-            after,
-            non_finite_step: result.non_finite.clone(),
-            weights_finite,
-            anchor_outputs_finite: cand_anchor.finite,
-        };
-        Ok(Judged {
-            verdict: decide(&self.cfg.gate, &input),
-            input,
-            session,
-            bytes,
-        })
-    }
-
-    /// A passed round: checkpoint first (the live model is always one a restart comes back
-    /// to), then hand the candidate's session to the inference loop; `rebaseline`: the drift
-    /// detector measures a new baseline (not within an episode, which does so when it
-    /// settles). False when the checkpoint could not be written (the live model stays).
-    fn commit(
-        &mut self,
-        round_total: u64,
-        result: RoundResult,
-        judged: Judged,
-        rebaseline: bool,
-    ) -> Result<bool> {
-        let Judged {
-            verdict,
-            session,
-            bytes,
-            ..
-        } = judged;
-        let gate_json = serde_json::to_value(&verdict).unwrap_or_default();
-        let train: serde_json::Map<String, serde_json::Value> = result
-            .metrics
-            .iter()
-            .map(|(n, v)| (n.clone(), json!(v)))
-            .collect();
-        let meta = CheckpointMeta {
-            version: self.live.meta.version + 1,
-            round: round_total,
-            step: self.live.meta.step + result.steps as u64,
-            kind: "adapted".into(),
-            model_sha256: self.live.meta.model_sha256.clone(),
-            metrics: json!({"gate": gate_json, "train": train}),
-            unix_ms: unix_ms(),
-        };
-        let path = match self.store.commit(&result.weights, &meta) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::error!(
-                    "round {round_total}: checkpoint not written ({e}); the live model stays"
-                );
-                self.state.rollbacks.fetch_add(1, Ordering::Relaxed);
-                self.failures += 1;
-                self.events.emit(FieldEvent::RolledBack(RolledBack {
-                    round: round_total,
-                    reasons: vec![format!("checkpoint: {e}")],
-                    no_gain_only: None,
-                    failures_in_a_row: self.failures,
-                    version: None,
-                }));
-                return Ok(false);
-            }
-        };
-        let reference = self
-            .infer_engine
-            .load(&bytes, &self.trainer.model().label("gate reference"))?;
-        self.swap(session, &bytes, meta.version, rebaseline);
-        super::bound_trt_cache(&self.serving.plan);
-        self.state.commits.fetch_add(1, Ordering::Relaxed);
-        self.failures = 0;
-        tracing::info!(
-            "round {round_total} committed: version {}, anchor accuracy {:.4} -> {:.4}, objective {:.4} -> {:.4}",
-            meta.version, verdict.anchor_accuracy_before, verdict.anchor_accuracy_after, verdict.objective_before, verdict.objective_after
-        );
-        self.events.emit(FieldEvent::Committed(Committed {
-            round: round_total,
-            version: meta.version,
-            step: meta.step,
-            checkpoint: path.display().to_string(),
-            anchor_accuracy: verdict.anchor_accuracy_after,
-        }));
-        self.live = Live {
-            weights: result.weights,
-            meta,
-            reference,
-            anchor_accuracy: verdict.anchor_accuracy_after,
-        };
-        Ok(true)
-    }
-
-    /// Hands `session` (weights of `version`, already checkpointed) to the inference loop.
-    /// With a fallback engine, its session of the same weights goes along. `rebaseline`: the
-    /// drift detector measures a new baseline on them.
-    fn swap(&self, session: Box<dyn Session>, bytes: &[u8], version: u64, rebaseline: bool) {
-        self.handover.offer(self.serving.live_model(
-            session,
-            bytes,
-            version,
-            &self.trainer.model().label("live, fallback"),
-        ));
-        if rebaseline {
-            self.handover.rebaseline();
-        }
-        self.state.version.store(version, Ordering::Relaxed);
-    }
-
-    /// A round the gate refused: discarded; it counts toward the reset unless the only
-    /// failed check was a small lack of gain.
-    fn rollback(&mut self, round_total: u64, verdict: &GateVerdict) -> Result<()> {
-        self.state.rollbacks.fetch_add(1, Ordering::Relaxed);
-        if !verdict.no_gain_only {
-            self.failures += 1;
-        }
-        tracing::warn!(
-            "round {round_total} rolled back: {}",
-            verdict.reasons.join("; ")
-        );
-        self.events.emit(FieldEvent::RolledBack(RolledBack {
-            round: round_total,
-            reasons: verdict.reasons.clone(),
-            no_gain_only: Some(verdict.no_gain_only),
-            failures_in_a_row: self.failures,
-            version: Some(self.live.meta.version),
-        }));
-        self.reset_if_failing(round_total)
     }
 }

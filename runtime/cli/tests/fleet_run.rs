@@ -1,0 +1,309 @@
+//! `fieldtune run` with `[fleet]` against a real flwr 1.42.0 SuperLink on loopback: the field
+//! runtime joins as a SuperNode, a FedAvg round of the ServerApp in scripts/fleet/app becomes
+//! a fleet round (the gate decides; a pass is checkpointed as kind `fleet` and swapped in)
+//! while every frame keeps being served; arrays for another model get error replies and
+//! serving goes on; after a SuperLink restart the node registers again and takes the next
+//! round.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::superlink::SuperLink;
+use fieldtune_field::events::{read_events, Event};
+
+/// A running `fieldtune run`, stopped with SIGTERM on drop.
+struct Run {
+    child: Child,
+    events: PathBuf,
+    state: PathBuf,
+}
+
+impl Run {
+    fn start(dir: &Path, port: u16) -> Run {
+        let root = common::root();
+        let cfg = dir.join("run.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                r#"
+model = "{root}/models/mnist-cnn"
+state_dir = "state"
+[source]
+paths = ["{root}/data/opencv-digits"]
+order = "shuffled"
+fps = 100.0
+loop = true
+[pipeline]
+when_full = "block"
+stats_every_s = 0.5
+max_seconds = 120.0
+[output]
+path = "predictions.jsonl"
+[trigger]
+drift = false
+manual_signal = false
+min_replay = 64
+[adapt]
+steps = 5
+[fleet]
+superlink = "127.0.0.1:{port}"
+insecure = true
+key = "node.key"
+heartbeat_s = 10.0
+"#,
+                root = root.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_fieldtune"))
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("run.log")).unwrap())
+            .spawn()
+            .unwrap();
+        Run {
+            child,
+            events: dir.join("state/events.jsonl"),
+            state: dir.join("state"),
+        }
+    }
+
+    fn events(&self) -> Vec<Event> {
+        read_events(&self.events).map(|e| e.0).unwrap_or_default()
+    }
+
+    fn kinds(&self, kind: &str) -> Vec<Event> {
+        self.events()
+            .into_iter()
+            .filter(|e| e.event == kind)
+            .collect()
+    }
+
+    /// Waits until `n` events match `pred`.
+    fn wait(&self, what: &str, secs: u64, n: usize, pred: impl Fn(&Event) -> bool) {
+        let t0 = Instant::now();
+        while self.events().iter().filter(|e| pred(e)).count() < n {
+            assert!(
+                t0.elapsed() < Duration::from_secs(secs),
+                "no {what} in {secs} s: {}\nrun.log:\n{}",
+                std::fs::read_to_string(&self.events).unwrap_or_default(),
+                std::fs::read_to_string(self.state.with_file_name("run.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGTERM, then the summary.
+    fn stop(mut self) -> serde_json::Value {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "fieldtune run ended with {status}");
+        let text = std::fs::read_to_string(self.state.join("summary.json")).unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn is(kind: &'static str) -> impl Fn(&Event) -> bool {
+    move |e| e.event == kind
+}
+
+fn node_active(e: &Event) -> bool {
+    e.event == "fleet_node" && e.str("state") == Some("active")
+}
+
+/// The `fieldtune fleet` config the ServerApp exports its initial arrays and evaluates with
+/// (the same model as the run; no node runs from it).
+fn server_config(dir: &Path, port: u16) -> PathBuf {
+    let m = common::root().join("models/mnist-cnn");
+    let p = dir.join("fleet.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "superlink = \"127.0.0.1:{port}\"\ninsecure = true\nkey = \"{k}\"\nheartbeat_s = 10.0\n\
+             model = \"{m}\"\nlabeled = \"{m}/anchors\"\nunlabeled = \"{m}/anchors\"\nslice = 0\nslice_of = 1\n\
+             recipe = \"uda-im\"\nsteps = 2\nseed = 0\nsend = \"all\"\n",
+            k = dir.join("server-side.key").display(),
+            m = m.display()
+        ),
+    )
+    .unwrap();
+    p
+}
+
+/// `flwr run` of the fleet app with `run_config`; its output.
+fn flwr_run(link: &SuperLink, dir: &Path, run_config: &str) -> String {
+    let rc = format!(
+        "fieldtune='{}' fleet-config='{}' eval-data='{}' round-timeout=60.0 {run_config}",
+        env!("CARGO_BIN_EXE_fieldtune"),
+        server_config(dir, link.port).display(),
+        common::root().join("models/mnist-cnn/anchors").display()
+    );
+    let o = link.flwr(&[
+        "run",
+        "scripts/fleet/app",
+        "t",
+        "--stream",
+        "--run-config",
+        &rc,
+    ]);
+    String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+}
+
+/// One FedAvg round over this node (min-nodes 1), aggregate checked against the weighted mean.
+fn fedavg_round(link: &SuperLink, dir: &Path) -> String {
+    let out = flwr_run(
+        link,
+        dir,
+        "num-server-rounds=1 min-nodes=1 checks=true mode='rounds'",
+    );
+    assert!(
+        out.contains("fleet: rounds 1, clients 1, accuracy"),
+        "{out}\n{}",
+        link.log_text()
+    );
+    assert!(
+        out.contains("fleet: FedAvg == weighted mean of the clients' arrays"),
+        "{out}"
+    );
+    out
+}
+
+#[test]
+fn a_fedavg_round_is_gated_checkpointed_and_swapped_while_frames_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let link = SuperLink::start(d, None, &[]);
+    let run = Run::start(d, link.port);
+    run.wait("active fleet node", 60, 1, node_active);
+    // Replay frames to train on.
+    run.wait("stats", 30, 3, is("stats"));
+    let out = fedavg_round(&link, d);
+
+    let msgs = run.kinds("fleet_message");
+    assert_eq!(msgs.len(), 1, "{out}");
+    let m = &msgs[0];
+    assert_eq!(m.str("kind"), Some("train"));
+    assert_eq!(m.u64("server_round"), Some(1));
+    let started = run.kinds("round_started");
+    assert_eq!(started.len(), 1);
+    assert_eq!(started[0].str("reason"), Some("fleet"));
+    let round = started[0].u64("round").unwrap();
+    assert_eq!(m.u64("round"), Some(round));
+    // The gate judged the fleet's weights; this round on this stream passes it.
+    let ended = run.kinds("round_ended");
+    assert_eq!(ended.len(), 1);
+    assert_eq!(m.str("outcome"), Some("committed"), "{:?}", ended[0]);
+    let committed = run.kinds("committed");
+    assert_eq!(committed.len(), 1);
+    assert_eq!(committed[0].u64("round"), Some(round));
+    let meta = fieldtune_field::store::Store::inspect(&run.state)
+        .read(&run.state.join("last-good.safetensors"))
+        .expect("last-good checkpoint")
+        .meta;
+    assert_eq!(meta.kind, "fleet");
+    assert_eq!(meta.version, 1);
+    // The reply carried the model's arrays (the ServerApp's check passed) and num-examples.
+    assert!(m.u64("arrays").unwrap() > 0);
+
+    // Frames kept being served through the round, and after it on the new version.
+    let frames_at_commit = run.kinds("stats").last().unwrap().u64("frames").unwrap();
+    run.wait("stats after the commit", 30, 1, |e| {
+        e.event == "stats"
+            && e.u64("version") == Some(1)
+            && e.u64("frames").unwrap_or(0) > frames_at_commit
+    });
+    let s = run.stop();
+    assert_eq!(s["fleet_rounds"], 1);
+    assert_eq!(s["fleet_passed"], 1);
+    assert_eq!(s["capture_dropped"], 0, "{s}");
+    assert_eq!(s["inference_errors"], 0, "{s}");
+    assert!(
+        s["latency_during_rounds"]["count"].as_u64().unwrap() > 0,
+        "no frame was served during the fleet round: {s}"
+    );
+    let lines = std::fs::read_to_string(d.join("predictions.jsonl"))
+        .unwrap()
+        .lines()
+        .count() as u64;
+    assert_eq!(
+        lines,
+        s["frames"].as_u64().unwrap(),
+        "every frame answered once"
+    );
+}
+
+#[test]
+fn wrong_arrays_get_error_replies_and_after_a_superlink_restart_the_node_rejoins() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let link = SuperLink::start(d, None, &[]);
+    let port = link.port;
+    let run = Run::start(d, port);
+    run.wait("active fleet node", 60, 1, node_active);
+    run.wait("stats", 30, 3, is("stats"));
+
+    // Arrays of another shape, an array the model does not have: error replies naming them;
+    // then an evaluate answered from the live model.
+    let out = flwr_run(&link, d, "mode='wrong-arrays'");
+    let lines: Vec<&str> = out.lines().filter(|l| l.contains("wrong-input:")).collect();
+    assert_eq!(lines.len(), 3, "{out}\n{}", link.log_text());
+    assert!(lines[0].contains("has shape [3, 5]"), "{}", lines[0]);
+    assert!(
+        lines[1].contains("array 'head.extra.weight' is not a parameter of this model"),
+        "{}",
+        lines[1]
+    );
+    assert!(lines[2].contains("anchor-accuracy"), "{}", lines[2]);
+    let outcomes: Vec<String> = run
+        .kinds("fleet_message")
+        .iter()
+        .map(|e| e.str("outcome").unwrap_or("").to_string())
+        .collect();
+    assert_eq!(outcomes, ["error", "error", "evaluated"]);
+    assert!(run.kinds("round_started").is_empty());
+    let frames_before = run.kinds("stats").last().unwrap().u64("frames").unwrap();
+
+    // The SuperLink restarts with empty state on the same port: the node is unknown there,
+    // registers again and takes the next round.
+    drop(link);
+    let link = SuperLink::start_on(port, d, None, &[]);
+    run.wait("second activation", 60, 2, node_active);
+    assert!(
+        run.kinds("fleet_node")
+            .iter()
+            .any(|e| e.str("state") == Some("retrying")),
+        "{:?}",
+        run.kinds("fleet_node")
+    );
+    fedavg_round(&link, d);
+    let msgs = run.kinds("fleet_message");
+    assert_eq!(msgs.len(), 4);
+    let last = &msgs[3];
+    assert_eq!(last.str("kind"), Some("train"));
+    assert!(
+        matches!(last.str("outcome"), Some("committed" | "rolled_back")),
+        "{last:?}"
+    );
+    let s = run.stop();
+    assert_eq!(s["fleet_rounds"], 1);
+    assert!(s["frames"].as_u64().unwrap() > frames_before, "{s}");
+    assert_eq!(s["inference_errors"], 0, "{s}");
+}
