@@ -156,15 +156,7 @@ fn flwr_run(link: &SuperLink, dir: &Path, run_config: &str) -> String {
         server_config(dir, link.port).display(),
         common::root().join("models/mnist-cnn/anchors").display()
     );
-    let o = link.flwr(&[
-        "run",
-        "scripts/fleet/app",
-        "t",
-        "--stream",
-        "--run-config",
-        &rc,
-    ]);
-    String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+    link.run_app(&rc)
 }
 
 /// One FedAvg round over this node (min-nodes 1), aggregate checked against the weighted mean.

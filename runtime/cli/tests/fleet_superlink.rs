@@ -226,17 +226,9 @@ fn arrays_for_another_model_get_an_error_reply_and_the_node_keeps_serving() {
         env!("CARGO_BIN_EXE_fieldtune"),
         cfg.display()
     );
-    let o = link.flwr(&[
-        "run",
-        "scripts/fleet/app",
-        "t",
-        "--stream",
-        "--run-config",
-        &rc,
-    ]);
+    let out = link.run_app(&rc);
     let _ = client.kill();
     let _ = client.wait();
-    let out = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
     let lines: Vec<&str> = out.lines().filter(|l| l.contains("wrong-input:")).collect();
     assert_eq!(lines.len(), 3, "{out}\n{}", link.log_text());
     let name = "classifier.0.bias";

@@ -113,6 +113,20 @@ impl SuperLink {
             .output()
             .unwrap()
     }
+
+    /// `flwr run` of the fleet ServerApp (scripts/fleet/app) with `run_config`, streamed; its
+    /// stdout and stderr together.
+    pub fn run_app(&self, run_config: &str) -> String {
+        let o = self.flwr(&[
+            "run",
+            "scripts/fleet/app",
+            "t",
+            "--stream",
+            "--run-config",
+            run_config,
+        ]);
+        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+    }
 }
 
 impl Drop for SuperLink {
