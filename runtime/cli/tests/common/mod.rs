@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod field_node;
 pub mod superlink;
 
 /// The repository root.

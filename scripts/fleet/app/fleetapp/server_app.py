@@ -2,10 +2,10 @@
 evaluation: each round the aggregated arrays are scored on the full labeled set by
 `fieldtune fleet --eval-arrays` (the same engine the devices run). Prints per round the
 nodes that answered, how far their arrays moved from the round's global arrays
-(||w - w_global||) and the accuracy; ends with `fleet: rounds R, clients N, accuracy BEFORE
--> AFTER`. With checks=true it also asserts that the aggregate equals the
-num-examples-weighted mean of the clients' arrays. mode=wrong-arrays runs the wrong-input
-check of wrong_input.py instead."""
+(||w - w_global||), each reply's metrics (`round R: node N metrics {JSON}`) and the
+accuracy; ends with `fleet: rounds R, clients N, accuracy BEFORE -> AFTER`. With
+checks=true it also asserts that the aggregate equals the num-examples-weighted mean of the
+clients' arrays. mode=wrong-arrays runs the wrong-input check of wrong_input.py instead."""
 import json
 import re
 import struct
@@ -78,6 +78,9 @@ class Watched:
                 d.append(float(np.sqrt(sum(((a[n].numpy() - self.sent[n]) ** 2).sum() for n in a))))
             self.drift[server_round] = float(np.mean(d))
             print(f"round {server_round}: ||w - w_global|| per client {', '.join(f'{x:.4f}' for x in d)}; mean {np.mean(d):.4f}", flush=True)
+            for r in ok:
+                m = {k: r.content["metrics"][k] for k in r.content["metrics"]}
+                print(f"round {server_round}: node {r.metadata.src_node_id} metrics {json.dumps(m, sort_keys=True)}", flush=True)
         arrays, metrics = super().aggregate_train(server_round, replies)
         if self.checks and arrays is not None and ok:
             w = np.array([float(r.content["metrics"]["num-examples"]) for r in ok])
