@@ -2,7 +2,7 @@
 """Backbones for gradient parity (BatchNorm CNNs and a vision transformer), exported with Debian's
 PyTorch.
 
-    /usr/bin/python3 scripts/data/prepare_backbones.py [--only usps-cnn,resnet-tiny,mobilenetv2,vit-tiny,convnext-tiny]
+    /usr/bin/python3 scripts/data/prepare_backbones.py [--only usps-cnn,resnet-tiny,mobilenetv2,vit-tiny,convnext-tiny,resnet-bottleneck-tiny]
 
 Writes models/<name>/model.onnx and model.toml:
 - usps-cnn: ccexam 1.0.0 `USPSNet` (ccexam/models.py) with `ccexam/weights/usps.pth` (MIT):
@@ -10,6 +10,10 @@ Writes models/<name>/model.onnx and model.toml:
 - resnet-tiny: a ResNet-style residual network defined here (stem, three basic blocks with
   1x1-conv shortcuts, global average pool, linear head), random weights (seed 0) with running
   statistics gathered from 20 random batches; RGB 32x32. Exists to exercise residual Adds.
+- resnet-bottleneck-tiny: torchvision 0.14's `Bottleneck` block (ResNet-50's) in a tiny network
+  defined here (three blocks, widths 16/32/64; random weights, seed 0, BatchNorm affines and
+  running statistics as resnet-tiny's); RGB 32x32. Exists for the flat optimizer's Split after a
+  bottleneck network's gradients, which tract's PushSliceUp pass broke.
 - vit-tiny: torchvision 0.14's `VisionTransformer` at a tiny size (32x32 RGB, 8x8 patches, 2
   layers, 2 heads, width 32, MLP 64; random weights, seed 0): LayerNormalization, exact GELU
   (Erf), softmax attention with batched MatMul, the class token's Expand and Gather.
@@ -96,19 +100,54 @@ class TinyResNet(nn.Module):
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
-def resnet_tiny():
-    torch.manual_seed(0)
-    net = TinyResNet()
+
+
+class TinyBottleneckResNet(nn.Module):
+    """torchvision's Bottleneck block (ResNet-50's) at tiny widths: stem 3->16, blocks 16->16,
+    16->32 stride 2, 32->64 stride 2 (1x1 reduce, 3x3, 1x1 expand by 4), 1x1-conv shortcuts
+    where the shape changes, global average pool, Linear(64->10)."""
+
+    def __init__(self, classes=10):
+        super().__init__()
+        from torchvision.models.resnet import Bottleneck
+
+        def down(cin, cout):
+            return nn.Sequential(nn.Conv2d(cin, cout, 1, 2, bias=False), nn.BatchNorm2d(cout))
+
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.blocks = nn.Sequential(Bottleneck(16, 4), Bottleneck(16, 8, 2, down(16, 32)),
+                                    Bottleneck(32, 16, 2, down(32, 64)))
+        self.fc = nn.Linear(64, classes)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(self.blocks(self.stem(x)), 1), 1))
+
+
+def like_trained_bn(net, shape):
+    """BatchNorm affines away from their 1 / 0 init (as after training; fresh values would make
+    the exporter deduplicate them into Identity nodes), then running statistics from 20 random
+    batches in training mode."""
     with torch.no_grad():
         for m in net.modules():
             if isinstance(m, nn.BatchNorm2d):
-                # As after training: BatchNorm affine parameters away from their 1 / 0 init.
                 m.weight.uniform_(0.6, 1.4)
                 m.bias.uniform_(-0.2, 0.2)
     net.train()
     with torch.no_grad():
         for _ in range(20):
-            net(torch.randn(16, 3, 32, 32) * 0.8 + 0.1)
+            net(torch.randn(16, *shape) * 0.8 + 0.1)
+    return net
+
+
+def resnet_tiny():
+    torch.manual_seed(0)
+    net = like_trained_bn(TinyResNet(), (3, 32, 32))
+    return net, (3, 32, 32), [0.5, 0.5, 0.5], [0.25, 0.25, 0.25], DIGITS
+
+
+def resnet_bottleneck_tiny():
+    torch.manual_seed(0)
+    net = like_trained_bn(TinyBottleneckResNet(), (3, 32, 32))
     return net, (3, 32, 32), [0.5, 0.5, 0.5], [0.25, 0.25, 0.25], DIGITS
 
 
@@ -168,7 +207,7 @@ def convnext_tiny():
 
 
 MODELS = {"usps-cnn": ccexam_usps, "resnet-tiny": resnet_tiny, "mobilenetv2": mobilenetv2, "vit-tiny": vit_tiny,
-          "convnext-tiny": convnext_tiny}
+          "convnext-tiny": convnext_tiny, "resnet-bottleneck-tiny": resnet_bottleneck_tiny}
 
 
 def toml_list(v, fmt):

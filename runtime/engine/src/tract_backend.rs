@@ -10,7 +10,7 @@ use tract_linalg::multithread::{multithread_tract_scope, Executor};
 use tract_onnx::pb;
 use tract_onnx::prelude::{
     DatumType, Framework, InferenceFact, InferenceModel, InferenceModelExt, IntoRunnable,
-    IntoTValue, TValue, TVec, Tensor as TractTensor, TractResult, TypedSimpleState,
+    IntoTValue, TValue, TVec, Tensor as TractTensor, TractResult, TypedModel, TypedSimpleState,
 };
 // tract's `tract_ndarray` is the crate the tensor currency uses (0.17): these array types are
 // the ones `fieldtune_tensor::Tensor` holds.
@@ -256,6 +256,25 @@ fn datum(dt: DType) -> DatumType {
     }
 }
 
+/// tract's `into_optimized` without its `PushSliceUp` declutter pass.
+///
+/// That pass pushes the slices of a Split up through the ops that feed it. The flat optimizer
+/// of a train step (one Concat of every gradient, one chain of elementwise ops over the flat
+/// vector, one Split back into the parameters) is exactly that shape, and in tract 0.23.9 the
+/// pass leaves a node it removed (a `Dummy`) in the plan on the larger backbones' steps
+/// (ResNet-50 and deeper, RegNet; "eval() called on a Dummy op"). The one chain over the flat
+/// vector is also the form the flat optimizer is for, so the pass gains nothing there.
+fn optimized(mut m: TypedModel) -> TractResult<TypedModel> {
+    use tract_onnx::tract_core::optim::Optimizer;
+    let mut declutter = Optimizer::declutter();
+    declutter
+        .passes
+        .retain(|p| !format!("{p:?}").starts_with("PushSliceUp"));
+    declutter.optimize(&mut m)?;
+    m.optimize()?;
+    Ok(m)
+}
+
 impl TractSession {
     /// Number of compiled plans held (one per distinct set of input shapes seen).
     pub fn cached_plans(&self) -> usize {
@@ -271,7 +290,7 @@ impl TractSession {
         for (i, (shape, dt)) in shapes.iter().zip(dts).enumerate() {
             m = m.with_input_fact(i, InferenceFact::dt_shape(datum(*dt), shape.as_slice()))?;
         }
-        let plan = m.into_optimized()?.into_runnable()?;
+        let plan = optimized(m.into_typed()?)?.into_runnable()?;
         plan.spawn()
     }
 
