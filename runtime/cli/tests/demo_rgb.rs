@@ -4,6 +4,9 @@
 //! it short (most of the gain is TENT's test-batch statistics; docs/BENCHMARKS.md has the
 //! 20-step figures).
 //!
+//! `--config FILE` runs another recipe in TENT's place: colorization (configs/rgb-colorize.toml)
+//! trains on the RGB model and is refused on a grayscale one.
+//!
 //! Needs models/mobilenetv2/model.onnx (14 MB, not committed): `bash scripts/test.sh` exports
 //! it, or `/usr/bin/python3 scripts/data/prepare_backbones.py --only mobilenetv2`.
 
@@ -12,8 +15,10 @@ use std::collections::HashMap;
 mod common;
 use common::{fieldtune, root, text};
 
-/// Runs the demo on `engine` and returns its `result:` line as key -> correct count.
-fn demo(engine: &str) -> HashMap<String, usize> {
+/// Runs the demo on `engine` (with `extra` arguments) for two steps, checks that the loss term
+/// `metric` fell and that the table names `method`, and returns its `result:` line as key ->
+/// correct count.
+fn demo(engine: &str, extra: &[&str], metric: &str, method: &str) -> HashMap<String, usize> {
     let onnx = root().join("models/mobilenetv2/model.onnx");
     assert!(
         onnx.is_file(),
@@ -23,7 +28,7 @@ fn demo(engine: &str) -> HashMap<String, usize> {
     );
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
-    let o = fieldtune(&[
+    let mut args = vec![
         "--engine",
         engine,
         "demo",
@@ -32,26 +37,32 @@ fn demo(engine: &str) -> HashMap<String, usize> {
         "2",
         "--out",
         out.to_str().unwrap(),
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let o = fieldtune(&args);
     let (stdout, stderr) = text(&o);
     assert!(o.status.success(), "{engine}:\n{stdout}\n{stderr}");
     assert!(
-        stdout.contains("TENT, test-batch statistics (the result)"),
+        stdout.contains(&format!("{method}, test-batch statistics (the result)")),
         "{stdout}"
     );
     assert!(out.join("model.onnx").is_file(), "{stdout}");
-    // The steps really trained: the prediction entropy fell.
+    // The steps really trained: the objective's loss term fell (the same photos each step).
     let log: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("adapt.json")).unwrap()).unwrap();
-    let ent: Vec<f64> = log["history"]
+    let loss: Vec<f64> = log["history"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|h| h["loss_entropy"].as_f64().unwrap())
+        .map(|h| {
+            h[metric]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{engine}: no {metric} in {h}"))
+        })
         .collect();
     assert!(
-        ent.len() == 2 && ent[1] < ent[0],
-        "{engine}: entropy {ent:?}"
+        loss.len() == 2 && loss[1] < loss[0] && loss.iter().all(|l| l.is_finite()),
+        "{engine}: {metric} {loss:?}"
     );
     let line = stdout
         .lines()
@@ -65,6 +76,8 @@ fn demo(engine: &str) -> HashMap<String, usize> {
             r.insert(k.to_string(), correct.parse().unwrap());
         } else if k == "engine" {
             assert_eq!(v, engine, "{line}");
+        } else if k == "method" {
+            assert_eq!(v, method, "{line}");
         }
     }
     println!("{engine}: {line}");
@@ -72,7 +85,7 @@ fn demo(engine: &str) -> HashMap<String, usize> {
 }
 
 fn check(engine: &str) {
-    let r = demo(engine);
+    let r = demo(engine, &[], "loss_entropy", "TENT");
     // The contrast shift breaks the source model (1/20); TENT brings accuracy back (11/20).
     assert!(r["before"] <= 5, "{engine}: {r:?}");
     assert!(r["after"] >= r["before"] + 4, "{engine}: {r:?}");
@@ -90,4 +103,61 @@ fn rgb_demo_tent_lifts_the_contrast_shift_on_onnx_runtime() {
 #[test]
 fn rgb_demo_tent_lifts_the_contrast_shift_on_tract() {
     check("tract");
+}
+
+/// configs/rgb-colorize.toml on the RGB demo: the decoder head and the BatchNorm affines train
+/// (the chroma loss falls) and the clean photos keep their accuracy. The same file's colorize
+/// section is refused on the grayscale MNIST CNN (all weights training: that CNN has no
+/// BatchNorm), and the demo refuses a settings file that needs labeled anchors.
+#[test]
+fn rgb_demo_runs_colorize_from_a_config_and_refuses_it_on_grayscale() {
+    let r = demo(
+        "ort",
+        &["--config", "configs/rgb-colorize.toml"],
+        "loss_colorize",
+        "rgb-colorize",
+    );
+    assert!(r["clean_before"] >= 16, "{r:?}");
+    assert!(r["clean_after"] + 3 >= r["clean_before"], "{r:?}");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("gray");
+    let o = fieldtune(&[
+        "adapt",
+        "--engine",
+        "ort",
+        "--config",
+        "configs/rgb-colorize.toml",
+        "--train",
+        "all",
+        "--model",
+        "models/mnist-cnn",
+        "--unlabeled",
+        "data/opencv-digits",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let (stdout, stderr) = text(&o);
+    assert!(!o.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("colorize needs an RGB model") && stderr.contains("has 1 channel"),
+        "{stderr}"
+    );
+    assert!(!out.join("model.onnx").exists());
+
+    let o = fieldtune(&[
+        "demo",
+        "--rgb",
+        "--config",
+        "configs/adapt-uda-im-jigsaw.toml",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let (stdout, stderr) = text(&o);
+    assert!(!o.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("configs/adapt-uda-im-jigsaw.toml")
+            && stderr.contains("the RGB demo has none"),
+        "{stderr}"
+    );
 }

@@ -25,7 +25,12 @@ pub struct DemoArgs {
         value_name = "NAME"
     )]
     shift: String,
-    /// Optimizer steps (default: the uda-im recipe's; with --rgb 20).
+    /// With --rgb: an adapt settings file (as `fieldtune adapt --config`, e.g.
+    /// configs/rgb-colorize.toml) to run instead of TENT; every step still takes all the
+    /// shifted photos, and the demo has no labeled anchors.
+    #[arg(long, requires = "rgb", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Optimizer steps (default: the uda-im recipe's; with --rgb 20, or the --config file's).
     #[arg(long)]
     steps: Option<usize>,
     #[arg(long, default_value_t = 0)]
@@ -42,6 +47,7 @@ pub fn run(args: DemoArgs, engine_args: &EngineArgs) -> Result<()> {
     if args.rgb {
         let rgb = super::demo_rgb::RgbDemo {
             shift: &args.shift,
+            config: args.config.as_deref(),
             steps: args.steps,
             seed: args.seed,
             out: args.out.as_deref(),

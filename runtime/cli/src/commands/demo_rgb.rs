@@ -6,6 +6,8 @@
 //! 20 photos as one batch (`predict_graph`, as `fieldtune tta` predicts). "Before" is the
 //! source model as shipped (running statistics), "after" TENT as it predicts (batch
 //! statistics); the source model with batch statistics alone shows what TENT's training adds.
+//! `--config FILE` runs another adapt recipe (configs/rgb-*.toml) in TENT's place, scored the
+//! same way.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -40,6 +42,52 @@ pub(crate) fn recipe(steps: usize, seed: u64, frames: usize) -> Result<AdaptConf
     cfg.strong = AugmentConfig::Identity;
     cfg.eval_batch = frames;
     cfg.log_every = steps.max(1);
+    Ok(cfg)
+}
+
+/// The recipe of `--config FILE`: the file's settings (as `fieldtune adapt --config`);
+/// refused when it trains on labeled anchors (the demo has none). `steps` overrides the file's.
+fn configured(path: &Path, steps: Option<usize>, seed: u64) -> Result<AdaptConfig> {
+    let mut cfg = AdaptConfig::load(path)?;
+    if cfg.batch_labeled > 0 || cfg.loss.ce_weight != 0.0 {
+        bail!(
+            "{}: recipe '{}' trains on labeled anchors (batch_labeled = {}, loss.ce_weight = {}), \
+             but the RGB demo has none: set batch_labeled = 0 and loss.ce_weight = 0.0 \
+             (configs/rgb-uda.toml does)",
+            path.display(),
+            cfg.recipe,
+            cfg.batch_labeled,
+            cfg.loss.ce_weight
+        );
+    }
+    if let Some(s) = steps {
+        cfg.steps = s;
+    }
+    cfg.seed = seed;
+    Ok(cfg)
+}
+
+/// The name a settings file's rows get in the table: its file stem.
+fn method_name(path: &Path) -> String {
+    path.file_stem()
+        .map_or_else(|| "config".into(), |s| s.to_string_lossy().into_owned())
+}
+
+/// What trains, in words.
+fn trainable_words(t: &Trainable) -> String {
+    match t {
+        Trainable::Bn => "BatchNorm scales and shifts".into(),
+        Trainable::All => "all weights".into(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// `cfg` with every step on all `frames` photos, as TENT's recipe.
+fn all_photos(mut cfg: AdaptConfig, frames: usize) -> Result<AdaptConfig> {
+    cfg.batch_unlabeled = frames;
+    cfg.eval_batch = frames;
+    cfg.log_every = cfg.steps.max(1);
+    cfg.validate()?;
     Ok(cfg)
 }
 
@@ -82,6 +130,8 @@ impl Photos {
 pub(crate) struct RgbDemo<'a> {
     /// A folder of data/imagenet-samples other than clean.
     pub(crate) shift: &'a str,
+    /// An adapt settings file to run instead of TENT.
+    pub(crate) config: Option<&'a Path>,
     pub(crate) steps: Option<usize>,
     pub(crate) seed: u64,
     pub(crate) out: Option<&'a Path>,
@@ -115,16 +165,30 @@ pub(crate) fn run(args: RgbDemo<'_>, engine_args: &EngineArgs) -> Result<()> {
     let out = args
         .out
         .map_or_else(|| PathBuf::from("out/demo-rgb"), Path::to_path_buf);
+    // A bad settings file fails before the engine and the photos load.
+    let from_file = match args.config {
+        Some(p) => Some((method_name(p), configured(p, args.steps, args.seed)?)),
+        None => None,
+    };
     let e = engine(engine_args)?;
     let m = open_model(&model, &NormArgs::default())?;
     let clean = Photos::load(&data.join("clean"), &m)?;
     let shift = Photos::load(&shifted, &m)?;
-    let cfg = recipe(args.steps.unwrap_or(STEPS), args.seed, shift.images.len())?;
+    let frames = shift.images.len();
+    let (method, cfg) = match from_file {
+        Some((name, cfg)) => (name, all_photos(cfg, frames)?),
+        None => (
+            "TENT".to_string(),
+            recipe(args.steps.unwrap_or(STEPS), args.seed, frames)?,
+        ),
+    };
     println!(
-        "demo --rgb: TENT on {} ({}x{} RGB), BatchNorm scales and shifts, lr {}, {} steps of all {} {} photos ({})",
+        "demo --rgb: {method} (recipe {}) on {} ({}x{} RGB), training {}, lr {}, {} steps of all {} {} photos ({})",
+        cfg.recipe,
         model.display(),
         m.config.width,
         m.config.height,
+        trainable_words(&cfg.trainable),
         cfg.lr,
         cfg.steps,
         shift.images.len(),
@@ -151,14 +215,14 @@ pub(crate) fn run(args: RgbDemo<'_>, engine_args: &EngineArgs) -> Result<()> {
         shift.score(e.as_ref(), &adapted)?,
         clean.score(e.as_ref(), &adapted)?,
     );
-    print_table(args.shift, &e.describe(), &before, &after);
+    print_table(&method, args.shift, &e.describe(), &before, &after);
     let kind = format!("{:?}", e.kind()).to_lowercase();
     let c = |r: &EvalReport| format!("{}/{}", r.correct, r.count);
-    // before: the model as shipped; after: TENT as it predicts (test-batch statistics);
-    // bn_only: the source weights with test-batch statistics (what TENT's training adds is
+    // before: the model as shipped; after: the adapted model as TENT predicts (test-batch statistics);
+    // bn_only: the source weights with test-batch statistics (what the training adds is
     // after - bn_only).
     println!(
-        "result: engine={kind} shift={} before={} after={} bn_only={} clean_before={} clean_after={} running_after={}",
+        "result: engine={kind} method={method} shift={} before={} after={} bn_only={} clean_before={} clean_after={} running_after={}",
         args.shift,
         c(&before.0 .0),
         c(&after.0 .1),
@@ -172,15 +236,23 @@ pub(crate) fn run(args: RgbDemo<'_>, engine_args: &EngineArgs) -> Result<()> {
 
 type Scores = ((EvalReport, EvalReport), (EvalReport, EvalReport));
 
-fn print_table(shift: &str, engine: &str, before: &Scores, after: &Scores) {
+fn print_table(method: &str, shift: &str, engine: &str, before: &Scores, after: &Scores) {
     let c = |r: &EvalReport| format!("{}/{}", r.correct, r.count);
     println!("\naccuracy on {engine}");
     println!("{:<44} {:>10} {:>10}", "", shift, "clean");
     for (name, s, batch) in [
-        ("source, running statistics", before, false),
-        ("source, test-batch statistics", before, true),
-        ("TENT, test-batch statistics (the result)", after, true),
-        ("TENT, running statistics (model.onnx)", after, false),
+        ("source, running statistics".to_string(), before, false),
+        ("source, test-batch statistics".to_string(), before, true),
+        (
+            format!("{method}, test-batch statistics (the result)"),
+            after,
+            true,
+        ),
+        (
+            format!("{method}, running statistics (model.onnx)"),
+            after,
+            false,
+        ),
     ] {
         let pick = |p: &(EvalReport, EvalReport)| if batch { c(&p.1) } else { c(&p.0) };
         println!("{name:<44} {:>10} {:>10}", pick(&s.0), pick(&s.1));
