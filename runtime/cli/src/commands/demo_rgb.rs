@@ -239,8 +239,7 @@ type Scores = ((EvalReport, EvalReport), (EvalReport, EvalReport));
 fn print_table(method: &str, shift: &str, engine: &str, before: &Scores, after: &Scores) {
     let c = |r: &EvalReport| format!("{}/{}", r.correct, r.count);
     println!("\naccuracy on {engine}");
-    println!("{:<44} {:>10} {:>10}", "", shift, "clean");
-    for (name, s, batch) in [
+    let rows = [
         ("source, running statistics".to_string(), before, false),
         ("source, test-batch statistics".to_string(), before, true),
         (
@@ -253,9 +252,13 @@ fn print_table(method: &str, shift: &str, engine: &str, before: &Scores, after: 
             after,
             false,
         ),
-    ] {
+    ];
+    // The name column fits the longest row (a settings file's stem can be long).
+    let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    println!("{:<width$} {:>10} {:>10}", "", shift, "clean");
+    for (name, s, batch) in rows {
         let pick = |p: &(EvalReport, EvalReport)| if batch { c(&p.1) } else { c(&p.0) };
-        println!("{name:<44} {:>10} {:>10}", pick(&s.0), pick(&s.1));
+        println!("{name:<width$} {:>10} {:>10}", pick(&s.0), pick(&s.1));
     }
     println!(
         "(test-batch statistics: BatchNorm normalises by all the photos of a set as one batch, as TENT does; \
