@@ -454,3 +454,64 @@ fn print_table(runs: &[TtaRun], rows: &[&str], settings: &[Setting], names: &[St
         println!();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn specs(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn labelled_method_configs_add_rows_after_their_method() {
+        let d = tempfile::tempdir().unwrap();
+        let file = |name: &str, text: &str| {
+            let p = d.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p.display().to_string()
+        };
+        let (j, lr, ip) = (
+            file("j.toml", "[jigsaw]\nweight = 1.0\n"),
+            file("lr.toml", "lr = 0.05\n"),
+            file("i.toml", "[inpaint]\nweight = 1.0\n"),
+        );
+        let c = parse_method_configs(&specs(&[
+            &format!("uda:jigsaw={j}"),
+            &format!("tent={lr}"),
+            &format!("tent:inpaint={ip}"),
+            &format!("fixmatch:x={j}"),
+        ]))
+        .unwrap();
+        let r = rows(&[Method::Bn, Method::Tent, Method::Uda], &c).unwrap();
+        let names: Vec<&str> = r.iter().map(|r| r.name.as_str()).collect();
+        // A variant follows its method, and only when its method runs (no fixmatch:x).
+        assert_eq!(names, ["bn", "tent", "tent:inpaint", "uda", "uda:jigsaw"]);
+        assert!(r[0].settings.is_none());
+        let cfg = |i: usize| r[i].settings.as_ref().unwrap();
+        // The plain override applies to the method's own row, not to its variants.
+        assert!((cfg(1).lr - 0.05).abs() < 1e-9 && (cfg(2).lr - 1e-3).abs() < 1e-9);
+        assert!(cfg(2).inpaint.is_some() && cfg(1).inpaint.is_none());
+        assert!(cfg(4).jigsaw.is_some() && cfg(3).jigsaw.is_none());
+        assert_eq!(r[4].method, Method::Uda);
+    }
+
+    #[test]
+    fn bad_method_configs_are_refused_with_the_argument() {
+        for (spec, says) in [
+            ("tent", "expected METHOD=FILE"),
+            ("nope:x=a.toml", "unknown method 'nope'"),
+            ("tent:=a.toml", "must be non-empty"),
+            ("tent:a/b=a.toml", "without '/'"),
+        ] {
+            let e = parse_method_configs(&specs(&[spec]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(says), "{spec}: {e}");
+        }
+        let e = parse_method_configs(&specs(&["uda:j=a.toml", "uda:j=b.toml"]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("given twice"), "{e}");
+    }
+}
