@@ -35,7 +35,8 @@ class OnnxModule:
         return {k: v for k, v in self.inits.items() if v.dtype == np.float32 and v.ndim > 0}
 
     def __call__(self, x, params, update_stats=False, output=None):
-        """The model's output on `x`, or the tensor named `output` (an intermediate one)."""
+        """The model's output on `x`, or the tensor named `output` (an intermediate one), or
+        the list of the tensors `output` names when it is a list or tuple (one pass)."""
         self.update_stats = update_stats
         env = {}
         for k, v in self.inits.items():
@@ -54,6 +55,8 @@ class OnnxModule:
                 outs = [outs[0] * params[n.input[1] + ".affine_scale"] + params[n.input[1] + ".affine_shift"]]
             for name, v in zip(n.output, outs):
                 env[name] = v
+        if isinstance(output, (list, tuple)):
+            return [env[o] for o in output]
         return env[output or self.output]
 
     def _run(self, n, x, a):

@@ -13,7 +13,13 @@
 //!
 //! Each step's batch is a pure function of (seed, domain index, step), the same for `reset`
 //! and `continual`, and can be written to disk ([`TtaOptions::dump`]) to feed a reference
-//! trainer the very same batches (scripts/reference/torch_tta.py).
+//! trainer the very same batches (scripts/reference/torch_tta.py). A dump also holds what the
+//! reference needs to reproduce a pretext task's step exactly: the heads' initial values and
+//! the jigsaw's permutations (`heads.safetensors`); the settings (settings.json) hold the seed
+//! of the in-graph random streams, whose step number is the train step's (1 at the start of
+//! every domain in `reset`, counting on across domains in `continual`). A `reset` puts the
+//! pretext heads back to their initial values too, with the model's weights and the optimizer
+//! state; `continual` keeps training them.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -23,7 +29,8 @@ use fieldtune_augment::{augment_batch_par, Augment, AugmentConfig, RandAugment};
 use fieldtune_engine::{Engine, Session};
 use fieldtune_frames::{to_tensor, Image8, ModelConfig};
 use fieldtune_graph::{
-    encode_model, inputs, is_head_param, predict_graph, BatchNormMode, MeanTeacher, Trainable,
+    encode_model, inputs, is_head_param, jigsaw_permutations, predict_graph, BatchNormMode,
+    MeanTeacher, Trainable,
 };
 use fieldtune_tensor::{st, Tensor};
 use rand::seq::SliceRandom;
@@ -160,6 +167,9 @@ pub struct Domain {
 
 /// What one run needs besides the model, the method and the domains.
 pub struct TtaOptions<'a> {
+    /// The row's name in the results (the method's name, or another for a variant of its
+    /// settings, e.g. `tent:jigsaw`).
+    pub name: &'a str,
     /// Images per test batch (and per train step's unlabeled batch).
     pub batch: usize,
     /// Seed of the stream order, the anchor sampling and the augmentation.
@@ -190,6 +200,8 @@ pub struct DomainResult {
 /// A run of one method in one setting over all domains.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TtaRun {
+    /// The row's name ([`TtaOptions::name`]).
+    pub name: String,
     pub method: Method,
     pub setting: Setting,
     pub seed: u64,
@@ -309,6 +321,35 @@ fn dump_step(dir: &Path, domain: usize, name: &str, k: usize, b: &StepBatch) -> 
     )
 }
 
+/// Writes `DIR/heads.safetensors` for a reference trainer when the train step has pretext
+/// heads: their initial values (what a `reset` goes back to) and, with a jigsaw task, its
+/// permutations as `jigsaw.permutations` `[P, 4]` (int64).
+fn dump_heads(dir: &Path, session: &TrainSession, cfg: &AdaptConfig) -> Result<()> {
+    let mut tensors: BTreeMap<String, Tensor> = session
+        .source_weights()
+        .iter()
+        .filter(|(n, _)| is_head_param(n))
+        .map(|(n, t)| (n.clone(), t.clone()))
+        .collect();
+    if let Some(j) = &cfg.jigsaw {
+        let perms = jigsaw_permutations(cfg.seed, j.permutations);
+        let flat = perms.iter().flatten().map(|&t| t as i64).collect();
+        let t = Tensor::i64(vec![perms.len(), 4], flat).expect("sized");
+        tensors.insert("jigsaw.permutations".into(), t);
+    }
+    if tensors.is_empty() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).map_err(|source| AdaptError::Io {
+        path: dir.into(),
+        source,
+    })?;
+    atomic_write(
+        &dir.join("heads.safetensors"),
+        &st::to_bytes(&tensors, &HashMap::new()),
+    )
+}
+
 /// Argmax of each row of `[n, k]` logits.
 fn argmax_rows(logits: &Tensor, k: usize, what: &str) -> Result<Vec<usize>> {
     let v = logits.as_f32().ok_or_else(|| AdaptError::Mismatch {
@@ -387,7 +428,11 @@ pub fn run(
                 });
             }
         }
-        trainer = Some(TrainSession::compile(engine, model, c, "tta train-step")?);
+        let session = TrainSession::compile(engine, model, c, "tta train-step")?;
+        if let Some(dir) = opts.dump {
+            dump_heads(dir, &session, c)?;
+        }
+        trainer = Some(session);
     }
     // The prediction graph: the model's weights that train are fed from the resident state
     // (a pretext head, `[rotation]` or `[jigsaw]` in a method's settings, trains but does
@@ -528,6 +573,7 @@ pub fn run(
     }
     let mean_error = results.iter().map(|r| r.error).sum::<f64>() / results.len().max(1) as f64;
     Ok(TtaRun {
+        name: opts.name.to_string(),
         method,
         setting,
         seed: opts.seed,
@@ -540,9 +586,11 @@ pub fn run(
     })
 }
 
-/// Writes `DIR/settings.json` describing a dump (method, settings, domains), for the reference.
+/// Writes `DIR/settings.json` describing a dump (row name, method, settings, domains), for
+/// the reference.
 pub fn write_dump_settings(
     dir: &Path,
+    name: &str,
     method: Method,
     cfg: Option<&AdaptConfig>,
     batch: usize,
@@ -558,6 +606,7 @@ pub fn write_dump_settings(
         c.batch_unlabeled = batch;
     }
     let v = serde_json::json!({
+        "name": name,
         "method": method,
         "batch": batch,
         "seed": seed,

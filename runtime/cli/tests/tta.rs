@@ -24,6 +24,16 @@ fn domain(dir: &Path, name: &str, f: impl Fn(u8) -> u8) {
     }
 }
 
+/// A temporary folder with DIR/data/{low-contrast,inverted}: contrast squeezed into 100..140
+/// (like contrast at high severity), then inverted.
+fn two_domains() -> (tempfile::TempDir, std::path::PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    domain(&data, "low-contrast", |p| 100 + (p as u32 * 40 / 255) as u8);
+    domain(&data, "inverted", |p| 255 - p);
+    (tmp, data)
+}
+
 fn run(args: &[&str]) -> String {
     let o = fieldtune(args);
     let (out, err) = text(&o);
@@ -33,11 +43,7 @@ fn run(args: &[&str]) -> String {
 
 #[test]
 fn bn_and_tent_recover_a_shifted_domain_and_continual_differs_from_reset() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    // Contrast squeezed into 100..140 (like contrast at high severity), then inverted.
-    domain(&data, "low-contrast", |p| 100 + (p as u32 * 40 / 255) as u8);
-    domain(&data, "inverted", |p| 255 - p);
+    let (tmp, data) = two_domains();
     // A large TENT step (lr 0.05 instead of 1e-3) so that two steps visibly move predictions.
     let tent_cfg = tmp.path().join("tent.toml");
     std::fs::write(&tent_cfg, "lr = 0.05\n").unwrap();
@@ -113,5 +119,128 @@ fn bn_and_tent_recover_a_shifted_domain_and_continual_differs_from_reset() {
         );
         assert!(tent["mean_loss"].is_null() && tent["domains"][0]["mean_loss"].as_f64().is_some());
         assert!((tent["settings"]["lr"].as_f64().unwrap() - 0.05).abs() < 1e-6);
+    }
+}
+
+/// The PyTorch reference (scripts/reference/torch_tta.py) replays the batches fieldtune dumped
+/// for labelled `--method-config METHOD:LABEL=FILE` rows with pretext heads and feature
+/// consistency, and finds fieldtune's predictions and per-domain mean losses in both settings:
+/// the heads' initial values and the jigsaw's permutations (heads.safetensors), the random
+/// streams' seed and step numbers (inpaint's mask, the corruption noise), the heads' reset and
+/// each task's forward (its own BatchNorm batch statistics) agree. A large lr (0.05) so that
+/// every step moves the weights and the heads.
+#[test]
+fn pretext_rows_match_the_pytorch_reference_on_the_dumped_batches() {
+    let (tmp, data) = two_domains();
+    let rows = [
+        ("tent:jigsaw", "tta-jigsaw.toml"),
+        ("tent:corruption", "tta-corruption.toml"),
+        ("uda:inpaint", "tta-uda-inpaint.toml"),
+        (
+            "uda:feature-consistency-anchors",
+            "tta-feature-consistency.toml",
+        ),
+    ];
+    let mut args: Vec<String> = [
+        "--engine",
+        "ort",
+        "tta",
+        "--model",
+        "models/fmnist-cnn",
+        "--domains",
+        "low-contrast,inverted",
+        "--methods",
+        "tent,uda",
+        "--batch",
+        "50",
+        "--seeds",
+        "0",
+    ]
+    .map(String::from)
+    .to_vec();
+    for (name, file) in rows {
+        let cfg = tmp.path().join(file);
+        let text = std::fs::read_to_string(root().join("configs").join(file)).unwrap();
+        std::fs::write(&cfg, format!("lr = 0.05\n{text}")).unwrap();
+        args.push("--method-config".into());
+        args.push(format!("{name}={}", cfg.display()));
+    }
+    let (dump, ft, pt) = (
+        tmp.path().join("dump"),
+        tmp.path().join("ft.json"),
+        tmp.path().join("pt.json"),
+    );
+    for (k, v) in [("--data", &data), ("--dump-batches", &dump), ("--out", &ft)] {
+        args.push(k.into());
+        args.push(v.to_str().unwrap().into());
+    }
+    run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    for (name, _) in rows {
+        let heads = dump.join(name).join("seed-0/heads.safetensors");
+        assert_eq!(
+            heads.exists(),
+            !name.contains("feature-consistency"),
+            "{}",
+            heads.display()
+        );
+    }
+    let names = format!("tent,uda,{}", rows.map(|r| r.0).join(","));
+    let py = std::env::var("FIELDTUNE_PYTHON").unwrap_or_else(|_| "/usr/bin/python3".into());
+    let o = std::process::Command::new(&py)
+        .arg(root().join("scripts/reference/torch_tta.py"))
+        .args([
+            "--batches",
+            dump.to_str().unwrap(),
+            "--methods",
+            &names,
+            "--threads",
+            "1",
+        ])
+        .args(["--out", pt.to_str().unwrap()])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {py} (install python3-torch python3-onnx): {e}"));
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "torch_tta.py:\n{out}\n{err}");
+    let load = |p: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    };
+    let (ft, pt) = (load(&ft), load(&pt));
+    let ft_runs = ft["runs"].as_array().unwrap();
+    assert_eq!(ft_runs.len(), 12, "6 rows x 2 settings");
+    let loss = |r: &serde_json::Value, d: usize| r["domains"][d]["mean_loss"].as_f64().unwrap();
+    for f in ft_runs {
+        let (name, setting) = (&f["name"], &f["setting"]);
+        let p = pt["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| &p["name"] == name && &p["setting"] == setting)
+            .unwrap_or_else(|| panic!("PyTorch has no {name} {setting}"));
+        for d in 0..2 {
+            let what = format!("{name} {setting} domain {d}");
+            assert_eq!(
+                f["domains"][d]["predicted"], p["domains"][d]["predicted"],
+                "{what}"
+            );
+            let (a, b) = (loss(f, d), loss(p, d));
+            assert!(
+                (a - b).abs() <= 1e-4 * b.abs().max(1e-3),
+                "{what}: fieldtune loss {a}, PyTorch {b}"
+            );
+        }
+    }
+    // The settings differ on the second domain (the heads and weights reset or not).
+    let get = |n: &str, s: &str| {
+        ft_runs
+            .iter()
+            .find(|r| r["name"] == n && r["setting"] == s)
+            .unwrap()
+    };
+    for (name, _) in rows {
+        assert_ne!(
+            loss(get(name, "reset"), 1),
+            loss(get(name, "continual"), 1),
+            "{name}"
+        );
     }
 }

@@ -42,7 +42,9 @@ uda       + UDA consistency (identity weak view, mild RandAugment strong view, m
 information maximisation + cross-entropy on 16 labeled anchors per step\n  \
 fixmatch  + hard pseudo-labels above 0.95 for the strong view + anchor cross-entropy\n  \
 teacher   uda with targets and predictions from a mean teacher (EMA 0.99)\n\
-`--print-config METHOD` prints a method's full settings; `--method-config METHOD=FILE` overrides them.\n\n\
+`--print-config METHOD` prints a method's full settings; `--method-config METHOD=FILE` overrides them, \
+`--method-config METHOD:LABEL=FILE` adds a row `METHOD:LABEL` with the method's settings under the file's \
+(e.g. `tent:jigsaw=configs/tta-jigsaw.toml`).\n\n\
 Settings (--settings): reset (each domain starts from the source weights and a fresh optimizer) and \
 continual (no reset; errors compound, collapse shows).\n\n\
 Data: --data DIR holds one labeled image folder per domain (DIR/<domain>/<class>/*.png); --domains \
@@ -88,13 +90,16 @@ pub struct TtaArgs {
     batch: usize,
     /// Override a method's settings with a TOML file (repeatable): METHOD=FILE. The file is a
     /// full settings file as `--print-config METHOD` writes it, or a part of one.
-    #[arg(long, value_name = "METHOD=FILE")]
+    /// METHOD:LABEL=FILE instead adds a row named METHOD:LABEL (after METHOD's own, when METHOD
+    /// is in --methods) with the method's preset under the file's keys.
+    #[arg(long, value_name = "METHOD[:LABEL]=FILE")]
     method_config: Vec<String>,
     /// Print a method's train-step settings as TOML and exit.
     #[arg(long, value_name = "METHOD", value_parser = parse_method)]
     print_config: Option<Method>,
-    /// Write every step's batch to DIR/<method>/seed-<S>/<NN>-<domain>/step-<K>.safetensors
-    /// (x_test, y_test and the train-step inputs) plus settings.json, for scripts/reference/torch_tta.py.
+    /// Write every step's batch to DIR/<row>/seed-<S>/<NN>-<domain>/step-<K>.safetensors
+    /// (x_test, y_test and the train-step inputs) plus settings.json (and heads.safetensors
+    /// when the settings have pretext heads), for scripts/reference/torch_tta.py.
     #[arg(long, value_name = "DIR")]
     dump_batches: Option<PathBuf>,
     /// Write all results as JSON.
@@ -127,6 +132,70 @@ fn method_settings(m: Method, files: &HashMap<Method, PathBuf>) -> Result<Option
         None => Ok(m.preset()),
         Some(path) => Ok(Some(tta::settings_from_file(m, path)?)),
     }
+}
+
+/// One row of results: a method with its settings under a name.
+struct Row {
+    name: String,
+    method: Method,
+    settings: Option<AdaptConfig>,
+}
+
+/// The --method-config arguments: METHOD=FILE overrides (one per method) and, in order,
+/// the labelled variants METHOD:LABEL=FILE.
+type MethodConfigs = (HashMap<Method, PathBuf>, Vec<(String, Method, PathBuf)>);
+
+fn parse_method_configs(specs: &[String]) -> Result<MethodConfigs> {
+    let (mut files, mut variants) = (HashMap::new(), Vec::new());
+    for spec in specs {
+        let (name, f) = spec.split_once('=').with_context(|| {
+            format!("--method-config '{spec}': expected METHOD=FILE or METHOD:LABEL=FILE")
+        })?;
+        let (m, label) = match name.split_once(':') {
+            Some((m, l)) => (m, Some(l)),
+            None => (name, None),
+        };
+        let method = parse_method(m).map_err(anyhow::Error::msg)?;
+        match label {
+            None => {
+                files.insert(method, PathBuf::from(f));
+            }
+            Some(l) if l.is_empty() || l.contains(['/', '\\', ',']) => {
+                bail!("--method-config '{spec}': the label '{l}' must be non-empty, without '/', '\\' or ','")
+            }
+            Some(_)
+                if variants
+                    .iter()
+                    .any(|v: &(String, Method, PathBuf)| v.0 == name) =>
+            {
+                bail!("--method-config '{spec}': the row '{name}' is given twice")
+            }
+            Some(_) => variants.push((name.to_string(), method, PathBuf::from(f))),
+        }
+    }
+    Ok((files, variants))
+}
+
+/// The rows to run: each method of --methods (its preset or override), each followed by its
+/// labelled variants.
+fn rows(methods: &[Method], configs: &MethodConfigs) -> Result<Vec<Row>> {
+    let (files, variants) = configs;
+    let mut out = Vec::new();
+    for &m in methods {
+        out.push(Row {
+            name: m.name().to_string(),
+            method: m,
+            settings: method_settings(m, files)?,
+        });
+        for (name, _, path) in variants.iter().filter(|v| v.1 == m) {
+            out.push(Row {
+                name: name.clone(),
+                method: m,
+                settings: Some(tta::settings_from_file(m, path)?),
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// Every domain folder exists, or an error that says how to make them: the corruption
@@ -200,16 +269,9 @@ fn load_domains(
 }
 
 pub fn run(a: TtaArgs, engine_args: &EngineArgs) -> Result<()> {
-    let mut files = HashMap::new();
-    for spec in &a.method_config {
-        let (m, f) = spec
-            .split_once('=')
-            .with_context(|| format!("--method-config '{spec}': expected METHOD=FILE"))?;
-        let m = parse_method(m).map_err(anyhow::Error::msg)?;
-        files.insert(m, PathBuf::from(f));
-    }
+    let configs = parse_method_configs(&a.method_config)?;
     if let Some(m) = a.print_config {
-        match method_settings(m, &files)? {
+        match method_settings(m, &configs.0)? {
             Some(c) => print!("{}", c.to_toml()),
             None => println!("# method '{}' trains nothing", m.name()),
         }
@@ -225,14 +287,10 @@ pub fn run(a: TtaArgs, engine_args: &EngineArgs) -> Result<()> {
     };
     check_domains(data, &names, a.severity)?;
     let domains = load_domains(data, &names, &m, a.limit)?;
-    let settings: HashMap<Method, Option<AdaptConfig>> = a
-        .methods
+    let rows = rows(&a.methods, &configs)?;
+    let needs_anchors = rows
         .iter()
-        .map(|&me| Ok((me, method_settings(me, &files)?)))
-        .collect::<Result<_>>()?;
-    let needs_anchors = settings
-        .values()
-        .any(|c| c.as_ref().is_some_and(|c| c.batch_labeled > 0));
+        .any(|r| r.settings.as_ref().is_some_and(|c| c.batch_labeled > 0));
     let (anchors, anchor_labels) = if needs_anchors {
         let dir = a
             .anchors
@@ -255,7 +313,7 @@ pub fn run(a: TtaArgs, engine_args: &EngineArgs) -> Result<()> {
         anchors.len()
     );
     let total: usize =
-        per_domain.iter().sum::<usize>() * a.methods.len() * a.settings.len() * a.seeds.len();
+        per_domain.iter().sum::<usize>() * rows.len() * a.settings.len() * a.seeds.len();
     let bar = indicatif::ProgressBar::new(total as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
@@ -266,20 +324,21 @@ pub fn run(a: TtaArgs, engine_args: &EngineArgs) -> Result<()> {
     );
     let mut runs: Vec<TtaRun> = Vec::new();
     for &seed in &a.seeds {
-        for &method in &a.methods {
-            let cfg = settings[&method].as_ref();
+        for row in &rows {
+            let (method, cfg) = (row.method, row.settings.as_ref());
             for (si, &setting) in a.settings.iter().enumerate() {
-                bar.set_message(format!("{} {} seed {seed}", method.name(), setting.name()));
+                bar.set_message(format!("{} {} seed {seed}", row.name, setting.name()));
                 // The batches do not depend on the setting: dump them once.
                 let dump = a
                     .dump_batches
                     .as_ref()
                     .filter(|_| si == 0)
-                    .map(|d| d.join(method.name()).join(format!("seed-{seed}")));
+                    .map(|d| d.join(&row.name).join(format!("seed-{seed}")));
                 if let Some(d) = &dump {
-                    tta::write_dump_settings(d, method, cfg, a.batch, seed, &domains)?;
+                    tta::write_dump_settings(d, &row.name, method, cfg, a.batch, seed, &domains)?;
                 }
                 let opts = TtaOptions {
+                    name: &row.name,
                     batch: a.batch,
                     seed,
                     anchors: &anchors,
@@ -296,11 +355,11 @@ pub fn run(a: TtaArgs, engine_args: &EngineArgs) -> Result<()> {
                     &opts,
                     &mut || bar.inc(1),
                 )
-                .with_context(|| format!("tta {} {} seed {seed}", method.name(), setting.name()))?;
+                .with_context(|| format!("tta {} {} seed {seed}", row.name, setting.name()))?;
                 bar.suspend(|| {
                     tracing::info!(
                         "{} {} seed {seed}: mean error {:.2}% ({:.1} s)",
-                        method.name(),
+                        row.name,
                         setting.name(),
                         r.mean_error,
                         r.seconds
@@ -311,7 +370,8 @@ pub fn run(a: TtaArgs, engine_args: &EngineArgs) -> Result<()> {
         }
     }
     bar.finish_and_clear();
-    print_table(&runs, &a.methods, &a.settings, &names);
+    let row_names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
+    print_table(&runs, &row_names, &a.settings, &names);
     if let Some(out) = &a.out {
         let v = serde_json::json!({
             "model": model_path,
@@ -339,22 +399,23 @@ fn mean_std(v: &[f64]) -> (f64, f64) {
     (m, s)
 }
 
-fn print_table(runs: &[TtaRun], methods: &[Method], settings: &[Setting], names: &[String]) {
+fn print_table(runs: &[TtaRun], rows: &[&str], settings: &[Setting], names: &[String]) {
     println!(
         "\nmean error over {} domains, % (mean +- std over seeds)",
         names.len()
     );
-    print!("{:<10}", "method");
+    let w = rows.iter().map(|r| r.len()).max().unwrap_or(0).max(10);
+    print!("{:<w$}", "method");
     for s in settings {
         print!(" {:>16}", s.name());
     }
     println!();
-    for &m in methods {
-        print!("{:<10}", m.name());
+    for &m in rows {
+        print!("{m:<w$}");
         for &s in settings {
             let v: Vec<f64> = runs
                 .iter()
-                .filter(|r| r.method == m && r.setting == s)
+                .filter(|r| r.name == m && r.setting == s)
                 .map(|r| r.mean_error)
                 .collect();
             let (mu, sd) = mean_std(&v);
@@ -364,24 +425,93 @@ fn print_table(runs: &[TtaRun], methods: &[Method], settings: &[Setting], names:
     }
     println!("\nper domain, % (mean over seeds)");
     print!("{:<22}", "domain");
-    for &m in methods {
-        for &s in settings {
-            print!(" {:>9}", format!("{}/{}", m.name(), &s.name()[..1]));
-        }
+    let cols: Vec<String> = rows
+        .iter()
+        .flat_map(|m| {
+            settings
+                .iter()
+                .map(move |s| format!("{m}/{}", &s.name()[..1]))
+        })
+        .collect();
+    for c in &cols {
+        print!(" {c:>9}");
     }
     println!();
     for (i, n) in names.iter().enumerate() {
         print!("{:<22}", n);
-        for &m in methods {
+        let mut c = cols.iter();
+        for &m in rows {
             for &s in settings {
                 let v: Vec<f64> = runs
                     .iter()
-                    .filter(|r| r.method == m && r.setting == s)
+                    .filter(|r| r.name == m && r.setting == s)
                     .filter_map(|r| r.domains.get(i).map(|d| d.error))
                     .collect();
-                print!(" {:>9.2}", mean_std(&v).0);
+                let w = c.next().map_or(9, |c| c.len().max(9));
+                print!(" {:>w$.2}", mean_std(&v).0);
             }
         }
         println!();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn specs(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn labelled_method_configs_add_rows_after_their_method() {
+        let d = tempfile::tempdir().unwrap();
+        let file = |name: &str, text: &str| {
+            let p = d.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p.display().to_string()
+        };
+        let (j, lr, ip) = (
+            file("j.toml", "[jigsaw]\nweight = 1.0\n"),
+            file("lr.toml", "lr = 0.05\n"),
+            file("i.toml", "[inpaint]\nweight = 1.0\n"),
+        );
+        let c = parse_method_configs(&specs(&[
+            &format!("uda:jigsaw={j}"),
+            &format!("tent={lr}"),
+            &format!("tent:inpaint={ip}"),
+            &format!("fixmatch:x={j}"),
+        ]))
+        .unwrap();
+        let r = rows(&[Method::Bn, Method::Tent, Method::Uda], &c).unwrap();
+        let names: Vec<&str> = r.iter().map(|r| r.name.as_str()).collect();
+        // A variant follows its method, and only when its method runs (no fixmatch:x).
+        assert_eq!(names, ["bn", "tent", "tent:inpaint", "uda", "uda:jigsaw"]);
+        assert!(r[0].settings.is_none());
+        let cfg = |i: usize| r[i].settings.as_ref().unwrap();
+        // The plain override applies to the method's own row, not to its variants.
+        assert!((cfg(1).lr - 0.05).abs() < 1e-9 && (cfg(2).lr - 1e-3).abs() < 1e-9);
+        assert!(cfg(2).inpaint.is_some() && cfg(1).inpaint.is_none());
+        assert!(cfg(4).jigsaw.is_some() && cfg(3).jigsaw.is_none());
+        assert_eq!(r[4].method, Method::Uda);
+    }
+
+    #[test]
+    fn bad_method_configs_are_refused_with_the_argument() {
+        for (spec, says) in [
+            ("tent", "expected METHOD=FILE"),
+            ("nope:x=a.toml", "unknown method 'nope'"),
+            ("tent:=a.toml", "must be non-empty"),
+            ("tent:a/b=a.toml", "without '/'"),
+        ] {
+            let e = parse_method_configs(&specs(&[spec]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(says), "{spec}: {e}");
+        }
+        let e = parse_method_configs(&specs(&["uda:j=a.toml", "uda:j=b.toml"]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("given twice"), "{e}");
     }
 }
