@@ -256,16 +256,25 @@ fn datum(dt: DType) -> DatumType {
     }
 }
 
-/// tract's `into_optimized` without its `PushSliceUp` declutter pass.
+/// tract's `into_optimized`, and where its plan would evaluate a removed node, the same
+/// without the `PushSliceUp` declutter pass.
 ///
 /// That pass pushes the slices of a Split up through the ops that feed it. The flat optimizer
 /// of a train step (one Concat of every gradient, one chain of elementwise ops over the flat
-/// vector, one Split back into the parameters) is exactly that shape, and in tract 0.23.9 the
-/// pass leaves a node it removed (a `Dummy`) in the plan on the larger backbones' steps
-/// (ResNet-50 and deeper, RegNet; "eval() called on a Dummy op"). The one chain over the flat
-/// vector is also the form the flat optimizer is for, so the pass gains nothing there.
-fn optimized(mut m: TypedModel) -> TractResult<TypedModel> {
+/// vector, one Split back into the parameters) is that shape, and in tract 0.23.9 the pass
+/// leaves a node it removed (a `Dummy`) in the plan of bottleneck networks' steps (ResNet-50
+/// and deeper, ResNeXt, RegNet: "eval() called on a Dummy op"). Models that optimise cleanly
+/// keep tract's full pass list.
+fn optimized(m: TypedModel) -> TractResult<TypedModel> {
+    use tract_onnx::tract_core::ops::dummy::Dummy;
     use tract_onnx::tract_core::optim::Optimizer;
+    let full = m.clone().into_optimized()?;
+    let order = full.eval_order()?;
+    if !order.iter().any(|&n| full.node(n).op_is::<Dummy>()) {
+        return Ok(full);
+    }
+    tracing::debug!("tract plan evaluates a removed node; optimising without PushSliceUp");
+    let mut m = m;
     let mut declutter = Optimizer::declutter();
     declutter
         .passes
