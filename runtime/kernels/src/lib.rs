@@ -3,18 +3,20 @@
 //! dimensions); sums accumulate in f64. Work above [`PAR_MIN`] elements runs on the [`Pool`]
 //! the caller passes, the engine's own (ONNX Runtime's intra-op pool, tract's rayon pool),
 //! split by channel (statistics), by `[n, c]` row or in contiguous chunks (elementwise
-//! passes). Nothing is allocated per call: every result goes into a slice the caller owns.
+//! passes; whole channels of a depthwise weight gradient). Nothing is allocated per call: every result goes into a slice the caller owns.
 //!
 //! The engines register these as ops of the [`DOMAIN`] domain (runtime/engine
 //! `fieldtune_ops`); `fieldtune-graph` emits them in tuned train steps.
 
 mod batch_norm;
 mod clip;
+mod depthwise;
 mod par;
 mod pool;
 
 pub use batch_norm::{batch_norm_train, batch_norm_train_grad, BnGradOut, BnTrainOut};
 pub use clip::clip_grad;
+pub use depthwise::{depthwise_conv_wgrad, DwShape, DwWindow};
 pub use par::{Pool, Rayon, Serial};
 pub use pool::max_pool_grad;
 
