@@ -162,11 +162,12 @@ fn check_ops(
     let fused_bn = count(tuned, "BatchNormTrain", DOMAIN);
     let clips = count(tuned, "ClipGrad", DOMAIN);
     eprintln!(
-        "{name} {target}: {} -> {} nodes; {fused_bn} BatchNormTrain, {} BatchNormTrainGrad, {clips} ClipGrad, {} MaxPoolGrad",
+        "{name} {target}: {} -> {} nodes; {fused_bn} BatchNormTrain, {} BatchNormTrainGrad, {clips} ClipGrad, {} MaxPoolGrad, {} DepthwiseConvWgrad",
         portable.graph.nodes.len(),
         tuned.graph.nodes.len(),
         count(tuned, "BatchNormTrainGrad", DOMAIN),
         count(tuned, "MaxPoolGrad", DOMAIN),
+        count(tuned, "DepthwiseConvWgrad", DOMAIN),
     );
     assert!(tuned.graph.nodes.len() < portable.graph.nodes.len());
     assert!(clips > 0, "{name}: no ClipGrad");
