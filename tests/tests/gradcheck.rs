@@ -6,7 +6,7 @@ use fieldtune_graph::builder::Builder;
 use fieldtune_graph::ir::{attr, encode_model, Elem};
 use fieldtune_graph::FeatureDistance;
 use fieldtune_tensor::Tensor;
-use fieldtune_tests::{away_from_zero, distinct, engines, gradcheck, rng, uniform};
+use fieldtune_tests::{away_from_zero, conv_attrs, distinct, engines, gradcheck, rng, uniform};
 use rand::Rng;
 
 const TOL: f64 = 1e-2;
@@ -78,13 +78,7 @@ fn conv_pads_strides_dilations_groups() {
                 b.op(
                     "Conv",
                     &[&n[0], &n[1], &n[2]],
-                    vec![
-                        attr::int("group", g as i64),
-                        attr::ints("strides", &[s as i64, s as i64]),
-                        attr::ints("dilations", &[d as i64, d as i64]),
-                        attr::ints("pads", &pads),
-                        attr::ints("kernel_shape", &[k as i64, k as i64]),
-                    ],
+                    conv_attrs(g, s, d, pads, [k, k]),
                 )
             };
             (inputs, 1e-2, Box::new(build))
@@ -120,17 +114,7 @@ fn tuned_depthwise_conv_weight_grad() {
                 let inputs = vec![("x".into(), x), ("w".into(), wt)];
                 let build = move |b: &mut Builder, nm: &[String]| {
                     b.set_fieldtune_ops(true);
-                    b.op(
-                        "Conv",
-                        &[&nm[0], &nm[1]],
-                        vec![
-                            attr::int("group", c as i64),
-                            attr::ints("strides", &[s as i64, s as i64]),
-                            attr::ints("dilations", &[d as i64, d as i64]),
-                            attr::ints("pads", &pads),
-                            attr::ints("kernel_shape", &[k[0] as i64, k[1] as i64]),
-                        ],
-                    )
+                    b.op("Conv", &[&nm[0], &nm[1]], conv_attrs(c, s, d, pads, k))
                 };
                 // The loss is linear in x and in w (each alone): central differences are
                 // exact at any step, and a larger one keeps the float32 rounding of the loss

@@ -9,13 +9,13 @@ use std::collections::HashMap;
 use fieldtune_engine::{Engine, TractEngine};
 use fieldtune_graph::autodiff::backward;
 use fieldtune_graph::builder::Builder;
-use fieldtune_graph::ir::{attr, Elem};
+use fieldtune_graph::ir::Elem;
 use fieldtune_graph::{
     compile_train_step, encode_model, inputs, load_model, BatchNormMode, Optimizer, Target,
     TrainSpec, TrainStep, Trainable, DOMAIN,
 };
 use fieldtune_tensor::Tensor;
-use fieldtune_tests::{engines, ort, rel_l2, repo_root, rng, uniform};
+use fieldtune_tests::{conv_attrs, engines, ort, rel_l2, repo_root, rng, uniform};
 
 fn spec(bl: usize, bu: usize, target: Target) -> TrainSpec {
     TrainSpec {
@@ -247,13 +247,7 @@ fn conv_grads(
         .op(
             "Conv",
             &[&xn, &wn],
-            vec![
-                attr::int("group", group as i64),
-                attr::ints("strides", &[s as i64, s as i64]),
-                attr::ints("dilations", &[d as i64, d as i64]),
-                attr::ints("pads", &pads),
-                attr::ints("kernel_shape", &[k[0] as i64, k[1] as i64]),
-            ],
+            conv_attrs(group, s, d, pads, [k[0], k[1]]),
         )
         .unwrap();
     assert_eq!(
@@ -286,31 +280,23 @@ fn conv_grads(
 /// the portable form.
 #[test]
 fn depthwise_weight_grad_kernel_equals_the_portable_subgraph() {
-    // (n, channels, h, w, kernel [kh, kw], stride, dilation, pads)
-    let cases: [(
-        usize,
-        usize,
-        usize,
-        usize,
-        [usize; 2],
-        usize,
-        usize,
-        [i64; 4],
-    ); 8] = [
-        (2, 3, 8, 8, [3, 3], 1, 1, [1, 1, 1, 1]),
-        (2, 5, 9, 9, [3, 3], 2, 1, [1, 1, 1, 1]),
-        (1, 4, 11, 13, [5, 5], 1, 1, [2, 2, 2, 2]),
-        (3, 2, 10, 9, [3, 3], 1, 2, [2, 2, 2, 2]),
-        (2, 3, 7, 11, [3, 5], 2, 1, [0, 2, 1, 0]),
-        (1, 3, 13, 7, [3, 3], 3, 1, [1, 0, 2, 1]),
-        (2, 32, 28, 28, [3, 3], 1, 1, [1, 1, 1, 1]),
-        (2, 48, 29, 29, [3, 3], 2, 1, [1, 1, 1, 1]),
+    // ([n, channels, h, w], kernel [kh, kw], stride, dilation, pads)
+    type Case = ([usize; 4], [usize; 2], usize, usize, [i64; 4]);
+    let cases: [Case; 8] = [
+        ([2, 3, 8, 8], [3, 3], 1, 1, [1, 1, 1, 1]),
+        ([2, 5, 9, 9], [3, 3], 2, 1, [1, 1, 1, 1]),
+        ([1, 4, 11, 13], [5, 5], 1, 1, [2, 2, 2, 2]),
+        ([3, 2, 10, 9], [3, 3], 1, 2, [2, 2, 2, 2]),
+        ([2, 3, 7, 11], [3, 5], 2, 1, [0, 2, 1, 0]),
+        ([1, 3, 13, 7], [3, 3], 3, 1, [1, 0, 2, 1]),
+        ([2, 32, 28, 28], [3, 3], 1, 1, [1, 1, 1, 1]),
+        ([2, 48, 29, 29], [3, 3], 2, 1, [1, 1, 1, 1]),
     ];
     let out = |len: usize, k: usize, s: usize, d: usize, p: i64, q: i64| {
         (len + (p + q) as usize - (k - 1) * d - 1) / s + 1
     };
     for engine in engines() {
-        for (ci, &(n, c, h, w, k, s, d, pads)) in cases.iter().enumerate() {
+        for (ci, &([n, c, h, w], k, s, d, pads)) in cases.iter().enumerate() {
             let mut r = rng(40 + ci as u64);
             let x = uniform(&mut r, &[n, c, h, w], -1.0, 1.0);
             let wt = uniform(&mut r, &[c, 1, k[0], k[1]], -1.0, 1.0);

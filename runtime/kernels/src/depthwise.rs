@@ -162,19 +162,7 @@ fn dot_strided(a: &[f32], b: &[f32], stride: usize) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Rayon, Serial};
-
-    fn data(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-            })
-            .collect()
-    }
+    use crate::{test_data as data, Rayon, Serial};
 
     /// The definition, cell by cell, in f64.
     fn naive(x: &[f32], dy: &[f32], d: DwShape, win: DwWindow) -> Vec<f32> {

@@ -81,3 +81,17 @@ fn check(what: &str, got: usize, want: usize) -> Result<(), KernelError> {
     }
     Ok(())
 }
+
+/// A deterministic sequence of `len` values in [-0.5, 0.5) (xorshift) for the kernels' tests.
+#[cfg(test)]
+fn test_data(len: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        })
+        .collect()
+}
