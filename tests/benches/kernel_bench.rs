@@ -10,8 +10,8 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use fieldtune_kernels::{
-    batch_norm_train, batch_norm_train_grad, clip_grad, max_pool_grad, BnGradOut, BnTrainOut, Nc,
-    Pool, Rayon, Serial,
+    batch_norm_train, batch_norm_train_grad, clip_grad, depthwise_conv_wgrad, max_pool_grad,
+    BnGradOut, BnTrainOut, DwShape, DwWindow, Nc, Pool, Rayon, Serial,
 };
 
 /// Median microseconds per call of `f`, over 15 batches sized to take about 20 ms each.
@@ -190,6 +190,37 @@ fn main() {
                 black_box(&dx);
             });
             row("MaxPoolGrad", p.threads(), shape, d.len(), us);
+        }
+    }
+    // Depthwise 3x3 weight gradients: MobileNetV2's largest depthwise layers at batch 8
+    // (elements: x's). The graph forms they replace are `rule_bench`'s.
+    for (shape, c, hw, stride) in [
+        ("8x144x56x56 s1", 144, 56usize, 1usize),
+        ("8x96x112x112 s2", 96, 112, 2),
+        ("8x32x112x112 s1", 32, 112, 1),
+    ] {
+        let o = (hw + 2 - 3) / stride + 1;
+        let d = DwShape {
+            n: 8,
+            c,
+            input: [hw, hw],
+            output: [o, o],
+        };
+        let win = DwWindow {
+            kernel: [3, 3],
+            strides: [stride; 2],
+            dilations: [1, 1],
+            pads: [1, 1],
+        };
+        let x = data(8 * c * hw * hw, 9, 1.0, 0.0);
+        let dy = data(8 * c * o * o, 10, 1.0, 0.0);
+        let mut dw = vec![0f32; c * 9];
+        for p in pools {
+            let us = time(|| {
+                depthwise_conv_wgrad(p, black_box(&x), black_box(&dy), d, win, &mut dw).unwrap();
+                black_box(&dw);
+            });
+            row("DepthwiseConvWgrad", p.threads(), shape, x.len(), us);
         }
     }
 }

@@ -1,6 +1,7 @@
-//! Micro benchmark of the depthwise weight-gradient forms (regrouped Conv, which the train
-//! step uses, against per-tap sums) on both engines; timings are printed, never asserted (the
-//! whole-model train step is `fieldtune bench`); the two forms must agree to 1e-3 relative.
+//! Micro benchmark of the depthwise weight-gradient forms on both engines: the regrouped Conv
+//! (the portable train step's), per-tap sums, and the tuned steps' one-pass
+//! `DepthwiseConvWgrad` kernel (an ai.fieldtune op); timings are printed, never asserted (the
+//! whole-model train step is `fieldtune bench`); the forms must agree to 1e-3 relative.
 //! Run: `cargo bench -p fieldtune-tests --bench rule_bench`
 
 use std::time::Instant;
@@ -9,7 +10,7 @@ use fieldtune_graph::autodiff::{depthwise_weight_grad_taps, grouped_weight_grad_
 use fieldtune_graph::builder::Builder;
 use fieldtune_graph::encode_model;
 use fieldtune_graph::infer::ConvWindow;
-use fieldtune_graph::ir::Elem;
+use fieldtune_graph::ir::{attr, Elem};
 use fieldtune_tensor::Tensor;
 use fieldtune_tests::{engines, rel_l2, rng, uniform};
 
@@ -37,11 +38,12 @@ fn time(b: Builder, feeds: &[(&str, Tensor)], runs: usize) -> (Vec<(String, f64)
     (out, first.expect("at least one engine"))
 }
 
-fn show(label: &str, a: &[(String, f64)], b: &[(String, f64)]) {
-    for ((e, x), (_, y)) in a.iter().zip(b) {
+fn show(label: &str, a: &[(String, f64)], b: &[(String, f64)], k: &[(String, f64)]) {
+    for (((e, x), (_, y)), (_, z)) in a.iter().zip(b).zip(k) {
         println!(
-            "{label:<44} {e:<6} Conv {x:8.3} ms   taps {y:8.3} ms   ({:.2}x)",
-            x / y
+            "{label:<44} {e:<6} Conv {x:8.3} ms   taps {y:8.3} ms ({:.2}x)   kernel {z:8.3} ms ({:.2}x)",
+            x / y,
+            x / z
         );
     }
 }
@@ -72,25 +74,37 @@ fn main() {
         };
         let (xs, ws, ys) = ([nb, c, hw, hw], [c, 1, 3, 3], [nb, c, o, o]);
         let mut res = Vec::new();
-        for taps in [false, true] {
+        for form in 0..3 {
             let mut b = Builder::new(17);
             b.input("x", Elem::F32, &xs).unwrap();
             b.input("dy", Elem::F32, &ys).unwrap();
-            let g = if taps {
-                depthwise_weight_grad_taps(&mut b, "x", "dy", &xs, &ws, &ys, &win).unwrap()
-            } else {
-                grouped_weight_grad_conv(&mut b, "x", "dy", &xs, &ws, &ys, &win, c).unwrap()
+            let g = match form {
+                0 => grouped_weight_grad_conv(&mut b, "x", "dy", &xs, &ws, &ys, &win, c).unwrap(),
+                1 => depthwise_weight_grad_taps(&mut b, "x", "dy", &xs, &ws, &ys, &win).unwrap(),
+                _ => {
+                    let at = vec![
+                        attr::ints("kernel_shape", &[3, 3]),
+                        attr::ints("strides", &[s as i64, s as i64]),
+                        attr::ints("dilations", &[1, 1]),
+                        attr::ints("pads", &[1, 1, 1, 1]),
+                    ];
+                    b.fused("DepthwiseConvWgrad", &["x", "dy"], (None, 1), at)
+                        .unwrap()
+                        .swap_remove(0)
+                }
             };
             b.output_as(&g, "dw").unwrap();
             res.push(time(b, &[("x", x.clone()), ("dy", dy.clone())], 7));
         }
         let label = format!("depthwise dW C={c} {hw}x{hw} stride {s}");
-        let (conv, taps) = (&res[0].1, &res[1].1);
-        let rel = rel_l2(taps, conv, 1e-6);
-        assert!(
-            rel <= 1e-3,
-            "{label}: the forms differ by {rel:.2e} (relative L2)"
-        );
-        show(&label, &res[0].0, &res[1].0);
+        let conv = &res[0].1;
+        for (form, r) in ["taps", "kernel"].iter().zip(&res[1..]) {
+            let rel = rel_l2(&r.1, conv, 1e-6);
+            assert!(
+                rel <= 1e-3,
+                "{label}: {form} and Conv differ by {rel:.2e} (relative L2)"
+            );
+        }
+        show(&label, &res[0].0, &res[1].0, &res[2].0);
     }
 }

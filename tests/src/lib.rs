@@ -4,10 +4,29 @@
 use fieldtune_engine::{Engine, OrtEngine, OrtOptions, Session, TractEngine};
 use fieldtune_graph::autodiff::backward;
 use fieldtune_graph::builder::Builder;
-use fieldtune_graph::ir::{encode_model, Elem};
+use fieldtune_graph::ir::{attr, encode_model, Elem};
+use fieldtune_graph::proto::AttributeProto;
 use fieldtune_tensor::Tensor;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
+
+/// A 2-D Conv's attributes: `group`, the same stride and dilation on both axes, explicit
+/// `pads` (`[top, left, bottom, right]`) and `kernel_shape`.
+pub fn conv_attrs(
+    group: usize,
+    stride: usize,
+    dilation: usize,
+    pads: [i64; 4],
+    kernel: [usize; 2],
+) -> Vec<AttributeProto> {
+    vec![
+        attr::int("group", group as i64),
+        attr::ints("strides", &[stride as i64; 2]),
+        attr::ints("dilations", &[dilation as i64; 2]),
+        attr::ints("pads", &pads),
+        attr::ints("kernel_shape", &[kernel[0] as i64, kernel[1] as i64]),
+    ]
+}
 
 /// Repository root (tests run from the crate dir).
 pub fn repo_root() -> std::path::PathBuf {

@@ -6,7 +6,7 @@ use fieldtune_graph::builder::Builder;
 use fieldtune_graph::ir::{attr, encode_model, Elem};
 use fieldtune_graph::FeatureDistance;
 use fieldtune_tensor::Tensor;
-use fieldtune_tests::{away_from_zero, distinct, engines, gradcheck, rng, uniform};
+use fieldtune_tests::{away_from_zero, conv_attrs, distinct, engines, gradcheck, rng, uniform};
 use rand::Rng;
 
 const TOL: f64 = 1e-2;
@@ -78,17 +78,50 @@ fn conv_pads_strides_dilations_groups() {
                 b.op(
                     "Conv",
                     &[&n[0], &n[1], &n[2]],
-                    vec![
-                        attr::int("group", g as i64),
-                        attr::ints("strides", &[s as i64, s as i64]),
-                        attr::ints("dilations", &[d as i64, d as i64]),
-                        attr::ints("pads", &pads),
-                        attr::ints("kernel_shape", &[k as i64, k as i64]),
-                    ],
+                    conv_attrs(g, s, d, pads, [k, k]),
                 )
             };
             (inputs, 1e-2, Box::new(build))
         });
+    }
+}
+
+/// Depthwise convolution configs of the tuned weight gradient: (stride, dilation,
+/// pads[t,l,b,r], kernel [kh, kw]); the channel count is the group.
+const DEPTHWISE: [(usize, usize, [i64; 4], [usize; 2]); 6] = [
+    (1, 1, [1, 1, 1, 1], [3, 3]),
+    (2, 1, [1, 1, 1, 1], [3, 3]),
+    (1, 1, [2, 2, 2, 2], [5, 5]),
+    (1, 2, [2, 2, 2, 2], [3, 3]),
+    (2, 1, [0, 2, 1, 0], [3, 5]), // uneven pads, non-square kernel
+    (3, 1, [1, 0, 2, 1], [3, 3]),
+];
+
+/// The tuned step's fieldtune-domain `DepthwiseConvWgrad` (one-pass depthwise weight
+/// gradient) under finite differences on both engines: strides, pads, dilations, 5x5 and
+/// odd sizes.
+#[test]
+fn tuned_depthwise_conv_weight_grad() {
+    for (ci, &(s, d, pads, k)) in DEPTHWISE.iter().enumerate() {
+        check(
+            &format!("depthwise Conv config {ci} (tuned)"),
+            move |seed| {
+                let mut r = rng(seed + 30 * ci as u64);
+                let dd = dims(seed + ci as u64, 5, 9, 3);
+                let (n, c, h, w) = (dd[0] % 3 + 1, dd[1] % 4 + 2, dd[2] + 2, dd[0] + 4);
+                let x = uniform(&mut r, &[n, c, h, w], -1.0, 1.0);
+                let wt = uniform(&mut r, &[c, 1, k[0], k[1]], -1.0, 1.0);
+                let inputs = vec![("x".into(), x), ("w".into(), wt)];
+                let build = move |b: &mut Builder, nm: &[String]| {
+                    b.set_fieldtune_ops(true);
+                    b.op("Conv", &[&nm[0], &nm[1]], conv_attrs(c, s, d, pads, k))
+                };
+                // The loss is linear in x and in w (each alone): central differences are
+                // exact at any step, and a larger one keeps the float32 rounding of the loss
+                // out of them.
+                (inputs, 1e-1, Box::new(build))
+            },
+        );
     }
 }
 

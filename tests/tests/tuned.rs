@@ -7,12 +7,15 @@
 use std::collections::HashMap;
 
 use fieldtune_engine::{Engine, TractEngine};
+use fieldtune_graph::autodiff::backward;
+use fieldtune_graph::builder::Builder;
+use fieldtune_graph::ir::Elem;
 use fieldtune_graph::{
     compile_train_step, encode_model, inputs, load_model, BatchNormMode, Optimizer, Target,
     TrainSpec, TrainStep, Trainable, DOMAIN,
 };
 use fieldtune_tensor::Tensor;
-use fieldtune_tests::{ort, rel_l2, repo_root, rng, uniform};
+use fieldtune_tests::{conv_attrs, engines, ort, rel_l2, repo_root, rng, uniform};
 
 fn spec(bl: usize, bu: usize, target: Target) -> TrainSpec {
     TrainSpec {
@@ -159,11 +162,12 @@ fn check_ops(
     let fused_bn = count(tuned, "BatchNormTrain", DOMAIN);
     let clips = count(tuned, "ClipGrad", DOMAIN);
     eprintln!(
-        "{name} {target}: {} -> {} nodes; {fused_bn} BatchNormTrain, {} BatchNormTrainGrad, {clips} ClipGrad, {} MaxPoolGrad",
+        "{name} {target}: {} -> {} nodes; {fused_bn} BatchNormTrain, {} BatchNormTrainGrad, {clips} ClipGrad, {} MaxPoolGrad, {} DepthwiseConvWgrad",
         portable.graph.nodes.len(),
         tuned.graph.nodes.len(),
         count(tuned, "BatchNormTrainGrad", DOMAIN),
         count(tuned, "MaxPoolGrad", DOMAIN),
+        count(tuned, "DepthwiseConvWgrad", DOMAIN),
     );
     assert!(tuned.graph.nodes.len() < portable.graph.nodes.len());
     assert!(clips > 0, "{name}: no ClipGrad");
@@ -174,6 +178,33 @@ fn check_ops(
     );
     // Each MaxPool's backward (Mod, Expand, ScatterElements and reshapes) became one
     // MaxPoolGrad.
+    // Each depthwise convolution's weight gradient (regrouping Reshapes and Transposes, a Conv
+    // over a feature-map-sized kernel) became one DepthwiseConvWgrad.
+    let g = model.graph.as_ref().unwrap();
+    let depthwise = g
+        .node
+        .iter()
+        .filter(|n| n.op_type == "Conv")
+        .filter(|n| {
+            let group = n
+                .attribute
+                .iter()
+                .find(|a| a.name == "group")
+                .map_or(1, |a| a.i);
+            let w = g.initializer.iter().find(|t| t.name == n.input[1]);
+            group > 1 && w.is_some_and(|w| w.dims[0] == group && w.dims[1] == 1)
+        })
+        .count();
+    assert_eq!(
+        count(tuned, "DepthwiseConvWgrad", DOMAIN),
+        depthwise,
+        "{name}: DepthwiseConvWgrad nodes"
+    );
+    assert_eq!(
+        count(tuned, "Conv", ""),
+        count(portable, "Conv", "") - depthwise,
+        "{name}: Conv nodes"
+    );
     let pools = count(tuned, "MaxPoolGrad", DOMAIN);
     assert_eq!(pools, in_model("MaxPool"), "{name}: MaxPoolGrad nodes");
     assert_eq!(
@@ -191,6 +222,118 @@ fn check_ops(
             grads > 0 && grads <= fused_bn,
             "{name}: {grads} BatchNormTrainGrad"
         );
+    }
+}
+
+/// `loss = sum(Conv(x, w) * g)` and its gradients with respect to x and w, portable or tuned,
+/// on `engine`: (dx, dw, the graph's DepthwiseConvWgrad count).
+#[allow(clippy::too_many_arguments)]
+fn conv_grads(
+    engine: &dyn Engine,
+    tuned: bool,
+    x: &Tensor,
+    w: &Tensor,
+    g: &Tensor,
+    group: usize,
+    (s, d, pads): (usize, usize, [i64; 4]),
+) -> (Tensor, Tensor, usize) {
+    let mut b = Builder::new(17);
+    b.set_fieldtune_ops(tuned);
+    let xn = b.input("x", Elem::F32, x.shape()).unwrap();
+    let wn = b.input("w", Elem::F32, w.shape()).unwrap();
+    let gn = b.input("g", Elem::F32, g.shape()).unwrap();
+    let k = &w.shape()[2..];
+    let y = b
+        .op(
+            "Conv",
+            &[&xn, &wn],
+            conv_attrs(group, s, d, pads, [k[0], k[1]]),
+        )
+        .unwrap();
+    assert_eq!(
+        b.shape(&y).unwrap(),
+        g.shape(),
+        "g is shaped like the output"
+    );
+    let p = b.op("Mul", &[&y, &gn], vec![]).unwrap();
+    let loss = b.reduce("ReduceSum", &p, &[0, 1, 2, 3], false).unwrap();
+    let gr = backward(&mut b, &loss, &["x".to_string(), "w".to_string()]).unwrap();
+    b.output_as(gr["x"].as_ref().unwrap(), "dx").unwrap();
+    b.output_as(gr["w"].as_ref().unwrap(), "dw").unwrap();
+    let graph = b.finish("conv");
+    let fused = graph
+        .nodes
+        .iter()
+        .filter(|n| n.op == "DepthwiseConvWgrad" && n.domain == DOMAIN)
+        .count();
+    let mut sess = engine
+        .load(&encode_model(&graph.to_model("conv")), "conv")
+        .unwrap();
+    let out = sess.run(&[("x", x), ("w", w), ("g", g)]).unwrap();
+    let get = |n: &str| out.iter().find(|(k, _)| k == n).unwrap().1.clone();
+    (get("dx"), get("dw"), fused)
+}
+
+/// The tuned `DepthwiseConvWgrad` against the portable regrouped Conv it replaces, elementwise
+/// on both engines: 3x3 at strides 1, 2 and 3, 5x5, dilation 2, uneven pads, odd sizes, and
+/// MobileNetV2-like widths; grouped convolutions that are not depthwise with multiplier 1 keep
+/// the portable form.
+#[test]
+fn depthwise_weight_grad_kernel_equals_the_portable_subgraph() {
+    // ([n, channels, h, w], kernel [kh, kw], stride, dilation, pads)
+    type Case = ([usize; 4], [usize; 2], usize, usize, [i64; 4]);
+    let cases: [Case; 8] = [
+        ([2, 3, 8, 8], [3, 3], 1, 1, [1, 1, 1, 1]),
+        ([2, 5, 9, 9], [3, 3], 2, 1, [1, 1, 1, 1]),
+        ([1, 4, 11, 13], [5, 5], 1, 1, [2, 2, 2, 2]),
+        ([3, 2, 10, 9], [3, 3], 1, 2, [2, 2, 2, 2]),
+        ([2, 3, 7, 11], [3, 5], 2, 1, [0, 2, 1, 0]),
+        ([1, 3, 13, 7], [3, 3], 3, 1, [1, 0, 2, 1]),
+        ([2, 32, 28, 28], [3, 3], 1, 1, [1, 1, 1, 1]),
+        ([2, 48, 29, 29], [3, 3], 2, 1, [1, 1, 1, 1]),
+    ];
+    let out = |len: usize, k: usize, s: usize, d: usize, p: i64, q: i64| {
+        (len + (p + q) as usize - (k - 1) * d - 1) / s + 1
+    };
+    for engine in engines() {
+        for (ci, &([n, c, h, w], k, s, d, pads)) in cases.iter().enumerate() {
+            let mut r = rng(40 + ci as u64);
+            let x = uniform(&mut r, &[n, c, h, w], -1.0, 1.0);
+            let wt = uniform(&mut r, &[c, 1, k[0], k[1]], -1.0, 1.0);
+            let (oh, ow) = (
+                out(h, k[0], s, d, pads[0], pads[2]),
+                out(w, k[1], s, d, pads[1], pads[3]),
+            );
+            let g = uniform(&mut r, &[n, c, oh, ow], -1.0, 1.0);
+            let win = (s, d, pads);
+            let (px, pw, pf) = conv_grads(engine.as_ref(), false, &x, &wt, &g, c, win);
+            let (tx, tw, tf) = conv_grads(engine.as_ref(), true, &x, &wt, &g, c, win);
+            let label = format!("{:?} case {ci}", engine.kind());
+            assert_eq!((pf, tf), (0, 1), "{label}: DepthwiseConvWgrad nodes");
+            assert_eq!(tw.shape(), pw.shape(), "{label}");
+            let dw = tw.max_rel_diff(&pw).unwrap();
+            eprintln!("{label}: dW differs by {dw:.2e}");
+            // The engines sum the 1,568 products of a 2x28x28 plane pair in float32, the
+            // kernel in float64 over float32 rows: 1.5e-5 apart on tract, relative to max(1, |x|).
+            assert!(dw <= 1e-4, "{label}: dW differs by {dw:.2e}");
+            assert_eq!(tx.max_rel_diff(&px), Some(0.0), "{label}: dX");
+        }
+        // Grouped but not depthwise (2 channels per group), and depthwise with multiplier 2:
+        // the regrouped Conv stays.
+        let mut r = rng(3);
+        let x = uniform(&mut r, &[2, 4, 6, 6], -1.0, 1.0);
+        for (wshape, group, gshape) in [
+            ([4, 2, 3, 3], 2, [2, 4, 6, 6]),
+            ([8, 1, 3, 3], 4, [2, 8, 6, 6]),
+        ] {
+            let wt = uniform(&mut r, &wshape, -1.0, 1.0);
+            let g = uniform(&mut r, &gshape, -1.0, 1.0);
+            let win = (1, 1, [1, 1, 1, 1]);
+            let (_, pw, _) = conv_grads(engine.as_ref(), false, &x, &wt, &g, group, win);
+            let (_, tw, tf) = conv_grads(engine.as_ref(), true, &x, &wt, &g, group, win);
+            assert_eq!(tf, 0, "group {group}, W {wshape:?}: no DepthwiseConvWgrad");
+            assert_eq!(tw.max_rel_diff(&pw), Some(0.0));
+        }
     }
 }
 

@@ -140,7 +140,8 @@ fn running_stats(g: &Graph) -> Vec<String> {
         .collect()
 }
 
-/// Floating-point operations of the multiply-add ops in the graph held by `b`.
+/// Floating-point operations of the multiply-add ops in the graph held by `b` (the
+/// fieldtune-domain `DepthwiseConvWgrad` counted as the Conv it replaces).
 fn count_flops(b: &Builder) -> u64 {
     let mut total = 0u64;
     for n in b.nodes() {
@@ -154,6 +155,11 @@ fn count_flops(b: &Builder) -> u64 {
             ("ConvTranspose", Some(x), Some(w), _) => {
                 // Each input element scatters into (C_out / group) * kernel outputs.
                 x.iter().product::<usize>() * w[1..].iter().product::<usize>()
+            }
+            ("DepthwiseConvWgrad", _, Some(dy), Some(w)) => {
+                // Each output-gradient element meets every kernel tap once (the multiply-adds
+                // of the regrouped Conv it replaces).
+                dy.iter().product::<usize>() * w[2..].iter().product::<usize>()
             }
             ("Gemm" | "MatMul", Some(a), _, Some(y)) => {
                 let k = if n.op == "Gemm" && n.int("transA", 0) != 0 {

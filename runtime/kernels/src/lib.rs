@@ -3,18 +3,20 @@
 //! dimensions); sums accumulate in f64. Work above [`PAR_MIN`] elements runs on the [`Pool`]
 //! the caller passes, the engine's own (ONNX Runtime's intra-op pool, tract's rayon pool),
 //! split by channel (statistics), by `[n, c]` row or in contiguous chunks (elementwise
-//! passes). Nothing is allocated per call: every result goes into a slice the caller owns.
+//! passes; whole channels of a depthwise weight gradient). Nothing is allocated per call: every result goes into a slice the caller owns.
 //!
 //! The engines register these as ops of the [`DOMAIN`] domain (runtime/engine
 //! `fieldtune_ops`); `fieldtune-graph` emits them in tuned train steps.
 
 mod batch_norm;
 mod clip;
+mod depthwise;
 mod par;
 mod pool;
 
 pub use batch_norm::{batch_norm_train, batch_norm_train_grad, BnGradOut, BnTrainOut};
 pub use clip::clip_grad;
+pub use depthwise::{depthwise_conv_wgrad, DwShape, DwWindow};
 pub use par::{Pool, Rayon, Serial};
 pub use pool::max_pool_grad;
 
@@ -78,4 +80,18 @@ fn check(what: &str, got: usize, want: usize) -> Result<(), KernelError> {
         )));
     }
     Ok(())
+}
+
+/// A deterministic sequence of `len` values in [-0.5, 0.5) (xorshift) for the kernels' tests.
+#[cfg(test)]
+fn test_data(len: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        })
+        .collect()
 }

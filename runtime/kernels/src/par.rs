@@ -134,10 +134,21 @@ pub fn rows<F>(pool: &dyn Pool, out: &mut [f32], s: usize, f: F)
 where
     F: Fn(usize, &mut [f32]) + Sync,
 {
+    let work = out.len();
+    rows_of_work(pool, out, s, work, f)
+}
+
+/// [`rows`] for rows whose work is not their length: on the pool when `work` (the elements
+/// `f` reads in all) reaches [`PAR_MIN`] (a depthwise weight gradient's output is small,
+/// its inputs large).
+pub fn rows_of_work<F>(pool: &dyn Pool, out: &mut [f32], s: usize, work: usize, f: F)
+where
+    F: Fn(usize, &mut [f32]) + Sync,
+{
     if s == 0 {
         return;
     }
-    let t = tasks(pool, out.len() / s, out.len());
+    let t = tasks(pool, out.len() / s, work);
     let slots = parts(out, s, t);
     pool.for_each(t, &|i| {
         let (first, mine) = take(&slots, i);

@@ -51,7 +51,7 @@ pub fn max_pool_grad(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Rayon, Serial};
+    use crate::{test_data as data, Rayon, Serial};
 
     /// MaxPool 2-D (no padding, no dilation) with both engines' indices: (y, ORT's
     /// whole-tensor index, tract's plane-local index), first maximum of each window.
@@ -83,18 +83,6 @@ mod tests {
             }
         }
         (oh * ow, flat, local)
-    }
-
-    fn data(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-            })
-            .collect()
     }
 
     #[test]

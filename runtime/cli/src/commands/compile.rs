@@ -61,7 +61,7 @@ pub fn run(a: CompileArgs) -> Result<()> {
         println!("{}", TuneReport::of(&reference.graph, &step.graph));
     }
     println!(
-        "nodes: {}; {:.3} GFLOP per step (multiply-adds of Conv, ConvTranspose, Gemm, MatMul)",
+        "nodes: {}; {:.3} GFLOP per step (multiply-adds of Conv, ConvTranspose, Gemm, MatMul, DepthwiseConvWgrad)",
         step.graph.nodes.len(),
         step.flops as f64 / 1e9
     );

@@ -14,7 +14,7 @@ use std::ffi::c_void;
 
 use fieldtune_kernels::{BnGradOut, BnTrainOut, Nc, Pool};
 
-use super::DOMAIN;
+use super::{dw_shape, dw_window, DOMAIN};
 
 fn fail(op: &str, what: impl std::fmt::Display) -> ort::Error {
     ort::Error::new(format!("{DOMAIN}:{op}: {what}"))
@@ -252,6 +252,35 @@ operator!(
     }
 );
 
+operator!(DepthwiseConvWgrad, [Float32; 2], 1, |kctx, threads| {
+    const OP: &str = "DepthwiseConvWgrad";
+    let win = dw_window(
+        kctx.get::<Vec<i64>>("kernel_shape"),
+        kctx.get::<Vec<i64>>("strides"),
+        kctx.get::<Vec<i64>>("dilations"),
+        kctx.get::<Vec<i64>>("pads"),
+    )
+    .map_err(|e| fail(OP, e))?;
+    Ok(Box::new(move |ctx: &ComputeContext| {
+        let (x, dy) = (input!(ctx, OP, 0), input!(ctx, OP, 1));
+        let (xs, x) = x.try_extract_tensor::<f32>()?;
+        let (ys, dy) = dy.try_extract_tensor::<f32>()?;
+        let u = |s: &[i64]| s.iter().map(|&d| d.max(0) as usize).collect::<Vec<_>>();
+        let d = dw_shape(&u(xs), &u(ys)).map_err(|e| fail(OP, e))?;
+        let shape = vec![d.c as i64, 1, win.kernel[0] as i64, win.kernel[1] as i64];
+        let mut dw = output!(ctx, OP, 0, shape);
+        fieldtune_kernels::depthwise_conv_wgrad(
+            &IntraOp { ctx, threads },
+            x,
+            dy,
+            d,
+            win,
+            dw.try_extract_tensor_mut::<f32>()?.1,
+        )
+        .map_err(|e| fail(OP, e))
+    }))
+});
+
 /// The [`DOMAIN`] domain with every fieldtune op, for one session of `threads` intra-op
 /// threads.
 pub(crate) fn domain(threads: usize) -> ort::Result<OperatorDomain> {
@@ -259,5 +288,6 @@ pub(crate) fn domain(threads: usize) -> ort::Result<OperatorDomain> {
         .add(BatchNormTrain(threads))?
         .add(BatchNormTrainGrad(threads))?
         .add(ClipGrad(threads))?
-        .add(MaxPoolGrad(threads))
+        .add(MaxPoolGrad(threads))?
+        .add(DepthwiseConvWgrad(threads))
 }

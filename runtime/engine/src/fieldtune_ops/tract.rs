@@ -8,7 +8,7 @@ use tract_onnx::model::{Onnx, ParsingContext};
 use tract_onnx::pb::NodeProto;
 use tract_onnx::tract_hir::internal::*;
 
-use fieldtune_kernels::{BnGradOut, BnTrainOut, Nc, Pool, Rayon, Serial};
+use fieldtune_kernels::{BnGradOut, BnTrainOut, DwWindow, Nc, Pool, Rayon, Serial};
 use tract_linalg::multithread::{current_tract_executor, Executor};
 
 /// `f` on the pool of the tract run in progress.
@@ -27,6 +27,7 @@ enum Kind {
     BatchNormTrainGrad,
     ClipGrad { lo: f32, hi: f32 },
     MaxPoolGrad,
+    DepthwiseConvWgrad(DwWindow),
 }
 
 impl Kind {
@@ -36,6 +37,7 @@ impl Kind {
             Kind::BatchNormTrainGrad => "BatchNormTrainGrad",
             Kind::ClipGrad { .. } => "ClipGrad",
             Kind::MaxPoolGrad => "MaxPoolGrad",
+            Kind::DepthwiseConvWgrad(_) => "DepthwiseConvWgrad",
         }
     }
 
@@ -45,6 +47,7 @@ impl Kind {
             Kind::BatchNormTrainGrad => (5, 3),
             Kind::ClipGrad { .. } => (2, 1),
             Kind::MaxPoolGrad => (3, 1),
+            Kind::DepthwiseConvWgrad(_) => (2, 1),
         }
     }
 
@@ -102,12 +105,34 @@ fn max_pool_grad(
     Ok((Box::new(FtOp(Kind::MaxPoolGrad)), vec![]))
 }
 
+fn depthwise_conv_wgrad(
+    _: &ParsingContext,
+    n: &NodeProto,
+) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    let ints = |name: &str| {
+        n.attribute
+            .iter()
+            .find(|a| a.name == name)
+            .map(|a| a.ints.clone())
+    };
+    let win = super::dw_window(
+        ints("kernel_shape"),
+        ints("strides"),
+        ints("dilations"),
+        ints("pads"),
+    )
+    .map_err(|e| format_err!("DepthwiseConvWgrad node '{}': {e}", n.name))?;
+    Ok((Box::new(FtOp(Kind::DepthwiseConvWgrad(win))), vec![]))
+}
+
 /// Registers the fieldtune-domain ops with tract's ONNX parser.
 pub(crate) fn register(onnx: &mut Onnx) {
     onnx.op_register.insert("BatchNormTrain", bn_train);
     onnx.op_register.insert("BatchNormTrainGrad", bn_train_grad);
     onnx.op_register.insert("ClipGrad", clip_grad);
     onnx.op_register.insert("MaxPoolGrad", max_pool_grad);
+    onnx.op_register
+        .insert("DepthwiseConvWgrad", depthwise_conv_wgrad);
 }
 
 impl Op for FtOp {
@@ -227,6 +252,22 @@ impl FtOp {
                 .map_err(kerr)?;
                 Ok(tvec!(dx.into_tvalue()))
             }
+            Kind::DepthwiseConvWgrad(win) => {
+                let d = super::dw_shape(inputs[0].shape(), inputs[1].shape())
+                    .map_err(|e| format_err!("{op}: {e}"))?;
+                let mut dw = Tensor::zero::<f32>(&[d.c, 1, win.kernel[0], win.kernel[1]])?;
+                let mut v = dw.try_as_plain_ram_mut()?;
+                fieldtune_kernels::depthwise_conv_wgrad(
+                    pool,
+                    f(0)?,
+                    f(1)?,
+                    d,
+                    win,
+                    v.as_slice_mut::<f32>()?,
+                )
+                .map_err(kerr)?;
+                Ok(tvec!(dw.into_tvalue()))
+            }
         }
     }
 }
@@ -251,6 +292,11 @@ impl TypedOp for FtOp {
             }
             Kind::ClipGrad { .. } => tvec!(f32_of(&inputs[0].shape)),
             Kind::MaxPoolGrad => tvec!(f32_of(&inputs[2].shape)),
+            Kind::DepthwiseConvWgrad(win) => {
+                let c = inputs[0].shape[1].clone();
+                let [kh, kw] = win.kernel.map(|k| TDim::from(k as i64));
+                tvec!(f32::fact([c, 1.into(), kh, kw]))
+            }
         })
     }
 
@@ -269,6 +315,15 @@ impl InferenceRulesOp for FtOp {
         check_output_arity(outputs, no)?;
         for o in outputs {
             s.equals(&o.datum_type, f32::datum_type())?;
+        }
+        if let Kind::DepthwiseConvWgrad(win) = self.0 {
+            // dW is [C, 1, KH, KW], C from x.
+            s.equals(&outputs[0].rank, 4)?;
+            s.equals(&outputs[0].shape[0], &inputs[0].shape[1])?;
+            s.equals(&outputs[0].shape[1], 1.to_dim())?;
+            s.equals(&outputs[0].shape[2], (win.kernel[0] as i64).to_dim())?;
+            s.equals(&outputs[0].shape[3], (win.kernel[1] as i64).to_dim())?;
+            return Ok(());
         }
         let data = self.0.data_input();
         s.equals(&outputs[0].shape, &inputs[data].shape)?;

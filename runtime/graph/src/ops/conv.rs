@@ -236,7 +236,8 @@ pub(super) fn window_attrs(win: &ConvWindow) -> Vec<crate::proto::AttributeProto
 /// Conv: dX is a ConvTranspose of dY with the same weights (1x1: a MatMul by W^T; depthwise
 /// at stride 1: a depthwise Conv with the flipped kernel); dW is a batched MatMul (1x1
 /// and ungrouped: im2col columns) or a Conv of the regrouped input over the transposed
-/// output gradient (grouped, depthwise included); dB sums dY over batch and space.
+/// output gradient (grouped, depthwise included; tuned targets: the fieldtune-domain
+/// `DepthwiseConvWgrad` for depthwise); dB sums dY over batch and space.
 fn conv_back(b: &mut Builder, n: &Node, gy: &[Option<String>]) -> Grads {
     let dy = &dy(n, gy)?;
     let mut out = vec![None; n.inputs.len()];
@@ -291,9 +292,17 @@ fn conv_back(b: &mut Builder, n: &Node, gy: &[Option<String>]) -> Grads {
     }
     // Depthwise layers too take the regrouped Conv: per-tap sums (`depthwise_weight_grad_taps`)
     // win in isolation at stride 1 but not in a whole MobileNetV2 step, where they cost
-    // tract far more peak memory (docs/BENCHMARKS.md section 3).
+    // tract far more peak memory (docs/BENCHMARKS.md section 3). Tuned targets run the
+    // one-pass `DepthwiseConvWgrad` instead (multiplier 1 only; other grouped convolutions
+    // keep the Conv).
+    let depthwise = group == xs[1] && m == group && cg == 1;
     out[1] = Some(if group == 1 {
         conv_weight_grad_im2col(b, &x, dy, &xs, &ws, &ys, &win)?
+    } else if depthwise && b.fieldtune_ops() {
+        let mut at = window_attrs(&win);
+        at.push(attr::ints("kernel_shape", &vec_i64(&ws[2..])));
+        b.fused("DepthwiseConvWgrad", &[&x, dy], (None, 1), at)?
+            .swap_remove(0)
     } else {
         grouped_weight_grad_conv(b, &x, dy, &xs, &ws, &ys, &win, group)?
     });

@@ -10,10 +10,14 @@
 //! - `MaxPoolGrad(dy, indices, x) -> dx`: a 2-D MaxPool's gradient from its Indices output
 //!   (either engine's convention: the index's remainder by H*W is the plane-local cell), dx
 //!   shaped like x (x is read for its shape only).
+//! - `DepthwiseConvWgrad(x, dy) -> dW`: the weight gradient of a 2-D depthwise convolution
+//!   (group = C in = C out), attributes `kernel_shape`, `strides`, `dilations`, `pads` as the
+//!   forward Conv's; dW is `[C, 1, KH, KW]`.
 
 use crate::error::{GraphError, Result};
 use crate::ir::{Elem, Node};
 
+use super::conv::ConvWindow;
 use super::entry::{def, req, Grad, OpDef};
 use super::value::Value;
 
@@ -27,6 +31,12 @@ pub const OPS: &[OpDef] = &[
     ),
     def("ClipGrad", clip_grad, false, Grad::Never),
     def("MaxPoolGrad", max_pool_grad, false, Grad::Never),
+    def(
+        "DepthwiseConvWgrad",
+        depthwise_conv_wgrad,
+        false,
+        Grad::Never,
+    ),
 ];
 
 /// x's channels, after checking that the inputs from `first_channel_input` on are [C].
@@ -104,4 +114,39 @@ fn max_pool_grad(node: &Node, ins: &[Option<&Value>]) -> Result<Vec<Value>> {
         ));
     }
     Ok(vec![Value::new(Elem::F32, x.shape.clone())])
+}
+
+/// dW `[C, 1, KH, KW]` of x `[N, C, H, W]`, after checking that dy is the forward Conv's
+/// output size for x and the window.
+fn depthwise_conv_wgrad(node: &Node, ins: &[Option<&Value>]) -> Result<Vec<Value>> {
+    let (x, dy) = (req(node, ins, 0)?, req(node, ins, 1)?);
+    let err = |r: String| Err(GraphError::node(node, r));
+    if x.shape.len() != 4 || dy.shape.len() != 4 || dy.shape[..2] != x.shape[..2] {
+        return err(format!(
+            "dy has shape {:?}, x {:?} (need [N, C, H, W] for both, same N and C)",
+            dy.shape, x.shape
+        ));
+    }
+    let kernel: Vec<usize> = match node.ints("kernel_shape") {
+        Some(k) if k.len() == 2 && k.iter().all(|&v| v >= 1) => {
+            k.iter().map(|&v| v as usize).collect()
+        }
+        k => {
+            return err(format!(
+                "kernel_shape {k:?}: expected 2 sizes of at least 1"
+            ))
+        }
+    };
+    let win = ConvWindow::of(node, &x.shape[2..], kernel.clone())?;
+    let out = win.output(node, &x.shape[2..])?;
+    if out != dy.shape[2..] {
+        return err(format!(
+            "dy has shape {:?}, but the window over x {:?} gives {out:?}",
+            dy.shape, x.shape
+        ));
+    }
+    Ok(vec![Value::new(
+        Elem::F32,
+        vec![x.shape[1], 1, kernel[0], kernel[1]],
+    )])
 }
