@@ -234,7 +234,7 @@ impl Builder {
 
     /// Adds a node after inferring its outputs; nodes with all-constant results are folded
     /// into initializers instead.
-    pub fn add(&mut self, node: Node) -> Result<()> {
+    pub fn add(&mut self, mut node: Node) -> Result<()> {
         let mut ins = Vec::with_capacity(node.inputs.len());
         for i in &node.inputs {
             if i.is_empty() {
@@ -248,6 +248,10 @@ impl Builder {
                     }
                 })?));
             }
+        }
+        if node.op == "Einsum" {
+            let ranks: Vec<usize> = ins.iter().map(|v| v.map_or(0, |v| v.shape.len())).collect();
+            crate::ops::einsum::spell_out(&mut node, &ranks)?;
         }
         let outs = infer(&node, &ins)?;
         // Element counts are products of dims: a shape whose product overflows or passes the
@@ -569,98 +573,6 @@ mod tests {
             "the bool constant stays a node"
         );
         assert!(g.initializers.iter().all(|(n, _)| n != &on));
-    }
-
-    #[test]
-    fn einsum_shapes_and_refusals() {
-        let mut b = Builder::new(17);
-        let q = b.input("q", Elem::F32, &[2, 3, 4, 5]).unwrap();
-        let k = b.input("k", Elem::F32, &[2, 3, 6, 5]).unwrap();
-        let m = b.input("m", Elem::F32, &[5, 7]).unwrap();
-        let eq = |e: &str| vec![attr::string("equation", e)];
-        for (e, ins, want) in [
-            (
-                "B H I D, B H J D -> B H I J",
-                vec![&q, &k],
-                vec![2, 3, 4, 6],
-            ),
-            ("...id,...jd->...ij", vec![&q, &k], vec![2, 3, 4, 6]),
-            ("bhid,dz", vec![&q, &m], vec![2, 3, 4, 7]),
-            ("...d,dz->...z", vec![&q, &m], vec![2, 3, 4, 7]),
-            ("bhid,bhjd,dz->bz", vec![&q, &k, &m], vec![2, 7]),
-            ("bhid->dhb", vec![&q], vec![5, 3, 2]),
-            ("...", vec![&q], vec![2, 3, 4, 5]),
-        ] {
-            let ins: Vec<&str> = ins.iter().map(|s| s.as_str()).collect();
-            let s = b.op("Einsum", &ins, eq(e)).unwrap();
-            assert_eq!(b.shape(&s).unwrap(), want, "{e}");
-        }
-        for (e, want) in [
-            ("bhii,bhjd->bhij", "diagonal"),
-            ("bhid,bhjd->bhiz", "in no operand"),
-            ("bhid,bhid->bhi", "'i' is 4 in one operand and 6"),
-            ("bhid,bhjd,x->bhij", "3 terms for 2 operands"),
-            (
-                "bhi,bhjd->bhij",
-                "operand 0 has rank 4, its term 'bhi' names 3 axes",
-            ),
-            ("bhId,bhjd", "upper- and lower-case"),
-            ("b.hid,bhjd->bhij", "at most one '...'"),
-        ] {
-            let err = b.op("Einsum", &[&q, &k], eq(e)).unwrap_err().to_string();
-            assert!(err.contains(want), "{e}: {err}");
-        }
-    }
-
-    /// Swin's window padding: pads computed from the input's shape (Shape, Gather, Sub, Mod,
-    /// Concat) fold to a constant, and the Pad's shape follows; pads computed from data are
-    /// refused naming them.
-    #[test]
-    fn pads_computed_from_shapes_fold() {
-        let mut b = Builder::new(17);
-        let x = b.input("x", Elem::F32, &[1, 5, 6, 3]).unwrap();
-        let pads = computed_window_pads(&mut b, &x, 4);
-        assert_eq!(
-            b.value(&pads).unwrap().ints(),
-            Some(&[0i64, 0, 0, 0, 0, 3, 2, 0][..])
-        );
-        let y = b.op("Pad", &[&x, &pads], vec![]).unwrap();
-        assert_eq!(b.shape(&y).unwrap(), vec![1, 8, 8, 3]);
-        // Opset 18's axes input: pads [1, 0, 2, 1] over axes 1 and -2.
-        let (axes, two) = (b.ints(&[1, -2]), b.ints(&[1, 0, 2, 1]));
-        let y2 = b.op("Pad", &[&x, &two, "", &axes], vec![]).unwrap();
-        assert_eq!(b.shape(&y2).unwrap(), vec![1, 8, 7, 3]);
-        let f = b.input("f", Elem::F32, &[8]).unwrap();
-        let data = b.op("Cast", &[&f], vec![attr::int("to", 7)]).unwrap();
-        let err = b.op("Pad", &[&x, &data], vec![]).unwrap_err().to_string();
-        assert!(
-            err.contains("not a constant: they depend on the data"),
-            "{err}"
-        );
-        assert!(err.contains(&data), "{err}");
-    }
-
-    /// torchvision's Swin window padding as exported: `pad_b = (w - H % w) % w` and
-    /// `pad_r = (w - W % w) % w` from Shape and Gather, into NHWC pads by Concat.
-    pub(crate) fn computed_window_pads(b: &mut Builder, x: &str, w: i64) -> String {
-        let shape = b.op("Shape", &[x], vec![]).unwrap();
-        let win = b.ints(&[w]);
-        let mut ends = Vec::new();
-        for axis in [1i64, 2] {
-            let i = b.ints(&[axis]);
-            let d = b.op("Gather", &[&shape, &i], vec![]).unwrap();
-            let m = b.op("Mod", &[&d, &win], vec![]).unwrap();
-            let s = b.op("Sub", &[&win, &m], vec![]).unwrap();
-            ends.push(b.op("Mod", &[&s, &win], vec![]).unwrap());
-        }
-        let zeros = b.ints(&[0, 0, 0, 0, 0]);
-        let zero = b.ints(&[0]);
-        b.op(
-            "Concat",
-            &[&zeros, &ends[0], &ends[1], &zero],
-            vec![attr::int("axis", 0)],
-        )
-        .unwrap()
     }
 
     #[test]

@@ -76,8 +76,8 @@ impl Equation {
             }
         }
         let width = widths.iter().copied().max().unwrap_or(0);
-        let spare: Vec<u8> = (b'A'..=b'Z')
-            .chain(b'a'..=b'z')
+        let spare: Vec<u8> = (b'a'..=b'z')
+            .chain(b'A'..=b'Z')
             .filter(|c| !eq.as_bytes().contains(c))
             .collect();
         if spare.len() < width {
@@ -171,6 +171,18 @@ impl Equation {
     }
 }
 
+/// Rewrites an Einsum node's equation with every `...` spelled as letters and the output
+/// explicit, as the shape rule reads it: tract 0.23.9 computes wrong values for `...`
+/// (`...j,jk->...k`), and an implicit output's order then cannot differ between engines.
+pub fn spell_out(node: &mut Node, ranks: &[usize]) -> Result<()> {
+    let e = Equation::parse(node, ranks)?;
+    let terms: Vec<String> = e.terms.iter().map(|t| text(t)).collect();
+    let eq = format!("{}->{}", terms.join(","), text(&e.out));
+    node.attrs.retain(|a| a.name != "equation");
+    node.attrs.push(attr::string("equation", &eq));
+    Ok(())
+}
+
 /// A term's letters and the position of its `...`; `None` when it holds anything else or
 /// more than one `...`.
 fn split_term(t: &str) -> Option<Written> {
@@ -213,9 +225,9 @@ fn einsum(node: &Node, ins: &[Option<&Value>]) -> Result<Vec<Value>> {
 }
 
 /// y = einsum(T1, .., Tn -> O): the gradient of operand i is einsum(O, the other terms ->
-/// Ti), where the letters of Ti found nowhere else (summed out of Ti alone) are left out of
-/// that product and restored by Unsqueeze and Expand: each such cell of Ti receives the same
-/// gradient.
+/// Ti). The letters of Ti found nowhere else (summed out of Ti alone: each of their cells
+/// receives the same gradient) enter that product through one more operand, ones over
+/// those letters (a scalar 1 expanded).
 fn einsum_back(b: &mut Builder, n: &Node, gy: &[Option<String>]) -> Grads {
     let dy = dy(n, gy)?;
     let shapes = n
@@ -230,27 +242,87 @@ fn einsum_back(b: &mut Builder, n: &Node, gy: &[Option<String>]) -> Grads {
         let others: Vec<usize> = (0..e.terms.len()).filter(|&j| j != i).collect();
         let elsewhere =
             |c: &u8| e.out.contains(c) || others.iter().any(|&j| e.terms[j].contains(c));
-        let kept: Vec<u8> = mine.iter().copied().filter(elsewhere).collect();
-        let mut ins: Vec<&str> = vec![&dy];
+        let mut ins: Vec<String> = vec![dy.clone()];
         let mut lhs = vec![text(&e.out)];
         for &j in &others {
-            ins.push(&n.inputs[j]);
+            ins.push(n.inputs[j].clone());
             lhs.push(text(&e.terms[j]));
         }
-        let eq = format!("{}->{}", lhs.join(","), text(&kept));
-        let mut g = if lhs.len() == 1 && e.out == kept {
+        let lonely: Vec<usize> = (0..mine.len()).filter(|&k| !elsewhere(&mine[k])).collect();
+        if !lonely.is_empty() {
+            let dims: Vec<usize> = lonely.iter().map(|&k| shapes[i][k]).collect();
+            let (one, to) = (b.scalar(1.0), b.ints(&vec_i64(&dims)));
+            ins.push(b.op("Expand", &[&one, &to], vec![])?);
+            lhs.push(lonely.iter().map(|&k| mine[k] as char).collect());
+        }
+        let g = if lhs.len() == 1 && e.out == *mine {
             dy.clone()
         } else {
-            b.op("Einsum", &ins, vec![attr::string("equation", &eq)])?
+            let eq = format!("{}->{}", lhs.join(","), text(mine));
+            let refs: Vec<&str> = ins.iter().map(String::as_str).collect();
+            b.op("Einsum", &refs, vec![attr::string("equation", &eq)])?
         };
-        if kept.len() < mine.len() {
-            let lonely: Vec<usize> = (0..mine.len()).filter(|&k| !elsewhere(&mine[k])).collect();
-            let axes = b.ints(&vec_i64(&lonely));
-            let u = b.op("Unsqueeze", &[&g, &axes], vec![])?;
-            let to = b.ints(&vec_i64(&shapes[i]));
-            g = b.op("Expand", &[&u, &to], vec![])?;
-        }
         grads[i] = Some(g);
     }
     Ok(grads)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::builder::Builder;
+    use crate::ir::{attr, Elem};
+
+    #[test]
+    fn einsum_shapes_and_refusals() {
+        let mut b = Builder::new(17);
+        let q = b.input("q", Elem::F32, &[2, 3, 4, 5]).unwrap();
+        let k = b.input("k", Elem::F32, &[2, 3, 6, 5]).unwrap();
+        let m = b.input("m", Elem::F32, &[5, 7]).unwrap();
+        let eq = |e: &str| vec![attr::string("equation", e)];
+        for (e, ins, want) in [
+            (
+                "B H I D, B H J D -> B H I J",
+                vec![&q, &k],
+                vec![2, 3, 4, 6],
+            ),
+            ("...id,...jd->...ij", vec![&q, &k], vec![2, 3, 4, 6]),
+            ("bhid,dz", vec![&q, &m], vec![2, 3, 4, 7]),
+            ("...d,dz->...z", vec![&q, &m], vec![2, 3, 4, 7]),
+            ("bhid,bhjd,dz->bz", vec![&q, &k, &m], vec![2, 7]),
+            ("bhid->dhb", vec![&q], vec![5, 3, 2]),
+            ("...", vec![&q], vec![2, 3, 4, 5]),
+        ] {
+            let ins: Vec<&str> = ins.iter().map(|s| s.as_str()).collect();
+            let s = b.op("Einsum", &ins, eq(e)).unwrap();
+            assert_eq!(b.shape(&s).unwrap(), want, "{e}");
+        }
+        // Engines get the equation spelled out: `...` as unused letters, the output explicit.
+        let spelled: Vec<String> = b
+            .nodes()
+            .iter()
+            .map(|n| n.string("equation").unwrap())
+            .collect();
+        for (i, want) in [
+            (1, "abid,abjd->abij"),
+            (2, "bhid,dz->bhiz"),
+            (6, "abcd->abcd"),
+        ] {
+            assert_eq!(spelled[i], want);
+        }
+        for (e, want) in [
+            ("bhii,bhjd->bhij", "diagonal"),
+            ("bhid,bhjd->bhiz", "in no operand"),
+            ("bhid,bhid->bhi", "'i' is 4 in one operand and 6"),
+            ("bhid,bhjd,x->bhij", "3 terms for 2 operands"),
+            (
+                "bhi,bhjd->bhij",
+                "operand 0 has rank 4, its term 'bhi' names 3 axes",
+            ),
+            ("bhId,bhjd", "upper- and lower-case"),
+            ("b.hid,bhjd->bhij", "at most one '...'"),
+        ] {
+            let err = b.op("Einsum", &[&q, &k], eq(e)).unwrap_err().to_string();
+            assert!(err.contains(want), "{e}: {err}");
+        }
+    }
 }

@@ -499,3 +499,60 @@ fn gather_back(b: &mut Builder, n: &Node, gy: &[Option<String>]) -> Grads {
     )?;
     Ok(only(n, g))
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::builder::Builder;
+    use crate::ir::{attr, Elem};
+
+    /// Swin's window padding: pads computed from the input's shape (Shape, Gather, Sub, Mod,
+    /// Concat) fold to a constant, and the Pad's shape follows; pads computed from data are
+    /// refused naming them.
+    #[test]
+    fn pads_computed_from_shapes_fold() {
+        let mut b = Builder::new(17);
+        let x = b.input("x", Elem::F32, &[1, 5, 6, 3]).unwrap();
+        let pads = computed_window_pads(&mut b, &x, 4);
+        assert_eq!(
+            b.value(&pads).unwrap().ints(),
+            Some(&[0i64, 0, 0, 0, 0, 3, 2, 0][..])
+        );
+        let y = b.op("Pad", &[&x, &pads], vec![]).unwrap();
+        assert_eq!(b.shape(&y).unwrap(), vec![1, 8, 8, 3]);
+        // Opset 18's axes input: pads [1, 0, 2, 1] over axes 1 and -2.
+        let (axes, two) = (b.ints(&[1, -2]), b.ints(&[1, 0, 2, 1]));
+        let y2 = b.op("Pad", &[&x, &two, "", &axes], vec![]).unwrap();
+        assert_eq!(b.shape(&y2).unwrap(), vec![1, 8, 7, 3]);
+        let f = b.input("f", Elem::F32, &[8]).unwrap();
+        let data = b.op("Cast", &[&f], vec![attr::int("to", 7)]).unwrap();
+        let err = b.op("Pad", &[&x, &data], vec![]).unwrap_err().to_string();
+        assert!(
+            err.contains("not a constant: they depend on the data"),
+            "{err}"
+        );
+        assert!(err.contains(&data), "{err}");
+    }
+
+    /// torchvision's Swin window padding as exported: `pad_b = (w - H % w) % w` and
+    /// `pad_r = (w - W % w) % w` from Shape and Gather, into NHWC pads by Concat.
+    fn computed_window_pads(b: &mut Builder, x: &str, w: i64) -> String {
+        let shape = b.op("Shape", &[x], vec![]).unwrap();
+        let win = b.ints(&[w]);
+        let mut ends = Vec::new();
+        for axis in [1i64, 2] {
+            let i = b.ints(&[axis]);
+            let d = b.op("Gather", &[&shape, &i], vec![]).unwrap();
+            let m = b.op("Mod", &[&d, &win], vec![]).unwrap();
+            let s = b.op("Sub", &[&win, &m], vec![]).unwrap();
+            ends.push(b.op("Mod", &[&s, &win], vec![]).unwrap());
+        }
+        let zeros = b.ints(&[0, 0, 0, 0, 0]);
+        let zero = b.ints(&[0]);
+        b.op(
+            "Concat",
+            &[&zeros, &ends[0], &ends[1], &zero],
+            vec![attr::int("axis", 0)],
+        )
+        .unwrap()
+    }
+}
