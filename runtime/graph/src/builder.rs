@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use fieldtune_tensor::Tensor;
 
 use crate::error::{GraphError, Result};
-use crate::infer::{folds, infer, Value};
+use crate::infer::{canonical, folds, infer, Value};
 use crate::ir::{attr, Elem, Graph, Io, Node};
 use crate::proto::AttributeProto;
 
@@ -249,10 +249,7 @@ impl Builder {
                 })?));
             }
         }
-        if node.op == "Einsum" {
-            let ranks: Vec<usize> = ins.iter().map(|v| v.map_or(0, |v| v.shape.len())).collect();
-            crate::ops::einsum::spell_out(&mut node, &ranks)?;
-        }
+        canonical(&mut node, &ins)?;
         let outs = infer(&node, &ins)?;
         // Element counts are products of dims: a shape whose product overflows or passes the
         // bound is refused here, naming the node, so every later count is exact.

@@ -191,7 +191,7 @@ fn split_term(t: &str) -> Option<Written> {
         None => (t, None),
     };
     let letters = |s: &str| s.bytes().all(|c| c.is_ascii_alphabetic());
-    if !letters(before) || !after.map_or(true, letters) {
+    if !letters(before) || !after.is_none_or(letters) {
         return None;
     }
     let mut v = before.as_bytes().to_vec();
