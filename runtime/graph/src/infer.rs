@@ -34,6 +34,16 @@ pub fn infer(node: &Node, ins: &[Option<&Value>]) -> Result<Vec<Value>> {
     Ok(out)
 }
 
+/// The node as engines should get it, before [`infer`]: an Einsum's equation spelled out
+/// (see `ops::einsum::spell_out`); other nodes stay as they are.
+pub fn canonical(node: &mut Node, ins: &[Option<&Value>]) -> Result<()> {
+    if node.op == "Einsum" {
+        let ranks: Vec<usize> = ins.iter().map(|v| v.map_or(0, |v| v.shape.len())).collect();
+        ops::einsum::spell_out(node, &ranks)?;
+    }
+    Ok(())
+}
+
 /// Whether a node of this op whose result inference computes as a constant becomes an
 /// initializer (shape-chain folding).
 pub fn folds(op: &str) -> bool {

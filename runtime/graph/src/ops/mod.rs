@@ -9,6 +9,7 @@
 
 pub mod activation;
 pub mod conv;
+pub mod einsum;
 pub mod elementwise;
 pub mod entry;
 pub mod fused;
@@ -43,6 +44,7 @@ const FAMILIES: &[&[OpDef]] = &[
     slice::OPS,
     reduce::OPS,
     matmul::OPS,
+    einsum::OPS,
     conv::OPS,
     pool::OPS,
     resize::OPS,

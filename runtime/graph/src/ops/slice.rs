@@ -214,18 +214,50 @@ fn slice(node: &Node, ins: &[Option<&Value>]) -> Result<Vec<Value>> {
     Ok(vec![v])
 }
 
+/// The pads of a Pad node over every axis of a rank-`r` input: its `pads` input (a constant,
+/// or folded from the shape chain that computes it, as Swin's window padding does from
+/// Shape, Gather, Sub, Mod and Concat), spread over the optional `axes` input (opset 18).
+fn full_pads(
+    node: &Node,
+    pads: Option<&Value>,
+    axes: Option<&Value>,
+    r: usize,
+) -> Result<Vec<i64>> {
+    let err = |m: String| GraphError::node(node, m);
+    let pads = pads.and_then(Value::ints).ok_or_else(|| {
+        err(format!(
+            "pads '{}' are not a constant: they depend on the data, not only on shapes (pads computed from Shape, Gather, Slice, Concat and integer arithmetic fold when the model's input shape is static)",
+            node.inputs.get(1).map_or("", String::as_str)
+        ))
+    })?;
+    let axes: Vec<i64> = match node.input(3) {
+        None => (0..r as i64).collect(),
+        Some(name) => axes
+            .and_then(Value::ints)
+            .ok_or_else(|| err(format!("axes '{name}' must be a constant")))?
+            .to_vec(),
+    };
+    if pads.len() != 2 * axes.len() {
+        return Err(err(format!(
+            "pads {pads:?} do not fit {} axes of rank {r}",
+            axes.len()
+        )));
+    }
+    let k = axes.len();
+    let mut full = vec![0i64; 2 * r];
+    for (j, &a) in axes.iter().enumerate() {
+        let d = norm_axis(a, r).ok_or_else(|| err(format!("axis {a} is out of rank {r}")))?;
+        full[d] = pads[j];
+        full[d + r] = pads[j + k];
+    }
+    Ok(full)
+}
+
 fn pad(node: &Node, ins: &[Option<&Value>]) -> Result<Vec<Value>> {
     let x = req(node, ins, 0)?;
-    let pads = req(node, ins, 1)?
-        .ints()
-        .ok_or_else(|| GraphError::node(node, "pads must be a constant"))?;
     let r = x.shape.len();
-    if pads.len() != 2 * r {
-        return Err(GraphError::node(
-            node,
-            format!("pads {pads:?} do not fit rank {r}"),
-        ));
-    }
+    let opt = |i: usize| ins.get(i).copied().flatten();
+    let pads = full_pads(node, opt(1), opt(3), r)?;
     let shape = (0..r)
         .map(|i| (x.shape[i] as i64 + pads[i] + pads[i + r]).max(0) as usize)
         .collect();
@@ -394,7 +426,8 @@ fn slice_back(b: &mut Builder, n: &Node, gy: &[Option<String>]) -> Grads {
     Ok(only(n, b.op("Pad", &[&g, &p], vec![])?))
 }
 
-/// Pad (constant mode): the gradient is the output's, sliced back to the input's cells.
+/// Pad (constant mode): the gradient is the output's, sliced back to the input's cells (and
+/// padded with zeros where a negative pad cropped the input).
 fn pad_back(b: &mut Builder, n: &Node, gy: &[Option<String>]) -> Grads {
     let dy = dy(n, gy)?;
     let xs = b.shape(&n.inputs[0])?;
@@ -405,17 +438,24 @@ fn pad_back(b: &mut Builder, n: &Node, gy: &[Option<String>]) -> Grads {
             op: format!("Pad (mode {mode})"),
         });
     }
-    let pads = n
-        .input(1)
-        .and_then(|t| b.value(t))
-        .and_then(|v| v.ints().map(<[i64]>::to_vec))
-        .ok_or_else(|| GraphError::node(n, "pads must be constant"))?;
     let r = xs.len();
-    let starts: Vec<i64> = (0..r).map(|d| pads[d]).collect();
-    let ends: Vec<i64> = (0..r).map(|d| pads[d] + xs[d] as i64).collect();
+    let opt = |i: usize| n.input(i).and_then(|t| b.value(t));
+    let pads = full_pads(n, opt(1), opt(3), r)?;
+    // Positive pads are cut from dY; negative ones (a crop) come back as zeros.
+    let cut: Vec<i64> = (0..r)
+        .map(|d| pads[d].min(0) + pads[d + r].min(0))
+        .collect();
+    let starts: Vec<i64> = (0..r).map(|d| pads[d].max(0)).collect();
+    let ends: Vec<i64> = (0..r).map(|d| starts[d] + xs[d] as i64 + cut[d]).collect();
     let axes: Vec<i64> = (0..r as i64).collect();
     let (s, e, a) = (b.ints(&starts), b.ints(&ends), b.ints(&axes));
-    Ok(only(n, b.op("Slice", &[&dy, &s, &e, &a], vec![])?))
+    let g = b.op("Slice", &[&dy, &s, &e, &a], vec![])?;
+    if pads.iter().all(|&p| p >= 0) {
+        return Ok(only(n, g));
+    }
+    let back: Vec<i64> = pads.iter().map(|&p| (-p).max(0)).collect();
+    let p = b.ints(&back);
+    Ok(only(n, b.op("Pad", &[&g, &p], vec![])?))
 }
 
 /// Gather: the output's gradient scattered back to the rows it was gathered from, summed
@@ -458,4 +498,61 @@ fn gather_back(b: &mut Builder, n: &Node, gy: &[Option<String>]) -> Grads {
         ],
     )?;
     Ok(only(n, g))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::builder::Builder;
+    use crate::ir::{attr, Elem};
+
+    /// Swin's window padding: pads computed from the input's shape (Shape, Gather, Sub, Mod,
+    /// Concat) fold to a constant, and the Pad's shape follows; pads computed from data are
+    /// refused naming them.
+    #[test]
+    fn pads_computed_from_shapes_fold() {
+        let mut b = Builder::new(17);
+        let x = b.input("x", Elem::F32, &[1, 5, 6, 3]).unwrap();
+        let pads = computed_window_pads(&mut b, &x, 4);
+        assert_eq!(
+            b.value(&pads).unwrap().ints(),
+            Some(&[0i64, 0, 0, 0, 0, 3, 2, 0][..])
+        );
+        let y = b.op("Pad", &[&x, &pads], vec![]).unwrap();
+        assert_eq!(b.shape(&y).unwrap(), vec![1, 8, 8, 3]);
+        // Opset 18's axes input: pads [1, 0, 2, 1] over axes 1 and -2.
+        let (axes, two) = (b.ints(&[1, -2]), b.ints(&[1, 0, 2, 1]));
+        let y2 = b.op("Pad", &[&x, &two, "", &axes], vec![]).unwrap();
+        assert_eq!(b.shape(&y2).unwrap(), vec![1, 8, 7, 3]);
+        let f = b.input("f", Elem::F32, &[8]).unwrap();
+        let data = b.op("Cast", &[&f], vec![attr::int("to", 7)]).unwrap();
+        let err = b.op("Pad", &[&x, &data], vec![]).unwrap_err().to_string();
+        assert!(
+            err.contains("not a constant: they depend on the data"),
+            "{err}"
+        );
+        assert!(err.contains(&data), "{err}");
+    }
+
+    /// torchvision's Swin window padding as exported: `pad_b = (w - H % w) % w` and
+    /// `pad_r = (w - W % w) % w` from Shape and Gather, into NHWC pads by Concat.
+    fn computed_window_pads(b: &mut Builder, x: &str, w: i64) -> String {
+        let shape = b.op("Shape", &[x], vec![]).unwrap();
+        let win = b.ints(&[w]);
+        let mut ends = Vec::new();
+        for axis in [1i64, 2] {
+            let i = b.ints(&[axis]);
+            let d = b.op("Gather", &[&shape, &i], vec![]).unwrap();
+            let m = b.op("Mod", &[&d, &win], vec![]).unwrap();
+            let s = b.op("Sub", &[&win, &m], vec![]).unwrap();
+            ends.push(b.op("Mod", &[&s, &win], vec![]).unwrap());
+        }
+        let zeros = b.ints(&[0, 0, 0, 0, 0]);
+        let zero = b.ints(&[0]);
+        b.op(
+            "Concat",
+            &[&zeros, &ends[0], &ends[1], &zero],
+            vec![attr::int("axis", 0)],
+        )
+        .unwrap()
+    }
 }
