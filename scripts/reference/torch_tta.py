@@ -149,6 +149,9 @@ def run_method(method, seed, settings_list, dump, net_train, net_eval, init):
     meta = json.load(open(os.path.join(dump, "settings.json")))
     s = meta["settings"]
     domains = meta["domains"]
+    if s and s.get("cotta"):
+        raise SystemExit(f"{method}: this reference has no CoTTA (augmented teacher views, stochastic restore); "
+                         "run fieldtune's cotta rows without it")
     data = {d: load_steps(os.path.join(dump, d)) for d in domains}
     names = trainable_names(net_train, s["trainable"]) if s else []
     heads, perms = load_heads(dump)

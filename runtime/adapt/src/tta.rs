@@ -55,16 +55,18 @@ pub enum Method {
     Uda,
     Fixmatch,
     Teacher,
+    Cotta,
 }
 
 impl Method {
-    pub const ALL: [Method; 6] = [
+    pub const ALL: [Method; 7] = [
         Method::Source,
         Method::Bn,
         Method::Tent,
         Method::Uda,
         Method::Fixmatch,
         Method::Teacher,
+        Method::Cotta,
     ];
 
     pub fn name(self) -> &'static str {
@@ -75,6 +77,7 @@ impl Method {
             Method::Uda => "uda",
             Method::Fixmatch => "fixmatch",
             Method::Teacher => "teacher",
+            Method::Cotta => "cotta",
         }
     }
 
@@ -95,6 +98,11 @@ impl Method {
     ///   anchor cross-entropy.
     /// - teacher: `uda` with its weak-view targets, and the predictions, from a mean teacher
     ///   (EMA 0.99 of the student, updated inside the train step).
+    /// - cotta: CoTTA (Wang et al. 2022) as `fieldtune adapt --recipe cotta` has it: soft
+    ///   cross-entropy of the unaugmented batch against the mean teacher's prediction,
+    ///   averaged over 4 augmented views where the teacher's confidence is below 0.9,
+    ///   stochastic restore of 1% of the trained weights to the source per step, no anchors;
+    ///   the teacher's EMA is the `teacher` method's 0.99 (8 steps per domain here).
     pub fn preset(self) -> Option<AdaptConfig> {
         let mild = AugmentConfig::RandAugment(RandAugment {
             n: 2,
@@ -133,6 +141,11 @@ impl Method {
             Method::Fixmatch => {
                 let mut c = tta(preset("fixmatch"));
                 c.strong = mild;
+                c
+            }
+            Method::Cotta => {
+                let mut c = tta(preset("cotta"));
+                c.teacher = Some(MeanTeacher { ema: 0.99 });
                 c
             }
         })
@@ -235,6 +248,8 @@ struct DomainBatches<'a> {
     sampler: EpochSampler,
     weak: Option<Box<dyn Augment>>,
     strong: Option<Box<dyn Augment>>,
+    /// CoTTA's augmented teacher views and how many per frame.
+    teacher_aug: Option<(Box<dyn Augment>, usize)>,
     threads: usize,
     /// Seed of this domain's augmentation streams.
     seed: u64,
@@ -280,6 +295,19 @@ impl DomainBatches<'_> {
             let sv = augment_batch_par(strong.as_ref(), &imgs, mix(self.seed, s, 5), self.threads);
             feeds.push((inputs::X_WEAK, self.tensor(&wv)?));
             feeds.push((inputs::X_STRONG, self.tensor(&sv)?));
+            if let Some((aug, views)) = &self.teacher_aug {
+                // View-major, as `fieldtune adapt` feeds it: row v * B + i is view v of frame i.
+                let mut all = Vec::with_capacity(views * imgs.len());
+                for v in 0..*views as u64 {
+                    all.extend(augment_batch_par(
+                        aug.as_ref(),
+                        &imgs,
+                        mix(self.seed, s, 6 + v),
+                        self.threads,
+                    ));
+                }
+                feeds.push((inputs::X_TEACHER_AUG, self.tensor(&all)?));
+            }
         }
         Ok(StepBatch {
             x_test,
@@ -485,6 +513,10 @@ pub fn run(
             Some(c) => (Some(c.weak.build()?), Some(c.strong.build()?)),
             None => (None, None),
         };
+        let teacher_aug = match cfg.as_ref().and_then(|c| c.cotta.as_ref().map(|k| (c, k))) {
+            Some((c, k)) => Some((c.teacher_augment.build()?, k.views)),
+            None => None,
+        };
         let mut batches = DomainBatches {
             model: &model.config,
             domain,
@@ -497,6 +529,7 @@ pub fn run(
             sampler: EpochSampler::new(keep.len(), mix(opts.seed, di as u64, 1)),
             weak,
             strong,
+            teacher_aug,
             threads: cfg.as_ref().map_or(1, |c| c.augment_threads.max(1)),
             seed: mix(opts.seed, di as u64, 2),
         };

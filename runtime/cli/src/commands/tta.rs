@@ -41,7 +41,9 @@ tent      + entropy minimisation of the predictions, BatchNorm scale/bias, Adam 
 uda       + UDA consistency (identity weak view, mild RandAugment strong view, mask 0.9) + \
 information maximisation + cross-entropy on 16 labeled anchors per step\n  \
 fixmatch  + hard pseudo-labels above 0.95 for the strong view + anchor cross-entropy\n  \
-teacher   uda with targets and predictions from a mean teacher (EMA 0.99)\n\
+teacher   uda with targets and predictions from a mean teacher (EMA 0.99)\n  \
+cotta     CoTTA: soft cross-entropy against a mean teacher (EMA 0.99) averaged over 4 augmented views \
+when unsure, 1% of the weights restored to the source per step; no anchors (not in the default list)\n\
 `--print-config METHOD` prints a method's full settings; `--method-config METHOD=FILE` overrides them, \
 `--method-config METHOD:LABEL=FILE` adds a row `METHOD:LABEL` with the method's settings under the file's \
 (e.g. `tent:jigsaw=configs/tta-jigsaw.toml`).\n\n\
@@ -75,7 +77,7 @@ pub struct TtaArgs {
     /// Labeled anchors for uda, fixmatch and teacher (default: MODEL/anchors).
     #[arg(long)]
     anchors: Option<PathBuf>,
-    /// Methods to run (comma-separated): source, bn, tent, uda, fixmatch, teacher.
+    /// Methods to run (comma-separated): source, bn, tent, uda, fixmatch, teacher, cotta.
     #[arg(long, value_delimiter = ',', default_value = "source,bn,tent,uda,fixmatch,teacher",
           value_parser = parse_method)]
     methods: Vec<Method>,
