@@ -107,11 +107,50 @@ pub struct BatchMaker<'a> {
     threads: usize,
     weak: Box<dyn Augment>,
     strong: Box<dyn Augment>,
-    /// CoTTA's teacher views: the augmentation and the number of views.
-    teacher_aug: Option<(Box<dyn Augment>, usize)>,
+    /// CoTTA's teacher views.
+    teacher_aug: Option<TeacherViews>,
     lab_sampler: EpochSampler,
     unl_sampler: EpochSampler,
     next_step: usize,
+}
+
+/// CoTTA's augmented teacher views (`x_teacher_aug`): the augmentation and views per frame.
+pub(crate) struct TeacherViews {
+    aug: Box<dyn Augment>,
+    views: usize,
+}
+
+impl TeacherViews {
+    /// The recipe's teacher views, when it has a `[cotta]` section.
+    pub(crate) fn from_config(cfg: &AdaptConfig) -> Result<Option<TeacherViews>> {
+        Ok(match &cfg.cotta {
+            Some(c) => Some(TeacherViews {
+                aug: cfg.teacher_augment.build()?,
+                views: c.views,
+            }),
+            None => None,
+        })
+    }
+
+    /// Step `step`'s views of `imgs`, view-major: row v * B + i is view v of frame i.
+    pub(crate) fn make(
+        &self,
+        imgs: &[&Image8],
+        seed: u64,
+        step: u64,
+        threads: usize,
+    ) -> Vec<Image8> {
+        let mut all = Vec::with_capacity(self.views * imgs.len());
+        for v in 0..self.views as u64 {
+            all.extend(augment_batch_par(
+                self.aug.as_ref(),
+                imgs,
+                mix(seed, step, 6 + v),
+                threads,
+            ));
+        }
+        all
+    }
 }
 
 impl<'a> BatchMaker<'a> {
@@ -155,10 +194,7 @@ impl<'a> BatchMaker<'a> {
             threads: cfg.augment_threads.max(1),
             weak: cfg.weak.build()?,
             strong: cfg.strong.build()?,
-            teacher_aug: match &cfg.cotta {
-                Some(c) => Some((cfg.teacher_augment.build()?, c.views)),
-                None => None,
-            },
+            teacher_aug: TeacherViews::from_config(cfg)?,
             next_step: 1,
         })
     }
@@ -196,17 +232,8 @@ impl<'a> BatchMaker<'a> {
         );
         feeds.push((inputs::X_WEAK, self.tensor(&wv)?));
         feeds.push((inputs::X_STRONG, self.tensor(&sv)?));
-        if let Some((aug, views)) = &self.teacher_aug {
-            // View-major: row v * B + i is view v of frame i.
-            let mut all = Vec::with_capacity(views * imgs.len());
-            for v in 0..*views as u64 {
-                all.extend(augment_batch_par(
-                    aug.as_ref(),
-                    &imgs,
-                    mix(self.seed, s, 6 + v),
-                    self.threads,
-                ));
-            }
+        if let Some(t) = &self.teacher_aug {
+            let all = t.make(&imgs, self.seed, s, self.threads);
             feeds.push((inputs::X_TEACHER_AUG, self.tensor(&all)?));
         }
         Ok(Batch { step: k, feeds })

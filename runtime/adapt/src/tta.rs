@@ -38,7 +38,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::batches::{cap_per_class, mix, EpochSampler};
+use crate::batches::{cap_per_class, mix, EpochSampler, TeacherViews};
 use crate::error::{AdaptError, Result};
 use crate::fsutil::atomic_write;
 use crate::model_dir::ModelDir;
@@ -248,8 +248,8 @@ struct DomainBatches<'a> {
     sampler: EpochSampler,
     weak: Option<Box<dyn Augment>>,
     strong: Option<Box<dyn Augment>>,
-    /// CoTTA's augmented teacher views and how many per frame.
-    teacher_aug: Option<(Box<dyn Augment>, usize)>,
+    /// CoTTA's augmented teacher views.
+    teacher_aug: Option<TeacherViews>,
     threads: usize,
     /// Seed of this domain's augmentation streams.
     seed: u64,
@@ -295,17 +295,8 @@ impl DomainBatches<'_> {
             let sv = augment_batch_par(strong.as_ref(), &imgs, mix(self.seed, s, 5), self.threads);
             feeds.push((inputs::X_WEAK, self.tensor(&wv)?));
             feeds.push((inputs::X_STRONG, self.tensor(&sv)?));
-            if let Some((aug, views)) = &self.teacher_aug {
-                // View-major, as `fieldtune adapt` feeds it: row v * B + i is view v of frame i.
-                let mut all = Vec::with_capacity(views * imgs.len());
-                for v in 0..*views as u64 {
-                    all.extend(augment_batch_par(
-                        aug.as_ref(),
-                        &imgs,
-                        mix(self.seed, s, 6 + v),
-                        self.threads,
-                    ));
-                }
+            if let Some(t) = &self.teacher_aug {
+                let all = t.make(&imgs, self.seed, s, self.threads);
                 feeds.push((inputs::X_TEACHER_AUG, self.tensor(&all)?));
             }
         }
@@ -513,8 +504,8 @@ pub fn run(
             Some(c) => (Some(c.weak.build()?), Some(c.strong.build()?)),
             None => (None, None),
         };
-        let teacher_aug = match cfg.as_ref().and_then(|c| c.cotta.as_ref().map(|k| (c, k))) {
-            Some((c, k)) => Some((c.teacher_augment.build()?, k.views)),
+        let teacher_aug = match &cfg {
+            Some(c) => TeacherViews::from_config(c)?,
             None => None,
         };
         let mut batches = DomainBatches {
