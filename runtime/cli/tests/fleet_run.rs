@@ -9,7 +9,7 @@ mod common;
 
 use std::path::Path;
 
-use common::field_node::{flwr_run, is, node_active, Run};
+use common::field_node::{assert_served_through_rounds, flwr_run, is, node_active, Run};
 use common::superlink::SuperLink;
 
 /// One FedAvg round over this node (min-nodes 1), aggregate checked against the weighted mean.
@@ -80,19 +80,7 @@ fn a_fedavg_round_is_gated_checkpointed_and_swapped_while_frames_are_served() {
     assert_eq!(s["fleet_passed"], 1);
     assert_eq!(s["capture_dropped"], 0, "{s}");
     assert_eq!(s["inference_errors"], 0, "{s}");
-    assert!(
-        s["latency_during_rounds"]["count"].as_u64().unwrap() > 0,
-        "no frame was served during the fleet round: {s}"
-    );
-    let lines = std::fs::read_to_string(d.join("predictions.jsonl"))
-        .unwrap()
-        .lines()
-        .count() as u64;
-    assert_eq!(
-        lines,
-        s["frames"].as_u64().unwrap(),
-        "every frame answered once"
-    );
+    assert_served_through_rounds(d, &s);
 }
 
 #[test]

@@ -10,7 +10,7 @@ mod common;
 
 use std::path::Path;
 
-use common::field_node::{flwr_run, is, node_active, Run};
+use common::field_node::{assert_served_through_rounds, flwr_run, is, node_active, Run};
 use common::superlink::SuperLink;
 use serde_json::{Map, Value};
 
@@ -141,17 +141,5 @@ fn a_fedprox_round_stays_closer_to_the_server_arrays_and_reports_its_proximal_te
     let s = run.stop();
     assert_eq!(s["fleet_rounds"], 2);
     assert_eq!(s["inference_errors"], 0, "{s}");
-    assert!(
-        s["latency_during_rounds"]["count"].as_u64().unwrap() > 0,
-        "no frame was served during the fleet rounds: {s}"
-    );
-    let lines = std::fs::read_to_string(d.join("predictions.jsonl"))
-        .unwrap()
-        .lines()
-        .count() as u64;
-    assert_eq!(
-        lines,
-        s["frames"].as_u64().unwrap(),
-        "every frame answered once"
-    );
+    assert_served_through_rounds(d, &s);
 }

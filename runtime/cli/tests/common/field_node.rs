@@ -155,3 +155,21 @@ pub fn flwr_run(link: &SuperLink, dir: &Path, run_config: &str) -> String {
     );
     link.run_app(&rc)
 }
+
+/// Asserts, from a stopped run's summary `s`, that frames were served while its fleet rounds ran
+/// and that every frame got exactly one prediction line in `dir`/predictions.jsonl.
+pub fn assert_served_through_rounds(dir: &Path, s: &serde_json::Value) {
+    assert!(
+        s["latency_during_rounds"]["count"].as_u64().unwrap() > 0,
+        "no frame was served during the fleet rounds: {s}"
+    );
+    let lines = std::fs::read_to_string(dir.join("predictions.jsonl"))
+        .unwrap()
+        .lines()
+        .count() as u64;
+    assert_eq!(
+        lines,
+        s["frames"].as_u64().unwrap(),
+        "every frame answered once"
+    );
+}
