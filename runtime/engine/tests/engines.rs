@@ -579,6 +579,18 @@ fn tract_on_a_thread_pool_matches_one_thread_and_uses_the_pool() {
     assert!(used > 0, "tract's pool threads did no work (ticks {used})");
 }
 
+/// Runs the Gemm+ReLU model on one session of `e` at each batch size in turn (repeated runs
+/// included) and checks every output against the reference to 1e-5.
+fn gemm_relu_gives_the_reference(e: &dyn Engine, rng: &mut Rng, batches: &[usize], what: &str) {
+    let mut s = e.load(&gemm_relu_model(), "gemm").unwrap();
+    for &batch in batches {
+        let x = rng.tensor(&[batch, 4]);
+        let want = Tensor::f32(vec![batch, 3], gemm_relu_reference(&x)).unwrap();
+        let out = s.run(&[("x", &x)]).unwrap();
+        assert_close(&out[0].1, &want, 1e-5, what);
+    }
+}
+
 #[test]
 fn ort_arena_and_memory_pattern_settings_compute_the_same() {
     // Memory settings change where tensors live, never what is computed: every combination
@@ -597,18 +609,12 @@ fn ort_arena_and_memory_pattern_settings_compute_the_same() {
             },
         )
         .unwrap();
-        let mut s = e.load(&gemm_relu_model(), "gemm").unwrap();
-        for batch in [3usize, 3, 5] {
-            let x = rng.tensor(&[batch, 4]);
-            let want = Tensor::f32(vec![batch, 3], gemm_relu_reference(&x)).unwrap();
-            let out = s.run(&[("x", &x)]).unwrap();
-            assert_close(
-                &out[0].1,
-                &want,
-                1e-5,
-                "arena off {no_cpu_arena}, pattern {memory_pattern}",
-            );
-        }
+        gemm_relu_gives_the_reference(
+            e.as_ref(),
+            &mut rng,
+            &[3, 3, 5],
+            &format!("arena off {no_cpu_arena}, pattern {memory_pattern}"),
+        );
     }
 }
 
@@ -627,17 +633,11 @@ fn ort_intra_op_spinning_off_computes_the_same() {
             },
         )
         .unwrap();
-        let mut s = e.load(&gemm_relu_model(), "gemm").unwrap();
-        for batch in [3usize, 64] {
-            let x = rng.tensor(&[batch, 4]);
-            let want = Tensor::f32(vec![batch, 3], gemm_relu_reference(&x)).unwrap();
-            let out = s.run(&[("x", &x)]).unwrap();
-            assert_close(
-                &out[0].1,
-                &want,
-                1e-5,
-                &format!("spinning off {no_intra_spinning}"),
-            );
-        }
+        gemm_relu_gives_the_reference(
+            e.as_ref(),
+            &mut rng,
+            &[3, 64],
+            &format!("spinning off {no_intra_spinning}"),
+        );
     }
 }
