@@ -116,7 +116,8 @@ pub fn distinct(rng: &mut ChaCha8Rng, shape: &[usize], span: f32) -> Tensor {
     Tensor::f32(shape.to_vec(), v).expect("sized")
 }
 
-fn axpy(x: &Tensor, v: &Tensor, a: f32) -> Tensor {
+/// `x + a * v`, elementwise (f32 tensors of one shape).
+pub fn axpy(x: &Tensor, v: &Tensor, a: f32) -> Tensor {
     let d = x
         .as_f32()
         .expect("f32")

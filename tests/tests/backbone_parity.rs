@@ -20,7 +20,7 @@ use fieldtune_graph::{
     Trainable, UdaLoss,
 };
 use fieldtune_tensor::{st, Tensor};
-use fieldtune_tests::{engines, reference_python, repo_root, rng, uniform};
+use fieldtune_tests::{axpy, engines, reference_python, repo_root, rng, uniform};
 use rand::Rng;
 
 const TOL: f64 = 1e-3;
@@ -183,16 +183,7 @@ fn parity(name: &str, bl: usize, bu: usize, cases: &[Case], flips: Option<MaskFl
         .unwrap();
         let xw = uniform(&mut r, &[bu, c, h, w], -1.5, 1.5);
         let noise = uniform(&mut r, &[bu, c, h, w], -0.3, 0.3);
-        let xs = Tensor::f32(
-            xw.shape().to_vec(),
-            xw.as_f32()
-                .unwrap()
-                .iter()
-                .zip(noise.as_f32().unwrap())
-                .map(|(a, b)| a + b)
-                .collect(),
-        )
-        .unwrap();
+        let xs = axpy(&xw, &noise, 1.0);
         let batch = [xl, yl, xw, xs];
         let want = reference(&path, &spec, &step.params, &batch, &dir, false);
         let torch32 = reference(&path, &spec, &step.params, &batch, &dir, true);

@@ -10,7 +10,7 @@ use fieldtune_graph::{
     compile_inference, compile_train_step, encode_model, inputs, load_model, TrainSpec, Trainable,
 };
 use fieldtune_tensor::Tensor;
-use fieldtune_tests::{ort, repo_root, rng, uda_batch, uniform};
+use fieldtune_tests::{axpy, ort, repo_root, rng, uda_batch, uniform};
 
 fn feeds(
     spec: &TrainSpec,
@@ -34,14 +34,7 @@ fn random_batch(step: &fieldtune_graph::TrainStep, spec: &TrainSpec) -> [Tensor;
         .collect();
     let xw = uniform(&mut r, &[bu, c, h, w], -1.5, 1.5);
     let noise = uniform(&mut r, &[bu, c, h, w], -0.3, 0.3);
-    let xs = Tensor::f32(
-        xw.shape().to_vec(),
-        (xw.as_f32().unwrap().iter())
-            .zip(noise.as_f32().unwrap())
-            .map(|(a, b)| a + b)
-            .collect(),
-    )
-    .unwrap();
+    let xs = axpy(&xw, &noise, 1.0);
     [xl, Tensor::i64(vec![bl], labels).unwrap(), xw, xs]
 }
 
